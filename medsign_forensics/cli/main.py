@@ -1,0 +1,33 @@
+"""The `medsign` command. Each sub-command lives in its own module and is registered here."""
+
+from __future__ import annotations
+
+import typer
+
+from medsign_forensics import __version__
+
+app = typer.Typer(
+    name="medsign",
+    rich_markup_mode="rich",
+    no_args_is_help=True,
+    add_completion=False,
+    help="Pathology-aware watermarking and forensic verification of AI-generated medical images.",
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"medsign-forensics {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version."),
+) -> None:
+    """Pathology-aware watermarking and forensic verification of AI-generated medical images."""
+
+
+def run() -> None:
+    """Console-script entry point."""
+    app()

@@ -1,0 +1,1 @@
+"""Watermark core: HiDDeN extractor, attacks, whitening, losses, training, detection statistics, baselines."""
