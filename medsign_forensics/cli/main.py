@@ -1,4 +1,7 @@
-"""The `medsign` command. Each sub-command lives in its own module and is registered here."""
+"""The `medsign` command. Each sub-command lives in its own module, which exposes ``register(app)``.
+
+Only commands that work are registered, so `medsign --help` never advertises something unfinished.
+"""
 
 from __future__ import annotations
 
@@ -26,6 +29,9 @@ def main(
     version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version."),
 ) -> None:
     """Pathology-aware watermarking and forensic verification of AI-generated medical images."""
+
+
+# Command modules: one import and one register() call each, in the order `--help` lists them.
 
 
 def run() -> None:
