@@ -212,15 +212,25 @@ def _to_batch(images: np.ndarray | torch.Tensor, size: int) -> torch.Tensor:
     return tensor.clamp(0.0, 1.0)
 
 
+def _batches(images: np.ndarray | torch.Tensor, size: int, batch_size: int) -> list[torch.Tensor]:
+    """Split before converting, so thousands of uint8 images never become one huge float tensor."""
+    if images.ndim in (3, 4):
+        return [_to_batch(images[i : i + batch_size], size) for i in range(0, images.shape[0], batch_size)]
+    return [_to_batch(images, size)]
+
+
 @torch.no_grad()
 def predict(
     model: FindingClassifier, images: np.ndarray | torch.Tensor, *, batch_size: int = 32
 ) -> np.ndarray:
-    """Probabilities (B, len(LABELS)) float32, in :data:`LABELS` order, with the model in eval mode."""
+    """Probabilities (B, len(LABELS)) float32, in :data:`LABELS` order, with the model in eval mode.
+
+    ``images``: (H, W), (B, H, W) or (B, 1, H, W), uint8 or float in [0, 1]; other sizes are resized to the
+    size the model was trained at.
+    """
     model.eval()
-    batch = _to_batch(images, model.config.image_size)
     device = next(model.parameters()).device
-    out = [torch.sigmoid(model(chunk.to(device))).cpu() for chunk in batch.split(batch_size)]
+    out = [torch.sigmoid(model(chunk.to(device))).cpu() for chunk in _batches(images, model.config.image_size, batch_size)]
     return torch.cat(out).numpy().astype(np.float32)
 
 
@@ -230,9 +240,8 @@ def extract_features(
 ) -> np.ndarray:
     """Penultimate features (B, feature_dim) float64, e.g. for a Fréchet distance between image sets."""
     model.eval()
-    batch = _to_batch(images, model.config.image_size)
     device = next(model.parameters()).device
-    out = [model.features(chunk.to(device)).cpu() for chunk in batch.split(batch_size)]
+    out = [model.features(chunk.to(device)).cpu() for chunk in _batches(images, model.config.image_size, batch_size)]
     return torch.cat(out).numpy().astype(np.float64)
 
 

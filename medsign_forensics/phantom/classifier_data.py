@@ -1,0 +1,229 @@
+"""Training and held-out data for the finding classifier: which phantoms to render, rendering them, labels.
+
+Two sources of finding lists are mixed: findings parsed from real reports (realistic co-occurrence and the
+many normal studies) and randomly sampled findings (every kind, side, zone and severity, so every label has
+support). Labels come from what the renderer actually DREW (its returned findings and non-empty masks), not
+from the request, so a finding the renderer resolved or skipped is labelled as drawn.
+
+Renders are cached as uint8 shards on disk (``shard_00000.npz`` ...) so an interrupted run resumes where it
+stopped and the training loop never renders twice.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import multiprocessing
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from medsign_forensics.errors import DatasetError
+from medsign_forensics.fileio import atomic_path, to_uint8, write_text
+from medsign_forensics.phantom.classifier import LABEL_INDEX, LABELS, encode_labels, label_name
+from medsign_forensics.reports.findings import Finding, FindingKind, Severity, Side, Zone
+
+SHARD_SIZE = 256
+
+# How many findings a random study gets: normals and single findings dominate, as in real reports.
+_COUNT_P = (0.15, 0.45, 0.28, 0.12)
+_LATERAL_SIDES = (Side.RIGHT, Side.LEFT, Side.BILATERAL)
+# Edema and emphysema are usually bilateral in life; other kinds mostly one-sided.
+_SIDE_P_DIFFUSE = (0.25, 0.25, 0.5)
+_SIDE_P_FOCAL = (0.45, 0.45, 0.1)
+_ZONES = (Zone.UPPER, Zone.MIDDLE, Zone.LOWER, Zone.UNSPECIFIED)
+_SEVERITIES = (Severity.MILD, Severity.MODERATE, Severity.SEVERE, Severity.UNSPECIFIED)
+
+
+@dataclass(frozen=True)
+class RenderSpec:
+    """One phantom to render: the requested findings, the renderer seed, and where the findings came from."""
+
+    findings: tuple[Finding, ...]
+    seed: int
+    source: str  # "report:<report_id>" or "random"
+
+    def to_dict(self) -> dict[str, object]:
+        return {"findings": [f.to_dict() for f in self.findings], "seed": self.seed, "source": self.source}
+
+
+def random_findings(rng: np.random.Generator) -> tuple[Finding, ...]:
+    """0-3 present findings of distinct kinds with random sides, zones and severities."""
+    count = int(rng.choice(len(_COUNT_P), p=_COUNT_P))
+    kinds = rng.choice(len(FindingKind), size=count, replace=False)
+    findings = []
+    for index in kinds:
+        kind = list(FindingKind)[int(index)]
+        if kind.lateralised:
+            p = _SIDE_P_DIFFUSE if kind in (FindingKind.EDEMA, FindingKind.EMPHYSEMA) else _SIDE_P_FOCAL
+            side = _LATERAL_SIDES[int(rng.choice(3, p=p))]
+        else:
+            side = Side.UNSPECIFIED
+        findings.append(
+            Finding(
+                kind=kind,
+                side=side,
+                zone=_ZONES[int(rng.integers(len(_ZONES)))],
+                severity=_SEVERITIES[int(rng.integers(len(_SEVERITIES)))],
+            )
+        )
+    return tuple(findings)
+
+
+def report_specs(reports: Sequence[object], *, repeats: int, seed_base: int) -> list[RenderSpec]:
+    """Render specs for each report's parsed findings, ``repeats`` times with different renderer seeds."""
+    from medsign_forensics.reports import parse_report
+
+    specs: list[RenderSpec] = []
+    seed = seed_base
+    for report in reports:
+        findings = tuple(f for f in parse_report(report.text) if f.present)  # type: ignore[attr-defined]
+        for _ in range(repeats):
+            specs.append(RenderSpec(findings, seed, f"report:{report.report_id}"))  # type: ignore[attr-defined]
+            seed += 1
+    return specs
+
+
+def random_specs(count: int, *, seed_base: int, rng_seed: int) -> list[RenderSpec]:
+    """``count`` specs of random findings; renderer seeds ``seed_base .. seed_base + count - 1``."""
+    rng = np.random.default_rng(rng_seed)
+    return [RenderSpec(random_findings(rng), seed_base + i, "random") for i in range(count)]
+
+
+def _mask_sides(mask: np.ndarray) -> tuple[Side, ...]:
+    """Patient sides a mask covers: the patient's RIGHT is the IMAGE-LEFT half (columns < W/2).
+
+    A side counts when it holds at least a fifth of the mask, so a lesion that just crosses the midline
+    is not labelled on both sides.
+    """
+    width = mask.shape[1]
+    right = int(mask[:, : width // 2].sum())
+    left = int(mask[:, width // 2 :].sum())
+    total = right + left
+    return tuple(side for side, part in ((Side.RIGHT, right), (Side.LEFT, left)) if total and part >= 0.2 * total)
+
+
+def study_labels(masks: Sequence[tuple[Finding, np.ndarray]]) -> np.ndarray:
+    """Multi-hot labels of what a rendered study shows: each finding with a non-empty mask, on its drawn side.
+
+    A side the renderer resolved (right, left, bilateral) is used as given; an unspecified one is read off
+    the mask's image half.
+    """
+    target = np.zeros(len(LABELS), dtype=np.float32)
+    for finding, mask in masks:
+        mask = np.asarray(mask, dtype=bool)
+        if not finding.present or not mask.any():
+            continue
+        if not finding.kind.lateralised or finding.side in (Side.RIGHT, Side.LEFT, Side.BILATERAL):
+            target = np.maximum(target, encode_labels([finding]))
+            continue
+        for side in _mask_sides(mask):
+            target[LABEL_INDEX[label_name(finding.kind, side)]] = 1.0
+    return target
+
+
+def _render_one(spec: RenderSpec, size: int) -> tuple[np.ndarray, np.ndarray]:
+    from medsign_forensics.phantom.renderer import render_study
+
+    study = render_study(spec.findings, seed=spec.seed, size=size)
+    return to_uint8(study.image), study_labels(study.masks)
+
+
+def _render_shard(args: tuple[list[RenderSpec], int]) -> tuple[np.ndarray, np.ndarray, float]:
+    specs, size = args
+    start = time.perf_counter()
+    images, labels = zip(*(_render_one(spec, size) for spec in specs))
+    return np.stack(images), np.stack(labels), time.perf_counter() - start
+
+
+def specs_digest(specs: Sequence[RenderSpec], size: int) -> str:
+    """SHA-256 of the spec list and size: a cache folder belongs to exactly one such list."""
+    digest = hashlib.sha256(f"size={size}\n".encode())
+    for spec in specs:
+        digest.update(json.dumps(spec.to_dict(), sort_keys=True).encode())
+        digest.update(b"\n")
+    return digest.hexdigest()
+
+
+@dataclass
+class PhantomArrays:
+    """Rendered phantoms in memory: images uint8 (N, H, W), labels float32 (N, len(LABELS)), and their specs."""
+
+    images: np.ndarray
+    labels: np.ndarray
+    specs: list[RenderSpec]
+    render_seconds: float  # CPU seconds spent rendering in this call (0 when everything came from the cache)
+
+
+def render_cached(
+    specs: Sequence[RenderSpec],
+    cache_dir: str | Path,
+    *,
+    size: int,
+    workers: int = 2,
+    show_progress: bool = True,
+    description: str = "rendering phantoms",
+) -> PhantomArrays:
+    """Render ``specs`` into uint8 shards under ``cache_dir`` (resuming finished shards) and load them all.
+
+    Raises DatasetError when the folder holds shards of a different spec list.
+    """
+    cache = Path(cache_dir)
+    cache.mkdir(parents=True, exist_ok=True)
+    digest = specs_digest(specs, size)
+    stamp = cache / "specs.sha256"
+    if stamp.exists() and stamp.read_text().strip() != digest:
+        raise DatasetError(
+            "render cache holds phantoms of another spec list or size; delete the folder or use another output",
+            path=cache,
+        )
+    write_text(stamp, digest + "\n")
+    chunks = [list(specs[i : i + SHARD_SIZE]) for i in range(0, len(specs), SHARD_SIZE)]
+    paths = [cache / f"shard_{i:05d}.npz" for i in range(len(chunks))]
+    todo = [i for i, path in enumerate(paths) if not path.exists()]
+    render_seconds = 0.0
+    if todo:
+        with Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            disable=not show_progress,
+        ) as progress:
+            task = progress.add_task(description, total=len(specs), completed=len(specs) - sum(len(chunks[i]) for i in todo))
+            jobs = [(chunks[i], size) for i in todo]
+            if workers > 1:
+                # spawn: the parent may hold torch thread pools that a forked child must not inherit.
+                with multiprocessing.get_context("spawn").Pool(workers) as pool:
+                    for i, (images, labels, seconds) in zip(todo, pool.imap(_render_shard, jobs)):
+                        _save_shard(paths[i], images, labels)
+                        render_seconds += seconds
+                        progress.advance(task, len(images))
+            else:
+                for i, job in zip(todo, jobs):
+                    images, labels, seconds = _render_shard(job)
+                    _save_shard(paths[i], images, labels)
+                    render_seconds += seconds
+                    progress.advance(task, len(images))
+    images_list, labels_list = [], []
+    for path in paths:
+        with np.load(path) as shard:
+            images_list.append(shard["images"])
+            labels_list.append(shard["labels"])
+    return PhantomArrays(
+        images=np.concatenate(images_list) if images_list else np.zeros((0, size, size), np.uint8),
+        labels=np.concatenate(labels_list) if labels_list else np.zeros((0, len(LABELS)), np.float32),
+        specs=list(specs),
+        render_seconds=render_seconds,
+    )
+
+
+def _save_shard(path: Path, images: np.ndarray, labels: np.ndarray) -> None:
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as handle:
+            np.savez(handle, images=images, labels=labels)
