@@ -15,7 +15,8 @@ Text rules, sentence by sentence (no model, fully deterministic):
   or "or" alone shares its location ("bibasilar atelectasis and effusions"). The lingula implies the left
   lung and the middle lobe the right one. A mention naming several zones gives one finding per zone.
 * "Heart size is normal" mentions no finding: cardiomegaly needs "cardiomegaly", "cardiac enlargement", an
-  enlarged heart / cardiac silhouette, or a borderline / upper-limit-of-normal heart size (MILD).
+  enlarged heart / cardiac silhouette, or a borderline heart size (MILD); a heart size "at the upper limits of
+  normal" is normal, as the MeSH indexers read it too.
 
 MeSH mapping (Open-i ``major`` tags, ``Term/qualifier/...``): the first element names the pathology and maps
 to a kind only when the term names that pathology or a synonym of it:
@@ -63,12 +64,15 @@ K = FindingKind
 # --------------------------------------------------------------------------------------------------------------
 # Vocabulary: (pattern, kinds). Patterns run on lower-cased text.
 _VOCABULARY: tuple[tuple[str, tuple[FindingKind, ...]], ...] = (
-    (r"\bnodular\s+(?:opacit(?:y|ies)|densit(?:y|ies))", (K.NODULE,)),
-    (r"\b(?:micro)?nodul(?:e|es|ar|arity|i)\b", (K.NODULE,)),
+    (
+        r"\b(?:micro)?nodules?\b|\bnodularity\b|\bnoduli\b"
+        r"|\bnodular(?:[\s-]+like)?\s+(?:\w+\s+)?(?:opacit(?:y|ies)|densit(?:y|ies)|lesions?|foci|focus)\b",
+        (K.NODULE,),
+    ),
     (r"\bmass(?:es)?\b|\bmass-?like\b", (K.MASS,)),
     (
-        r"\bconsolidat\w*|\bopacit(?:y|ies)\b|\bopacifi\w*|\bair\s?-?space\b(?:\s+(?:disease|opacit(?:y|ies)"
-        r"|consolidation|process))?|\binfiltrat\w*|\b(?:broncho)?pneumonias?\b|\bpneumonitis\b",
+        r"\bconsolidat\w*|\bopacit(?:y|ies)\b|\bopacifi\w*|\bair\s?-?space\s+(?:disease|opacit(?:y|ies)"
+        r"|consolidation|process|densit(?:y|ies)|filling)\b|\binfiltrat\w*|\b(?:broncho)?pneumonias?\b|\bpneumonitis\b",
         (K.CONSOLIDATION,),
     ),
     (r"\batelecta\w*", (K.ATELECTASIS,)),
@@ -76,9 +80,10 @@ _VOCABULARY: tuple[tuple[str, tuple[FindingKind, ...]], ...] = (
     (r"\bpneumothora(?:x|ces)\b", (K.PNEUMOTHORAX,)),
     (r"(?<!pericardial )\beffusions?\b|\bpleural fluid\b|\b(?:hemo|haemo)thorax\b", (K.EFFUSION,)),
     (
-        r"\bcardiomegaly\b|\bcardiac enlargement\b|\benlarge(?:d|ment of)(?: the)? (?:heart|cardiac)"
-        r"|\b(?:heart|cardiac|cardiac silhouette|cardiac shadow|heart shadow|heart size)\b[^.;,]{0,40}?\benlarge\w*"
-        r"|\b(?:heart|cardiac silhouette|heart size)\b[^.;,]{0,30}?\b(?:borderline|upper limits? of normal)"
+        r"\bcardiomegaly\b|\bcardiac enlargement\b|\benlarge(?:d|ment of)(?: the)? (?:heart|cardiac|cardiomediastinal)"
+        r"|\b(?:heart|cardiac|cardiomediastinal|heart shadow|heart size)\b[^.;,]{0,40}?\benlarge\w*"
+        r"|\b(?:heart|heart size|cardiac silhouette)\s+(?:is\s+|appears\s+|remains\s+)?(?:\w+ly\s+)?large\b"
+        r"|\b(?:heart|cardiac silhouette|heart size)\b[^.;,]{0,30}?\bborderline\b"
         r"|\bborderline (?:heart|cardiac)\b",
         (K.CARDIOMEGALY,),
     ),
@@ -110,22 +115,23 @@ _PSEUDO_NEGATION = re.compile(
     r"|\bwithout (?:significant |interval )?change\b|\bnot only\b"
 )
 _UNCERTAIN_BEFORE = re.compile(
-    r"\b(?:possible|possibly|question of|questionable|questioned|suspicious for|suspicion (?:of|for)"
-    r"|suspect(?:ed)?|may (?:represent|reflect|be|indicate)|might|could (?:represent|reflect|be|indicate)"
-    r"|cannot (?:exclude|rule out)|can't (?:exclude|rule out)|concern(?:ing)? for|differential"
-    r"|equivocal|rule out|r/o|to exclude|evaluate for)\b"
+    r"\b(?:possible|possibly|question(?: of)?|questionable|questioned|suggestion of|suspicious for|suspicion (?:of|for)"
+    r"|suspect(?:ed)?|may|might|could|cannot (?:exclude|rule out)|can't (?:exclude|rule out)|concern(?:ing)? for"
+    r"|differential|equivocal|rule[- ]out|r/o|to (?:exclude|identify|evaluate|assess)|evaluate for)\b"
 )
 _UNCERTAIN_AFTER = re.compile(
-    r"\b(?:can ?not|not) be (?:excluded|ruled out|entirely excluded)\b|\bnot (?:excluded|ruled out)\b"
+    r"\b(?:can ?not|not) be (?:entirely |completely )?(?:excluded|ruled out)\b"
+    r"|\bnot (?:entirely |completely )?(?:excluded|ruled out)\b"
     r"|\b(?:is|are) (?:possible|questionable|suspected|not excluded)\b|\?"
 )
-_UNCERTAIN_EITHER_SIDE = re.compile(r"\b(?:versus|vs)\b")
+# "atelectasis versus pneumonia": both neighbours of "versus" are hedged, the mentions further away are not.
+_ALTERNATIVE = re.compile(r"\b(?:versus|vs)\b")
 _NEGATION_BEFORE = re.compile(
-    r"\b(?:no|not|without|negative for|free of|absence of|absent|clear of|resolution of|resolved|rather than"
-    r"|nor|never)\b"
+    r"\b(?:no|not|without|negative for|free of|absence of|absent|clear of|clearing of|resolution(?: of)?|resolved"
+    r"|rather than|nor|never)\b"
 )
 _NEGATION_AFTER = re.compile(
-    r"\b(?:not|no longer)\s+(?:been\s+)?(?:seen|identified|visuali[sz]ed|present|evident|appreciated|demonstrated"
+    r"\b(?:not|no longer)\s+(?:been\s+)?(?:well[\s-]+|definitely\s+|clearly\s+)?(?:seen|identified|visuali[sz]ed|present|evident|appreciated|demonstrated"
     r"|noted|apparent|detected|shown|visible|enlarged)\b|\b(?:has|have)?\s*(?:resolved|cleared)\b|\bresolution\b"
     r"|\b(?:is|are) (?:now )?(?:absent|gone|clear)\b"
 )
@@ -149,7 +155,7 @@ _SEVERITY_WORDS = (
     (re.compile(r"\b(?:large|severe|severely|marked|markedly|massive|extensive|significant|significantly)\b"),
      Severity.SEVERE),
     (re.compile(r"\b(?:small|mild|mildly|trace|minimal|minimally|tiny|slight|slightly|subtle|borderline"
-                r"|minor|upper limits? of normal)\b"), Severity.MILD),
+                r"|minor)\b"), Severity.MILD),
 )
 _WORD = re.compile(r"[a-z0-9'/-]+|[^\sa-z0-9]")
 # Words that end the noun phrase in front of a mention: location words before them belong to something else.
@@ -248,7 +254,7 @@ def _clause_findings(clause: str) -> list[Finding]:
     masked = _mask(masked, _UNCERTAIN_BEFORE)
     hedge_after = [m.start() for m in _UNCERTAIN_AFTER.finditer(clause)]
     hedge_before = [m.end() for m in _UNCERTAIN_BEFORE.finditer(clause)]
-    hedged_anywhere = _UNCERTAIN_EITHER_SIDE.search(clause) is not None
+    alternatives = [m.start() for m in _ALTERNATIVE.finditer(clause)]
     negation_before = [m.end() for m in _NEGATION_BEFORE.finditer(masked)]
     negation_after = [m.start() for m in _NEGATION_AFTER.finditer(masked)]
 
@@ -261,8 +267,10 @@ def _clause_findings(clause: str) -> list[Finding]:
         pre = _pre_phrase(clause[previous_end:mention.start], mention.start - previous_end)
         post = _post_phrase(clause[:next_start], mention.end)
         words = f"{pre} {own} {post}"
-        uncertain = hedged_anywhere or any(pos <= mention.start for pos in hedge_before) or any(
-            pos >= mention.end for pos in hedge_after
+        uncertain = (
+            any(pos <= mention.start for pos in hedge_before)
+            or any(pos >= mention.end for pos in hedge_after)
+            or any(previous_end <= pos <= mention.start or mention.end <= pos <= next_start for pos in alternatives)
         )
         negated = not uncertain and (
             any(pos <= mention.end for pos in negation_before) or any(pos >= mention.end for pos in negation_after)
@@ -348,6 +356,8 @@ _MESH_QUALIFIED: dict[str, tuple[frozenset[str], tuple[FindingKind, ...]]] = {
     "cardiac shadow": (frozenset({"enlarged", "borderline"}), (K.CARDIOMEGALY,)),
     "lung": (frozenset({"hyperdistention"}), (K.EMPHYSEMA,)),
 }
+# A round opacity or density is a nodule (Fleischner glossary: "a rounded or irregular opacity ... up to 3 cm").
+_MESH_ROUND_IS_NODULE = frozenset({"opacity", "density"})
 _MESH_OUTSIDE_LUNG = frozenset(
     {"ribs", "thoracic vertebrae", "lumbar vertebrae", "cervical vertebrae", "spine", "clavicle", "humerus",
      "shoulder", "sternum", "breast", "breast implants", "abdomen", "aorta", "aorta, thoracic", "neck",
@@ -369,6 +379,8 @@ def _mesh_tag_findings(tag: str) -> list[Finding]:
     parts = [" ".join(part.split()).lower() for part in tag.split("/")]
     term, qualifiers = parts[0], set(parts[1:])
     kinds = _MESH_KINDS.get(term, ())
+    if term in _MESH_ROUND_IS_NODULE and "round" in qualifiers:
+        kinds = (K.NODULE,)
     if term in _MESH_QUALIFIED:
         required, qualified_kinds = _MESH_QUALIFIED[term]
         kinds = qualified_kinds if qualifiers & required else ()
