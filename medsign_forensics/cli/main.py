@@ -32,6 +32,9 @@ def main(
 
 
 # Command modules: one import and one register() call each, in the order `--help` lists them.
+from medsign_forensics.cli import train as _train  # noqa: E402
+
+_train.register(app)
 
 
 def run() -> None:

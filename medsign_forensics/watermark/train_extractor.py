@@ -147,11 +147,12 @@ class TrainResult:
 
 
 def _lr_factor(step: int, config: ExtractorTrainConfig) -> float:
-    """Linear warm-up, then cosine decay to ``min_lr_ratio``."""
-    if step < config.warmup_steps:
-        return (step + 1) / config.warmup_steps
-    span = max(1, config.steps - config.warmup_steps)
-    progress = min(1.0, (step - config.warmup_steps) / span)
+    """Linear warm-up (at most a tenth of the run), then cosine decay to ``min_lr_ratio``."""
+    warmup = min(config.warmup_steps, config.steps // 10)
+    if step < warmup:
+        return (step + 1) / warmup
+    span = max(1, config.steps - warmup)
+    progress = min(1.0, (step - warmup) / span)
     return config.min_lr_ratio + (1 - config.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
