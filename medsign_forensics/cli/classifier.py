@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import shlex
 import shutil
+import sys
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -83,7 +85,8 @@ def register(app: typer.Typer) -> None:
         )
         if reports is not None:
             config = replace(config, reports=None if reports.strip().lower() == "none" else reports)
-        result = train_classifier(config, out, device=device, show_progress=not json_output)
+        command = "medsign " + " ".join(shlex.quote(arg) for arg in sys.argv[1:])
+        result = train_classifier(config, out, device=device, show_progress=not json_output, command=command)
         if export is not None:
             if export.exists() and not export.is_dir():
                 raise InputError("export target exists and is not a folder; give a folder path", path=export)

@@ -250,9 +250,15 @@ class TrainResult:
     train_seconds: float
 
 
-def _write_checkpoint(path: Path, model: FindingClassifier, optimizer: torch.optim.Optimizer, step: int, config: TrainConfig) -> None:
+def _write_checkpoint(
+    path: Path, model: FindingClassifier, optimizer: torch.optim.Optimizer, step: int, config: TrainConfig, elapsed: float
+) -> None:
     with atomic_path(path) as tmp:
-        torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step, "config": config.to_dict()}, tmp)
+        torch.save(
+            {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step, "config": config.to_dict(),
+             "elapsed": elapsed, "torch_rng": torch.get_rng_state()},
+            tmp,
+        )
 
 
 def _log(path: Path, record: dict[str, Any]) -> None:
@@ -267,12 +273,14 @@ def train_classifier(
     device: str | torch.device = "cpu",
     show_progress: bool = True,
     on_step: Callable[[int, float], None] | None = None,
+    command: str | None = None,
 ) -> TrainResult:
     """Render (cached), train, evaluate and save a classifier under ``out_dir``.
 
     ``out_dir`` receives ``cache/train``, ``cache/eval`` (uint8 render shards), ``checkpoint.pt``,
     ``train_log.jsonl``, ``eval.json`` and ``weights/`` (``model.safetensors`` fp16 + ``config.json``).
     Running again with the same config resumes from the last checkpoint; a different config is refused.
+    ``command`` (the command line that started the run) is recorded in the weights' config.json.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -291,6 +299,7 @@ def train_classifier(
     model = FindingClassifier(config.model).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     start_step = 0
+    previous_seconds = 0.0  # training seconds spent by earlier, interrupted calls
     checkpoint_path = out / "checkpoint.pt"
     log_path = out / "train_log.jsonl"
     if checkpoint_path.exists():
@@ -303,6 +312,8 @@ def train_classifier(
         model.load_state_dict(state["model"], strict=True)
         optimizer.load_state_dict(state["optimizer"])
         start_step = int(state["step"])
+        previous_seconds = float(state.get("elapsed", 0.0))
+        torch.set_rng_state(state["torch_rng"])  # dropout continues exactly as an uninterrupted run would
     elif log_path.exists():
         log_path.unlink()  # a log without a checkpoint belongs to a run that never saved; start it afresh
     _log(log_path, {"event": "start", "step": start_step, "config": config.to_dict(), "train_images": len(train_data.images),
@@ -333,13 +344,14 @@ def train_classifier(
             done = step + 1
             if done % config.log_every == 0 or done == config.steps:
                 _log(log_path, {"event": "step", "step": done, "loss": round(sum(window) / len(window), 5),
-                                "lr": optimizer.param_groups[0]["lr"], "seconds": round(time.perf_counter() - started, 1)})
+                                "lr": optimizer.param_groups[0]["lr"],
+                                "seconds": round(previous_seconds + time.perf_counter() - started, 1)})
                 progress.update(task, loss=f"{sum(window) / len(window):.4f}")
                 window.clear()
             if done % config.checkpoint_every == 0 or done == config.steps:
-                _write_checkpoint(checkpoint_path, model, optimizer, done, config)
+                _write_checkpoint(checkpoint_path, model, optimizer, done, config, previous_seconds + time.perf_counter() - started)
             progress.advance(task)
-    train_seconds = time.perf_counter() - started
+    train_seconds = previous_seconds + time.perf_counter() - started
 
     model.eval()
     scores = evaluate(model, eval_data)
@@ -352,6 +364,10 @@ def train_classifier(
         "train_config": config.to_dict(),
         "train_images": len(train_data.images),
         "steps": config.steps,
+        "train_seconds": round(train_seconds, 1),
+        "command": command,
+        "torch_version": torch.__version__,
+        "device": str(device),
         "held_out_auroc": {s.label: s.auroc for s in scores},
         "held_out_positives": {s.label: s.positives for s in scores},
     })
