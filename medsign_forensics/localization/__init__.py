@@ -1,0 +1,32 @@
+"""The pathology localization map A_loc from the diffusion U-Net's cross-attention (MedSign section 2.2.1).
+
+capture    records cross-attention probabilities without changing the U-Net's output
+words      selects the report's medical words and their prompt token positions
+maps       per-token maps -> A_avg, CAS, AAS -> A_loc; combination over words
+inversion  maps for an existing image and its report (one noised denoising step per timestep)
+metrics    pointing game and IoU against ground-truth lesion masks
+"""
+
+from medsign_forensics.localization.capture import CapturedAttention, CrossAttentionCapture, every_step
+from medsign_forensics.localization.inversion import DEFAULT_TIMESTEPS, localize_image
+from medsign_forensics.localization.maps import Localization, MapOptions, WordMap, localize_captured
+from medsign_forensics.localization.metrics import iou, pointing_game
+from medsign_forensics.localization.words import MedicalWord, WordTokens, medical_words, word_tokens
+
+__all__ = [
+    "DEFAULT_TIMESTEPS",
+    "CapturedAttention",
+    "CrossAttentionCapture",
+    "Localization",
+    "MapOptions",
+    "MedicalWord",
+    "WordMap",
+    "WordTokens",
+    "every_step",
+    "iou",
+    "localize_captured",
+    "localize_image",
+    "medical_words",
+    "pointing_game",
+    "word_tokens",
+]

@@ -1,0 +1,264 @@
+"""Capture the U-Net's cross-attention probabilities while it runs, without changing what it computes.
+
+The default diffusers processor uses a fused scaled-dot-product kernel and never forms the probability matrix,
+so a capturing processor must compute ``softmax(Q K^T * scale)`` itself. It is installed only on the
+cross-attention layers (modules named ``...attn2``); self-attention keeps its original processor. The capturing
+processor first calls the layer's ORIGINAL processor to produce the output (so the U-Net's result is bit for
+bit what it was), then, on selected steps only, recomputes the probabilities of the conditional rows in fp32
+and adds them, summed over heads, to a running sum for that layer. Nothing is stored per step.
+
+The processor sees only a flattened sequence; the spatial grid of each layer is recovered from the latent's
+height and width (recorded by a pre-forward hook on the U-Net) by halving them, rounding up, until the product
+equals the sequence length, exactly as the U-Net's stride-2 convolutions do. No square size is assumed.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any
+
+import torch
+
+CROSS_ATTENTION_SUFFIX = "attn2"
+_PROCESSOR_SUFFIX = ".processor"
+
+StepSelector = Callable[[int, int], bool]
+"""Decides from (step index, timestep) whether a U-Net call is captured; step index counts U-Net calls from 0."""
+
+
+def every_step(step_index: int, timestep: int) -> bool:
+    """Capture every U-Net call (the paper sums over all time steps)."""
+    return True
+
+
+@dataclass(frozen=True)
+class LayerAttention:
+    """One cross-attention layer's running sum.
+
+    ``sums`` has shape (B, T, h, w): for each conditional batch item and text token, the attention
+    probability at every position of the layer's grid, summed over the layer's ``heads`` and the captured steps.
+    """
+
+    name: str
+    heads: int
+    sums: torch.Tensor
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        return int(self.sums.shape[-2]), int(self.sums.shape[-1])
+
+
+@dataclass(frozen=True)
+class CapturedAttention:
+    """Everything the capture accumulated: per-layer sums, the latent size and how many steps were summed."""
+
+    layers: dict[str, LayerAttention]
+    latent_size: tuple[int, int]
+    steps: int
+    batch: int
+
+    @property
+    def tokens(self) -> int:
+        return next(iter(self.layers.values())).sums.shape[1]
+
+
+def layer_grid(sequence_length: int, latent_size: tuple[int, int]) -> tuple[int, int]:
+    """The (h, w) grid of a layer whose flattened sequence has ``sequence_length`` positions.
+
+    Each U-Net level halves the grid with a stride-2, padding-1 convolution, i.e. ``ceil(n / 2)``.
+    """
+    height, width = latent_size
+    while height * width > sequence_length and (height > 1 or width > 1):
+        height, width = math.ceil(height / 2), math.ceil(width / 2)
+    if height * width != sequence_length:
+        raise ValueError(
+            f"a cross-attention layer has {sequence_length} positions, which is no power-of-two reduction of "
+            f"the {latent_size[0]}x{latent_size[1]} latent; this U-Net layout is not supported"
+        )
+    return height, width
+
+
+class _CapturingProcessor:
+    """Wraps a layer's original processor: the original computes the output, this one records probabilities."""
+
+    def __init__(self, inner: Any, *, name: str, capture: CrossAttentionCapture) -> None:
+        self.inner = inner
+        self.name = name
+        self.capture = capture
+
+    def __call__(
+        self,
+        attn: Any,
+        hidden_states: torch.Tensor,
+        encoder_hidden_states: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        temb: torch.Tensor | None = None,
+        **kwargs: Any,
+    ) -> torch.Tensor:
+        output = self.inner(
+            attn,
+            hidden_states,
+            encoder_hidden_states=encoder_hidden_states,
+            attention_mask=attention_mask,
+            temb=temb,
+            **kwargs,
+        )
+        if self.capture.recording and encoder_hidden_states is not None:
+            with torch.no_grad():
+                probs = _attention_probabilities(
+                    attn, hidden_states, encoder_hidden_states, attention_mask, temb, self.capture.conditional_rows
+                )
+            self.capture._add(self.name, attn.heads, probs)
+        return output
+
+
+def _attention_probabilities(
+    attn: Any,
+    hidden_states: torch.Tensor,
+    encoder_hidden_states: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    temb: torch.Tensor | None,
+    rows: Callable[[int], slice],
+) -> torch.Tensor:
+    """softmax(Q K^T * scale) in fp32 for the conditional rows, summed over heads: (B_cond, N, T)."""
+    if attn.spatial_norm is not None:
+        hidden_states = attn.spatial_norm(hidden_states, temb)
+    if hidden_states.ndim == 4:
+        batch, channels, height, width = hidden_states.shape
+        hidden_states = hidden_states.view(batch, channels, height * width).transpose(1, 2)
+    full_batch = hidden_states.shape[0]
+    keep = rows(full_batch)
+    hidden_states = hidden_states[keep]
+    encoder_hidden_states = encoder_hidden_states[keep]
+    if attn.group_norm is not None:
+        hidden_states = attn.group_norm(hidden_states.transpose(1, 2)).transpose(1, 2)
+    if attn.norm_cross:
+        encoder_hidden_states = attn.norm_encoder_hidden_states(encoder_hidden_states)
+    query = attn.to_q(hidden_states)
+    key = attn.to_k(encoder_hidden_states)
+    batch = query.shape[0]
+    head_dim = key.shape[-1] // attn.heads
+    query = query.view(batch, -1, attn.heads, head_dim).transpose(1, 2)
+    key = key.view(batch, -1, attn.heads, head_dim).transpose(1, 2)
+    if attn.norm_q is not None:
+        query = attn.norm_q(query)
+    if attn.norm_k is not None:
+        key = attn.norm_k(key)
+    scores = torch.matmul(query.float(), key.float().transpose(-1, -2)) * attn.scale
+    if attention_mask is not None:
+        mask = attn.prepare_attention_mask(attention_mask, key.shape[-2], full_batch, out_dim=4)
+        scores = scores + mask[keep].float()
+    return scores.softmax(dim=-1).sum(dim=1)
+
+
+class CrossAttentionCapture:
+    """Context manager that records cross-attention probabilities of a UNet2DConditionModel.
+
+    ``conditional_batch`` is the number of conditional samples per U-Net call. Under classifier-free
+    guidance the U-Net batch is ``[unconditional, conditional]`` (twice that number) and only the second half
+    is kept; with guidance off the batch equals it and every row is kept; any other batch size is an error.
+    ``select`` picks the U-Net calls (steps) that are summed. On exit the original processors are restored,
+    even after an exception.
+    """
+
+    def __init__(self, unet: torch.nn.Module, *, conditional_batch: int, select: StepSelector = every_step) -> None:
+        if conditional_batch < 1:
+            raise ValueError(f"conditional_batch must be at least 1, not {conditional_batch}")
+        self.unet = unet
+        self.conditional_batch = conditional_batch
+        self.select = select
+        self.recording = False
+        self.steps_seen = 0
+        self.steps_captured = 0
+        self.latent_size: tuple[int, int] | None = None
+        self._sums: dict[str, torch.Tensor] = {}
+        self._heads: dict[str, int] = {}
+        self._original: dict[str, Any] | None = None
+        self._hook: Any = None
+
+    def __enter__(self) -> CrossAttentionCapture:
+        original = dict(self.unet.attn_processors)
+        replacement = {
+            key: _CapturingProcessor(processor, name=key[: -len(_PROCESSOR_SUFFIX)], capture=self)
+            if key.endswith(CROSS_ATTENTION_SUFFIX + _PROCESSOR_SUFFIX)
+            else processor
+            for key, processor in original.items()
+        }
+        if all(value is original[key] for key, value in replacement.items()):
+            raise ValueError("this U-Net has no cross-attention layers (modules named '...attn2') to capture")
+        self.unet.set_attn_processor(replacement)
+        self._original = original
+        self._hook = self.unet.register_forward_pre_hook(self._before_unet, with_kwargs=True)
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        if self._hook is not None:
+            self._hook.remove()
+            self._hook = None
+        if self._original is not None:
+            self.unet.set_attn_processor(dict(self._original))
+            self._original = None
+        self.recording = False
+
+    def _before_unet(self, module: torch.nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        sample = args[0] if args else kwargs["sample"]
+        timestep = args[1] if len(args) > 1 else kwargs["timestep"]
+        size = (int(sample.shape[-2]), int(sample.shape[-1]))
+        if self.latent_size is not None and size != self.latent_size and self._sums:
+            raise ValueError(
+                f"the latent size changed from {self.latent_size} to {size} within one capture; "
+                "use a new capture for each image size"
+            )
+        self.latent_size = size
+        step = self.steps_seen
+        self.steps_seen += 1
+        t = int(torch.as_tensor(timestep).reshape(-1)[0].item())
+        self.recording = bool(self.select(step, t))
+        if self.recording:
+            self.steps_captured += 1
+
+    def conditional_rows(self, batch: int) -> slice:
+        """The rows of a U-Net batch that carry the conditional (report) embedding."""
+        if batch == self.conditional_batch:
+            return slice(None)
+        if batch == 2 * self.conditional_batch:
+            return slice(self.conditional_batch, None)
+        raise ValueError(
+            f"the U-Net batch has {batch} rows, but the capture expects {self.conditional_batch} conditional rows "
+            f"(or twice that under classifier-free guidance)"
+        )
+
+    def _add(self, name: str, heads: int, probs: torch.Tensor) -> None:
+        current = self._sums.get(name)
+        self._sums[name] = probs if current is None else current + probs
+        self._heads[name] = heads
+
+    def reset(self) -> None:
+        """Forget everything accumulated so far (the processors stay installed)."""
+        self._sums.clear()
+        self._heads.clear()
+        self.steps_seen = 0
+        self.steps_captured = 0
+        self.latent_size = None
+
+    def result(self) -> CapturedAttention:
+        """The accumulated sums, each reshaped to its layer's (B, T, h, w) grid."""
+        if not self._sums or self.latent_size is None:
+            raise ValueError("nothing was captured: run the U-Net inside the capture, on at least one selected step")
+        layers = {}
+        for name, sums in self._sums.items():
+            batch, positions, tokens = sums.shape
+            height, width = layer_grid(positions, self.latent_size)
+            grid = sums.transpose(1, 2).reshape(batch, tokens, height, width)
+            layers[name] = LayerAttention(name=name, heads=self._heads[name], sums=grid)
+        return CapturedAttention(
+            layers=layers, latent_size=self.latent_size, steps=self.steps_captured, batch=self.conditional_batch
+        )

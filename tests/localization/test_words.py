@@ -1,0 +1,49 @@
+from __future__ import annotations
+
+from conftest import keyword_parser, tiny_tokenizer
+
+from medsign_forensics.localization.words import WordRole, medical_words, sentence_spans, word_tokens
+from medsign_forensics.reports.findings import FindingKind
+
+
+def test_sentences_split_at_stops_but_not_in_decimals():
+    report = "Nodule of 1.5 cm; clear lungs.\nNo effusion"
+    assert [report[a:b].strip() for a, b in sentence_spans(report)] == ["Nodule of 1.5 cm", "clear lungs", "No effusion"]
+
+
+def test_only_present_findings_and_their_locations_are_selected():
+    report = "No pleural effusion. Small LEFT lower lobe nodule, right lung clear."
+    words = medical_words(report, parse=keyword_parser)
+    assert [(w.text, w.role, w.kind) for w in words] == [
+        ("left", WordRole.LOCATION, FindingKind.NODULE),
+        ("lower", WordRole.LOCATION, FindingKind.NODULE),
+        ("nodule", WordRole.FINDING, FindingKind.NODULE),
+    ]
+    assert [report[w.start : w.end] for w in words] == ["LEFT", "lower", "nodule"]
+    assert [w.text for w in medical_words(report, parse=keyword_parser, locations=False)] == ["nodule"]
+
+
+def test_normal_report_has_no_medical_words():
+    assert medical_words("No effusion or pneumothorax. Heart size normal.", parse=keyword_parser) == []
+
+
+def test_multi_token_words_map_to_all_their_tokens(tokenizer):
+    report = "Small left effusion."
+    words = medical_words(report, parse=keyword_parser)
+    found, dropped = word_tokens(tokenizer, report, words)
+    assert dropped == []
+    ids = tokenizer(report, padding="max_length", max_length=tokenizer.model_max_length, truncation=True)["input_ids"]
+    # <start> small left e f f u s i o n . <end>: "small" and "left" are one token each, "effusion" eight
+    assert [(t.word.text, t.positions) for t in found] == [("left", (2,)), ("effusion", tuple(range(3, 11)))]
+    assert tokenizer.convert_ids_to_tokens(ids[3:11]) == ["e", "f", "f", "u", "s", "i", "o", "n</w>"]
+    special = set(tokenizer.all_special_ids)
+    assert all(ids[p] not in special for t in found for p in t.positions)
+
+
+def test_words_after_truncation_are_dropped():
+    short = tiny_tokenizer(max_length=12)
+    report = "Left effusion. Right nodule."
+    found, dropped = word_tokens(short, report, medical_words(report, parse=keyword_parser))
+    # 12 positions = start + 10 tokens + end: "left" (1) + "effusion" (8) + "." fill them; the rest is cut
+    assert [t.word.text for t in found] == ["left", "effusion"]
+    assert [w.text for w in dropped] == ["right", "nodule"]
