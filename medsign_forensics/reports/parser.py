@@ -18,35 +18,37 @@ Text rules, sentence by sentence (no model, fully deterministic):
   enlarged heart / cardiac silhouette, or a borderline heart size (MILD); a heart size "at the upper limits of
   normal" is normal, as the MeSH indexers read it too.
 
-MeSH mapping (Open-i ``major`` tags, ``Term/qualifier/...``): the first element names the pathology and maps
-to a kind only when the term names that pathology or a synonym of it:
+MeSH mapping (Open-i ``major`` tags, ``Term/qualifier/...``): the term maps to a kind only when it names that
+pathology or a synonym of it, read as a radiologist would:
 
-===============================================================  =================================
-MeSH term                                                        FindingKind
-===============================================================  =================================
-Nodule                                                           NODULE
-Mass                                                             MASS
-Opacity, Consolidation, Airspace Disease, Infiltrate, Pneumonia  CONSOLIDATION
-Pulmonary Atelectasis                                            ATELECTASIS
-Pleural Effusion, Hemothorax                                     EFFUSION
-Pneumothorax                                                     PNEUMOTHORAX
-Hydropneumothorax, Hemopneumothorax                              PNEUMOTHORAX and EFFUSION
-Cardiomegaly; Cardiac Shadow with ``enlarged`` or ``borderline``  CARDIOMEGALY
-Pulmonary Edema, Pulmonary Congestion                            EDEMA
-Calcified Granuloma, Granuloma                                   GRANULOMA
-Emphysema, Pulmonary Emphysema, Bullous Emphysema,               EMPHYSEMA
-Pulmonary Disease, Chronic Obstructive, Lung/hyperdistention,
-Lung, Hyperlucent
-===============================================================  =================================
+=================================================================  ===========================
+MeSH term                                                          FindingKind
+=================================================================  ===========================
+Nodule; Opacity or Density qualified ``round``                     NODULE (a rounded opacity
+                                                                   is a nodule, Fleischner)
+Mass                                                               MASS
+Opacity (not ``round``), Consolidation, Airspace Disease,          CONSOLIDATION
+Infiltrate, Pneumonia
+Pulmonary Atelectasis                                              ATELECTASIS
+Pleural Effusion, Hemothorax                                       EFFUSION
+Pneumothorax                                                       PNEUMOTHORAX
+Hydropneumothorax, Hemopneumothorax                                PNEUMOTHORAX and EFFUSION
+Cardiomegaly; Cardiac Shadow qualified ``enlarged``/``borderline``  CARDIOMEGALY
+Pulmonary Edema, Pulmonary Congestion                              EDEMA
+Calcified Granuloma, Granuloma                                     GRANULOMA
+Emphysema, Pulmonary Emphysema, Bullous Emphysema, Pulmonary       EMPHYSEMA (hyperinflation
+Disease Chronic Obstructive, Lung qualified ``hyperdistention``    is how it is drawn)
+=================================================================  ===========================
 
-Not mapped, on purpose: Density and Lucency (no pathology named), Calcinosis (calcification, wherever it is),
-Granulomatous Disease (a diagnosis, not a lesion), Cicatrix (scar), Costophrenic Angle/blunted, Lung/
-hypoinflation, Heart Failure, Pericardial Effusion, Subcutaneous / Mediastinal Emphysema, and any tag placed
-outside the lungs and pleura (ribs, spine, breast, aorta, ...). Qualifiers: ``right`` / ``left`` /
-``bilateral`` -> side; ``upper lobe`` / ``apex`` -> UPPER, ``middle lobe`` / ``lingula`` / ``hilum`` ->
-MIDDLE, ``lower lobe`` / ``base`` / ``retrocardiac`` / ``costophrenic angle`` -> LOWER; ``mild`` / ``small``
-/ ``borderline`` -> MILD, ``moderate`` -> MODERATE, ``severe`` / ``large`` -> SEVERE. ``normal`` and
-``No Indexing`` give no finding.
+Not mapped, on purpose: Density without ``round`` and Lucency (no pathology named), "Lung, Hyperlucent" (a
+hyperlucent lung is not emphysema by itself), Calcinosis (calcification, wherever it is), Granulomatous
+Disease (a diagnosis, not a lesion), Cicatrix (scar), Costophrenic Angle/blunted, Lung/hypoinflation, Heart
+Failure, Pericardial Effusion, Subcutaneous / Mediastinal Emphysema, and any tag placed outside the lungs and
+pleura (ribs, spine, breast, aorta, ...). Qualifiers: ``right`` / ``left`` / ``bilateral`` -> side (``lingula``
+alone implies left, ``middle lobe`` right); ``upper lobe`` / ``apex`` -> UPPER, ``middle lobe`` / ``lingula``
+/ ``hilum`` -> MIDDLE, ``lower lobe`` / ``base`` / ``retrocardiac`` / ``costophrenic angle`` -> LOWER;
+``mild`` / ``small`` / ``borderline`` -> MILD, ``moderate`` -> MODERATE, ``severe`` / ``large`` -> SEVERE.
+``normal`` and ``No Indexing`` give no finding.
 """
 
 from __future__ import annotations
@@ -65,8 +67,9 @@ K = FindingKind
 # Vocabulary: (pattern, kinds). Patterns run on lower-cased text.
 _VOCABULARY: tuple[tuple[str, tuple[FindingKind, ...]], ...] = (
     (
-        r"\b(?:micro)?nodules?\b|\bnodularity\b|\bnoduli\b"
-        r"|\bnodular(?:[\s-]+like)?\s+(?:\w+\s+)?(?:opacit(?:y|ies)|densit(?:y|ies)|lesions?|foci|focus)\b",
+        r"\b(?:micro)?nodules?\b|\bnodularity\b|\bnoduli\b|\b(?:fibro|reticulo)-?nodular\b"
+        r"|\bnodular(?:[\s-]+like)?\s+(?:\w+\s+)?(?:opacit(?:y|ies)|densit(?:y|ies)|lesions?|foci|focus)\b"
+        r"|\b(?:round|rounded|circular)\s+(?:\w+\s+){0,2}?(?:opacit(?:y|ies)|densit(?:y|ies))\b",
         (K.NODULE,),
     ),
     (r"\bmass(?:es)?\b|\bmass-?like\b", (K.MASS,)),
@@ -75,7 +78,7 @@ _VOCABULARY: tuple[tuple[str, tuple[FindingKind, ...]], ...] = (
         r"|consolidation|process|densit(?:y|ies)|filling)\b|\binfiltrat\w*|\b(?:broncho)?pneumonias?\b|\bpneumonitis\b",
         (K.CONSOLIDATION,),
     ),
-    (r"\batelecta\w*", (K.ATELECTASIS,)),
+    (r"\batelecta\w*|\bcollapsed?\b", (K.ATELECTASIS,)),
     (r"\b(?:hydro|hemo|haemo)pneumothora(?:x|ces)\b", (K.PNEUMOTHORAX, K.EFFUSION)),
     (r"\bpneumothora(?:x|ces)\b", (K.PNEUMOTHORAX,)),
     (r"(?<!pericardial )\beffusions?\b|\bpleural fluid\b|\b(?:hemo|haemo)thorax\b", (K.EFFUSION,)),
@@ -88,8 +91,10 @@ _VOCABULARY: tuple[tuple[str, tuple[FindingKind, ...]], ...] = (
         (K.CARDIOMEGALY,),
     ),
     (
-        r"\bedema\b|\b(?:vascular|pulmonary|venous) congestion\b|\bcongestive\b(?! heart failure| failure)"
-        r"|\bcongestion\b|\bcephalization\b",
+        r"(?<!soft tissue )(?<!laryngeal )\bedema\b|\b(?:vascular|pulmonary|venous) congestion\b|\bcongestive\b(?! heart failure| failure)"
+        r"|\bcongestion\b|\bcephalization\b|\bengorge\w*|\bvascular (?:prominence|redistribution|engorgement)\b"
+        r"|\b(?:prominen(?:t|ce)|increased)(?: of)?(?: the)?(?: central)?(?: pulmonary| lung)? vascula(?:r|rity|ture)\b"
+        r"|\bvascula(?:rity|ture) (?:is |are |appears? |remains? )?(?:\w+ly )?(?:prominent|engorged|increased)\b",
         (K.EDEMA,),
     ),
     (r"\bgranulom(?:a|as|ata)\b", (K.GRANULOMA,)),
@@ -117,7 +122,7 @@ _PSEUDO_NEGATION = re.compile(
 _UNCERTAIN_BEFORE = re.compile(
     r"\b(?:possible|possibly|question(?: of)?|questionable|questioned|suggestion of|suspicious for|suspicion (?:of|for)"
     r"|suspect(?:ed)?|may|might|could|cannot (?:exclude|rule out)|can't (?:exclude|rule out)|concern(?:ing)? for"
-    r"|differential|equivocal|rule[- ]out|r/o|to (?:exclude|identify|evaluate|assess)|evaluate for)\b"
+    r"|differential|equivocal|suggest\w*|favou?r(?:s|ed|ing)?|rule[- ]out|r/o|to (?:exclude|identify|evaluate|assess)|evaluate for)\b"
 )
 _UNCERTAIN_AFTER = re.compile(
     r"\b(?:can ?not|not) be (?:entirely |completely )?(?:excluded|ruled out)\b"
@@ -133,7 +138,7 @@ _NEGATION_BEFORE = re.compile(
 _NEGATION_AFTER = re.compile(
     r"\b(?:not|no longer)\s+(?:been\s+)?(?:well[\s-]+|definitely\s+|clearly\s+)?(?:seen|identified|visuali[sz]ed|present|evident|appreciated|demonstrated"
     r"|noted|apparent|detected|shown|visible|enlarged)\b|\b(?:has|have)?\s*(?:resolved|cleared)\b|\bresolution\b"
-    r"|\b(?:is|are) (?:now )?(?:absent|gone|clear)\b"
+    r"|\b(?:is|are) (?:now )?(?:absent|gone|clear)\b|\b(?:is|are|appears?) (?:within (?:the )?(?:normal )?limits|normal)\b"
 )
 
 # --------------------------------------------------------------------------------------------------------------
@@ -266,6 +271,9 @@ def _clause_findings(clause: str) -> list[Finding]:
         own = clause[mention.start : mention.end]
         pre = _pre_phrase(clause[previous_end:mention.start], mention.start - previous_end)
         post = _post_phrase(clause[:next_start], mention.end)
+        # A cue after the mention ("... is not seen") reaches back over the words up to the next comma only.
+        comma = clause.find(",", mention.end)
+        post_end = len(clause) if comma < 0 else comma
         words = f"{pre} {own} {post}"
         uncertain = (
             any(pos <= mention.start for pos in hedge_before)
@@ -273,7 +281,7 @@ def _clause_findings(clause: str) -> list[Finding]:
             or any(previous_end <= pos <= mention.start or mention.end <= pos <= next_start for pos in alternatives)
         )
         negated = not uncertain and (
-            any(pos <= mention.end for pos in negation_before) or any(pos >= mention.end for pos in negation_after)
+            any(pos <= mention.end for pos in negation_before) or any(mention.end <= pos < post_end for pos in negation_after)
         )
         side, zones = _side(words), _zones(words)
         between = _WORD.findall(clause[previous_end:mention.start])
@@ -349,7 +357,6 @@ _MESH_KINDS: dict[str, tuple[FindingKind, ...]] = {
     "pulmonary emphysema": (K.EMPHYSEMA,),
     "bullous emphysema": (K.EMPHYSEMA,),
     "pulmonary disease, chronic obstructive": (K.EMPHYSEMA,),
-    "lung, hyperlucent": (K.EMPHYSEMA,),
 }
 # Terms that name a pathology only with a given qualifier.
 _MESH_QUALIFIED: dict[str, tuple[frozenset[str], tuple[FindingKind, ...]]] = {
