@@ -3,10 +3,11 @@
 For every Open-i report that was MeSH-indexed (tags other than "No Indexing"), a kind is "positive by MeSH"
 when parse_mesh(report.mesh) yields it and "positive by text" when parse_report(report.text) yields it as
 present (neither negated nor hedged). Scores are counted once per report and kind. Side agreement: among
-reports where both sources name the kind with a side, the share where the sets of sides are equal.
+reports where both sources name the kind with a side, the share where both cover the same lungs ("left" plus
+"right" counts as "bilateral").
 
     python benchmarks/parser_f1.py                      # writes benchmarks/results/parser_f1.md
-    python benchmarks/parser_f1.py --show effusion:fn   # also print missed effusions, to inspect
+    python benchmarks/parser_f1.py --show effusion:fn   # print missed effusions instead (also :fp, :side)
 """
 
 from __future__ import annotations
@@ -28,14 +29,17 @@ TARGET_F1 = 0.85
 MACHINE = "2-core CPU VM, no GPU"
 
 
+# Sides compared as the lungs they cover, so "left" plus "right" equals "bilateral".
+_LUNGS = {Side.LEFT: {Side.LEFT}, Side.RIGHT: {Side.RIGHT}, Side.BILATERAL: {Side.LEFT, Side.RIGHT}}
+
+
 def _kinds(findings, *, present_only: bool) -> dict[FindingKind, set[Side]]:
     by_kind: dict[FindingKind, set[Side]] = {}
     for finding in findings:
         if present_only and not finding.present:
             continue
         sides = by_kind.setdefault(finding.kind, set())
-        if finding.side is not Side.UNSPECIFIED:
-            sides.add(finding.side)
+        sides.update(_LUNGS.get(finding.side, ()))
     return by_kind
 
 
@@ -54,6 +58,8 @@ def evaluate(reports):
             if cell == "tp" and truth[kind] and guess[kind]:
                 counts[kind]["sided"] += 1
                 counts[kind]["side_agree"] += truth[kind] == guess[kind]
+                if truth[kind] != guess[kind]:
+                    examples.setdefault((kind, "side"), []).append(report)
     return counts, examples
 
 
@@ -84,7 +90,7 @@ def table(counts) -> tuple[list[str], list[FindingKind]]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=RESULTS, help="Markdown file to write")
-    parser.add_argument("--show", action="append", default=[], metavar="KIND:fp|fn",
+    parser.add_argument("--show", action="append", default=[], metavar="KIND:fp|fn|side",
                         help="print the reports of one error cell (repeatable); nothing is written then")
     parser.add_argument("--limit", type=int, default=25, help="how many reports --show prints per cell")
     args = parser.parse_args(argv)
@@ -118,7 +124,8 @@ def main(argv: list[str] | None = None) -> int:
         f"{len(indexed)} scored. Run time {seconds:.1f} s.",
         "- Text positive = parse_report(report.text) names the kind as present (not negated, not hedged); "
         "MeSH positive = parse_mesh(report.mesh) names it. Counted once per report and kind.",
-        "- Side agreement: reports where both name the kind with a side; agreement = same set of sides.",
+        "- Side agreement: reports where both name the kind with a side; agreement = both cover the same lungs "
+        "(left + right = bilateral).",
         f"- Target F1 >= {TARGET_F1} for the {TOP} kinds with most MeSH support: reached for "
         f"{len(reached)} of {TOP} ({', '.join(reached) or 'none'}).",
         "",

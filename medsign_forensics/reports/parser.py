@@ -166,12 +166,15 @@ _WORD = re.compile(r"[a-z0-9'/-]+|[^\sa-z0-9]")
 # Words that end the noun phrase in front of a mention: location words before them belong to something else.
 _PRE_STOP = {",", "is", "are", "was", "were", "with", "of", "in", "within", "at", "there", "has", "have", "and", "or",
              "without", "to", "from", "the", "by", "as", "for", "on", "(", ")", ":"}
-_PRE_WORDS = 6
+_PRE_WORDS = 8
 # Words that end the phrase after a mention: "opacity in the left base, and ..." stops at the comma.
 _POST_STOP = {",", "and", "or", "with", "which", "is", "are", "was", "were", "that", "but", "consistent",
               "compatible", "likely", "may", "could", "as", "has", "have", "(", ")", ":"}
 _POST_WORDS = 8
-_JOINERS = {"and", "or", ",", "and/or", "/"}
+_JOINERS = {"and", "or", ",", "and/or", "/", "versus", "vs"}
+# Location words that an "and" may join inside one phrase ("right and left", "upper and lower").
+_PLACE_WORDS = {"right", "left", "upper", "middle", "mid", "lower", "base", "bases", "basilar", "apex", "apical",
+                "apices", "lobe", "lobes", "lung", "lungs", "perihilar", "hilar", "lingula", "lingular", "zone"}
 
 
 @dataclass(frozen=True)
@@ -201,22 +204,26 @@ def _mask(text: str, pattern: re.Pattern[str]) -> str:
     return pattern.sub(lambda match: " " * len(match.group(0)), text)
 
 
-def _pre_phrase(clause: str, start: int) -> str:
-    """The modifier words just before a mention, back to the first word that ends its noun phrase."""
-    words = _WORD.findall(clause[:start])[-_PRE_WORDS:]
+def _pre_phrase(text: str) -> str:
+    """The modifier words at the end of ``text`` (just before a mention), back to the first word that ends the
+    noun phrase; "and" / "or" between two location words does not end it ("right upper and lower lobe")."""
+    words = _WORD.findall(text)[-_PRE_WORDS:]
     kept: list[str] = []
-    for word in reversed(words):
-        if word in _PRE_STOP:
+    for position in range(len(words) - 1, -1, -1):
+        word = words[position]
+        if word in _PRE_STOP and not (word in {"and", "or"} and position > 0 and words[position - 1] in _PLACE_WORDS):
             break
         kept.append(word)
     return " ".join(reversed(kept))
 
 
-def _post_phrase(clause: str, end: int) -> str:
-    """The phrase right after a mention ("in the right lower lobe"), up to the first word that ends it."""
+def _post_phrase(text: str) -> str:
+    """The phrase at the start of ``text`` (right after a mention, "in the right lower lobe"), up to the first
+    word that ends it; "and" / "or" between two location words does not end it."""
+    words = _WORD.findall(text)[:_POST_WORDS]
     kept: list[str] = []
-    for word in _WORD.findall(clause[end:])[:_POST_WORDS]:
-        if word in _POST_STOP and not (word == "and" and kept and kept[-1] in {"right", "left"}):
+    for position, word in enumerate(words):
+        if word in _POST_STOP and not (word in {"and", "or"} and kept and kept[-1] in _PLACE_WORDS):
             break
         kept.append(word)
     return " ".join(kept)
@@ -251,50 +258,80 @@ def _clauses(sentence: str) -> list[str]:
     return [part for part in _CLAUSE_BREAK.split(sentence) if part and part.strip()]
 
 
+@dataclass
+class _Location:
+    side: Side
+    zones: list[Zone]
+    from_post: bool  # found in the phrase after the mention ("atelectasis versus pneumonia at the right base")
+
+    @property
+    def empty(self) -> bool:
+        return self.side is Side.UNSPECIFIED and not self.zones
+
+
 def _clause_findings(clause: str) -> list[Finding]:
     mentions = _mentions(clause)
     if not mentions:
         return []
-    masked = _mask(_mask(clause, _PSEUDO_NEGATION), _UNCERTAIN_AFTER)
-    masked = _mask(masked, _UNCERTAIN_BEFORE)
+    masked = _mask(_mask(_mask(clause, _PSEUDO_NEGATION), _UNCERTAIN_AFTER), _UNCERTAIN_BEFORE)
     hedge_after = [m.start() for m in _UNCERTAIN_AFTER.finditer(clause)]
     hedge_before = [m.end() for m in _UNCERTAIN_BEFORE.finditer(clause)]
     alternatives = [m.start() for m in _ALTERNATIVE.finditer(clause)]
     negation_before = [m.end() for m in _NEGATION_BEFORE.finditer(masked)]
     negation_after = [m.start() for m in _NEGATION_AFTER.finditer(masked)]
 
-    findings: list[Finding] = []
-    previous: tuple[Side, list[Zone]] | None = None
-    previous_end = 0
-    for index, mention in enumerate(mentions):
-        next_start = mentions[index + 1].start if index + 1 < len(mentions) else len(clause)
+    starts = [0] + [m.end for m in mentions[:-1]]  # where the text that belongs to each mention begins
+    ends = [m.start for m in mentions[1:]] + [len(clause)]  # and where it stops
+    locations: list[_Location] = []
+    statuses: list[tuple[bool, bool, Severity]] = []
+    for mention, begin, stop in zip(mentions, starts, ends):
+        pre = _pre_phrase(clause[begin : mention.start])
+        post = _post_phrase(clause[mention.end : stop])
         own = clause[mention.start : mention.end]
-        pre = _pre_phrase(clause[previous_end:mention.start], mention.start - previous_end)
-        post = _post_phrase(clause[:next_start], mention.end)
+        near = f"{pre} {own}"
+        side, zones = _side(near), _zones(near)
+        from_post = False
+        if side is Side.UNSPECIFIED and not zones:
+            side, zones, from_post = _side(post), _zones(post), True
+        else:
+            side = side if side is not Side.UNSPECIFIED else _side(post)
+            zones = zones or _zones(post)
+        locations.append(_Location(side, zones, from_post))
         # A cue after the mention ("... is not seen") reaches back over the words up to the next comma only.
         comma = clause.find(",", mention.end)
         post_end = len(clause) if comma < 0 else comma
-        words = f"{pre} {own} {post}"
         uncertain = (
             any(pos <= mention.start for pos in hedge_before)
             or any(pos >= mention.end for pos in hedge_after)
-            or any(previous_end <= pos <= mention.start or mention.end <= pos <= next_start for pos in alternatives)
+            or any(begin <= pos <= mention.start or mention.end <= pos <= stop for pos in alternatives)
         )
         negated = not uncertain and (
-            any(pos <= mention.end for pos in negation_before) or any(mention.end <= pos < post_end for pos in negation_after)
+            any(pos <= mention.end for pos in negation_before)
+            or any(mention.end <= pos < post_end for pos in negation_after)
         )
-        side, zones = _side(words), _zones(words)
-        between = _WORD.findall(clause[previous_end:mention.start])
-        if previous is not None and side is Side.UNSPECIFIED and not zones and set(between) <= _JOINERS:
-            side, zones = previous
-        previous, previous_end = (side, zones), mention.end
-        severity = _severity(words)
+        statuses.append((negated, uncertain, _severity(f"{near} {post}")))
+
+    # Mentions joined only by "and", "or", "versus", "/" share a location: "bibasilar atelectasis and
+    # effusions" (forwards), "atelectasis versus pneumonia at the right base" (backwards).
+    for index in range(1, len(mentions)):
+        joined = set(_WORD.findall(clause[mentions[index - 1].end : mentions[index].start])) <= _JOINERS
+        before, after = locations[index - 1], locations[index]
+        if joined and after.empty and not before.empty:
+            locations[index] = _Location(before.side, before.zones, before.from_post)
+    for index in range(len(mentions) - 2, -1, -1):
+        joined = set(_WORD.findall(clause[mentions[index].end : mentions[index + 1].start])) <= _JOINERS
+        before, after = locations[index], locations[index + 1]
+        if joined and before.empty and after.from_post:
+            locations[index] = _Location(after.side, after.zones, True)
+
+    findings: list[Finding] = []
+    for mention, location, (negated, uncertain, severity) in zip(mentions, locations, statuses):
         for kind in mention.kinds:
-            for zone in zones or [Zone.UNSPECIFIED]:
+            for zone in location.zones or [Zone.UNSPECIFIED]:
                 findings.append(
                     Finding(
                         kind=kind,
-                        side=side if kind.lateralised else Side.UNSPECIFIED,
+                        side=location.side if kind.lateralised else Side.UNSPECIFIED,
                         zone=zone if kind.lateralised else Zone.UNSPECIFIED,
                         severity=severity,
                         negated=negated,
