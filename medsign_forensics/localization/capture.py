@@ -25,11 +25,11 @@ import torch
 CROSS_ATTENTION_SUFFIX = "attn2"
 _PROCESSOR_SUFFIX = ".processor"
 
-StepSelector = Callable[[int, int], bool]
+StepSelector = Callable[[int, float], bool]
 """Decides from (step index, timestep) whether a U-Net call is captured; step index counts U-Net calls from 0."""
 
 
-def every_step(step_index: int, timestep: int) -> bool:
+def every_step(step_index: int, timestep: float) -> bool:
     """Capture every U-Net call (the paper sums over all time steps)."""
     return True
 
@@ -220,7 +220,7 @@ class CrossAttentionCapture:
         self.latent_size = size
         step = self.steps_seen
         self.steps_seen += 1
-        t = int(torch.as_tensor(timestep).reshape(-1)[0].item())
+        t = float(torch.as_tensor(timestep).reshape(-1)[0].item())
         self.recording = bool(self.select(step, t))
         if self.recording:
             self.steps_captured += 1

@@ -1,11 +1,14 @@
 """Which words of a report are *medical words* (MedSign 2.2.1), and which prompt tokens each one became.
 
-A medical word is a finding word or a location word of a finding the report asserts. The findings parser
-(:func:`medsign_forensics.reports.parse_report`) decides what the report asserts but does not say which words
-it matched, so the selection works per sentence: each sentence is parsed on its own, and in it only the
-trigger words of the finding kinds it asserts (present: neither negated nor hedged) and the side and zone words
-of those findings are taken. "No effusion. Small left nodule." thus yields "left" and "nodule", never
-"effusion". The vocabularies below mirror the Finding enums; they are the words whose attention is read.
+A medical word is a word the findings parser (:func:`medsign_forensics.reports.parse_report`) relies on for a
+finding the report asserts (present: neither negated nor hedged): its finding word ("effusion", "enlarged") or a
+location word ("left", "base"). The parser does not say which words it matched, so this module asks it by
+leaving one word out: each sentence is parsed as written and once per word with that word blanked; a word is
+selected when blanking it loses a present (kind, side, zone). "No effusion. Small left nodule." thus yields
+"left" and "nodule"; in "opacity at the left base, possibly pneumonia" the hedged "pneumonia" is not taken.
+A word in the side/zone vocabulary below is a LOCATION word, any other a FINDING word. When two mentions in one
+sentence assert the same (kind, side, zone), blanking either loses nothing; then every word of that kind's
+finding vocabulary in the sentence is taken, so no asserted finding goes without a word.
 
 Token positions are those of the prompt as the pipeline tokenises it (padded to the tokenizer's maximum
 length, truncated there), so index 0 is the start token. A word split by BPE into several tokens keeps all of
@@ -26,35 +29,48 @@ from medsign_forensics.reports.findings import Finding, FindingKind, Side, Zone
 ParseFn = Callable[[str], Sequence[Finding]]
 
 FINDING_WORDS: dict[FindingKind, frozenset[str]] = {
-    FindingKind.NODULE: frozenset({"nodule", "nodules", "nodular"}),
-    FindingKind.MASS: frozenset({"mass", "masses"}),
+    FindingKind.NODULE: frozenset({"nodule", "nodules", "micronodule", "micronodules", "nodular", "nodularity"}),
+    FindingKind.MASS: frozenset({"mass", "masses", "masslike"}),
     FindingKind.CONSOLIDATION: frozenset(
-        {"consolidation", "consolidations", "consolidative", "opacity", "opacities", "opacification", "airspace",
-         "infiltrate", "infiltrates", "pneumonia"}
+        {"consolidation", "consolidations", "consolidative", "consolidated", "opacity", "opacities", "opacification",
+         "opacified", "airspace", "infiltrate", "infiltrates", "infiltrative", "infiltration", "pneumonia",
+         "pneumonias", "bronchopneumonia", "pneumonitis"}
     ),
-    FindingKind.ATELECTASIS: frozenset({"atelectasis", "atelectatic", "atelectases"}),
-    FindingKind.EFFUSION: frozenset({"effusion", "effusions"}),
-    FindingKind.PNEUMOTHORAX: frozenset({"pneumothorax", "pneumothoraces"}),
-    FindingKind.CARDIOMEGALY: frozenset({"cardiomegaly", "heart", "cardiac", "enlarged", "enlargement"}),
-    FindingKind.EDEMA: frozenset({"edema", "oedema", "congestion"}),
+    FindingKind.ATELECTASIS: frozenset({"atelectasis", "atelectatic", "atelectases", "collapse", "collapsed"}),
+    FindingKind.EFFUSION: frozenset(
+        {"effusion", "effusions", "fluid", "hemothorax", "haemothorax", "hydropneumothorax", "hemopneumothorax"}
+    ),
+    FindingKind.PNEUMOTHORAX: frozenset({"pneumothorax", "pneumothoraces", "hydropneumothorax", "hemopneumothorax"}),
+    FindingKind.CARDIOMEGALY: frozenset(
+        {"cardiomegaly", "heart", "cardiac", "silhouette", "enlarged", "enlargement", "large", "borderline"}
+    ),
+    FindingKind.EDEMA: frozenset(
+        {"edema", "oedema", "congestion", "congestive", "cephalization", "engorgement", "engorged"}
+    ),
     FindingKind.GRANULOMA: frozenset({"granuloma", "granulomas", "granulomata", "granulomatous"}),
-    FindingKind.EMPHYSEMA: frozenset({"emphysema", "emphysematous", "hyperinflation", "hyperinflated"}),
+    FindingKind.EMPHYSEMA: frozenset(
+        {"emphysema", "emphysematous", "copd", "hyperinflation", "hyperinflated", "hyperexpanded", "hyperexpansion",
+         "overinflation", "overinflated", "hyperlucent", "hyperlucency", "bullae", "bullous"}
+    ),
 }
 
 SIDE_WORDS: dict[Side, frozenset[str]] = {
     Side.RIGHT: frozenset({"right"}),
     Side.LEFT: frozenset({"left", "lingula", "lingular"}),
-    Side.BILATERAL: frozenset({"bilateral", "bilaterally", "both", "bibasilar", "bibasal", "biapical"}),
+    Side.BILATERAL: frozenset({"bilateral", "bilaterally", "bilat", "both", "bibasilar", "bibasal", "biapical"}),
     Side.UNSPECIFIED: frozenset(),
 }
 
 ZONE_WORDS: dict[Zone, frozenset[str]] = {
-    Zone.UPPER: frozenset({"upper", "apex", "apices", "apical", "biapical"}),
-    Zone.MIDDLE: frozenset({"middle", "mid", "lingula", "lingular"}),
-    Zone.LOWER: frozenset({"lower", "base", "bases", "basilar", "basal", "bibasilar", "bibasal"}),
+    Zone.UPPER: frozenset({"upper", "apex", "apices", "apical", "biapical", "suprahilar"}),
+    Zone.MIDDLE: frozenset({"middle", "mid", "midlung", "lingula", "lingular", "perihilar", "hilar", "hilum", "hila"}),
+    Zone.LOWER: frozenset(
+        {"lower", "base", "bases", "basilar", "basal", "bibasilar", "bibasal", "retrocardiac", "costophrenic"}
+    ),
     Zone.UNSPECIFIED: frozenset(),
 }
 
+_LOCATION_WORDS = frozenset().union(*SIDE_WORDS.values(), *ZONE_WORDS.values())
 _SENTENCE_BREAK = re.compile(r"(?<!\d)[.;!?](?!\d)|\n")
 _WORD = re.compile(r"[^\W\d_]+")
 
@@ -104,33 +120,40 @@ def sentence_spans(report: str) -> list[tuple[int, int]]:
     return spans
 
 
+def _present(parse: ParseFn, text: str) -> set[tuple[FindingKind, Side, Zone]]:
+    if not text.strip():
+        return set()
+    return {(f.kind, f.side, f.zone) for f in parse(text) if f.present}
+
+
 def medical_words(report: str, *, parse: ParseFn | None = None, locations: bool = True) -> list[MedicalWord]:
     """The finding words (and, if ``locations``, side/zone words) of every finding the report asserts."""
     parse = parse or default_parser()
-    words: list[MedicalWord] = []
+    selected: list[MedicalWord] = []
     for start, end in sentence_spans(report):
         sentence = report[start:end]
-        present = [finding for finding in parse(sentence) if finding.present]
+        present = _present(parse, sentence)
         if not present:
             continue
+        words: list[MedicalWord] = []
         for match in _WORD.finditer(sentence):
             text = match.group().lower()
-            selected = _classify(text, present, locations)
-            if selected is not None:
-                role, kind = selected
-                words.append(MedicalWord(text, start + match.start(), start + match.end(), role, kind))
-    return words
-
-
-def _classify(text: str, present: Sequence[Finding], locations: bool) -> tuple[WordRole, FindingKind] | None:
-    for finding in present:
-        if text in FINDING_WORDS[finding.kind]:
-            return WordRole.FINDING, finding.kind
-    if locations:
-        for finding in present:
-            if text in SIDE_WORDS[finding.side] or text in ZONE_WORDS[finding.zone]:
-                return WordRole.LOCATION, finding.kind
-    return None
+            blanked = sentence[: match.start()] + " " * len(text) + sentence[match.end() :]
+            lost = present - _present(parse, blanked)
+            if not lost:
+                continue
+            role = WordRole.LOCATION if text in _LOCATION_WORDS else WordRole.FINDING
+            kind = min(key[0] for key in lost)
+            words.append(MedicalWord(text, start + match.start(), start + match.end(), role, kind))
+        for kind in sorted({key[0] for key in present} - {w.kind for w in words if w.role is WordRole.FINDING}):
+            words.extend(
+                MedicalWord(match.group().lower(), start + match.start(), start + match.end(), WordRole.FINDING, kind)
+                for match in _WORD.finditer(sentence)
+                if match.group().lower() in FINDING_WORDS[kind]
+            )
+        words.sort(key=lambda word: word.start)
+        selected.extend(word for word in words if locations or word.role is WordRole.FINDING)
+    return selected
 
 
 def prompt_encoding(tokenizer: Any, prompt: str) -> Any:

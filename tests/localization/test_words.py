@@ -47,3 +47,19 @@ def test_words_after_truncation_are_dropped():
     # 12 positions = start + 10 tokens + end: "left" (1) + "effusion" (8) + "." fill them; the rest is cut
     assert [t.word.text for t in found] == ["left", "effusion"]
     assert [w.text for w in dropped] == ["right", "nodule"]
+
+
+def test_with_the_real_parser_hedged_and_negated_mentions_are_left_out():
+    report = "No pneumothorax. Opacity in the left base, which may represent atelectasis versus pneumonia."
+    assert [(w.text, w.role) for w in medical_words(report)] == [
+        ("opacity", WordRole.FINDING),
+        ("left", WordRole.LOCATION),
+        ("base", WordRole.LOCATION),
+    ]
+
+
+def test_repeated_identical_mentions_still_get_their_finding_words():
+    report = "Left effusion, left effusion."
+    words = medical_words(report)
+    assert [w.text for w in words] == ["effusion", "effusion"]
+    assert all(w.kind is FindingKind.EFFUSION for w in words)
