@@ -43,7 +43,8 @@ class Attribution(str, Enum):
 class TamperEvent(str, Enum):
     """Things verification can observe in a file besides the watermark statistics."""
 
-    SIGNATURE_INVALID = "signature_invalid"
+    SIGNATURE_INVALID = "signature_invalid"  # a signed document fails: altered, forged or untrusted key
+    STATEMENT_MISMATCH = "statement_mismatch"  # validly signed, but about another object or record
     PIXEL_HASH_MISMATCH = "pixel_hash_mismatch"
     REPORT_HASH_MISMATCH = "report_hash_mismatch"
     TAGS_WITHOUT_WATERMARK = "tags_without_watermark"
@@ -60,7 +61,7 @@ class TamperAction(str, Enum):
 
 
 # Events whose failure can never be waved through: they are the cryptographic evidence itself.
-_NEVER_IGNORED = (TamperEvent.SIGNATURE_INVALID, TamperEvent.PIXEL_HASH_MISMATCH)
+_NEVER_IGNORED = (TamperEvent.SIGNATURE_INVALID, TamperEvent.STATEMENT_MISMATCH, TamperEvent.PIXEL_HASH_MISMATCH)
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -1,0 +1,292 @@
+"""`medsign keys ...`: issuer keys and the key registry (init, issue, list, show, revoke, export-public, check).
+
+Each command is one library call in :mod:`medsign_forensics.provenance`; this module parses options, gets the
+passphrase (MEDSIGN_PASSPHRASE or a hidden prompt on the terminal) and renders the result as a Rich table or,
+with ``--json``, as JSON on stdout. ``keys check`` exits 1 when any issuer or row fails.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+from rich.table import Table
+
+from medsign_forensics.cli.common import console, handle_errors, print_json
+from medsign_forensics.errors import InputError
+from medsign_forensics.provenance.atomic import write_atomic
+from medsign_forensics.provenance.keys import (
+    IssuerKey,
+    create_issuer_key,
+    key_id_of,
+    load_issuer_key,
+    load_public_key_file,
+    passphrase_from_env,
+)
+from medsign_forensics.provenance.policy import load_policy
+from medsign_forensics.provenance.records import ModelInfo
+from medsign_forensics.provenance.registry import CheckReport, KeyStatus, Registry, RegistryEntry
+
+keys_app = typer.Typer(
+    name="keys",
+    rich_markup_mode="rich",
+    no_args_is_help=True,
+    help="Issuer keys and the key registry: issue, list, revoke and check deployment keys.",
+)
+
+RegistryOption = Annotated[Path, typer.Option("--registry", envvar="MEDSIGN_REGISTRY", file_okay=False,
+                                              help="Registry folder (holds registry.sqlite).")]
+IssuerKeyOption = Annotated[Path, typer.Option("--issuer-key", envvar="MEDSIGN_ISSUER_KEY", dir_okay=False,
+                                               help="Encrypted issuer key file (from `keys init`).")]
+JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON for machines instead of tables.")]
+
+
+def _passphrase(*, new: bool) -> str:
+    """MEDSIGN_PASSPHRASE if set, else a hidden prompt (on stderr, so --json output stays clean)."""
+    value = passphrase_from_env()
+    if value is not None:
+        return value
+    return typer.prompt("Issuer key passphrase", hide_input=True, confirmation_prompt=new, err=True)
+
+
+def _load_issuer(path: Path) -> IssuerKey:
+    return load_issuer_key(path, _passphrase(new=False))
+
+
+@keys_app.command("init")
+@handle_errors
+def init_command(
+    issuer_key: Annotated[Optional[Path], typer.Option("--issuer-key", dir_okay=False,
+                                                       help="Create a new encrypted issuer key here.")] = None,
+    registry: Annotated[Optional[Path], typer.Option("--registry", file_okay=False,
+                                                     help="Create (or open) a registry in this folder.")] = None,
+    name: Annotated[str, typer.Option("--name", help="Issuer name written into every record.")] = "",
+    json_output: JsonOption = False,
+) -> None:
+    """Create an issuer key (Ed25519, scrypt + AES-256-GCM, mode 0600) and/or a registry.
+
+    With both options the issuer's public key is registered in the registry. The passphrase comes from
+    MEDSIGN_PASSPHRASE or a prompt.
+    """
+    if issuer_key is None and registry is None:
+        raise InputError("give --issuer-key FILE to create an issuer key, --registry DIR to create a "
+                         "registry, or both")
+    result: dict[str, Any] = {}
+    key = None
+    if issuer_key is not None:
+        if not name.strip():
+            raise InputError("--name is required with --issuer-key: the issuer name goes into every record")
+        if issuer_key.exists():
+            raise InputError("an issuer key already exists here; refusing to overwrite it", path=issuer_key)
+        key = create_issuer_key(issuer_key, _passphrase(new=True), name=name)
+        result.update(issuer_key=str(issuer_key), key_id=key.key_id, name=key.name)
+    if registry is not None:
+        with Registry.open(registry, create=True) as opened:
+            if key is not None:
+                opened.add_issuer(key.public_key, key.name)
+            result.update(registry=str(registry), schema_version=opened.schema_version,
+                          issuers=len(opened.issuers()))
+    if json_output:
+        print_json(result)
+        return
+    if key is not None:
+        console.print(f"[green]Created issuer key[/] {issuer_key} (mode 0600) for [bold]{key.name}[/]")
+        console.print(f"key id {key.key_id}")
+        console.print("Keep the file and its passphrase safe; `medsign keys export-public` gives the public key.")
+    if registry is not None:
+        console.print(f"[green]Registry ready[/] at {registry} ({result['issuers']} issuer key(s))")
+
+
+@keys_app.command("issue")
+@handle_errors
+def issue_command(
+    registry: RegistryOption,
+    issuer_key: IssuerKeyOption,
+    deployment: Annotated[str, typer.Option("--deployment", help="Deployment name, e.g. 'site-a-cxr'.")],
+    model_name: Annotated[str, typer.Option("--model-name", help="Generator name, e.g. 'mini-cxr'.")],
+    model_version: Annotated[str, typer.Option("--model-version", help="Generator version.")],
+    weights_sha256: Annotated[Optional[str], typer.Option(
+        "--weights-sha256", help="SHA-256 (hex) of the deployment's watermarked weights.")] = None,
+    weights: Annotated[Optional[Path], typer.Option(
+        "--weights", exists=True, dir_okay=False, help="Weights file to hash instead of --weights-sha256.")] = None,
+    policy: Annotated[Optional[str], typer.Option(
+        "--policy", help="Policy name (default, strict) or TOML file: sets the minimum key distance.")] = None,
+    bits: Annotated[Optional[int], typer.Option("--bits", help="Key length (default: the policy's).")] = None,
+    json_output: JsonOption = False,
+) -> None:
+    """Issue a new key for a deployment: a random k-bit key at least the policy's minimum Hamming distance
+    from every registered key, a fresh provenance ID and a record signed by the issuer key."""
+    digest = _weights_digest(weights_sha256, weights)
+    model = ModelInfo(name=model_name, version=model_version, weights_sha256=digest)
+    loaded_policy = load_policy(policy)
+    issuer = _load_issuer(issuer_key)
+    with Registry.open(registry) as opened:
+        entry = opened.issue(issuer, model=model, deployment=deployment, policy=loaded_policy, bits=bits)
+    if json_output:
+        print_json(entry.to_dict())
+        return
+    console.print(f"[green]Issued[/] {entry.provenance_id}  key {entry.key_hex} ({entry.bits} bits)")
+    console.print(f"deployment {deployment}, model {model_name} {model_version}, policy {loaded_policy.name} "
+                  f"(min distance {loaded_policy.min_hamming_distance})")
+
+
+def _weights_digest(weights_sha256: str | None, weights: Path | None) -> str:
+    if (weights_sha256 is None) == (weights is None):
+        raise InputError("give exactly one of --weights-sha256 HEX or --weights FILE")
+    if weights is not None:
+        digest = hashlib.sha256()
+        with weights.open("rb") as handle:
+            for chunk in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(chunk)
+        return digest.hexdigest()
+    assert weights_sha256 is not None
+    return weights_sha256.strip().lower()
+
+
+@keys_app.command("list")
+@handle_errors
+def list_command(
+    registry: RegistryOption,
+    status: Annotated[Optional[KeyStatus], typer.Option("--status", help="Only active or only revoked.")] = None,
+    json_output: JsonOption = False,
+) -> None:
+    """List the registry's deployments (signatures are not checked here; use `keys check`)."""
+    with Registry.open(registry) as opened:
+        entries = opened.entries(status=status)
+    if json_output:
+        print_json([_summary(entry) for entry in entries])
+        return
+    table = Table(title=f"{len(entries)} deployment key(s) in {registry}")
+    for column in ("provenance ID", "key", "bits", "status", "deployment", "model", "created (UTC)"):
+        table.add_column(column, no_wrap=column in ("provenance ID", "key", "created (UTC)"))
+    for entry in entries:
+        row = _summary(entry)
+        colour = "green" if entry.status is KeyStatus.ACTIVE else "red"
+        table.add_row(row["provenance_id"], row["key_hex"], str(row["bits"]), f"[{colour}]{row['status']}[/]",
+                      row["deployment"], row["model"], row["created_at"])
+    console.print(table)
+
+
+def _summary(entry: RegistryEntry) -> dict[str, Any]:
+    try:
+        record = entry.claimed_record()
+        deployment, model = record.deployment, f"{record.model.name} {record.model.version}"
+    except InputError:
+        deployment, model = "(unreadable record)", "(unreadable record)"
+    return {"provenance_id": entry.provenance_id, "key_hex": entry.key_hex, "bits": entry.bits,
+            "status": entry.status.value, "deployment": deployment, "model": model, "created_at": entry.created_at}
+
+
+@keys_app.command("show")
+@handle_errors
+def show_command(
+    identifier: Annotated[str, typer.Argument(help="Provenance ID (msp-...) or full key in hex.")],
+    registry: RegistryOption,
+    json_output: JsonOption = False,
+) -> None:
+    """Show one deployment's record and whether its signatures verify."""
+    with Registry.open(registry) as opened:
+        entry = opened.get(identifier)
+        report = [row for row in opened.check().rows if row.provenance_id == entry.provenance_id][0]
+    data = entry.to_dict()
+    data["signature_valid"] = report.ok
+    data["problems"] = list(report.problems)
+    if json_output:
+        print_json(data)
+        return
+    table = Table(title=entry.provenance_id, show_header=False)
+    table.add_column("field", style="bold")
+    table.add_column("value", overflow="fold")
+    for field in ("provenance_id", "key_hex", "bits", "status", "issuer_key_id", "created_at", "record",
+                  "signature", "revocation"):
+        table.add_row(field, str(data[field]))
+    verdict = "[green]valid[/]" if report.ok else "[red]INVALID[/]: " + "; ".join(report.problems)
+    table.add_row("signatures", verdict)
+    console.print(table)
+
+
+@keys_app.command("revoke")
+@handle_errors
+def revoke_command(
+    identifier: Annotated[str, typer.Argument(help="Provenance ID (msp-...) or full key in hex.")],
+    registry: RegistryOption,
+    issuer_key: IssuerKeyOption,
+    reason: Annotated[str, typer.Option("--reason", help="Why (recorded in the signed revocation).")],
+    json_output: JsonOption = False,
+) -> None:
+    """Revoke a deployment with a revocation signed by its issuer; verification then reports `revoked`."""
+    issuer = _load_issuer(issuer_key)
+    with Registry.open(registry) as opened:
+        entry = opened.revoke(identifier, issuer, reason=reason)
+    if json_output:
+        print_json(entry.to_dict())
+        return
+    console.print(f"[red]Revoked[/] {entry.provenance_id} (key {entry.key_hex}): {reason}")
+
+
+@keys_app.command("export-public")
+@handle_errors
+def export_public_command(
+    issuer_key: IssuerKeyOption,
+    out: Annotated[Optional[Path], typer.Option("--out", dir_okay=False,
+                                                help="Write the PEM here instead of stdout.")] = None,
+    json_output: JsonOption = False,
+) -> None:
+    """Print (or write) the issuer's PUBLIC key as PEM. The key file is decrypted to prove the pair matches."""
+    issuer = _load_issuer(issuer_key)
+    pem = issuer.public_key_pem()
+    if out is not None:
+        write_atomic(out, pem.encode("ascii"))
+    if json_output:
+        print_json({"key_id": issuer.key_id, "name": issuer.name, "public_key_pem": pem,
+                    "out": None if out is None else str(out)})
+    elif out is None:
+        typer.echo(pem, nl=False)
+    else:
+        console.print(f"[green]Wrote[/] public key {issuer.key_id} to {out}")
+
+
+@keys_app.command("check")
+@handle_errors
+def check_command(
+    registry: RegistryOption,
+    trust: Annotated[Optional[list[Path]], typer.Option(
+        "--trust", exists=True, dir_okay=False,
+        help="Pin trusted issuer public keys (PEM); repeatable. Default: the registry's own issuer keys.")] = None,
+    json_output: JsonOption = False,
+) -> None:
+    """Verify every issuer key id and every row's signed record and revocation. Exit 1 when any fails."""
+    trusted = None
+    if trust:
+        trusted = {key_id_of(key): key for key in (load_public_key_file(path) for path in trust)}
+    with Registry.open(registry) as opened:
+        report = opened.check(trusted)
+    if json_output:
+        print_json(report.to_dict())
+    else:
+        _render_check(report)
+    if not report.ok:
+        raise typer.Exit(1)
+
+
+def _render_check(report: CheckReport) -> None:
+    for problem in report.issuer_problems:
+        console.print(f"[red]issuer problem:[/] {problem}")
+    if report.failed_rows:
+        table = Table(title=f"{len(report.failed_rows)} row(s) FAILED")
+        table.add_column("provenance ID")
+        table.add_column("problems", overflow="fold")
+        for row in report.failed_rows:
+            table.add_row(row.provenance_id, "; ".join(row.problems))
+        console.print(table)
+    status = "[green]clean[/]" if report.ok else "[red]TAMPERED[/]"
+    console.print(f"{report.folder}: {report.issuers_checked} issuer key(s), {len(report.rows)} row(s) checked: "
+                  f"{status}")
+
+
+def register(app: typer.Typer) -> None:
+    """Add `medsign keys ...` to the main app."""
+    app.add_typer(keys_app, name="keys")
+
