@@ -8,7 +8,7 @@ metrics    pointing game and IoU against ground-truth lesion masks
 """
 
 from medsign_forensics.localization.capture import CapturedAttention, CrossAttentionCapture, every_step
-from medsign_forensics.localization.inversion import DEFAULT_TIMESTEPS, localize_image
+from medsign_forensics.localization.inversion import DEFAULT_TIMESTEPS, ImageAttention, capture_image, localize_image
 from medsign_forensics.localization.maps import Localization, MapOptions, WordMap, localize_captured
 from medsign_forensics.localization.metrics import iou, pointing_game
 from medsign_forensics.localization.words import MedicalWord, WordTokens, medical_words, word_tokens
@@ -17,11 +17,13 @@ __all__ = [
     "DEFAULT_TIMESTEPS",
     "CapturedAttention",
     "CrossAttentionCapture",
+    "ImageAttention",
     "Localization",
     "MapOptions",
     "MedicalWord",
     "WordMap",
     "WordTokens",
+    "capture_image",
     "every_step",
     "iou",
     "localize_captured",

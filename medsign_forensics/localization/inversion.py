@@ -13,6 +13,7 @@ a multiple of the VAE's downsampling factor; the maps are upsampled straight bac
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -21,9 +22,9 @@ import torch.nn.functional as F
 from diffusers import DDPMScheduler
 
 from medsign_forensics.errors import InputError
-from medsign_forensics.localization.capture import CrossAttentionCapture
+from medsign_forensics.localization.capture import CapturedAttention, CrossAttentionCapture
 from medsign_forensics.localization.maps import Localization, MapOptions, localize_captured
-from medsign_forensics.localization.words import ParseFn, medical_words, word_tokens
+from medsign_forensics.localization.words import MedicalWord, ParseFn, WordTokens, medical_words, word_tokens
 
 DEFAULT_TIMESTEPS = (200, 400, 600)
 """Moderate noise levels: enough noise that the report steers the denoiser, little enough that the anatomy and
@@ -65,22 +66,39 @@ def _check_image(image: np.ndarray) -> np.ndarray:
     return image.astype(np.float32)
 
 
+@dataclass(frozen=True)
+class ImageAttention:
+    """What one inversion captured: the attention sums (None when the report has no medical word), the words
+    that reached the model, the words truncated away, and the original image size the maps are made at."""
+
+    captured: CapturedAttention | None
+    words: tuple[WordTokens, ...]
+    dropped: tuple[MedicalWord, ...]
+    image_size: tuple[int, int]
+
+    def localize(self, options: MapOptions = MapOptions(), *, words: Sequence[WordTokens] | None = None) -> Localization:
+        """A_loc from this capture; ``words`` restricts it to some of the words (e.g. those of one finding kind)."""
+        chosen = self.words if words is None else tuple(words)
+        return localize_captured(
+            self.captured if chosen else None, chosen, self.image_size, dropped=self.dropped, options=options
+        )
+
+
 @torch.no_grad()
-def localize_image(
+def capture_image(
     pipe: Any,
     image: np.ndarray,
     report: str,
     *,
     timesteps: Sequence[int] = DEFAULT_TIMESTEPS,
     seed: int = 0,
-    options: MapOptions = MapOptions(),
     parse: ParseFn | None = None,
     locations: bool = True,
-) -> Localization:
-    """A_loc (at the image's own size) for ``image`` described by ``report``.
+) -> ImageAttention:
+    """Noise the image's latent to each timestep, denoise one step conditioned on ``report``, capture attention.
 
     ``pipe`` is a diffusers StableDiffusionPipeline (``DiffusionModel.pipe``). The U-Net is not run at all when
-    the report has no medical word: the map is then all zeros (see :mod:`maps`).
+    the report has no medical word.
     """
     image = _check_image(image)
     if not report.strip():
@@ -90,8 +108,9 @@ def localize_image(
     if not timesteps or any(not 0 <= int(t) < limit for t in timesteps):
         raise InputError(f"timesteps must be a non-empty list of integers in [0, {limit}), got {list(timesteps)}")
     words, dropped = word_tokens(pipe.tokenizer, report, medical_words(report, parse=parse, locations=locations))
+    size = (int(image.shape[0]), int(image.shape[1]))
     if not words:
-        return localize_captured(None, [], image.shape, dropped=dropped, options=options)
+        return ImageAttention(None, (), tuple(dropped), size)
 
     latent = encode_image(pipe, image)
     device = latent.device
@@ -103,4 +122,20 @@ def localize_image(
             step = torch.tensor([int(t)], device=device)
             noisy = scheduler.add_noise(latent, noise, step)
             pipe.unet(noisy, step, encoder_hidden_states=embeddings.to(pipe.unet.dtype))
-    return localize_captured(capture.result(), words, image.shape, dropped=dropped, options=options)
+    return ImageAttention(capture.result(), tuple(words), tuple(dropped), size)
+
+
+def localize_image(
+    pipe: Any,
+    image: np.ndarray,
+    report: str,
+    *,
+    timesteps: Sequence[int] = DEFAULT_TIMESTEPS,
+    seed: int = 0,
+    options: MapOptions = MapOptions(),
+    parse: ParseFn | None = None,
+    locations: bool = True,
+) -> Localization:
+    """A_loc, at the image's own size, for ``image`` described by ``report`` (all zeros for a normal report)."""
+    attention = capture_image(pipe, image, report, timesteps=timesteps, seed=seed, parse=parse, locations=locations)
+    return attention.localize(options)

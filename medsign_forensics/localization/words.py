@@ -84,13 +84,14 @@ class WordRole(str, Enum):
 
 @dataclass(frozen=True)
 class MedicalWord:
-    """One occurrence of a medical word: its text, character span in the report, role and finding kind."""
+    """One occurrence of a medical word: its text, character span in the report, role and the finding kinds it
+    serves (a shared location word, as in "bibasilar atelectasis and effusions", serves several)."""
 
     text: str
     start: int
     end: int
     role: WordRole
-    kind: FindingKind
+    kinds: frozenset[FindingKind]
 
 
 @dataclass(frozen=True)
@@ -143,13 +144,14 @@ def medical_words(report: str, *, parse: ParseFn | None = None, locations: bool 
             if not lost:
                 continue
             role = WordRole.LOCATION if text in _LOCATION_WORDS else WordRole.FINDING
-            kind = min(key[0] for key in lost)
-            words.append(MedicalWord(text, start + match.start(), start + match.end(), role, kind))
-        for kind in sorted({key[0] for key in present} - {w.kind for w in words if w.role is WordRole.FINDING}):
+            kinds = frozenset(key[0] for key in lost)
+            words.append(MedicalWord(text, start + match.start(), start + match.end(), role, kinds))
+        served = {kind for word in words if word.role is WordRole.FINDING for kind in word.kinds}
+        for kind in sorted({key[0] for key in present} - served):
             words.extend(
-                MedicalWord(match.group().lower(), start + match.start(), start + match.end(), WordRole.FINDING, kind)
+                MedicalWord(text, start + match.start(), start + match.end(), WordRole.FINDING, frozenset({kind}))
                 for match in _WORD.finditer(sentence)
-                if match.group().lower() in FINDING_WORDS[kind]
+                if (text := match.group().lower()) in FINDING_WORDS[kind]
             )
         words.sort(key=lambda word: word.start)
         selected.extend(word for word in words if locations or word.role is WordRole.FINDING)

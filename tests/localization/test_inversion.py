@@ -5,7 +5,7 @@ import pytest
 from conftest import keyword_parser
 
 from medsign_forensics.errors import InputError
-from medsign_forensics.localization.inversion import localize_image, working_size
+from medsign_forensics.localization.inversion import capture_image, localize_image, working_size
 from medsign_forensics.localization.maps import MapOptions
 
 
@@ -57,3 +57,14 @@ def test_capture_is_removed_after_inversion(pipe):
     before = dict(pipe.unet.attn_processors)
     localize_image(pipe, _image(), "Right nodule.", timesteps=(10,), parse=keyword_parser)
     assert all(pipe.unet.attn_processors[k] is v for k, v in before.items())
+
+
+def test_one_capture_serves_every_variant_and_word_subset(pipe):
+    attention = capture_image(pipe, _image(), "Small left effusion.", timesteps=(300,), parse=keyword_parser)
+    full = attention.localize()
+    direct = localize_image(pipe, _image(), "Small left effusion.", timesteps=(300,), parse=keyword_parser)
+    assert np.array_equal(full.a_loc, direct.a_loc)
+    only_effusion = attention.localize(words=[w for w in attention.words if w.word.text == "effusion"])
+    assert [w.tokens.word.text for w in only_effusion.words] == ["effusion"]
+    assert np.array_equal(only_effusion.a_loc, full.words[1].a_loc)
+    assert not attention.localize(words=[]).a_loc.any()

@@ -33,7 +33,7 @@ THREE = blobs([(10, 10), (38, 40), (12, 70)])
 
 
 def _tokens(n: int) -> WordTokens:
-    word = MedicalWord("effusion", 0, 8, WordRole.FINDING, FindingKind.EFFUSION)
+    word = MedicalWord("effusion", 0, 8, WordRole.FINDING, frozenset({FindingKind.EFFUSION}))
     return WordTokens(word, tuple(range(1, n + 1)))
 
 

@@ -14,10 +14,11 @@ def test_sentences_split_at_stops_but_not_in_decimals():
 def test_only_present_findings_and_their_locations_are_selected():
     report = "No pleural effusion. Small LEFT lower lobe nodule, right lung clear."
     words = medical_words(report, parse=keyword_parser)
-    assert [(w.text, w.role, w.kind) for w in words] == [
-        ("left", WordRole.LOCATION, FindingKind.NODULE),
-        ("lower", WordRole.LOCATION, FindingKind.NODULE),
-        ("nodule", WordRole.FINDING, FindingKind.NODULE),
+    nodule = frozenset({FindingKind.NODULE})
+    assert [(w.text, w.role, w.kinds) for w in words] == [
+        ("left", WordRole.LOCATION, nodule),
+        ("lower", WordRole.LOCATION, nodule),
+        ("nodule", WordRole.FINDING, nodule),
     ]
     assert [report[w.start : w.end] for w in words] == ["LEFT", "lower", "nodule"]
     assert [w.text for w in medical_words(report, parse=keyword_parser, locations=False)] == ["nodule"]
@@ -62,4 +63,14 @@ def test_repeated_identical_mentions_still_get_their_finding_words():
     report = "Left effusion, left effusion."
     words = medical_words(report)
     assert [w.text for w in words] == ["effusion", "effusion"]
-    assert all(w.kind is FindingKind.EFFUSION for w in words)
+    assert all(w.kinds == {FindingKind.EFFUSION} for w in words)
+
+
+def test_a_shared_location_word_serves_every_finding_it_locates():
+    words = medical_words("Bibasilar atelectasis and effusions.")
+    assert [(w.text, w.role) for w in words] == [
+        ("bibasilar", WordRole.LOCATION),
+        ("atelectasis", WordRole.FINDING),
+        ("effusions", WordRole.FINDING),
+    ]
+    assert words[0].kinds == {FindingKind.ATELECTASIS, FindingKind.EFFUSION}
