@@ -2,7 +2,10 @@
 
 The default diffusers processor uses a fused scaled-dot-product kernel and never forms the probability matrix,
 so a capturing processor must compute ``softmax(Q K^T * scale)`` itself. It is installed only on the
-cross-attention layers (modules named ``...attn2``); self-attention keeps its original processor. The capturing
+cross-attention layers: the ``...attn2`` modules of every transformer block, and also ``...attn1`` in blocks
+built with ``only_cross_attention`` (mini-cxr's highest-resolution level), whose first attention attends to the
+text as well; a layer qualifies when diffusers marks it ``is_cross_attention``. Self-attention keeps its
+original processor. The capturing
 processor first calls the layer's ORIGINAL processor to produce the output (so the U-Net's result is bit for
 bit what it was), then, on selected steps only, recomputes the probabilities of the conditional rows in fp32
 and adds them, summed over heads, to a running sum for that layer. Nothing is stored per step.
@@ -22,7 +25,6 @@ from typing import Any
 
 import torch
 
-CROSS_ATTENTION_SUFFIX = "attn2"
 _PROCESSOR_SUFFIX = ".processor"
 
 StepSelector = Callable[[int, float], bool]
@@ -181,14 +183,13 @@ class CrossAttentionCapture:
 
     def __enter__(self) -> CrossAttentionCapture:
         original = dict(self.unet.attn_processors)
-        replacement = {
-            key: _CapturingProcessor(processor, name=key[: -len(_PROCESSOR_SUFFIX)], capture=self)
-            if key.endswith(CROSS_ATTENTION_SUFFIX + _PROCESSOR_SUFFIX)
-            else processor
-            for key, processor in original.items()
-        }
+        replacement = {}
+        for key, processor in original.items():
+            name = key[: -len(_PROCESSOR_SUFFIX)]
+            cross = bool(getattr(self.unet.get_submodule(name), "is_cross_attention", False))
+            replacement[key] = _CapturingProcessor(processor, name=name, capture=self) if cross else processor
         if all(value is original[key] for key, value in replacement.items()):
-            raise ValueError("this U-Net has no cross-attention layers (modules named '...attn2') to capture")
+            raise ValueError("this U-Net has no cross-attention layers to capture")
         self.unet.set_attn_processor(replacement)
         self._original = original
         self._hook = self.unet.register_forward_pre_hook(self._before_unet, with_kwargs=True)

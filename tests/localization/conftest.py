@@ -41,6 +41,7 @@ def tiny_unet() -> UNet2DConditionModel:
         block_out_channels=(16, 32),
         down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
         up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        only_cross_attention=(True, False),  # as mini-cxr: the first level's attn1 attends to the text too
         cross_attention_dim=32,
         attention_head_dim=4,
         norm_num_groups=8,

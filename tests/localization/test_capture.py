@@ -15,11 +15,15 @@ def test_processors_restored_and_only_cross_attention_replaced(unet):
     before = dict(unet.attn_processors)
     with CrossAttentionCapture(unet, conditional_batch=1):
         during = unet.attn_processors
-        for key, processor in during.items():
-            if key.endswith("attn2.processor"):
-                assert processor is not before[key]
-            else:
-                assert processor is before[key]
+        replaced = {key for key, processor in during.items() if processor is not before[key]}
+    # every attn2, plus attn1 of the only_cross_attention level (down 0, up 1); the mid block's attn1 is self
+    cross = {key for key in before if key.endswith("attn2.processor")}
+    only_cross = {
+        "down_blocks.0.attentions.0.transformer_blocks.0.attn1.processor",
+        "up_blocks.1.attentions.0.transformer_blocks.0.attn1.processor",
+        "up_blocks.1.attentions.1.transformer_blocks.0.attn1.processor",
+    }
+    assert replaced == cross | only_cross
     after = unet.attn_processors
     assert all(after[key] is before[key] for key in before)
 
