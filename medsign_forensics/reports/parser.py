@@ -91,7 +91,8 @@ _VOCABULARY: tuple[tuple[str, tuple[FindingKind, ...]], ...] = (
         (K.CARDIOMEGALY,),
     ),
     (
-        r"(?<!soft tissue )(?<!laryngeal )\bedema\b|\b(?:vascular|pulmonary|venous) congestion\b|\bcongestive\b(?! heart failure| failure)"
+        r"(?<!soft tissue )(?<!laryngeal )\bedema\b|\b(?:vascular|pulmonary|venous) congestion\b"
+        r"|\bcongestive\b(?! heart failure| failure)"
         r"|\bcongestion\b|\bcephalization\b|\bengorge\w*|\bvascular (?:prominence|redistribution|engorgement)\b"
         r"|\b(?:prominen(?:t|ce)|increased)(?: of)?(?: the)?(?: central)?(?: pulmonary| lung)? vascula(?:r|rity|ture)\b"
         r"|\bvascula(?:rity|ture) (?:is |are |appears? |remains? )?(?:\w+ly )?(?:prominent|engorged|increased)\b",
@@ -113,6 +114,8 @@ _SENTENCE_END = re.compile(r"(?<=[.!?])\s+|\n+|\s(?=\d{1,2}\.\s)")
 _CLAUSE_BREAK = re.compile(
     r";|\b(?:but|however|although|though|whereas|except|aside from|apart from|other than|which|otherwise)\b"
     r"|,\s*(?:and\s+)?(?=there (?:is|are)\b)|\band (?=there (?:is|are)\b)"
+    # "no acute bony abnormality and mild cardiomegaly": a graded or followed-up finding after "and" is asserted.
+    r"|\band (?=(?:mild|mildly|moderate|moderately|severe|marked|stable|persistent|new|unchanged)\b)"
 )
 _PSEUDO_NEGATION = re.compile(
     r"\bno (?:significant |appreciable |substantial |definite )?(?:interval )?(?:change|increase|progression)"
@@ -122,12 +125,13 @@ _PSEUDO_NEGATION = re.compile(
 _UNCERTAIN_BEFORE = re.compile(
     r"\b(?:possible|possibly|question(?: of)?|questionable|questioned|suggestion of|suspicious for|suspicion (?:of|for)"
     r"|suspect(?:ed)?|may|might|could|cannot (?:exclude|rule out)|can't (?:exclude|rule out)|concern(?:ing)? for"
-    r"|differential|equivocal|suggest\w*|favou?r(?:s|ed|ing)?|rule[- ]out|r/o|to (?:exclude|identify|evaluate|assess)|evaluate for)\b"
+    r"|differential|equivocal|suggest\w*|favou?r(?:s|ed|ing)?|rule[- ]out|r/o"
+    r"|to (?:exclude|identify|evaluate|assess)|evaluat(?:e|ion) for)\b"
 )
 _UNCERTAIN_AFTER = re.compile(
     r"\b(?:can ?not|not) be (?:entirely |completely )?(?:excluded|ruled out)\b"
     r"|\bnot (?:entirely |completely )?(?:excluded|ruled out)\b"
-    r"|\b(?:is|are) (?:possible|questionable|suspected|not excluded)\b|\?"
+    r"|\b(?:is|are) (?:possible|questionable|not excluded)\b|\bsuspected\b|\?"
 )
 # "atelectasis versus pneumonia": both neighbours of "versus" are hedged, the mentions further away are not.
 _ALTERNATIVE = re.compile(r"\b(?:versus|vs)\b")
@@ -136,9 +140,11 @@ _NEGATION_BEFORE = re.compile(
     r"|rather than|nor|never)\b"
 )
 _NEGATION_AFTER = re.compile(
-    r"\b(?:not|no longer)\s+(?:been\s+)?(?:well[\s-]+|definitely\s+|clearly\s+)?(?:seen|identified|visuali[sz]ed|present|evident|appreciated|demonstrated"
+    r"\b(?:not|no longer)\s+(?:been\s+)?(?:well[\s-]+|definitely\s+|clearly\s+)?"
+    r"(?:seen|identified|visuali[sz]ed|present|evident|appreciated|demonstrated"
     r"|noted|apparent|detected|shown|visible|enlarged)\b|\b(?:has|have)?\s*(?:resolved|cleared)\b|\bresolution\b"
-    r"|\b(?:is|are) (?:now )?(?:absent|gone|clear)\b|\b(?:is|are|appears?) (?:within (?:the )?(?:normal )?limits|normal)\b"
+    r"|\b(?:is|are) (?:now )?(?:absent|gone|clear)\b"
+    r"|\b(?:is|are|appears?) (?:within (?:the )?(?:normal )?limits|normal)\b"
 )
 
 # --------------------------------------------------------------------------------------------------------------
@@ -413,6 +419,7 @@ _MESH_ZONES = {
     "middle lobe": Zone.MIDDLE, "lingula": Zone.MIDDLE, "hilum": Zone.MIDDLE,
     "lower lobe": Zone.LOWER, "base": Zone.LOWER, "retrocardiac": Zone.LOWER, "costophrenic angle": Zone.LOWER,
 }
+_MESH_SEVERITY_ORDER = ("severe", "large", "moderate", "mild", "small", "borderline")  # the strongest word wins
 _MESH_SEVERITIES = {
     "mild": Severity.MILD, "small": Severity.MILD, "borderline": Severity.MILD,
     "moderate": Severity.MODERATE, "severe": Severity.SEVERE, "large": Severity.SEVERE,
@@ -438,7 +445,7 @@ def _mesh_tag_findings(tag: str) -> list[Finding]:
         side = Side.RIGHT
     zones = [zone for zone in Zone if zone in {_MESH_ZONES[q] for q in qualifiers if q in _MESH_ZONES}]
     severity = next(
-        (_MESH_SEVERITIES[q] for q in ("severe", "large", "moderate", "mild", "small", "borderline") if q in qualifiers),
+        (_MESH_SEVERITIES[q] for q in _MESH_SEVERITY_ORDER if q in qualifiers),
         Severity.UNSPECIFIED,
     )
     return [

@@ -41,7 +41,9 @@ def test_text_keeps_a_sentence_boundary_between_sections() -> None:
     assert r.text == "Small left effusion. No pneumothorax."
 
 
-@pytest.mark.parametrize(("findings", "impression"), [("", "Cardiomegaly."), ("Cardiomegaly.", ""), ("XXXX.", "Cardiomegaly.")])
+@pytest.mark.parametrize(
+    ("findings", "impression"), [("", "Cardiomegaly."), ("Cardiomegaly.", ""), ("XXXX.", "Cardiomegaly.")]
+)
 def test_text_with_one_section(findings: str, impression: str) -> None:
     assert Report(report_id="a", findings=findings, impression=impression).text == "Cardiomegaly."
 

@@ -88,7 +88,10 @@ def test_jsonl_fields(tmp_path: Path) -> None:
     lines = [{"id": 7, "report": "Left basilar atelectasis."}, {"text": "Right apical pneumothorax."}, {"report": ""}]
     path = write(tmp_path / "r.jsonl", "\n".join(json.dumps(line) for line in lines) + "\n\n")
     loaded = load_reports(path)
-    assert [(r.report_id, r.text) for r in loaded] == [("7", "Left basilar atelectasis."), ("r:2", "Right apical pneumothorax.")]
+    assert [(r.report_id, r.text) for r in loaded] == [
+        ("7", "Left basilar atelectasis."),
+        ("r:2", "Right apical pneumothorax."),
+    ]
     assert loaded.skipped == 1
 
 
@@ -165,7 +168,10 @@ def test_mimic_folder(tmp_path: Path, subfolder: str) -> None:
     root = make_mimic(tmp_path / "mimic")
     loaded = load_reports(root / subfolder if subfolder else root)
     assert [r.report_id for r in loaded] == ["p10000032/s50414267", "p10000032/s53189527"]
-    assert [r.text for r in loaded] == ["Small left pleural effusion. No pneumonia.", "Moderate cardiomegaly. Mild pulmonary edema."]
+    assert [r.text for r in loaded] == [
+        "Small left pleural effusion. No pneumonia.",
+        "Moderate cardiomegaly. Mild pulmonary edema.",
+    ]
     assert loaded.skipped == 2
     assert all(r.source == "mimic-cxr" for r in loaded)
 

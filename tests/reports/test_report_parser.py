@@ -113,6 +113,15 @@ def test_negation_stays_in_its_clause(text: str, negated: FindingKind, present: 
     assert only(text, present).present
 
 
+def test_graded_finding_after_and_leaves_the_negation() -> None:
+    assert only("No acute bony abnormality and mild cardiomegaly.", K.CARDIOMEGALY).present
+
+
+def test_normal_limits_after_a_mention_negates_it() -> None:
+    text = "Heart size and pulmonary vascular engorgement appear within limits of normal."
+    assert only(text, K.EDEMA).negated
+
+
 @pytest.mark.parametrize(
     "text",
     [
@@ -137,6 +146,8 @@ def test_no_change_is_not_a_negation(text: str) -> None:
         ("Atelectasis versus pneumonia at the right base.", K.ATELECTASIS),
         ("Atelectasis versus pneumonia at the right base.", K.CONSOLIDATION),
         ("Findings could represent early edema.", K.EDEMA),
+        ("Small bilateral pleural effusions suspected.", K.EFFUSION),
+        ("Opacity suggestive of atelectasis.", K.ATELECTASIS),
     ],
 )
 def test_uncertainty(text: str, kind: FindingKind) -> None:
