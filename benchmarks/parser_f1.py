@@ -131,6 +131,18 @@ def main(argv: list[str] | None = None) -> int:
         "",
         *lines,
         "",
+        "Notes:",
+        "",
+        "- These are development-set figures: the parser rules were refined by reading the disagreements on this",
+        "  same corpus, so expect lower scores on other report styles (MIMIC-CXR wording differs).",
+        "- Typical remaining disagreements, read by hand: MeSH indexers tag both alternatives of a hedge",
+        "  (\"atelectasis versus scarring\", \"infiltrate versus atelectasis\") as findings, while the parser marks",
+        "  them uncertain as specified (most atelectasis and effusion misses); round opacities the text calls",
+        "  \"nodular\" are sometimes indexed only as Density/Opacity without \"round\" (nodule); MeSH tags",
+        "  \"Pulmonary Congestion\" from wording such as \"indistinct vascular margination\" (edema misses);",
+        "  lesions projecting over ribs or recalled from prior studies are mentioned in the text but not indexed",
+        "  (mass, nodule false positives).",
+        "",
     ]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     tmp = args.out.with_suffix(".md.tmp")
