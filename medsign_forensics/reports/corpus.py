@@ -32,7 +32,8 @@ _SPACES = re.compile(r"\s+")
 
 
 def clean_text(text: str) -> str:
-    """Remove Open-i "XXXX" (and MIMIC "___") anonymisation tokens and the debris they leave (doubled spaces, empty sentences).
+    """Remove Open-i "XXXX" (and MIMIC "___") anonymisation tokens and the debris they leave (doubled spaces,
+    empty sentences).
 
     Why not substitute guessed words: the tokens stand for many different words (names, dates, "signs",
     "bones"); a wrong guess would put words into a report that the radiologist never wrote.

@@ -82,7 +82,9 @@ def _read_jsonl(path: Path, text: str) -> list[Report]:
         try:
             record = json.loads(line)
         except json.JSONDecodeError as exc:
-            raise ReportError(f"line {n} is not valid JSON ({exc.msg}); write one JSON object per line.", path=path) from None
+            raise ReportError(
+                f"line {n} is not valid JSON ({exc.msg}); write one JSON object per line.", path=path
+            ) from None
         if not isinstance(record, dict):
             raise ReportError(f"line {n} is not a JSON object; write one object per line.", path=path)
         text_field = _pick(list(record), TEXT_FIELDS)
