@@ -55,6 +55,12 @@ class DocumentType(str, Enum):
     STATEMENT = "medsign.image-statement"
     REVOCATION = "medsign.revocation"
 
+    @property
+    def label(self) -> str:
+        """Plain-English name for messages: "provenance record", "image statement", "revocation"."""
+        return {"medsign.provenance-record": "provenance record", "medsign.image-statement": "image statement",
+                "medsign.revocation": "revocation"}[self.value]
+
 
 class SignatureFailure(str, Enum):
     """Why a signed document did not verify."""
@@ -365,7 +371,7 @@ def verify(signed: SignedDocument, public_keys: Mapping[str, Ed25519PublicKey], 
     Order matters: the bytes are parsed only to learn the signer's key id, the signature is checked over the
     stored bytes, and only then are the fields validated. Raises :class:`SignatureError`.
     """
-    what = kind.kind.value
+    what = kind.kind.label
     if len(signed.signature) != SIGNATURE_BYTES:
         raise SignatureError(f"the {what} signature has {len(signed.signature)} bytes, not {SIGNATURE_BYTES}",
                              failure=SignatureFailure.MALFORMED)
