@@ -1,0 +1,155 @@
+"""Findings + seed -> a phantom chest radiograph with exact lesion masks.
+
+The chest is drawn as density (:mod:`anatomy`), findings add density changes confined to their masks
+(:mod:`lesions`), and the total is *developed* the way a computed-radiography reader processes a log-exposure
+image: detector blur, edge enhancement, dynamic-range compression, quantum noise, then a window and a tone
+curve. The linear filters are applied to the normal chest and to the findings' changes separately, and the
+filtered change is cut back to the masks; noise and tone are per pixel. So a pixel outside every mask is
+bit-identical to the same seed's normal render, and the masks are exactly where the pathology changed the image.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import numpy as np
+
+from medsign_forensics.errors import InputError, ReportError
+from medsign_forensics.phantom.anatomy import STREAM_NOISE, Anatomy, AnatomyParams, sample_anatomy, smooth, stream
+from medsign_forensics.phantom.lesions import draw_findings
+from medsign_forensics.reports.findings import Finding
+
+SIZES = (256, 512)
+
+
+class FindingMask(NamedTuple):
+    """One drawn finding, with side, zone and severity resolved, and the region it changed."""
+
+    finding: Finding
+    mask: np.ndarray
+
+
+@dataclass(frozen=True, eq=False)
+class PhantomStudy:
+    """A rendered phantom radiograph and its ground truth.
+
+    ``image`` is float32 (H, W) in [0, 1], brighter = denser (MONOCHROME2). ``findings`` are the findings
+    given (including negated and hedged ones, which are not drawn); ``masks`` hold each drawn finding as
+    resolved (a report's unspecified side, zone or severity is filled in from the seed) with its boolean mask.
+    """
+
+    image: np.ndarray
+    masks: tuple[FindingMask, ...]
+    findings: tuple[Finding, ...]
+    seed: int
+    size: int
+    anatomy: AnatomyParams
+
+    @property
+    def image_u8(self) -> np.ndarray:
+        return np.round(self.image * 255.0).astype(np.uint8)
+
+    @property
+    def lesion_mask(self) -> np.ndarray:
+        """Union of the drawn findings' masks."""
+        union = np.zeros((self.size, self.size), bool)
+        for _, mask in self.masks:
+            union |= mask
+        return union
+
+    @property
+    def normal(self) -> bool:
+        """True when no finding was drawn."""
+        return not self.masks
+
+    @property
+    def drawn(self) -> tuple[Finding, ...]:
+        return tuple(finding for finding, _ in self.masks)
+
+    def to_dict(self) -> dict[str, object]:
+        """Everything needed to reproduce and audit this render (not the pixels)."""
+        return {
+            "seed": self.seed,
+            "size": self.size,
+            "findings": [f.to_dict() for f in self.findings],
+            "drawn": [f.to_dict() for f in self.drawn],
+            "anatomy": self.anatomy.to_dict(),
+        }
+
+
+def check_size(size: int) -> None:
+    if size not in SIZES:
+        raise InputError(f"phantom size {size} is not supported; use one of {', '.join(map(str, SIZES))}")
+
+
+def check_seed(seed: int) -> None:
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= int(seed) < 2**63:
+        raise InputError(f"seed {seed!r} is not a non-negative integer below 2**63")
+
+
+def render_study(findings: Sequence[Finding], *, seed: int, size: int = 256) -> PhantomStudy:
+    """Render the chest of patient ``seed`` showing the present ``findings``.
+
+    The same findings and seed always give the same image, bit for bit; the same seed without findings gives
+    the same patient, normal.
+    """
+    check_size(size)
+    check_seed(seed)
+    seed = int(seed)
+    anatomy = Anatomy(sample_anatomy(seed), size, seed)
+    lesions = draw_findings(findings, anatomy)
+    image = develop(anatomy, [lesion.delta for lesion in lesions], [lesion.mask for lesion in lesions])
+    return PhantomStudy(
+        image=image,
+        masks=tuple(FindingMask(lesion.finding, lesion.mask) for lesion in lesions),
+        findings=tuple(findings),
+        seed=seed,
+        size=size,
+        anatomy=anatomy.params,
+    )
+
+
+def render_report(text: str, *, seed: int, size: int = 256) -> tuple[PhantomStudy, list[Finding]]:
+    """Parse a report and render it; returns the study and every finding the parser read (drawn or not)."""
+    from medsign_forensics.reports.parser import parse_report
+
+    if not text or not text.strip():
+        raise ReportError("the report is empty; give the report's text (findings and impression)")
+    findings = list(parse_report(text))
+    return render_study(findings, seed=seed, size=size), findings
+
+
+def _filters(anatomy: Anatomy, density: np.ndarray) -> np.ndarray:
+    """Detector blur, edge enhancement and dynamic-range compression: one linear operator."""
+    p = anatomy.params
+    k = anatomy.px_scale
+    blurred = smooth(density, p.blur_px * k)
+    detail = blurred - smooth(blurred, 2.5 * k)
+    return blurred + p.edge_gain * detail - p.range_compression * smooth(blurred, 24.0 * k)
+
+
+def develop(anatomy: Anatomy, deltas: Sequence[np.ndarray], masks: Sequence[np.ndarray]) -> np.ndarray:
+    """Turn the chest's density plus the findings' changes into a displayed radiograph in [0, 1]."""
+    p = anatomy.params
+    normal = anatomy.normal_density
+    processed = _filters(anatomy, normal)
+    # The window comes from the normal chest only, so findings never shift the grey levels elsewhere.
+    body = anatomy.body > 0.3
+    lo, hi = np.percentile(processed[body], [p.window_low_pct, p.window_high_pct])
+    lo = lo - 0.3 * (hi - lo)
+    density = normal
+    if deltas:
+        change = np.sum(deltas, axis=0)
+        union = np.any(masks, axis=0)
+        processed = processed + np.where(union, _filters(anatomy, change), 0.0)
+        density = normal + change
+    # Quantum noise: fewer photons reach the detector behind dense tissue, so noise grows with density.
+    white = stream(anatomy.seed, STREAM_NOISE).standard_normal(normal.shape).astype(np.float32)
+    grain = smooth(white, 0.5 * anatomy.px_scale)
+    grain /= grain.std() + 1e-8
+    processed = processed + 0.012 * p.noise * np.exp(0.8 * (density - 1.0)) * grain
+    level = np.clip((processed - lo) / (hi - lo), 0.0, 1.0) ** p.gamma
+    image = p.black_level + (p.white_level - p.black_level) * level
+    return np.clip(image, 0.0, 1.0).astype(np.float32)
