@@ -9,6 +9,7 @@ apply the policy without knowing the checks.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import Enum
@@ -134,19 +135,30 @@ class StudyCheck:
 
 
 def read_dataset(path: str | Path) -> Dataset:
-    """Read a DICOM file (Part 10, or a bare dataset) or raise DicomError naming the file."""
+    """Read a DICOM file or raise DicomError naming the file.
+
+    Files without the Part 10 preamble are accepted only when they parse to a dataset with a SOP Class UID
+    or pixel data: forced parsing turns almost any bytes into some "dataset", which is not evidence of DICOM.
+    """
     path = Path(path)
     try:
         return pydicom.dcmread(path)
     except FileNotFoundError:
         raise DicomError("file not found", path=path) from None
     except InvalidDicomError:
-        try:
-            return pydicom.dcmread(path, force=True)
-        except Exception as error:  # pydicom raises many types on garbage input
-            raise DicomError(f"not a readable DICOM file: {error}", path=path) from None
-    except Exception as error:
+        pass
+    except Exception as error:  # pydicom raises many types on damaged input
         raise DicomError(f"not a readable DICOM file: {error}", path=path) from None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            dataset = pydicom.dcmread(path, force=True)
+            recognisable = "SOPClassUID" in dataset or "PixelData" in dataset
+    except Exception:
+        recognisable = False
+    if not recognisable:
+        raise DicomError("not a DICOM file (no DICM preamble and no SOP Class UID or pixel data)", path=path)
+    return dataset
 
 
 def read_provenance_block(dataset: Dataset) -> ProvenanceBlock | None:
