@@ -34,9 +34,11 @@ def main(
 # Command modules: one import and one register() call each, in the order `--help` lists them.
 from medsign_forensics.cli import train as _train  # noqa: E402
 from medsign_forensics.cli import keys as _keys  # noqa: E402
+from medsign_forensics.cli import classifier as _classifier  # noqa: E402
 
 _train.register(app)
 _keys.register(app)
+_classifier.register(app)
 
 
 def run() -> None:

@@ -65,11 +65,11 @@ class TrainConfig:
     reports: str | None = "open-i"  # report corpus for realistic finding lists; None: random findings only
     test_fraction: float = 0.1
     split_seed: int = 0
-    report_repeats: int = 2  # renders per training report (different renderer seeds)
-    n_random: int = 6000  # random-finding training phantoms
+    report_repeats: int = 1  # renders per training report (different renderer seeds)
+    n_random: int = 4200  # random-finding training phantoms
     eval_report_repeats: int = 1
-    n_random_eval: int = 2000
-    steps: int = 3000
+    n_random_eval: int = 1200
+    steps: int = 1400
     batch_size: int = 32
     lr: float = 2e-3
     weight_decay: float = 1e-4
@@ -105,12 +105,12 @@ class TrainConfig:
 
     @classmethod
     def tiny(cls) -> "TrainConfig":
-        """A config that renders and trains in seconds on CPU, for tests."""
+        """A config that renders and trains in seconds on CPU, for tests (the renderer's smallest size is 256)."""
         return cls(
-            model=ClassifierConfig(channels=(8, 16, 16), image_size=64, groups=4),
+            model=ClassifierConfig(channels=(8, 16, 16), groups=4),
             reports=None,
-            n_random=24,
-            n_random_eval=16,
+            n_random=16,
+            n_random_eval=12,
             steps=4,
             batch_size=8,
             warmup_steps=1,

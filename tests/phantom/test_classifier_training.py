@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from dataclasses import replace
 
 import numpy as np
@@ -35,6 +36,7 @@ def test_tiny_run_trains_evaluates_saves_and_resumes_exactly(tmp_path) -> None:
         if step == 1:
             raise _Interrupted
 
+    shutil.copytree(tmp_path / "full" / "cache", tmp_path / "resumed" / "cache")  # same specs: skip re-rendering
     with pytest.raises(_Interrupted):
         train_classifier(config, tmp_path / "resumed", show_progress=False, on_step=stop_after_two)
     resumed = train_classifier(config, tmp_path / "resumed", show_progress=False)
@@ -51,17 +53,17 @@ def test_training_and_held_out_seeds_never_overlap() -> None:
 
 
 def test_render_cache_refuses_another_spec_list(tmp_path) -> None:
-    render_cached(random_specs(3, seed_base=0, rng_seed=0), tmp_path, size=64, workers=1, show_progress=False)
+    render_cached(random_specs(3, seed_base=0, rng_seed=0), tmp_path, size=256, workers=1, show_progress=False)
     with pytest.raises(DatasetError, match="another spec list"):
-        render_cached(random_specs(3, seed_base=7, rng_seed=0), tmp_path, size=64, workers=1, show_progress=False)
+        render_cached(random_specs(3, seed_base=7, rng_seed=0), tmp_path, size=256, workers=1, show_progress=False)
 
 
 def test_rendered_labels_follow_the_drawn_findings(tmp_path) -> None:
     finding = Finding(FindingKind.EFFUSION, Side.RIGHT, Zone.LOWER, Severity.SEVERE)
     spec_list = random_specs(1, seed_base=0, rng_seed=0)
     spec_list = [replace(spec_list[0], findings=(finding, Finding(FindingKind.CARDIOMEGALY)))]
-    data = render_cached(spec_list, tmp_path, size=128, workers=1, show_progress=False)
-    assert data.images.dtype == np.uint8 and data.images.shape == (1, 128, 128)
+    data = render_cached(spec_list, tmp_path, size=256, workers=1, show_progress=False)
+    assert data.images.dtype == np.uint8 and data.images.shape == (1, 256, 256)
     on = {LABELS[i] for i in np.flatnonzero(data.labels[0])}
     assert on == {"effusion_right", "cardiomegaly"}
 
