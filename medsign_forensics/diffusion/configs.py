@@ -1,0 +1,352 @@
+"""Typed configurations of the mini-cxr model and its training, and the builders of its diffusers parts.
+
+Two named configurations exist: ``tiny`` (random-weight models for tests, seconds on CPU) and ``default``
+(the shipped mini-cxr). A JSON file may override any field of either: ``{"base": "default", "unet_train":
+{"steps": 5000}}``.
+
+Sizes of ``default`` were chosen by measurement on the 2-core CPU machine (benchmarks/sampling_speed.py):
+the U-Net has cross-attention at 32x32, 16x16 and 8x8 latent resolution (maps for the localization map at
+three scales), but at 32x32 its first attention is cross-attention too (``only_cross_attention``), because
+self-attention over 1024 positions would triple the CPU cost of sampling. All weights fit in 30 MB as fp16,
+each file under 16 MiB.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+from typing import Any, TypeVar, get_args, get_origin, get_type_hints
+
+from medsign_forensics.errors import InputError
+
+
+class PredictionType(str, Enum):
+    """What the U-Net predicts. mini-cxr uses v: better behaved at high noise for a small model."""
+
+    EPSILON = "epsilon"
+    V = "v_prediction"
+
+
+@dataclass(frozen=True)
+class TokenizerConfig:
+    vocab_size: int = 2048
+    min_frequency: int = 2
+    max_token_length: int = 6
+
+
+@dataclass(frozen=True)
+class TextEncoderConfig:
+    hidden_size: int = 256
+    num_layers: int = 4
+    num_heads: int = 4
+    intermediate_size: int = 1024
+
+
+@dataclass(frozen=True)
+class VaeConfig:
+    block_out_channels: tuple[int, ...] = (16, 32, 64, 64)
+    layers_per_block: int = 1
+    latent_channels: int = 4
+    norm_num_groups: int = 8
+
+
+@dataclass(frozen=True)
+class UNetConfig:
+    block_out_channels: tuple[int, ...] = (64, 128, 128)
+    attention_heads: tuple[int, ...] = (2, 4, 4)
+    # Per level: True makes the block's first attention cross-attention as well (no self-attention).
+    only_cross_attention: tuple[bool, ...] = (True, False, False)
+    layers_per_block: int = 1
+    norm_num_groups: int = 32
+
+
+@dataclass(frozen=True)
+class SchedulerConfig:
+    num_train_timesteps: int = 1000
+    beta_start: float = 0.00085
+    beta_end: float = 0.012
+    beta_schedule: str = "scaled_linear"
+    prediction_type: PredictionType = PredictionType.V
+    timestep_spacing: str = "trailing"
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    corpus: str = "open-i"
+    test_fraction: float = 0.1
+    split_seed: int = 0
+    renders_per_report: int = 4
+    max_reports: int | None = None
+
+
+@dataclass(frozen=True)
+class VaeTrainConfig:
+    steps: int = 8000
+    batch_size: int = 8
+    crop_size: int = 128
+    learning_rate: float = 4e-4
+    warmup_steps: int = 500
+    kl_weight: float = 1e-6
+    ssim_weight: float = 0.2
+    frequency_weight: float = 0.05
+    checkpoint_every: int = 500
+    latent_batches: int = 16  # batches encoded to estimate the latent scaling factor
+
+
+@dataclass(frozen=True)
+class UNetTrainConfig:
+    steps: int = 30000
+    batch_size: int = 16
+    learning_rate: float = 3e-4
+    warmup_steps: int = 1000
+    caption_dropout: float = 0.1
+    min_snr_gamma: float | None = 5.0
+    ema_decay: float | None = 0.999
+    grad_clip: float = 1.0
+    checkpoint_every: int = 1000
+
+
+@dataclass(frozen=True)
+class MiniCxrConfig:
+    """Everything that defines a mini-cxr model and how it was trained."""
+
+    name: str = "mini-cxr"
+    image_size: int = 256
+    image_channels: int = 1
+    seed: int = 0
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    text_encoder: TextEncoderConfig = field(default_factory=TextEncoderConfig)
+    vae: VaeConfig = field(default_factory=VaeConfig)
+    unet: UNetConfig = field(default_factory=UNetConfig)
+    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    vae_train: VaeTrainConfig = field(default_factory=VaeTrainConfig)
+    unet_train: UNetTrainConfig = field(default_factory=UNetTrainConfig)
+
+    @property
+    def vae_scale_factor(self) -> int:
+        return 2 ** (len(self.vae.block_out_channels) - 1)
+
+    @property
+    def latent_size(self) -> int:
+        return self.image_size // self.vae_scale_factor
+
+    def to_dict(self) -> dict[str, Any]:
+        return json.loads(json.dumps(dataclasses.asdict(self), default=_enum_value))
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> MiniCxrConfig:
+        return _build(cls, data, "config")
+
+
+def default_config() -> MiniCxrConfig:
+    """The shipped mini-cxr: 256x256 greyscale, latent 4x32x32."""
+    return MiniCxrConfig()
+
+
+def tiny_config() -> MiniCxrConfig:
+    """Random-weight models for tests: 64x64 greyscale, latent 4x8x8, a forward pass in milliseconds."""
+    return MiniCxrConfig(
+        name="mini-cxr-tiny",
+        image_size=64,
+        tokenizer=TokenizerConfig(vocab_size=700, min_frequency=1),
+        text_encoder=TextEncoderConfig(hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64),
+        vae=VaeConfig(block_out_channels=(8, 8, 16, 16), norm_num_groups=4),
+        unet=UNetConfig(
+            block_out_channels=(16, 32),
+            attention_heads=(1, 2),
+            only_cross_attention=(True, False),
+            norm_num_groups=8,
+        ),
+        data=DataConfig(renders_per_report=1, max_reports=16),
+        vae_train=VaeTrainConfig(
+            steps=2, batch_size=2, crop_size=32, warmup_steps=0, checkpoint_every=1, latent_batches=1
+        ),
+        unet_train=UNetTrainConfig(steps=2, batch_size=2, warmup_steps=0, ema_decay=0.9, checkpoint_every=1),
+    )
+
+
+NAMED_CONFIGS = {"default": default_config, "tiny": tiny_config}
+
+
+def load_config(name_or_path: str | Path) -> MiniCxrConfig:
+    """``default``, ``tiny``, or a JSON file of overrides on top of its ``base`` (default ``default``)."""
+    text = str(name_or_path)
+    if text in NAMED_CONFIGS:
+        return NAMED_CONFIGS[text]()
+    path = Path(text)
+    if not path.is_file():
+        known = ", ".join(NAMED_CONFIGS)
+        raise InputError(f"no such config file; give one of {known} or a JSON file", path=path)
+    try:
+        overrides = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise InputError(f"the config file is not valid JSON ({error})", path=path) from None
+    if not isinstance(overrides, dict):
+        raise InputError("the config file must hold a JSON object", path=path)
+    base_name = overrides.pop("base", "default")
+    if base_name not in NAMED_CONFIGS:
+        raise InputError(f"unknown base config {base_name!r}; use one of {', '.join(NAMED_CONFIGS)}", path=path)
+    merged = _deep_merge(NAMED_CONFIGS[base_name]().to_dict(), overrides)
+    try:
+        return MiniCxrConfig.from_dict(merged)
+    except InputError as error:
+        raise InputError(str(error), path=path) from None
+
+
+# --- builders of the diffusers / transformers parts -------------------------------------------------------
+
+
+def build_vae(config: MiniCxrConfig):  # -> AutoencoderKL
+    """A greyscale AutoencoderKL with 8x downsampling (for 4 levels) and ``latent_channels`` channels."""
+    from diffusers import AutoencoderKL
+
+    levels = len(config.vae.block_out_channels)
+    return AutoencoderKL(
+        in_channels=config.image_channels,
+        out_channels=config.image_channels,
+        latent_channels=config.vae.latent_channels,
+        block_out_channels=config.vae.block_out_channels,
+        down_block_types=("DownEncoderBlock2D",) * levels,
+        up_block_types=("UpDecoderBlock2D",) * levels,
+        layers_per_block=config.vae.layers_per_block,
+        norm_num_groups=config.vae.norm_num_groups,
+        sample_size=config.image_size,
+        scaling_factor=1.0,
+    )
+
+
+def build_text_encoder(config: MiniCxrConfig, *, vocab_size: int, bos_token_id: int, eos_token_id: int):
+    """A CLIP text transformer trained from scratch (no pretrained weights exist offline)."""
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    text = config.text_encoder
+    return CLIPTextModel(
+        CLIPTextConfig(
+            vocab_size=vocab_size,
+            hidden_size=text.hidden_size,
+            intermediate_size=text.intermediate_size,
+            num_hidden_layers=text.num_layers,
+            num_attention_heads=text.num_heads,
+            max_position_embeddings=77,
+            projection_dim=text.hidden_size,
+            bos_token_id=bos_token_id,
+            eos_token_id=eos_token_id,
+            pad_token_id=eos_token_id,
+        )
+    )
+
+
+def build_unet(config: MiniCxrConfig):  # -> UNet2DConditionModel
+    """A UNet2DConditionModel with cross-attention at every level and in the middle block."""
+    from diffusers import UNet2DConditionModel
+
+    unet = config.unet
+    levels = len(unet.block_out_channels)
+    if not (len(unet.attention_heads) == len(unet.only_cross_attention) == levels):
+        raise InputError("unet.attention_heads and unet.only_cross_attention need one entry per level")
+    return UNet2DConditionModel(
+        sample_size=config.latent_size,
+        in_channels=config.vae.latent_channels,
+        out_channels=config.vae.latent_channels,
+        block_out_channels=unet.block_out_channels,
+        down_block_types=("CrossAttnDownBlock2D",) * levels,
+        up_block_types=("CrossAttnUpBlock2D",) * levels,
+        layers_per_block=unet.layers_per_block,
+        attention_head_dim=unet.attention_heads,  # diffusers' legacy name: this is the number of heads
+        only_cross_attention=unet.only_cross_attention,
+        cross_attention_dim=config.text_encoder.hidden_size,
+        norm_num_groups=unet.norm_num_groups,
+    )
+
+
+def build_training_scheduler(config: MiniCxrConfig):  # -> DDPMScheduler
+    """The noise schedule used to train; sampling uses DPM-Solver++ on the same betas."""
+    from diffusers import DDPMScheduler
+
+    return DDPMScheduler(**_scheduler_kwargs(config.scheduler))
+
+
+def build_sampling_scheduler(config: MiniCxrConfig):  # -> DPMSolverMultistepScheduler
+    """DPM-Solver++ (2nd order), what the exported folder's scheduler/ holds."""
+    from diffusers import DPMSolverMultistepScheduler
+
+    return DPMSolverMultistepScheduler(
+        **_scheduler_kwargs(config.scheduler), algorithm_type="dpmsolver++", solver_order=2
+    )
+
+
+def _scheduler_kwargs(scheduler: SchedulerConfig) -> dict[str, Any]:
+    return {
+        "num_train_timesteps": scheduler.num_train_timesteps,
+        "beta_start": scheduler.beta_start,
+        "beta_end": scheduler.beta_end,
+        "beta_schedule": scheduler.beta_schedule,
+        "prediction_type": scheduler.prediction_type.value,
+        "timestep_spacing": scheduler.timestep_spacing,
+        "steps_offset": 1,  # diffusers' SD-1.x convention; used only by "leading" spacing
+    }
+
+
+# --- typed (de)serialisation --------------------------------------------------------------------------------
+
+T = TypeVar("T")
+
+
+def _enum_value(value: Any) -> Any:
+    if isinstance(value, Enum):
+        return value.value
+    raise TypeError(f"cannot serialise {type(value).__name__}")
+
+
+def _deep_merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _build(cls: type[T], data: Any, where: str) -> T:
+    if not isinstance(data, dict):
+        raise InputError(f"config field {where} must be an object")
+    hints = get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise InputError(f"unknown config field(s) in {where}: {', '.join(unknown)}")
+    values = {name: _convert(hints[name], data[name], f"{where}.{name}") for name in names if name in data}
+    return cls(**values)
+
+
+def _convert(hint: Any, value: Any, where: str) -> Any:
+    origin = get_origin(hint)
+    if dataclasses.is_dataclass(hint):
+        return _build(hint, value, where)
+    if isinstance(hint, type) and issubclass(hint, Enum):
+        try:
+            return hint(value)
+        except ValueError:
+            allowed = ", ".join(str(m.value) for m in hint)
+            raise InputError(f"config field {where} must be one of {allowed}, not {value!r}") from None
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise InputError(f"config field {where} must be a list")
+        (item,) = {a for a in get_args(hint) if a is not Ellipsis}
+        return tuple(_convert(item, v, where) for v in value)
+    args = get_args(hint)
+    if args and type(None) in args:
+        if value is None:
+            return None
+        (inner,) = [a for a in args if a is not type(None)]
+        return _convert(inner, value, where)
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(hint, type) and not isinstance(value, hint) or (hint is int and isinstance(value, bool)):
+        raise InputError(f"config field {where} must be {hint.__name__}, not {value!r}")
+    return value

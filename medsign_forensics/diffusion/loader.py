@@ -1,0 +1,396 @@
+"""Load a text-to-image latent diffusion model from a local folder: the shipped mini-cxr or any SD-1.x folder.
+
+One code path for both, so everything downstream (sampling, the localization map, the watermarked decoder)
+is tested on the small model and runs unchanged on a real Stable Diffusion fine-tune such as RoentGen.
+
+Supported: a diffusers ``StableDiffusionPipeline`` folder (SD-1.x, and SD-2.x, which has the same layout;
+epsilon or v prediction, both handled by the scheduler) with CLIP tokenizer and text encoder,
+UNet2DConditionModel and AutoencoderKL with any number of image channels (mini-cxr is greyscale). Not
+supported, with a ModelError: SDXL and other pipelines (two text encoders, added conditioning), inpainting or
+depth U-Nets (extra input channels). The safety checker is never loaded. Nothing is fetched from a hub.
+
+Every folder is checked before any weights are read (layout, classes, dimensions that must agree), every
+weights file is hashed (the hashes go into provenance records), a ``SHA256SUMS`` manifest is checked when
+present (the shipped default must have one), and every weights file must match its model's parameters key
+for key.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+import torch  # noqa: E402
+
+from medsign_forensics.config import WEIGHTS_DIR  # noqa: E402
+from medsign_forensics.errors import ModelError  # noqa: E402
+
+DEFAULT_MODEL_NAME = "mini-cxr"
+DEFAULT_MODEL_DIR = WEIGHTS_DIR / DEFAULT_MODEL_NAME
+MANIFEST_NAME = "SHA256SUMS"
+REQUIRED_COMPONENTS = ("tokenizer", "text_encoder", "unet", "vae", "scheduler")
+SUPPORTED_PIPELINE = "StableDiffusionPipeline"
+_EXPECTED_CLASSES = {
+    "tokenizer": {"CLIPTokenizer", "CLIPTokenizerFast"},
+    "text_encoder": {"CLIPTextModel"},
+    "unet": {"UNet2DConditionModel"},
+    "vae": {"AutoencoderKL"},
+}
+_WEIGHT_SUFFIXES = (".safetensors", ".bin")
+# Keys some older checkpoints carry that are buffers, not parameters; harmless when absent or present.
+_BENIGN_KEY_SUFFIXES = ("position_ids",)
+# Old diffusers attention parameter names, which diffusers renames on load.
+_DEPRECATED_ATTENTION_NAMES = {".query.": ".to_q.", ".key.": ".to_k.", ".value.": ".to_v.", ".proj_attn.": ".to_out.0."}
+
+
+@dataclass(frozen=True)
+class DiffusionModel:
+    """A loaded pipeline plus what provenance needs to know about it.
+
+    ``weights`` maps each weights file (path relative to the folder) to its SHA-256; ``weights_sha256`` is one
+    digest over all of them (the SHA-256 of their ``sha256sum``-style listing, sorted by path).
+    """
+
+    name: str
+    path: Path
+    pipeline: Any  # diffusers.StableDiffusionPipeline
+    weights: Mapping[str, str]
+    device: torch.device
+    dtype: torch.dtype
+    is_default: bool = False
+    component_classes: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def tokenizer(self) -> Any:
+        return self.pipeline.tokenizer
+
+    @property
+    def text_encoder(self) -> Any:
+        return self.pipeline.text_encoder
+
+    @property
+    def unet(self) -> Any:
+        return self.pipeline.unet
+
+    @property
+    def vae(self) -> Any:
+        return self.pipeline.vae
+
+    @property
+    def scheduler(self) -> Any:
+        return self.pipeline.scheduler
+
+    @property
+    def image_channels(self) -> int:
+        """1 for greyscale models such as mini-cxr, 3 for RGB models such as RoentGen."""
+        return int(self.vae.config.out_channels)
+
+    @property
+    def latent_channels(self) -> int:
+        return int(self.unet.config.in_channels)
+
+    @property
+    def vae_scale_factor(self) -> int:
+        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+
+    @property
+    def image_size(self) -> int:
+        """The default output height and width (the U-Net's sample size times the VAE's scale factor)."""
+        return int(self.unet.config.sample_size) * self.vae_scale_factor
+
+    @property
+    def weights_sha256(self) -> str:
+        return combined_sha256(self.weights)
+
+
+def load_model(
+    path: str | Path | None = None, *, device: str | torch.device = "cpu", dtype: torch.dtype | None = None
+) -> DiffusionModel:
+    """Load the model in ``path`` (``None``: the shipped mini-cxr) onto ``device``.
+
+    ``dtype`` defaults to float32 on CPU and to bfloat16 (float16 where bfloat16 is unsupported) on CUDA.
+    Raises :class:`ModelError` for anything that makes the folder unusable, naming the file at fault.
+    """
+    is_default = path is None
+    folder = Path(DEFAULT_MODEL_DIR if path is None else path).expanduser()
+    device = torch.device(device)
+    dtype = dtype or _default_dtype(device)
+    if is_default and not folder.is_dir():
+        raise ModelError(
+            "the shipped default model mini-cxr has not been trained into this installation yet; train it with "
+            "`medsign base train --config default --out DIR` and copy DIR/model here, or pass --model with a "
+            "local Stable Diffusion 1.x folder",
+            path=folder,
+        )
+    index = check_folder(folder)
+    weights = _weight_files(folder)
+    manifest = folder / MANIFEST_NAME
+    if manifest.is_file():
+        hashes = verify_manifest(folder)
+        missing = sorted(set(weights) - set(hashes))
+        if missing:
+            raise ModelError(f"{MANIFEST_NAME} does not list the weights file(s) {', '.join(missing)}", path=manifest)
+        digests = {name: hashes[name] for name in weights}
+    elif is_default:
+        raise ModelError(
+            f"the shipped default model has no {MANIFEST_NAME} manifest, so its weights cannot be verified; "
+            "reinstall it or re-export it with `medsign base train`",
+            path=manifest,
+        )
+    else:
+        digests = {name: sha256_file(folder / name) for name in weights}
+    pipeline = _load_pipeline(folder, dtype)
+    _check_keys(folder, pipeline, weights)
+    pipeline.to(device)
+    classes = {name: str(index[name][1]) for name in REQUIRED_COMPONENTS}
+    return DiffusionModel(
+        name=DEFAULT_MODEL_NAME if is_default else folder.resolve().name,
+        path=folder.resolve(),
+        pipeline=pipeline,
+        weights=dict(sorted(digests.items())),
+        device=device,
+        dtype=dtype,
+        is_default=is_default,
+        component_classes=classes,
+    )
+
+
+def check_folder(folder: Path) -> dict[str, Any]:
+    """Check layout, classes and agreeing dimensions without reading weights; return model_index.json."""
+    if not folder.exists():
+        raise ModelError("the model folder does not exist; pass a local diffusers Stable Diffusion folder", path=folder)
+    if not folder.is_dir():
+        raise ModelError("the model path is not a folder; pass a local diffusers Stable Diffusion folder", path=folder)
+    index_path = folder / "model_index.json"
+    index = _read_json(index_path, "model_index.json, which every diffusers pipeline folder has")
+    pipeline_class = index.get("_class_name")
+    if pipeline_class != SUPPORTED_PIPELINE:
+        raise ModelError(
+            f"unsupported architecture {pipeline_class!r}; only {SUPPORTED_PIPELINE} folders (Stable Diffusion "
+            "1.x/2.x layout) can be loaded",
+            path=index_path,
+        )
+    for name in REQUIRED_COMPONENTS:
+        entry = index.get(name)
+        if not isinstance(entry, list) or len(entry) != 2 or entry[1] is None:
+            raise ModelError(f"model_index.json names no {name} component", path=index_path)
+        if not (folder / name).is_dir():
+            raise ModelError(f"the {name} component folder is missing", path=folder / name)
+        expected = _EXPECTED_CLASSES.get(name)
+        if expected and entry[1] not in expected:
+            raise ModelError(
+                f"unsupported {name} class {entry[1]!r}; expected {' or '.join(sorted(expected))}", path=index_path
+            )
+    text = _read_json(folder / "text_encoder" / "config.json", "the text encoder's config")
+    unet = _read_json(folder / "unet" / "config.json", "the U-Net's config")
+    vae = _read_json(folder / "vae" / "config.json", "the VAE's config")
+    _read_json(folder / "scheduler" / "scheduler_config.json", "the scheduler's config")
+    tokenizer_dir = folder / "tokenizer"
+    if not ((tokenizer_dir / "vocab.json").is_file() and (tokenizer_dir / "merges.txt").is_file()) and not (
+        tokenizer_dir / "tokenizer.json"
+    ).is_file():
+        raise ModelError("the tokenizer folder has neither vocab.json + merges.txt nor tokenizer.json", path=tokenizer_dir)
+    if unet.get("addition_embed_type") or unet.get("class_embed_type"):
+        raise ModelError(
+            "unsupported architecture: the U-Net takes added conditioning (SDXL-style or class embeddings)",
+            path=folder / "unet" / "config.json",
+        )
+    cross = unet.get("cross_attention_dim")
+    hidden = text.get("hidden_size")
+    if cross != hidden:
+        raise ModelError(
+            f"mismatched components: the text encoder's hidden size is {hidden} but the U-Net's "
+            f"cross_attention_dim is {cross}",
+            path=folder / "unet" / "config.json",
+        )
+    latent = vae.get("latent_channels")
+    if unet.get("in_channels") != latent:
+        raise ModelError(
+            f"mismatched components: the VAE has {latent} latent channels but the U-Net takes "
+            f"{unet.get('in_channels')} input channels (inpainting and depth U-Nets are not supported)",
+            path=folder / "unet" / "config.json",
+        )
+    if unet.get("out_channels") != latent:
+        raise ModelError(
+            f"mismatched components: the U-Net predicts {unet.get('out_channels')} channels but the VAE has "
+            f"{latent} latent channels",
+            path=folder / "unet" / "config.json",
+        )
+    for name in ("text_encoder", "unet", "vae"):
+        if not _component_weights(folder / name):
+            raise ModelError(f"the {name} folder holds no weights file (*.safetensors or *.bin)", path=folder / name)
+    return index
+
+
+def verify_manifest(folder: Path) -> dict[str, str]:
+    """Hash every file listed in ``SHA256SUMS`` and compare; return {relative path: SHA-256}."""
+    manifest = folder / MANIFEST_NAME
+    expected = read_manifest(manifest)
+    for name, digest in expected.items():
+        file = folder / name
+        if not file.is_file():
+            raise ModelError(f"the file {name} listed in {MANIFEST_NAME} is missing", path=file)
+        actual = sha256_file(file)
+        if actual != digest:
+            raise ModelError(
+                f"SHA-256 mismatch: {MANIFEST_NAME} records {digest[:16]}... but the file hashes to "
+                f"{actual[:16]}...; the weights were altered or corrupted, reinstall or re-export them",
+                path=file,
+            )
+    return expected
+
+
+def read_manifest(manifest: Path) -> dict[str, str]:
+    """Parse a ``sha256sum``-style manifest: ``<hex>  <relative path>`` per line."""
+    try:
+        lines = manifest.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as error:
+        raise ModelError(f"cannot read the manifest ({error})", path=manifest) from None
+    entries: dict[str, str] = {}
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        digest, _, name = line.partition("  ")
+        name = name.strip()
+        if len(digest) != 64 or not name or any(c not in "0123456789abcdef" for c in digest) or ".." in Path(name).parts:
+            raise ModelError(f"line {number} is not '<sha256>  <relative path>'", path=manifest)
+        entries[name] = digest
+    if not entries:
+        raise ModelError("the manifest lists no files", path=manifest)
+    return entries
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def combined_sha256(hashes: Mapping[str, str]) -> str:
+    """One digest for a set of files: SHA-256 of their sorted ``<hex>  <path>`` lines."""
+    listing = "".join(f"{hashes[name]}  {name}\n" for name in sorted(hashes))
+    return hashlib.sha256(listing.encode("utf-8")).hexdigest()
+
+
+def _default_dtype(device: torch.device) -> torch.dtype:
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.float32
+
+
+def _read_json(path: Path, what: str) -> dict[str, Any]:
+    if not path.is_file():
+        raise ModelError(f"missing {what}", path=path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ModelError(f"{what} is not valid JSON ({error})", path=path) from None
+    if not isinstance(data, dict):
+        raise ModelError(f"{what} must hold a JSON object", path=path)
+    return data
+
+
+def _component_weights(directory: Path) -> list[Path]:
+    """The weights files diffusers will read: safetensors when present, else .bin (sharded sets included)."""
+    files = sorted(p for p in directory.iterdir() if p.is_file() and p.suffix in _WEIGHT_SUFFIXES)
+    safetensors = [p for p in files if p.suffix == ".safetensors"]
+    return safetensors or files
+
+
+def _weight_files(folder: Path) -> list[str]:
+    return [p.relative_to(folder).as_posix() for name in ("text_encoder", "unet", "vae") for p in _component_weights(folder / name)]
+
+
+def _load_pipeline(folder: Path, dtype: torch.dtype) -> Any:
+    from diffusers import DPMSolverMultistepScheduler, StableDiffusionPipeline
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    verbosity = diffusers_logging.get_verbosity()
+    diffusers_logging.set_verbosity_error()  # the "safety checker disabled" notice is deliberate here
+    diffusers_logging.disable_progress_bar()
+    transformers_logging.disable_progress_bar()
+    try:
+        pipeline = StableDiffusionPipeline.from_pretrained(
+            str(folder),
+            dtype=dtype,
+            local_files_only=True,
+            low_cpu_mem_usage=False,
+            safety_checker=None,
+            feature_extractor=None,
+            requires_safety_checker=False,
+        )
+    except (OSError, ValueError, RuntimeError, KeyError, TypeError) as error:
+        raise ModelError(f"diffusers could not load the folder ({_first_line(error)})", path=folder) from None
+    finally:
+        diffusers_logging.set_verbosity(verbosity)
+        diffusers_logging.enable_progress_bar()
+        transformers_logging.enable_progress_bar()
+    # Sampling always uses DPM-Solver++ on the model's own noise schedule and prediction type.
+    pipeline.scheduler = DPMSolverMultistepScheduler.from_config(
+        pipeline.scheduler.config, algorithm_type="dpmsolver++", solver_order=2
+    )
+    pipeline.set_progress_bar_config(disable=True)
+    return pipeline
+
+
+def _check_keys(folder: Path, pipeline: Any, weights: list[str]) -> None:
+    """Strict loading: the weights files and the built models must have exactly the same parameter names."""
+    for component in ("text_encoder", "unet", "vae"):
+        files = [folder / name for name in weights if name.startswith(component + "/")]
+        file_keys: set[str] = set()
+        for file in files:
+            file_keys |= _file_keys(file)
+        model_keys = set(getattr(pipeline, component).state_dict())
+        file_keys = {_normalise_key(k) for k in file_keys if not k.endswith(_BENIGN_KEY_SUFFIXES)}
+        model_keys = {k for k in model_keys if not k.endswith(_BENIGN_KEY_SUFFIXES)}
+        missing = sorted(model_keys - file_keys)
+        unexpected = sorted(file_keys - model_keys)
+        if missing or unexpected:
+            detail = []
+            if missing:
+                detail.append(f"{len(missing)} missing (e.g. {missing[0]})")
+            if unexpected:
+                detail.append(f"{len(unexpected)} unexpected (e.g. {unexpected[0]})")
+            raise ModelError(
+                f"the {component} weights do not match its config: {', '.join(detail)} parameter(s)",
+                path=files[0],
+            )
+
+
+def _file_keys(file: Path) -> set[str]:
+    if file.suffix == ".safetensors":
+        from safetensors import safe_open
+
+        try:
+            with safe_open(str(file), framework="pt") as handle:
+                return set(handle.keys())
+        except Exception as error:  # safetensors raises its own error types for corrupt headers
+            raise ModelError(f"cannot read the safetensors file ({_first_line(error)})", path=file) from None
+    try:
+        state = torch.load(file, map_location="meta", weights_only=True)
+    except Exception as error:  # torch raises many types for corrupt pickles
+        raise ModelError(f"cannot read the weights file ({_first_line(error)})", path=file) from None
+    return set(state)
+
+
+def _normalise_key(key: str) -> str:
+    for old, new in _DEPRECATED_ATTENTION_NAMES.items():
+        if old in key and ".attentions." in key:
+            key = key.replace(old, new)
+    return key
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return text[0] if text else type(error).__name__
