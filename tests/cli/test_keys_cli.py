@@ -1,0 +1,151 @@
+"""`medsign keys ...` end to end through the Typer app."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sqlite3
+import stat
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from medsign_forensics.cli.main import app
+from medsign_forensics.provenance import IssuerKey, ScryptParams, create_issuer_key, key_id_of, load_public_key_pem
+
+PASSPHRASE = "cli test passphrase"
+ENV = {"MEDSIGN_PASSPHRASE": PASSPHRASE, "COLUMNS": "200"}
+runner = CliRunner()
+
+
+def _invoke(*args: str, env: dict[str, str] | None = None, input: str | None = None):
+    return runner.invoke(app, ["keys", *args], env=ENV if env is None else env, input=input)
+
+
+def _json(result) -> object:
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout)
+
+
+@pytest.fixture
+def setup(tmp_path: Path) -> tuple[Path, Path]:
+    """A fast-to-decrypt issuer key and a registry made by `keys init`."""
+    key = tmp_path / "issuer.key"
+    create_issuer_key(key, PASSPHRASE, name="CLI Issuer", scrypt=ScryptParams(n=2**14))
+    registry = tmp_path / "registry"
+    assert _invoke("init", "--registry", str(registry)).exit_code == 0
+    return key, registry
+
+
+def _issue(key: Path, registry: Path, deployment: str = "site-a") -> dict:
+    return _json(_invoke("issue", "--registry", str(registry), "--issuer-key", str(key), "--deployment", deployment,
+                         "--model-name", "mini-cxr", "--model-version", "0.1.0", "--weights-sha256", "ab" * 32,
+                         "--json"))
+
+
+def test_init_creates_a_private_key_and_registers_it(tmp_path: Path) -> None:
+    key, registry = tmp_path / "new.key", tmp_path / "reg"
+    data = _json(_invoke("init", "--issuer-key", str(key), "--registry", str(registry), "--name", "Acme AI",
+                         "--json"))
+    assert stat.S_IMODE(key.stat().st_mode) == 0o600
+    assert data["issuers"] == 1 and len(data["key_id"]) == 64 and data["name"] == "Acme AI"
+    assert PASSPHRASE not in key.read_text()
+    again = _invoke("init", "--issuer-key", str(key), "--name", "Acme AI")
+    assert again.exit_code == 2 and "refusing to overwrite" in again.stderr
+
+
+def test_init_needs_something_to_create_and_a_name(tmp_path: Path) -> None:
+    assert _invoke("init").exit_code == 2
+    result = _invoke("init", "--issuer-key", str(tmp_path / "k.key"))
+    assert result.exit_code == 2 and "--name is required" in result.stderr
+
+
+def test_issue_list_show_revoke_check(setup: tuple[Path, Path]) -> None:
+    key, registry = setup
+    first, second = _issue(key, registry, "site-a"), _issue(key, registry, "site-b")
+    assert first["provenance_id"].startswith("msp-") and len(first["key_hex"]) == 12
+    listed = _json(_invoke("list", "--registry", str(registry), "--json"))
+    assert [row["deployment"] for row in listed] == ["site-a", "site-b"]
+    shown = _json(_invoke("show", first["provenance_id"], "--registry", str(registry), "--json"))
+    assert shown["signature_valid"] is True and json.loads(shown["record"])["deployment"] == "site-a"
+    revoked = _json(_invoke("revoke", second["provenance_id"], "--registry", str(registry), "--issuer-key",
+                            str(key), "--reason", "weights leaked", "--json"))
+    assert revoked["status"] == "revoked" and "weights leaked" in revoked["revocation"]
+    only_revoked = _json(_invoke("list", "--registry", str(registry), "--status", "revoked", "--json"))
+    assert [row["provenance_id"] for row in only_revoked] == [second["provenance_id"]]
+    table = _invoke("list", "--registry", str(registry))
+    assert table.exit_code == 0 and first["provenance_id"] in table.stdout and "revoked" in table.stdout
+    report = _json(_invoke("check", "--registry", str(registry), "--json"))
+    assert report["ok"] is True and report["rows_checked"] == 2
+
+
+def test_check_exits_1_on_a_tampered_row(setup: tuple[Path, Path]) -> None:
+    key, registry = setup
+    issued = _issue(key, registry)
+    with sqlite3.connect(registry / "registry.sqlite") as db:
+        db.execute("UPDATE keys SET record = replace(record, 'site-a', 'site-z')")
+    result = _invoke("check", "--registry", str(registry), "--json")
+    assert result.exit_code == 1
+    report = json.loads(result.stdout)
+    assert report["failed_rows"][0]["provenance_id"] == issued["provenance_id"]
+    human = _invoke("check", "--registry", str(registry))
+    assert human.exit_code == 1 and "TAMPERED" in human.stdout
+    shown = _json(_invoke("show", issued["provenance_id"], "--registry", str(registry), "--json"))
+    assert shown["signature_valid"] is False
+
+
+def test_check_with_pinned_trust(tmp_path: Path, setup: tuple[Path, Path]) -> None:
+    key, registry = setup
+    _issue(key, registry)
+    own = tmp_path / "own.pem"
+    assert _invoke("export-public", "--issuer-key", str(key), "--out", str(own)).exit_code == 0
+    assert _invoke("check", "--registry", str(registry), "--trust", str(own)).exit_code == 0
+    stranger = tmp_path / "stranger.pem"
+    stranger.write_text(IssuerKey.generate("Stranger").public_key_pem())
+    assert _invoke("check", "--registry", str(registry), "--trust", str(stranger)).exit_code == 1
+
+
+def test_export_public_prints_pem_matching_the_key(setup: tuple[Path, Path]) -> None:
+    key, _ = setup
+    result = _invoke("export-public", "--issuer-key", str(key))
+    assert result.exit_code == 0 and "BEGIN PUBLIC KEY" in result.stdout and "PRIVATE" not in result.stdout
+    data = _json(_invoke("export-public", "--issuer-key", str(key), "--json"))
+    assert key_id_of(load_public_key_pem(data["public_key_pem"])) == data["key_id"]
+
+
+def test_passphrase_prompt_when_the_variable_is_unset(setup: tuple[Path, Path]) -> None:
+    key, _ = setup
+    result = _invoke("export-public", "--issuer-key", str(key), env={"MEDSIGN_PASSPHRASE": ""},
+                     input=PASSPHRASE + "\n")
+    assert result.exit_code == 0 and "BEGIN PUBLIC KEY" in result.stdout
+
+
+def test_wrong_passphrase_is_one_line_and_exit_5(setup: tuple[Path, Path]) -> None:
+    key, registry = setup
+    result = _invoke("revoke", "msp-aaaaaaaaaaaaaaaa", "--registry", str(registry), "--issuer-key", str(key),
+                     "--reason", "x", env={"MEDSIGN_PASSPHRASE": "wrong passphrase!"})
+    assert result.exit_code == 5
+    assert "wrong passphrase" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert "Traceback" not in result.output
+
+
+def test_missing_registry_and_unknown_id(tmp_path: Path, setup: tuple[Path, Path]) -> None:
+    result = _invoke("list", "--registry", str(tmp_path / "absent"))
+    assert result.exit_code == 5 and "no registry here" in result.stderr
+    _, registry = setup
+    result = _invoke("show", "msp-aaaaaaaaaaaaaaaa", "--registry", str(registry))
+    assert result.exit_code == 5 and "no deployment with provenance ID" in result.stderr
+
+
+def test_weights_file_is_hashed_and_options_are_exclusive(tmp_path: Path, setup: tuple[Path, Path]) -> None:
+    key, registry = setup
+    weights = tmp_path / "decoder.safetensors"
+    weights.write_bytes(b"weights" * 1000)
+    data = _json(_invoke("issue", "--registry", str(registry), "--issuer-key", str(key), "--deployment", "w",
+                         "--model-name", "mini-cxr", "--model-version", "1", "--weights", str(weights), "--json"))
+    assert json.loads(data["record"])["model"]["weights_sha256"] == hashlib.sha256(weights.read_bytes()).hexdigest()
+    both = _invoke("issue", "--registry", str(registry), "--issuer-key", str(key), "--deployment", "w",
+                   "--model-name", "m", "--model-version", "1", "--weights", str(weights), "--weights-sha256",
+                   "ab" * 32)
+    assert both.exit_code == 2 and "exactly one of" in both.stderr
