@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import shlex
 import shutil
-import sys
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -85,7 +84,11 @@ def register(app: typer.Typer) -> None:
         )
         if reports is not None:
             config = replace(config, reports=None if reports.strip().lower() == "none" else reports)
-        command = "medsign " + " ".join(shlex.quote(arg) for arg in sys.argv[1:])
+        command = _command_line({
+            "out": out, "steps": steps, "batch_size": batch_size, "n_random": n_random,
+            "report_repeats": report_repeats, "n_random_eval": n_random_eval, "reports": reports, "workers": workers,
+            "seed": seed, "device": None if device == "cpu" else device, "tiny": tiny, "export": export,
+        })
         result = train_classifier(config, out, device=device, show_progress=not json_output, command=command)
         if export is not None:
             if export.exists() and not export.is_dir():
@@ -133,6 +136,18 @@ def register(app: typer.Typer) -> None:
         _print_scores(scores)
 
     app.add_typer(group)
+
+
+def _command_line(given: dict[str, object]) -> str:
+    """The training command rebuilt from the options that were set, to record beside the weights."""
+    words = ["medsign", "classifier", "train"]
+    for name, value in given.items():
+        flag = "--" + name.replace("_", "-")
+        if value is True:
+            words.append(flag)
+        elif value is not None and value is not False:
+            words += [flag, shlex.quote(str(value))]
+    return " ".join(words)
 
 
 def _print_scores(scores: Sequence[LabelScore]) -> None:
