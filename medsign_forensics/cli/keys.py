@@ -189,7 +189,7 @@ def show_command(
     """Show one deployment's record and whether its signatures verify."""
     with Registry.open(registry) as opened:
         entry = opened.get(identifier)
-        report = [row for row in opened.check().rows if row.provenance_id == entry.provenance_id][0]
+        report = opened.check_entry(entry)
     data = entry.to_dict()
     data["signature_valid"] = report.ok
     data["problems"] = list(report.problems)

@@ -348,13 +348,7 @@ class Registry:
 
         Only keys whose stored id is the SHA-256 of their DER form are returned; :meth:`check` reports others.
         """
-        keys: dict[str, Ed25519PublicKey] = {}
-        for issuer in self.issuers():
-            with contextlib.suppress(RegistryError):
-                key = load_public_key_pem(issuer.public_key_pem)
-                if key_id_of(key) == issuer.key_id:
-                    keys[issuer.key_id] = key
-        return keys
+        return _usable_issuer_keys(self.issuers(), None)[0]
 
     # -- issuing and revoking ----------------------------------------------------------------------------
 
@@ -465,31 +459,43 @@ class Registry:
 
     def check(self, trusted: Mapping[str, Ed25519PublicKey] | None = None) -> CheckReport:
         """Verify every issuer key id and every row's signatures; report, do not raise, what fails."""
-        issuer_problems: list[str] = []
-        keys: dict[str, Ed25519PublicKey] = {}
         issuers = self.issuers()
-        for issuer in issuers:
-            try:
-                key = load_public_key_pem(issuer.public_key_pem)
-            except RegistryError:
-                issuer_problems.append(f"issuer {issuer.key_id[:16]}... ({issuer.name}): stored public key "
-                                       "is not a valid Ed25519 PEM key")
-                continue
-            if key_id_of(key) != issuer.key_id:
-                issuer_problems.append(f"issuer {issuer.key_id[:16]}... ({issuer.name}): key id is not the "
-                                       "SHA-256 of its public key; the issuers table was altered")
-                continue
-            if trusted is not None and issuer.key_id not in trusted:
-                issuer_problems.append(f"issuer {issuer.key_id[:16]}... ({issuer.name}) is not among the "
-                                       "trusted public keys")
-                continue
-            keys[issuer.key_id] = key
-        rows = []
-        for entry in self.entries():
-            problems, _, _ = _row_problems(entry, keys)
-            rows.append(RowCheck(entry.provenance_id, tuple(message for _, message in problems)))
-        return CheckReport(folder=self.folder, issuer_problems=tuple(issuer_problems), rows=tuple(rows),
+        keys, issuer_problems = _usable_issuer_keys(issuers, trusted)
+        rows = tuple(_row_check(entry, keys) for entry in self.entries())
+        return CheckReport(folder=self.folder, issuer_problems=tuple(issuer_problems), rows=rows,
                            issuers_checked=len(issuers))
+
+    def check_entry(self, entry: RegistryEntry,
+                    trusted: Mapping[str, Ed25519PublicKey] | None = None) -> RowCheck:
+        """Every problem of one row, as :meth:`check` would report it."""
+        keys, _ = _usable_issuer_keys(self.issuers(), trusted)
+        return _row_check(entry, keys)
+
+
+def _usable_issuer_keys(issuers: Sequence[Issuer], trusted: Mapping[str, Ed25519PublicKey] | None,
+                        ) -> tuple[dict[str, Ed25519PublicKey], list[str]]:
+    """Issuer keys that are well formed, match their key id and (when given) are trusted; and the others' faults."""
+    keys: dict[str, Ed25519PublicKey] = {}
+    problems: list[str] = []
+    for issuer in issuers:
+        label = f"issuer {issuer.key_id[:16]}... ({issuer.name})"
+        try:
+            key = load_public_key_pem(issuer.public_key_pem)
+        except RegistryError:
+            problems.append(f"{label}: stored public key is not a valid Ed25519 PEM key")
+            continue
+        if key_id_of(key) != issuer.key_id:
+            problems.append(f"{label}: key id is not the SHA-256 of its public key; the issuers table was altered")
+        elif trusted is not None and issuer.key_id not in trusted:
+            problems.append(f"{label} is not among the trusted public keys")
+        else:
+            keys[issuer.key_id] = key
+    return keys, problems
+
+
+def _row_check(entry: RegistryEntry, keys: Mapping[str, Ed25519PublicKey]) -> RowCheck:
+    problems, _, _ = _row_problems(entry, keys)
+    return RowCheck(entry.provenance_id, tuple(message for _, message in problems))
 
 
 def _row_problems(entry: RegistryEntry, keys: Mapping[str, Ed25519PublicKey],
@@ -548,10 +554,10 @@ def _entry(row: Sequence[Any]) -> RegistryEntry:
     if revocation is not None:
         signed_revocation = SignedDocument(payload=_stored_bytes(revocation),
                                            signature=_signature_bytes(revocation_signature))
+    signed_record = SignedDocument(payload=_stored_bytes(record), signature=_signature_bytes(signature))
     return RegistryEntry(provenance_id=provenance_id, key_hex=key_hex, bits=int(bits), issuer_key_id=issuer_key_id,
-                         status=status_value,
-                         signed_record=SignedDocument(payload=_stored_bytes(record), signature=_signature_bytes(signature)),
-                         signed_revocation=signed_revocation, created_at=created_at)
+                         status=status_value, signed_record=signed_record, signed_revocation=signed_revocation,
+                         created_at=created_at)
 
 
 def _stored_bytes(text: str) -> bytes:
