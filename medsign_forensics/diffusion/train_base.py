@@ -615,13 +615,32 @@ def export_model(
     return folder
 
 
+def build_random_model(folder: str | Path, *, config: MiniCxrConfig, texts: list[str], seed: int = 0) -> Path:
+    """Export an untrained model of ``config``'s architecture (tokenizer trained on ``texts``).
+
+    For tests, and for timing the architecture before it is trained; its model card says it is untrained.
+    """
+    spec = config.tokenizer
+    tokenizer = train_tokenizer(
+        texts, vocab_size=spec.vocab_size, min_frequency=spec.min_frequency, max_token_length=spec.max_token_length
+    )
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        vae = build_vae(config)
+        text_encoder = build_text_encoder(
+            config, vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id
+        )
+        unet = build_unet(config)
+    return export_model(folder, config=config, tokenizer=tokenizer, text_encoder=text_encoder, unet=unet, vae=vae)
+
+
 def _model_card(config: MiniCxrConfig, sizes: dict[str, int], hashes: dict[str, str], card: dict[str, Any] | None) -> str:
     lines = [
         f"# {config.name}",
         "",
         "A small text-to-image latent diffusion model (Stable Diffusion 1.x layout) trained from scratch on",
-        "synthetic chest phantoms rendered from the findings of real Open-i reports, captioned with the report text.",
-        "It is the embedded default of medsign-forensics; it is not a model of real radiographs.",
+        "synthetic chest phantoms rendered from the findings of real radiology reports, captioned with the report",
+        "text (medsign-forensics' embedded default). It is not a model of real radiographs.",
         "",
         "## Architecture",
         f"- Output {config.image_size}x{config.image_size}, {config.image_channels} channel(s); latent "
@@ -639,7 +658,7 @@ def _model_card(config: MiniCxrConfig, sizes: dict[str, int], hashes: dict[str, 
     lines += [f"| {name} | {sizes[name] / 2**20:.2f} | `{hashes[name]}` |" for name in sorted(sizes)]
     lines += ["", f"Combined weights SHA-256: `{combined_sha256(hashes)}`", ""]
     if card is None:
-        lines += ["## Training", "", "No training run is recorded for this folder (random or externally set weights).", ""]
+        lines += ["## Training", "", "Untrained: random weights (built for tests or timing), no training run recorded.", ""]
         return "\n".join(lines)
     lines += [
         "## Training data",
@@ -648,13 +667,13 @@ def _model_card(config: MiniCxrConfig, sizes: dict[str, int], hashes: dict[str, 
         "",
         "## Training run (recorded by the run itself)",
         "",
-        "| stage | steps | wall time (h) | hardware | mean loss, last 100 steps |",
+        "| stage | steps | wall time | hardware | mean loss, last 100 steps |",
         "| --- | --- | --- | --- | --- |",
     ]
     for name, stage in card["stages"].items():
         loss = stage.get("mean_loss_last_100")
         lines.append(
-            f"| {name} | {stage.get('step', '?')} | {stage.get('wall_time_s', 0) / 3600:.2f} | "
+            f"| {name} | {stage.get('step', '?')} | {_duration(stage.get('wall_time_s', 0.0))} | "
             f"{stage.get('hardware', '?')} | {'n/a' if loss is None else f'{loss:.4f}'} |"
         )
     lines += ["", "Commands, in order:", ""]
@@ -677,6 +696,10 @@ def _model_card(config: MiniCxrConfig, sizes: dict[str, int], hashes: dict[str, 
 
 
 # --- helpers -----------------------------------------------------------------------------------------------
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds:.0f} s ({seconds / 3600:.2f} h)"
 
 
 def _lr(base: float, warmup: int, step: int) -> float:

@@ -1,0 +1,151 @@
+"""`medsign base sample|train`: the base text-to-image model (mini-cxr or a local SD-1.x folder)."""
+
+from __future__ import annotations
+
+import os
+import shlex
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from medsign_forensics.cli.common import console, handle_errors, print_json
+from medsign_forensics.errors import InputError
+
+
+def register(app: typer.Typer) -> None:
+    group = typer.Typer(
+        name="base",
+        rich_markup_mode="rich",
+        no_args_is_help=True,
+        help="The base text-to-image model: sample an image from a report, or train mini-cxr.",
+    )
+
+    @group.command("sample")
+    @handle_errors
+    def sample_command(
+        report: Annotated[str, typer.Option(help="Report text (FINDINGS/IMPRESSION) used as the prompt.")],
+        out: Annotated[Path, typer.Option(help="PNG file to write (8-bit; greyscale for mini-cxr).")],
+        model: Annotated[Optional[Path], typer.Option(help="Local SD-1.x folder; default: the shipped mini-cxr.")] = None,
+        seed: Annotated[int, typer.Option(help="Random seed of the initial noise.")] = 0,
+        steps: Annotated[int, typer.Option(help="DPM-Solver++ steps.")] = 25,
+        guidance: Annotated[float, typer.Option(help="Classifier-free guidance scale (<= 1: off).")] = 4.0,
+        negative: Annotated[Optional[str], typer.Option(help="Negative prompt.")] = None,
+        latents_out: Annotated[
+            Optional[Path], typer.Option(help="Also write x0 (the latents the VAE decodes) as a (C, h, w) .npy file.")
+        ] = None,
+        device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
+        json_output: Annotated[bool, typer.Option("--json", help="Print what was done as JSON.")] = False,
+    ) -> None:
+        """Generate one image from a report and write it as PNG (and x0 as .npy)."""
+        import numpy as np
+
+        from medsign_forensics.diffusion import load_model, sample
+
+        if not report.strip():
+            raise InputError("the report is empty; pass the report text with --report")
+        if out.suffix.lower() != ".png":
+            raise InputError("the output must be a .png file", path=out)
+        if latents_out is not None and latents_out.suffix.lower() != ".npy":
+            raise InputError("the latents output must be a .npy file", path=latents_out)
+        loaded = load_model(model, device=device)
+        start = time.perf_counter()
+        result = sample(loaded, [report], seed=seed, steps=steps, guidance_scale=guidance, negative_prompt=negative)
+        seconds = time.perf_counter() - start
+        assert result.images is not None and result.latents is not None
+        _write_png(out, result.images[0].numpy())
+        if latents_out is not None:
+            _write_atomic(latents_out, lambda tmp: np.save(tmp, result.latents[0].numpy().astype(np.float32)))
+        summary = {
+            "out": str(out),
+            "latents_out": None if latents_out is None else str(latents_out),
+            "model": loaded.name,
+            "model_path": str(loaded.path),
+            "weights_sha256": loaded.weights_sha256,
+            "seed": seed,
+            "steps": steps,
+            "guidance_scale": guidance,
+            "scheduler": result.scheduler,
+            "height": result.height,
+            "width": result.width,
+            "seconds": round(seconds, 3),
+        }
+        if json_output:
+            print_json(summary)
+            return
+        console.print(
+            f"wrote [bold]{out}[/] ({result.width}x{result.height}, {loaded.name}, seed {seed}, {steps} steps, "
+            f"guidance {guidance}) in {seconds:.1f} s",
+            highlight=False,
+        )
+        if latents_out is not None:
+            console.print(f"wrote x0 {tuple(result.latents.shape[1:])} to [bold]{latents_out}[/]", highlight=False)
+
+    @group.command("train")
+    @handle_errors
+    def train_command(
+        out: Annotated[Path, typer.Option(help="Run folder: checkpoints, logs, caches, and the exported model/.")],
+        config: Annotated[str, typer.Option(help="default, tiny, or a JSON file of overrides.")] = "default",
+        stage: Annotated[str, typer.Option(help="vae (stage A), unet (stage B: text encoder + U-Net) or all.")] = "all",
+        steps: Annotated[Optional[int], typer.Option(help="Override the step count of each stage run.")] = None,
+        resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out from its checkpoints.")] = False,
+        device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
+        json_output: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+    ) -> None:
+        """Train mini-cxr from scratch on phantoms of Open-i reports; export OUT/model when stage B ends."""
+        from medsign_forensics.diffusion.configs import load_config
+        from medsign_forensics.diffusion.train_base import Stage, train
+
+        if stage not in {s.value for s in Stage}:
+            raise InputError(f"unknown stage {stage!r}; use vae, unet or all")
+        result = train(
+            load_config(config),
+            out,
+            stage=stage,
+            steps=steps,
+            resume=resume,
+            device=device,
+            progress=not json_output,
+            command=shlex.join(["medsign", *sys.argv[1:]]),
+        )
+        stages = [
+            {"stage": s.stage, "step": s.step, "target_steps": s.target_steps, "wall_time_s": round(s.wall_time_s, 1),
+             "mean_loss": s.mean_loss}
+            for s in result.stages
+        ]
+        if json_output:
+            print_json({"out": str(result.out_dir), "model": None if result.model_dir is None else str(result.model_dir),
+                        "stages": stages})
+            return
+        for s in stages:
+            loss = "n/a" if s["mean_loss"] is None else f"{s['mean_loss']:.4f}"
+            console.print(
+                f"{s['stage']}: step {s['step']}/{s['target_steps']}, {s['wall_time_s']} s, mean loss {loss}",
+                highlight=False,
+            )
+        if result.model_dir is not None:
+            console.print(f"exported the model to [bold]{result.model_dir}[/]", highlight=False)
+
+    app.add_typer(group)
+
+
+def _write_png(path: Path, image) -> None:  # image: (C, H, W) float in [0, 1]
+    import numpy as np
+    from PIL import Image
+
+    pixels = np.clip(np.rint(image * 255.0), 0, 255).astype(np.uint8)
+    picture = Image.fromarray(pixels[0]) if pixels.shape[0] == 1 else Image.fromarray(pixels.transpose(1, 2, 0))
+    _write_atomic(path, lambda tmp: picture.save(tmp, format="PNG"))
+
+
+def _write_atomic(path: Path, write) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}{path.suffix}")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()

@@ -1,0 +1,77 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from medsign_forensics.diffusion.configs import (
+    MiniCxrConfig,
+    PredictionType,
+    build_text_encoder,
+    build_unet,
+    build_vae,
+    default_config,
+    load_config,
+    tiny_config,
+)
+from medsign_forensics.errors import InputError
+
+
+def _fp16_bytes(module) -> int:
+    return 2 * sum(p.numel() for p in module.parameters())
+
+
+def test_default_fits_the_shipping_limits() -> None:
+    config = default_config()
+    assert (config.image_size, config.latent_size, config.image_channels) == (256, 32, 1)
+    sizes = [
+        _fp16_bytes(build_vae(config)),
+        _fp16_bytes(build_unet(config)),
+        _fp16_bytes(build_text_encoder(config, vocab_size=config.tokenizer.vocab_size + 512, bos_token_id=0, eos_token_id=1)),
+    ]
+    assert all(size < 16 * 2**20 for size in sizes)
+    assert sum(sizes) <= 30_000_000
+
+
+def test_default_unet_has_cross_attention_at_every_level() -> None:
+    unet = build_unet(default_config())
+    cross = {name.split(".attentions")[0] for name, _ in unet.named_modules() if name.endswith("attn2")}
+    assert {"down_blocks.0", "down_blocks.1", "down_blocks.2", "mid_block"} <= cross
+    assert unet.config.in_channels == 4 and unet.config.sample_size == 32
+
+
+def test_greyscale_vae_downsamples_by_eight() -> None:
+    vae = build_vae(default_config())
+    assert vae.config.in_channels == vae.config.out_channels == 1
+    assert 2 ** (len(vae.config.block_out_channels) - 1) == 8
+
+
+def test_round_trip_through_dict() -> None:
+    for config in (default_config(), tiny_config()):
+        assert MiniCxrConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
+
+
+def test_named_and_file_configs(tmp_path: Path) -> None:
+    assert load_config("tiny") == tiny_config()
+    path = tmp_path / "c.json"
+    path.write_text(json.dumps({"base": "tiny", "unet_train": {"steps": 7}, "scheduler": {"prediction_type": "epsilon"}}))
+    config = load_config(path)
+    assert config.unet_train.steps == 7 and config.scheduler.prediction_type is PredictionType.EPSILON
+    assert config.vae == tiny_config().vae
+
+
+@pytest.mark.parametrize(
+    "content",
+    [{"unet_train": {"stepz": 1}}, {"unet": {"block_out_channels": 3}}, {"scheduler": {"prediction_type": "x"}}, [1]],
+)
+def test_bad_config_files(tmp_path: Path, content) -> None:
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps(content))
+    with pytest.raises(InputError):
+        load_config(path)
+
+
+def test_unknown_name() -> None:
+    with pytest.raises(InputError, match="no such config file"):
+        load_config("huge")
