@@ -14,14 +14,15 @@ def write_atomic(path: str | Path, data: bytes, *, mode: int = 0o644, overwrite:
     """Write ``data`` to a temporary file beside ``path`` with ``mode``, flush it to disk, then rename it.
 
     The temporary file is created with ``mode`` from the start (not chmod-ed later), so a private key is
-    never readable by others, not even for an instant. With ``overwrite=False`` an existing ``path`` is refused.
+    never readable by others, not even for an instant. With ``overwrite=False`` the file is published with a
+    hard link, which fails atomically if ``path`` exists, so a concurrent writer can never be overwritten.
     """
     path = Path(path)
+    exists = "file already exists; refusing to overwrite it (move it away or choose another path)"
     if not path.parent.is_dir():
         raise InputError(f"folder {path.parent} does not exist; create it first", path=path)
     if not overwrite and path.exists():
-        raise InputError("file already exists; refusing to overwrite it (move it away or choose another path)",
-                         path=path)
+        raise InputError(exists, path=path)
     temporary = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
     try:
         descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
@@ -29,11 +30,17 @@ def write_atomic(path: str | Path, data: bytes, *, mode: int = 0o644, overwrite:
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
-        os.replace(temporary, path)
+        if overwrite:
+            os.replace(temporary, path)
+        else:
+            os.link(temporary, path)
+    except FileExistsError:
+        raise InputError(exists, path=path) from None
     except OSError as error:
+        raise InputError(f"cannot write the file: {error.strerror or error}", path=path) from None
+    finally:
         with contextlib.suppress(OSError):
             temporary.unlink()
-        raise InputError(f"cannot write the file: {error.strerror or error}", path=path) from None
     _fsync_folder(path.parent)
     return path
 

@@ -100,8 +100,9 @@ class IssuerKey:
 
 def check_issuer_name(name: str) -> str:
     name = name.strip()
-    if not name or len(name) > 64 or any(ord(c) < 32 for c in name):
-        raise InputError("an issuer name must be 1 to 64 printable characters (e.g. 'Example Imaging AI Ltd')")
+    if not name or len(name) > 64 or "\\" in name or any(ord(c) < 32 for c in name):
+        raise InputError("an issuer name must be 1 to 64 printable characters without backslashes "
+                         "(e.g. 'Example Imaging AI Ltd')")
     return name
 
 

@@ -95,9 +95,12 @@ def check_provenance_id(value: str) -> str:
 
 
 def _text(fields: Mapping[str, Any], name: str, *, max_chars: int = 64) -> str:
+    """A non-empty single-line string; no backslash, which DICOM reads as a value separator."""
     value = fields.get(name)
-    if not isinstance(value, str) or not value.strip() or len(value) > max_chars:
-        raise InputError(f"field {name!r} must be a non-empty string of at most {max_chars} characters")
+    if (not isinstance(value, str) or not value.strip() or len(value) > max_chars or "\\" in value
+            or any(ord(c) < 32 for c in value)):
+        raise InputError(f"field {name!r} must be a non-empty single line of at most {max_chars} characters "
+                         "without backslashes")
     return value
 
 

@@ -104,6 +104,8 @@ def test_revocation_round_trip(issuer: IssuerKey) -> None:
     {"created_at": "2025-01-01 10:00:00"},
     {"key_id": "xyz"},
     {"deployment": ""},
+    {"deployment": "site\\a"},
+    {"issuer": "two\nlines"},
 ])
 def test_invalid_record_fields_are_refused(issuer: IssuerKey, change: dict[str, str]) -> None:
     with pytest.raises(InputError):
