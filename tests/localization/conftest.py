@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import string
+from pathlib import Path
 from collections.abc import Sequence
 
 import pytest
@@ -112,3 +113,41 @@ def pipe() -> StableDiffusionPipeline:
 def unet() -> UNet2DConditionModel:
     torch.manual_seed(0)
     return tiny_unet()
+
+
+TOKENIZER_TEXTS = (
+    "Small left pleural effusion. Heart size is normal.",
+    "Right upper lobe nodule. No pneumothorax.",
+    "Bibasilar atelectasis and small effusions. The lungs are otherwise clear.",
+    "Cardiomegaly with pulmonary edema. Calcified granuloma in the left lower lobe.",
+) * 4
+
+
+def build_model_folder(folder: Path) -> Path:
+    """A tiny random mini-cxr folder (greyscale VAE, only-cross-attention first level), exported as shipped."""
+    from medsign_forensics.diffusion.configs import build_text_encoder, build_unet, build_vae, tiny_config
+    from medsign_forensics.diffusion.tokenizer import train_tokenizer
+    from medsign_forensics.diffusion.train_base import export_model
+
+    config = tiny_config()
+    torch.manual_seed(0)
+    tokenizer = train_tokenizer(TOKENIZER_TEXTS, vocab_size=700, min_frequency=1)
+    text_encoder = build_text_encoder(
+        config, vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id
+    )
+    return export_model(
+        folder, config=config, tokenizer=tokenizer, text_encoder=text_encoder, unet=build_unet(config),
+        vae=build_vae(config),
+    )
+
+
+@pytest.fixture(scope="session")
+def model_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_model_folder(tmp_path_factory.mktemp("tiny-model") / "model")
+
+
+@pytest.fixture(scope="session")
+def model(model_folder: Path):
+    from medsign_forensics.diffusion import load_model
+
+    return load_model(model_folder)

@@ -68,3 +68,11 @@ def test_one_capture_serves_every_variant_and_word_subset(pipe):
     assert [w.tokens.word.text for w in only_effusion.words] == ["effusion"]
     assert np.array_equal(only_effusion.a_loc, full.words[1].a_loc)
     assert not attention.localize(words=[]).a_loc.any()
+
+
+def test_inversion_on_a_greyscale_mini_cxr_model(model):
+    image = _image((64, 48))
+    result = localize_image(model.pipeline, image, "Right upper lobe nodule.", timesteps=(250, 500))
+    assert model.vae.config.in_channels == 1
+    assert result.a_loc.shape == (64, 48)
+    assert {w.tokens.word.text for w in result.words} == {"right", "upper", "nodule"}

@@ -1,0 +1,78 @@
+"""Localization maps DURING generation: the capture runs while the model samples each image from its report.
+
+This is how decoder fine-tuning gets its training pairs (x0, A_loc): one sampling run gives the latents x0 the
+decoder will receive and, from the same U-Net calls, the attention behind each report's map. Under
+classifier-free guidance only the conditional half of each U-Net batch is read (see :mod:`capture`). When no
+report in the batch has a medical word the capture is not installed at all, so normal batches cost nothing extra.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from medsign_forensics.diffusion import DiffusionModel, sample
+from medsign_forensics.diffusion.sampling import DEFAULT_GUIDANCE, DEFAULT_STEPS, SampleResult
+from medsign_forensics.localization.capture import CrossAttentionCapture, StepSelector, every_step
+from medsign_forensics.localization.maps import Localization, MapOptions, localize_captured
+from medsign_forensics.localization.words import ParseFn, medical_words, word_tokens
+
+
+@dataclass(frozen=True)
+class GeneratedMaps:
+    """The sampled images and x0 (``sample.images``, ``sample.latents``) and one Localization per report."""
+
+    sample: SampleResult
+    localizations: tuple[Localization, ...]
+
+    @property
+    def maps(self) -> torch.Tensor:
+        """All A_loc maps as one (B, 1, H, W) float32 tensor, ready to weight a per-pixel loss."""
+        return torch.stack([torch.from_numpy(item.a_loc) for item in self.localizations])[:, None]
+
+
+def generate_with_maps(
+    model: DiffusionModel,
+    reports: Sequence[str],
+    *,
+    seed: int | Sequence[int],
+    steps: int = DEFAULT_STEPS,
+    guidance_scale: float = DEFAULT_GUIDANCE,
+    negative_prompt: str | None = None,
+    select: StepSelector = every_step,
+    options: MapOptions = MapOptions(),
+    parse: ParseFn | None = None,
+    locations: bool = True,
+) -> GeneratedMaps:
+    """Sample one image per report and build each report's A_loc from the same denoising run.
+
+    ``select`` chooses the denoising steps whose attention is summed (default: all, as in the paper).
+    """
+    reports = list(reports)
+    words = [word_tokens(model.tokenizer, report, medical_words(report, parse=parse, locations=locations)) for report in reports]
+    captured = None
+    if any(found for found, _ in words):
+        with CrossAttentionCapture(model.unet, conditional_batch=len(reports), select=select) as capture:
+            result = _sample(model, reports, seed, steps, guidance_scale, negative_prompt)
+        captured = capture.result()
+    else:
+        result = _sample(model, reports, seed, steps, guidance_scale, negative_prompt)
+    size = (result.height, result.width)
+    localizations = tuple(
+        localize_captured(captured if found else None, found, size, dropped=dropped, item=index, options=options)
+        for index, (found, dropped) in enumerate(words)
+    )
+    return GeneratedMaps(sample=result, localizations=localizations)
+
+
+def _sample(
+    model: DiffusionModel,
+    reports: list[str],
+    seed: int | Sequence[int],
+    steps: int,
+    guidance_scale: float,
+    negative_prompt: str | None,
+) -> SampleResult:
+    return sample(model, reports, seed=seed, steps=steps, guidance_scale=guidance_scale, negative_prompt=negative_prompt)
