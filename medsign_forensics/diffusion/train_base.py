@@ -597,6 +597,10 @@ def export_model(
             requires_safety_checker=False,
         )
         pipeline.save_pretrained(str(tmp), safe_serialization=True)
+        # transformers loads a model in the dtype its config names, diffusers in float32: name float32 so a
+        # plain StableDiffusionPipeline.from_pretrained(folder) gets one dtype throughout (weights stay fp16).
+        text_config = tmp / "text_encoder" / "config.json"
+        _write_json(text_config, {**json.loads(text_config.read_text(encoding="utf-8")), "dtype": "float32"})
         shutil.rmtree(tmp / "tokenizer")
         save_tokenizer(tokenizer, tmp / "tokenizer")
         weights = sorted(p for p in tmp.rglob("*.safetensors"))

@@ -83,7 +83,9 @@ def rgb_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
         ),
         tokenizer=tokenizer,
         unet=build_unet(config),
-        scheduler=PNDMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, steps_offset=1),
+        scheduler=PNDMScheduler(
+            beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, steps_offset=1, skip_prk_steps=True
+        ),
         safety_checker=None,
         feature_extractor=None,
         requires_safety_checker=False,
