@@ -84,6 +84,14 @@ def _conv_block(c_in: int, c_out: int, groups: int, *, stride: int = 1) -> nn.Se
     )
 
 
+def _bn_block(c_in: int, c_out: int, *, stride: int = 1) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1, bias=False),
+        nn.BatchNorm2d(c_out),
+        nn.ReLU(inplace=True),
+    )
+
+
 def _check_images(images: torch.Tensor) -> None:
     if images.ndim != 4 or images.shape[1] != 1:
         raise InputError(
@@ -152,9 +160,9 @@ class HiddenEncoder(nn.Module):
         self.config = config
         c, g = config.encoder_channels, config.groups
         self.features = nn.Sequential(
-            _conv_block(1, c, g, stride=2), *[_conv_block(c, c, g) for _ in range(config.encoder_blocks - 1)]
+            _bn_block(1, c, stride=2), *[_bn_block(c, c) for _ in range(config.encoder_blocks - 1)]
         )
-        self.mix = _conv_block(c + config.bits + 1, c, g)
+        self.mix = _bn_block(c + config.bits + 1, c)
         self.to_delta = nn.Conv2d(c, 1, 1)
 
     def forward(self, images: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
