@@ -1,0 +1,351 @@
+"""Localization map A_loc against ground truth -> benchmarks/results/localization_eval.md.
+
+For phantoms rendered from HELD-OUT Open-i reports (the test split mini-cxr's training holds out), whose lesion
+masks are exact, the map of each drawn finding kind is read from the model by inversion (the phantom's latent
+noised to --timesteps, one denoising step conditioned on the report, cross-attention captured; see
+medsign_forensics.localization.inversion) from the words serving that kind, and scored:
+- pointing game (the map's maximum inside the kind's mask) and IoU of (map > 0.5) with the mask, per finding
+  kind, for three maps: A_avg (no CAS, min-max scaled, i.e. no AAS), A_avg + AAS (no CAS) and CAS + AAS (MedSign);
+- next to fixed prior maps that ignore the image and the attention: the mean lesion mask over training-split
+  phantoms (one map for every kind), and the mean mask of the same kind. A prior's "salient region" for IoU is
+  its top 30% of pixels (the area AAS keeps above 0.5);
+- the report-level A_loc (all words, pixel-wise maximum) against the union of the report's masks (IoU).
+Then, with the generation path, the capture overhead: median wall time of sampling with the capture installed
+(and of capture + map building) over plain sampling, same reports and seeds; and memory: the capture's running
+sums, numpy's peak during map building (tracemalloc), CUDA peak allocated with and without capture (on GPU),
+and the process's peak RSS.
+
+Note: AAS is monotone, so A_avg and A_avg + AAS always share their maximum and their pointing game; they
+differ in IoU.
+
+A model whose MODEL_CARD.md records no training run (no "## Training run" section: random weights) gets its
+figures labelled as a pipeline check; they say nothing about localization.
+
+Usage:
+    python benchmarks/localization_eval.py [--model DIR] [--n N] [--device cpu|cuda] [--out FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import platform
+import resource
+import shlex
+import statistics
+import sys
+import time
+import tracemalloc
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from medsign_forensics.diffusion import DiffusionModel, load_model, sample
+from medsign_forensics.diffusion.configs import DataConfig
+from medsign_forensics.diffusion.sampling import DEFAULT_GUIDANCE, DEFAULT_STEPS
+from medsign_forensics.fileio import write_text
+from medsign_forensics.localization import CrossAttentionCapture, MapOptions, capture_image, iou, pointing_game
+from medsign_forensics.localization.generation import generate_with_maps
+from medsign_forensics.localization.maps import localize_captured
+from medsign_forensics.localization.words import medical_words, word_tokens
+from medsign_forensics.phantom import render_report
+from medsign_forensics.reports import FindingKind, Report, load_reports, parse_report, split_reports
+
+CPU_MACHINE = "2-core CPU VM, no GPU"
+TARGET_POINTING = 0.80
+TARGET_OVERHEAD = 0.30
+PRIOR_SEED_OFFSET = 1_000_000
+VARIANTS = {
+    "A_avg": MapOptions(cas=False, aas=False),
+    "A_avg+AAS": MapOptions(cas=False, aas=True),
+    "CAS+AAS": MapOptions(cas=True, aas=True),
+}
+PRIORS = ("prior (all lesions)", "prior (same kind)")
+
+
+@dataclass
+class Scores:
+    """Per (kind, method) hits and IoUs; ``no_word`` counts findings whose kind reached the model in no word."""
+
+    hits: dict[tuple[str, str], list[bool]] = field(default_factory=lambda: defaultdict(list))
+    ious: dict[tuple[str, str], list[float]] = field(default_factory=lambda: defaultdict(list))
+    no_word: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    report_iou: list[float] = field(default_factory=list)
+
+    def add(self, kind: str, method: str, a_map: np.ndarray, mask: np.ndarray, *, threshold: float = 0.5) -> None:
+        self.hits[(kind, method)].append(pointing_game(a_map, mask))
+        self.ious[(kind, method)].append(iou(a_map, mask, threshold=threshold))
+
+
+def _present_kinds(report: Report) -> bool:
+    return any(finding.present for finding in parse_report(report.text))
+
+
+def _kind_masks(study: object) -> dict[FindingKind, np.ndarray]:
+    masks: dict[FindingKind, np.ndarray] = {}
+    for finding, mask in study.masks:  # type: ignore[attr-defined]
+        if mask.any():
+            masks[finding.kind] = masks.get(finding.kind, np.zeros_like(mask)) | mask
+    return masks
+
+
+def build_priors(
+    reports: Sequence[Report], *, seed: int, size: int
+) -> tuple[np.ndarray, dict[FindingKind, np.ndarray], int]:
+    """Mean union lesion mask over training phantoms, the mean mask per kind (over phantoms showing it), and
+    the number of phantoms with a lesion."""
+    total = np.zeros((size, size), np.float64)
+    per_kind: dict[FindingKind, np.ndarray] = {}
+    counts: dict[FindingKind, int] = defaultdict(int)
+    studies = 0
+    for index, report in enumerate(reports):
+        study, _ = render_report(report.text, seed=seed + PRIOR_SEED_OFFSET + index, size=size)
+        masks = _kind_masks(study)
+        if not masks:
+            continue
+        studies += 1
+        total += study.lesion_mask
+        for kind, mask in masks.items():
+            per_kind[kind] = per_kind.get(kind, np.zeros((size, size), np.float64)) + mask
+            counts[kind] += 1
+    if not studies:
+        raise SystemExit("no training report rendered a lesion; cannot build the prior map")
+    return total / studies, {kind: value / counts[kind] for kind, value in per_kind.items()}, studies
+
+
+def top_fraction(values: np.ndarray, fraction: float = 0.3) -> float:
+    """The threshold above which ``fraction`` of the pixels lie (a prior's salient region for IoU)."""
+    return float(np.quantile(values, 1 - fraction))
+
+
+def evaluate(
+    model: DiffusionModel, reports: Sequence[Report], *, prior: np.ndarray, kind_prior: dict[FindingKind, np.ndarray],
+    seed: int, size: int, timesteps: Sequence[int],
+) -> tuple[Scores, int]:
+    scores = Scores()
+    evaluated = 0
+    for index, report in enumerate(reports):
+        study, _ = render_report(report.text, seed=seed + index, size=size)
+        masks = _kind_masks(study)
+        if not masks:
+            continue
+        evaluated += 1
+        attention = capture_image(model.pipeline, study.image, report.text, timesteps=timesteps, seed=seed + index)
+        for kind, mask in masks.items():
+            name = kind.value
+            words = [w for w in attention.words if kind in w.word.kinds]
+            for method, options in VARIANTS.items():
+                if words:
+                    scores.add(name, method, attention.localize(options, words=words).a_loc, mask)
+                else:
+                    scores.hits[(name, method)].append(False)
+                    scores.ious[(name, method)].append(0.0)
+            if not words:
+                scores.no_word[name] += 1
+            scores.add(name, PRIORS[0], prior, mask, threshold=top_fraction(prior))
+            own = kind_prior.get(kind, prior)
+            scores.add(name, PRIORS[1], own, mask, threshold=top_fraction(own))
+        union = np.logical_or.reduce(list(masks.values()))
+        scores.report_iou.append(iou(attention.localize().a_loc, union))
+    return scores, evaluated
+
+
+@dataclass(frozen=True)
+class Overhead:
+    plain_s: float
+    capture_s: float
+    capture_and_maps_s: float
+    capture_state_bytes: int
+    maps_traced_peak_bytes: int
+    cuda_peak_plain: int | None
+    cuda_peak_capture: int | None
+
+
+def measure_overhead(model: DiffusionModel, texts: Sequence[str], *, seed: int, steps: int, guidance: float) -> Overhead:
+    """Median per-report wall times of plain sampling, sampling under capture, and capture + map building."""
+    cuda = model.device.type == "cuda"
+    sample(model, texts[:1], seed=seed, steps=steps, guidance_scale=guidance)  # warm-up
+    plain, captured, full = [], [], []
+    state, traced = 0, 0
+    peak_plain = peak_capture = 0
+    for index, text in enumerate(texts):
+        if cuda:
+            torch.cuda.reset_peak_memory_stats()
+        start = time.perf_counter()
+        sample(model, [text], seed=seed + index, steps=steps, guidance_scale=guidance)
+        plain.append(time.perf_counter() - start)
+        if cuda:
+            peak_plain = max(peak_plain, torch.cuda.max_memory_allocated())
+            torch.cuda.reset_peak_memory_stats()
+        start = time.perf_counter()
+        with CrossAttentionCapture(model.unet, conditional_batch=1) as capture:
+            sample(model, [text], seed=seed + index, steps=steps, guidance_scale=guidance)
+        captured.append(time.perf_counter() - start)
+        if cuda:
+            peak_capture = max(peak_capture, torch.cuda.max_memory_allocated())
+        result = capture.result()
+        state = max(state, sum(layer.sums.numel() * layer.sums.element_size() for layer in result.layers.values()))
+        start = time.perf_counter()
+        generate_with_maps(model, [text], seed=seed + index, steps=steps, guidance_scale=guidance)
+        full.append(time.perf_counter() - start)
+        words, dropped = word_tokens(model.tokenizer, text, medical_words(text))
+        tracemalloc.start()
+        localize_captured(result, words, (model.image_size, model.image_size), dropped=dropped)
+        traced = max(traced, tracemalloc.get_traced_memory()[1])
+        tracemalloc.stop()
+    return Overhead(
+        plain_s=statistics.median(plain),
+        capture_s=statistics.median(captured),
+        capture_and_maps_s=statistics.median(full),
+        capture_state_bytes=state,
+        maps_traced_peak_bytes=traced,
+        cuda_peak_plain=peak_plain if cuda else None,
+        cuda_peak_capture=peak_capture if cuda else None,
+    )
+
+
+def _rate(values: list[bool]) -> str:
+    return f"{np.mean(values):.3f}" if values else "—"
+
+
+def _mean(values: list[float]) -> str:
+    return f"{np.mean(values):.3f}" if values else "—"
+
+
+def _mib(value: int | None) -> str:
+    return "—" if value is None else f"{value / 2**20:.1f} MiB"
+
+
+def untrained(model: DiffusionModel) -> bool:
+    """True for a mini-cxr style folder whose model card records no training run (random weights); folders
+    without a model card (e.g. a RoentGen download) are taken as trained."""
+    card = model.path / "MODEL_CARD.md"
+    return card.is_file() and "## Training run" not in card.read_text(encoding="utf-8")
+
+
+def render_markdown(
+    *, args: argparse.Namespace, model: DiffusionModel, scores: Scores, evaluated: int, prior_studies: int,
+    overhead: Overhead, machine: str, command: str,
+) -> str:
+    kinds = sorted({kind for kind, _ in scores.hits})
+    methods = (*VARIANTS, *PRIORS)
+    lines = [
+        "# Localization map A_loc against phantom ground truth",
+        "",
+    ]
+    if untrained(model):
+        lines += [
+            "**PIPELINE CHECK ON AN UNTRAINED (RANDOM-WEIGHT) MODEL: these figures say nothing about localization.**",
+            "",
+        ]
+    lines += [
+        f"- Date: {dt.date.today().isoformat()}; machine: {machine}; Python {platform.python_version()}, "
+        f"torch {torch.__version__}.",
+        f"- Command: `{command}`",
+        f"- Model: {model.name} ({model.path}), weights SHA-256 `{model.weights_sha256}`, device {model.device}, "
+        f"dtype {model.dtype}.",
+        f"- Data: {evaluated} phantoms (seeds {args.seed}+i) rendered from held-out {args.reports} reports (test "
+        f"split: fraction {args.test_fraction}, split seed {args.split_seed}) with at least one drawn finding; "
+        f"priors from {prior_studies} training-split phantoms.",
+        f"- Maps by inversion at timesteps {list(args.timesteps)}, one denoising step each, noise seed {args.seed}+i.",
+        "",
+        "## Pointing game per finding kind (target >= 0.80 over localised findings)",
+        "",
+        "| kind | n | " + " | ".join(methods) + " | no word |",
+        "| --- | --- | " + " | ".join("---" for _ in methods) + " | --- |",
+    ]
+    for kind in kinds:
+        n = len(scores.hits[(kind, methods[0])])
+        row = " | ".join(_rate(scores.hits[(kind, method)]) for method in methods)
+        lines.append(f"| {kind} | {n} | {row} | {scores.no_word.get(kind, 0)} |")
+    all_hits = {method: [h for kind in kinds for h in scores.hits[(kind, method)]] for method in methods}
+    total = len(all_hits[methods[0]])
+    lines.append(
+        f"| **all** | {total} | " + " | ".join(_rate(all_hits[m]) for m in methods) + f" | {sum(scores.no_word.values())} |"
+    )
+    lines += [
+        "",
+        "## IoU of (map > 0.5) with the mask, per finding kind (priors: their top 30% of pixels)",
+        "",
+        "| kind | n | " + " | ".join(methods) + " |",
+        "| --- | --- | " + " | ".join("---" for _ in methods) + " |",
+    ]
+    for kind in kinds:
+        n = len(scores.ious[(kind, methods[0])])
+        lines.append(f"| {kind} | {n} | " + " | ".join(_mean(scores.ious[(kind, m)]) for m in methods) + " |")
+    all_ious = {m: [v for kind in kinds for v in scores.ious[(kind, m)]] for m in methods}
+    lines.append(f"| **all** | {total} | " + " | ".join(_mean(all_ious[m]) for m in methods) + " |")
+    lines += [
+        "",
+        f"Report-level A_loc (CAS+AAS, all words, pixel-wise max) vs the union of the report's masks: mean IoU "
+        f"{_mean(scores.report_iou)} over {len(scores.report_iou)} reports.",
+        "",
+        f"## Capture overhead and memory (generation, {args.steps} steps, guidance {args.guidance}, "
+        f"{args.overhead_n} reports, median)",
+        "",
+        "| plain sampling | with capture | capture + maps | capture overhead | capture + maps overhead |",
+        "| --- | --- | --- | --- | --- |",
+        f"| {overhead.plain_s:.3f} s | {overhead.capture_s:.3f} s | {overhead.capture_and_maps_s:.3f} s | "
+        f"{overhead.capture_s / overhead.plain_s - 1:+.1%} | {overhead.capture_and_maps_s / overhead.plain_s - 1:+.1%} |",
+        "",
+        f"Target: capture overhead <= {TARGET_OVERHEAD:.0%}. Memory: capture running sums "
+        f"{_mib(overhead.capture_state_bytes)}; numpy peak while building maps (tracemalloc) "
+        f"{_mib(overhead.maps_traced_peak_bytes)}; CUDA peak allocated plain {_mib(overhead.cuda_peak_plain)}, with "
+        f"capture {_mib(overhead.cuda_peak_capture)}; process peak RSS "
+        f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    defaults = DataConfig()
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", type=Path, default=None, help="model folder (default: the shipped mini-cxr)")
+    parser.add_argument("--reports", default=defaults.corpus, help="report corpus (default: open-i)")
+    parser.add_argument("--test-fraction", type=float, default=defaults.test_fraction)
+    parser.add_argument("--split-seed", type=int, default=defaults.split_seed)
+    parser.add_argument("--n", type=int, default=None, help="at most N held-out reports with findings (default: all)")
+    parser.add_argument("--prior-n", type=int, default=300, help="training reports rendered for the prior maps")
+    parser.add_argument("--overhead-n", type=int, default=5, help="reports timed for the capture overhead")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--timesteps", type=lambda s: tuple(int(v) for v in s.split(",")), default=(200, 400, 600))
+    parser.add_argument("--steps", type=int, default=DEFAULT_STEPS)
+    parser.add_argument("--guidance", type=float, default=DEFAULT_GUIDANCE)
+    parser.add_argument("--size", type=int, default=256, help="phantom render size (256 or 512)")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--machine", default=None, help="machine description (default: detected)")
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/localization_eval.md"))
+    args = parser.parse_args(argv)
+    if args.device == "cpu":
+        torch.set_num_threads(2)
+
+    model = load_model(args.model, device=args.device)
+    train, test = split_reports(load_reports(args.reports), test_fraction=args.test_fraction, seed=args.split_seed)
+    held_out = [report for report in test if _present_kinds(report)][: args.n]
+    prior_reports = [report for report in train if _present_kinds(report)][: args.prior_n]
+    if not held_out or not prior_reports:
+        raise SystemExit("no held-out or training report with a present finding; check --reports and the split")
+    prior, kind_prior, prior_studies = build_priors(prior_reports, seed=args.seed, size=args.size)
+    scores, evaluated = evaluate(
+        model, held_out, prior=prior, kind_prior=kind_prior, seed=args.seed, size=args.size, timesteps=args.timesteps
+    )
+    with_words = [r.text for r in held_out if word_tokens(model.tokenizer, r.text, medical_words(r.text))[0]]
+    overhead = measure_overhead(model, with_words[: args.overhead_n], seed=args.seed, steps=args.steps, guidance=args.guidance)
+    machine = args.machine or (CPU_MACHINE if model.device.type == "cpu" else torch.cuda.get_device_name(model.device))
+    command = "python " + " ".join(shlex.quote(part) for part in [sys.argv[0], *(argv if argv is not None else sys.argv[1:])])
+    markdown = render_markdown(
+        args=args, model=model, scores=scores, evaluated=evaluated, prior_studies=prior_studies,
+        overhead=overhead, machine=machine, command=command,
+    )
+    write_text(args.out, markdown)
+    print(markdown)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
