@@ -39,3 +39,9 @@ def chest() -> np.ndarray:
 @pytest.fixture
 def image_folder(tmp_path: Path) -> Path:
     return write_folder(tmp_path / "images")
+
+
+@pytest.fixture
+def make_folder(tmp_path: Path):
+    """Factory: ``make_folder(name, count, size)`` writes ``count`` synthetic PNGs into tmp_path/name."""
+    return lambda name, count, size: write_folder(tmp_path / name, count=count, size=size)
