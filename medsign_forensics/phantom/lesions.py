@@ -327,17 +327,20 @@ def draw_effusion(finding: Finding, anatomy: Anatomy, rng: np.random.Generator) 
         height = p.dome_y(side) - p.apex_y
         rise = _level(finding.severity, (0.06, 0.12), (0.2, 0.3), (0.4, 0.58), rng)
         lateral_level = p.dome_y(side) + p.costophrenic_depth - rise * height
-        width = p.lung_half_width(side)
-        d = anatomy.lateral(side) / width
-        meniscus = lateral_level + rng.uniform(0.06, 0.09) * np.clip(1.0 - d, 0.0, 1.0) ** 1.5
+        d = np.clip(anatomy.lateral(side) / p.lung_half_width(side), 0.0, 1.0)
+        # The meniscus is flat medially and climbs steeply along the lateral chest wall.
+        climb = rng.uniform(0.06, 0.1)
+        meniscus = lateral_level + climb * (1.0 - d**3)
         depth = anatomy.y - meniscus
         field = anatomy.lung_field(side)
         inside = (depth > 0) & (field > 0.02) & (anatomy.lateral(side) > 0)
-        fill = np.clip(depth / 0.035, 0.0, 1.0) ** 0.7
+        fill = np.clip(depth / 0.03, 0.0, 1.0) ** 0.7
         air = anatomy.lung_air(side)
-        ripple = 1.0 + 0.04 * band_noise(rng, shape, 1.0 * anatomy.px_scale, 6.0 * anatomy.px_scale)
-        local = fill * (0.62 * air + 0.1 * field + anatomy.markings(side) * 0.5) * ripple
-        delta += np.where(inside, np.maximum(local, 0.0), 0.0)
+        ripple = 1.0 + 0.03 * band_noise(rng, shape, 1.0 * anatomy.px_scale, 6.0 * anatomy.px_scale)
+        # Fluid replaces the air and hides the lung markings behind it: a homogeneous, soft-tissue density.
+        hidden = 0.85 * (anatomy.markings(side) + 0.03 * anatomy.texture * air)
+        local = fill * ((0.62 * air + 0.3 * field) * ripple - hidden)
+        delta += np.where(inside, local, 0.0)
         mask |= inside
     return _finish(finding, delta, mask)
 
