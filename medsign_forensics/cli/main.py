@@ -37,12 +37,14 @@ from medsign_forensics.cli import keys as _keys  # noqa: E402
 from medsign_forensics.cli import classifier as _classifier  # noqa: E402
 from medsign_forensics.cli import base as _base  # noqa: E402
 from medsign_forensics.cli import localize as _localize  # noqa: E402
+from medsign_forensics.cli import phantom as _phantom  # noqa: E402
 
 _train.register(app)
 _keys.register(app)
 _classifier.register(app)
 _base.register(app)
 _localize.register(app)
+_phantom.register(app)
 
 
 def run() -> None:
