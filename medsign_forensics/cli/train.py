@@ -44,7 +44,7 @@ def _train_extractor(options: dict[str, Any]) -> dict[str, Any]:
     )
     overrides = {
         key: options[key]
-        for key in ("steps", "batch", "size", "lr", "seed", "whiten_images")
+        for key in ("steps", "batch", "size", "lr", "seed", "whiten_images", "phantom_count")
         if options[key] is not None
     }
     model = HiddenConfig() if options["bits"] is None else HiddenConfig(bits=options["bits"])
@@ -121,6 +121,9 @@ def register(app: typer.Typer) -> None:
         data: Annotated[
             Optional[str], typer.Option(help="Training images: a folder (PNG/JPEG, any size) or 'phantom'.")
         ] = None,
+        phantoms: Annotated[
+            Optional[int], typer.Option(help="With --data phantom: how many distinct training phantoms to render.")
+        ] = None,
         steps: Annotated[Optional[int], typer.Option(help="Optimiser steps in total.")] = None,
         batch: Annotated[Optional[int], typer.Option(help="Images per step.")] = None,
         size: Annotated[Optional[int], typer.Option(help="Training crop size in pixels.")] = None,
@@ -139,7 +142,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Train a model stage. [bold]extractor[/]: HiDDeN encoder/extractor pre-training (MedSign stage 1)."""
         options = {
-            "data": data, "out": out, "steps": steps, "batch": batch, "size": size, "bits": bits,
+            "data": data, "out": out, "phantom_count": phantoms, "steps": steps, "batch": batch, "size": size, "bits": bits,
             "attacks": attacks, "lr": lr, "device": device, "resume": resume, "seed": seed,
             "whiten_images": whiten_images, "json": json_output,
         }

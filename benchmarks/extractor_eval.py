@@ -1,0 +1,201 @@
+"""Stage-1 evaluation: robustness of the HiDDeN pair and the false-positive premise of the whitened extractor.
+
+1. Robustness (pre-whitening, as issue 4 defines it): N held-out images (phantoms with seeds from
+   EVAL_SEED_BASE, disjoint from training and whitening seeds, or a folder), centre square at --size, each
+   watermarked by the trained ENCODER with its own random key, stored as 8-bit, attacked with each MedSign
+   Table-1 attack's EXACT form (Pillow JPEG, Pillow resampling), read with the extractor's RAW logits.
+   Done means: >= 0.99 none, >= 0.95 each Table-1 attack, >= 0.90 JPEG 50.
+2. Fair coins (post-whitening) on UNWATERMARKED images: phantoms and real radiographs. Per-bit mean of the
+   extracted bits (target 0.5 +/- 0.05), and the distribution of match counts against FIXED keys compared
+   with Binomial(k, 1/2) by a chi-square goodness-of-fit test on binned counts (tail bins pooled until each
+   expected count is >= 5). Fixed keys, because against a freshly drawn random key the count is
+   Binomial(k, 1/2) whatever the extractor outputs; a fixed key (as a registry holds) tests the extractor.
+   Counts for the different keys share images, so the pooled test is approximate; per-key tests are shown
+   as the fraction of keys with p < 0.05.
+
+    python benchmarks/extractor_eval.py --model RUN_DIR [--phantoms 1000 | --folder DIR] \
+        [--real ../shared/data/real-cxr-covid19-repo/png] [--unmarked-phantoms 500] [--keys 16]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from scipy.stats import binom, chisquare
+
+from medsign_forensics.fileio import write_text
+from medsign_forensics.watermark.attacks import TABLE1_ATTACKS, Attack
+from medsign_forensics.watermark.data import FolderSource, ImageSource, PhantomSource, centre_square
+from medsign_forensics.watermark.extractor_io import extract_bits, file_sha256, load_encoder, load_extractor
+from medsign_forensics.watermark.train_extractor import EVAL_SEED_BASE
+
+RESULTS = Path(__file__).resolve().parent / "results" / "extractor_eval.md"
+TARGETS = {"none": 0.99, "jpeg_q50": 0.90}
+DEFAULT_TARGET = 0.95
+REAL_DEFAULT = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "real-cxr-covid19-repo" / "png"
+
+
+def load_images(source: ImageSource, count: int, size: int) -> np.ndarray:
+    return np.stack([centre_square(source.image(i), size) for i in range(min(count, len(source)))])
+
+
+@torch.no_grad()
+def robustness(model: Path, images: np.ndarray, attacks: tuple[Attack, ...], seed: int) -> dict[str, float]:
+    encoder, extractor = load_encoder(model), load_extractor(model)
+    bits = extractor.config.bits
+    keys = np.random.default_rng(seed).integers(0, 2, size=(len(images), bits), dtype=np.uint8)
+    marked = []
+    for start in range(0, len(images), 32):
+        batch = torch.from_numpy(images[start : start + 32, None])
+        out = encoder(batch, torch.from_numpy(keys[start : start + 32].astype(np.float32)))
+        marked.append(np.rint(out[:, 0].numpy() * 255) / 255)  # stored as an 8-bit file
+    marked_all = np.concatenate(marked).astype(np.float32)
+    rng = np.random.default_rng(seed + 1)
+    accuracy = {}
+    for attack in attacks:
+        attacked = [attack.exact(image, rng) for image in marked_all]
+        extracted, _ = extract_bits(extractor, attacked, raw=True)
+        accuracy[attack.name] = float((extracted == keys).mean())
+    return accuracy
+
+
+def binned_chisquare(counts: np.ndarray, bits: int) -> tuple[float, float, int]:
+    """Chi-square GOF of match counts vs Binomial(bits, 1/2); tails pooled to expected >= 5."""
+    n = len(counts)
+    observed = np.bincount(counts, minlength=bits + 1).astype(float)
+    expected = binom.pmf(np.arange(bits + 1), bits, 0.5) * n
+    edges = [0]
+    acc = 0.0
+    for m in range(bits + 1):  # grow bins left to right until each holds >= 5 expected
+        acc += expected[m]
+        if acc >= 5:
+            edges.append(m + 1)
+            acc = 0.0
+    edges[-1] = bits + 1  # the remainder joins the last bin
+    obs = np.array([observed[a:b].sum() for a, b in zip(edges[:-1], edges[1:])])
+    exp = np.array([expected[a:b].sum() for a, b in zip(edges[:-1], edges[1:])])
+    stat, p = chisquare(obs, exp * obs.sum() / exp.sum())
+    return float(stat), float(p), len(obs)
+
+
+def fairness(model: Path, images: np.ndarray, n_keys: int, seed: int) -> dict[str, object]:
+    extractor = load_extractor(model)
+    bits_out, _ = extract_bits(extractor, list(images))
+    k = bits_out.shape[1]
+    keys = np.random.default_rng(seed).integers(0, 2, size=(n_keys, k), dtype=np.uint8)
+    counts = (bits_out[:, None, :] == keys[None, :, :]).sum(axis=2)  # (images, keys)
+    stat, p, bins = binned_chisquare(counts.ravel(), k)
+    per_key_p = [binned_chisquare(counts[:, j], k)[1] for j in range(n_keys)]
+    bit_means = bits_out.mean(axis=0)
+    corr = np.corrcoef(bits_out.T.astype(float)) if bits_out.std(axis=0).min() > 0 else None
+    off_diag = None if corr is None else float(np.abs(corr[~np.eye(k, dtype=bool)]).mean())
+    return {
+        "images": len(images),
+        "bit_mean_min": float(bit_means.min()),
+        "bit_mean_max": float(bit_means.max()),
+        "worst_bit_deviation": float(np.abs(bit_means - 0.5).max()),
+        "mean_abs_bit_correlation": off_diag,
+        "count_mean": float(counts.mean()),
+        "count_var": float(counts.var()),
+        "chi2": stat,
+        "chi2_p": p,
+        "chi2_bins": bins,
+        "keys_p_below_0.05": float(np.mean(np.array(per_key_p) < 0.05)),
+        "max_count": int(counts.max()),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", type=Path, required=True, help="training output folder (extractor + encoder)")
+    parser.add_argument("--phantoms", type=int, default=1000, help="images to watermark (held-out phantoms)")
+    parser.add_argument("--folder", type=Path, help="watermark images from this folder instead of phantoms")
+    parser.add_argument("--size", type=int, default=256)
+    parser.add_argument("--unmarked-phantoms", type=int, default=500, help="unwatermarked phantoms for fairness")
+    parser.add_argument("--real", type=Path, default=REAL_DEFAULT, help="folder of real radiographs")
+    parser.add_argument("--keys", type=int, default=16, help="fixed keys for the match-count test")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    started = time.perf_counter()
+
+    if args.folder:
+        marked_source: ImageSource = FolderSource(args.folder)
+    else:
+        marked_source = PhantomSource(args.phantoms, size=args.size, seed_base=EVAL_SEED_BASE, findings_seed=7)
+    marked_images = load_images(marked_source, args.phantoms, args.size)
+    accuracy = robustness(args.model, marked_images, TABLE1_ATTACKS, args.seed)
+
+    fairness_rows: list[tuple[str, dict[str, object]]] = []
+    if load_extractor(args.model).whitened:
+        if args.unmarked_phantoms:
+            unmarked = PhantomSource(
+                args.unmarked_phantoms, size=args.size, seed_base=EVAL_SEED_BASE + 100_000, findings_seed=8
+            )
+            fairness_rows.append((unmarked.describe(), fairness(args.model, load_images(unmarked, len(unmarked),
+                                                                                         args.size), args.keys, 9)))
+        if args.real and args.real.is_dir():
+            real = FolderSource(args.real)
+            fairness_rows.append((f"real radiographs {args.real.name}/ ({len(real)})",
+                                  fairness(args.model, load_images(real, len(real), args.size), args.keys, 9)))
+
+    command = "python " + " ".join([Path(sys.argv[0]).as_posix(), *(argv if argv is not None else sys.argv[1:])])
+    sha = file_sha256(args.model / "extractor.safetensors")
+    lines = [
+        "# Extractor evaluation (stage 1)",
+        "",
+        f"- Date: {dt.datetime.now(dt.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}",
+        "- Machine: 2-core CPU VM, no GPU (shared; 1-minute load average at the end "
+        f"{os.getloadavg()[0]:.1f})",
+        f"- Command: `{command}`",
+        f"- Model: `{args.model}`, extractor SHA-256 `{sha}`",
+        f"- Watermarked images: {len(marked_images)} from {marked_source.describe()}, centre square at "
+        f"{args.size}x{args.size}, one random key each, stored as 8-bit, attacked with the exact forms",
+        f"- Wall time: {time.perf_counter() - started:.0f} s",
+        "",
+        "## Bit accuracy before whitening (encoder -> 8-bit -> attack -> extractor raw logits)",
+        "",
+        "| attack | bit accuracy | target | met |",
+        "| --- | --- | --- | --- |",
+    ]
+    for name, value in accuracy.items():
+        target = TARGETS.get(name, DEFAULT_TARGET)
+        lines.append(f"| {name} | {value:.4f} | >= {target:.2f} | {'yes' if value >= target else 'NO'} |")
+    lines += ["", "## Unwatermarked images after whitening (fair-coin check)", ""]
+    if not fairness_rows:
+        lines.append("Not run: the extractor carries no whitening layer (train with --whiten-images N).")
+    else:
+        lines += [
+            f"Match counts against {args.keys} fixed random keys vs Binomial(k, 1/2): mean k/2, variance k/4. "
+            "Chi-square goodness of fit on binned counts (tails pooled to expected >= 5); pooled over keys "
+            "(approximate: keys share images) and per key.",
+            "",
+            "| images | per-bit mean range | worst |mean-0.5| (target <= 0.05) | mean |corr| between bits | "
+            "count mean / var | chi2 (bins) | p | keys with p < 0.05 | max count |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        ]
+        for label, row in fairness_rows:
+            corr = row["mean_abs_bit_correlation"]
+            lines.append(
+                f"| {label} ({row['images']}) | {row['bit_mean_min']:.3f}-{row['bit_mean_max']:.3f} | "
+                f"{row['worst_bit_deviation']:.3f} | {'-' if corr is None else f'{corr:.3f}'} | "
+                f"{row['count_mean']:.2f} / {row['count_var']:.2f} | {row['chi2']:.1f} ({row['chi2_bins']}) | "
+                f"{row['chi2_p']:.3g} | {row['keys_p_below_0.05']:.2f} | {row['max_count']} |"
+            )
+    text = "\n".join(lines) + "\n"
+    write_text(args.out, text)
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
