@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import shlex
-import sys
 import time
 from pathlib import Path
 from typing import Annotated, Optional
@@ -100,6 +99,10 @@ def register(app: typer.Typer) -> None:
 
         if stage not in {s.value for s in Stage}:
             raise InputError(f"unknown stage {stage!r}; use vae, unet or all")
+        # The command as a user would retype it, for the model card (argv is not this under test runners).
+        command = ["medsign", "base", "train", "--config", config, "--out", str(out), "--stage", stage]
+        command += (["--steps", str(steps)] if steps is not None else []) + (["--resume"] if resume else [])
+        command += ["--device", device]
         result = train(
             load_config(config),
             out,
@@ -108,7 +111,7 @@ def register(app: typer.Typer) -> None:
             resume=resume,
             device=device,
             progress=not json_output,
-            command=shlex.join(["medsign", *sys.argv[1:]]),
+            command=shlex.join(command),
         )
         stages = [
             {"stage": s.stage, "step": s.step, "target_steps": s.target_steps, "wall_time_s": round(s.wall_time_s, 1),

@@ -47,6 +47,7 @@ _EXPECTED_CLASSES = {
 _WEIGHT_SUFFIXES = (".safetensors", ".bin")
 # Keys some older checkpoints carry that are buffers, not parameters; harmless when absent or present.
 _BENIGN_KEY_SUFFIXES = ("position_ids",)
+_TEXT_MODEL_PREFIX = "text_model."
 # Old diffusers attention parameter names, which diffusers renames on load.
 _DEPRECATED_ATTENTION_NAMES = {".query.": ".to_q.", ".key.": ".to_k.", ".value.": ".to_v.", ".proj_attn.": ".to_out.0."}
 
@@ -352,7 +353,7 @@ def _check_keys(folder: Path, pipeline: Any, weights: list[str]) -> None:
         for file in files:
             file_keys |= _file_keys(file)
         model_keys = set(getattr(pipeline, component).state_dict())
-        file_keys = {_normalise_key(k) for k in file_keys if not k.endswith(_BENIGN_KEY_SUFFIXES)}
+        file_keys = {_normalise_key(k, model_keys) for k in file_keys if not k.endswith(_BENIGN_KEY_SUFFIXES)}
         model_keys = {k for k in model_keys if not k.endswith(_BENIGN_KEY_SUFFIXES)}
         missing = sorted(model_keys - file_keys)
         unexpected = sorted(file_keys - model_keys)
@@ -384,10 +385,14 @@ def _file_keys(file: Path) -> set[str]:
     return set(state)
 
 
-def _normalise_key(key: str) -> str:
+def _normalise_key(key: str, model_keys: set[str]) -> str:
+    """The name a file key gets on load: diffusers renames old attention names, and transformers 5 drops the
+    ``text_model.`` prefix that SD-1.x text encoder files carry."""
     for old, new in _DEPRECATED_ATTENTION_NAMES.items():
         if old in key and ".attentions." in key:
             key = key.replace(old, new)
+    if key not in model_keys and key.startswith(_TEXT_MODEL_PREFIX) and key[len(_TEXT_MODEL_PREFIX) :] in model_keys:
+        key = key[len(_TEXT_MODEL_PREFIX) :]
     return key
 
 

@@ -93,7 +93,9 @@ class VaeTrainer:
     def __init__(self, config: MiniCxrConfig, *, device: torch.device) -> None:
         self.config = config
         self.device = device
-        self.vae = build_vae(config).to(device)
+        with torch.random.fork_rng():
+            torch.manual_seed(config.seed)  # the initial weights depend on the config alone
+            self.vae = build_vae(config).to(device)
         train = config.vae_train
         self.optimizer = torch.optim.AdamW(self.vae.parameters(), lr=train.learning_rate, betas=(0.9, 0.99))
         self.step_count = 0
@@ -169,10 +171,12 @@ class UNetTrainer:
         self.config = config
         self.device = device
         self.tokenizer = tokenizer
-        self.text_encoder = build_text_encoder(
-            config, vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id
-        ).to(device)
-        self.unet = build_unet(config).to(device)
+        with torch.random.fork_rng():
+            torch.manual_seed(config.seed + 1)  # the initial weights depend on the config alone
+            self.text_encoder = build_text_encoder(
+                config, vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id
+            ).to(device)
+            self.unet = build_unet(config).to(device)
         self.scheduler = build_training_scheduler(config)
         self._alphas = self.scheduler.alphas_cumprod.to(device)
         train = config.unet_train
@@ -546,7 +550,9 @@ class _Run:
         _save_torch(path, state)
 
     def _restore(self, path: Path, trainer: VaeTrainer | UNetTrainer, generator: torch.Generator) -> float:
+        """Load the stage's checkpoint if there is one; else seed the global generator. Returns wall time so far."""
         if not path.is_file():
+            torch.manual_seed(generator.initial_seed())
             return 0.0
         try:
             state = torch.load(path, map_location=self.device, weights_only=True)
@@ -601,6 +607,7 @@ def export_model(
         # plain StableDiffusionPipeline.from_pretrained(folder) gets one dtype throughout (weights stay fp16).
         text_config = tmp / "text_encoder" / "config.json"
         _write_json(text_config, {**json.loads(text_config.read_text(encoding="utf-8")), "dtype": "float32"})
+        _prefix_text_encoder_keys(tmp / "text_encoder" / "model.safetensors")
         shutil.rmtree(tmp / "tokenizer")
         save_tokenizer(tokenizer, tmp / "tokenizer")
         weights = sorted(p for p in tmp.rglob("*.safetensors"))
@@ -617,6 +624,16 @@ def export_model(
 
     _save_atomic(folder, write)
     return folder
+
+
+def _prefix_text_encoder_keys(path: Path) -> None:
+    """Store CLIPTextModel keys as ``text_model.*``, the SD-1.x layout every transformers version reads
+    (transformers 5 saves them without the prefix, which transformers 4 would silently leave unloaded)."""
+    from safetensors.torch import load_file, save_file
+
+    state = load_file(str(path))
+    save_file({k if k.startswith("text_model.") else f"text_model.{k}": v for k, v in state.items()}, str(path),
+              metadata={"format": "pt"})
 
 
 def build_random_model(folder: str | Path, *, config: MiniCxrConfig, texts: list[str], seed: int = 0) -> Path:

@@ -105,3 +105,12 @@ def grey_model(grey_model_dir: Path):
 @pytest.fixture()
 def standin_source() -> StandInSource:
     return StandInSource()
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny models run fastest on one thread: with two, thread hand-offs cost more than the arithmetic."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
