@@ -265,7 +265,9 @@ def save_classifier(
     out_dir.mkdir(parents=True, exist_ok=True)
     state = {name: tensor.detach().to("cpu", torch.float16).contiguous() for name, tensor in model.state_dict().items()}
     with atomic_path(out_dir / WEIGHTS_FILE) as tmp:
-        save_file(state, str(tmp), metadata={"format": "pt", "medsign_forensics": __version__})
+        # One metadata key only: safetensors writes a map in arbitrary order, which would make equal weights
+        # hash differently (the version is recorded in config.json instead).
+        save_file(state, str(tmp), metadata={"format": "pt"})
     digest = sha256_file(out_dir / WEIGHTS_FILE)
     write_json(
         out_dir / CONFIG_FILE,

@@ -12,6 +12,7 @@ stopped and the training loop never renders twice.
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 import multiprocessing
 import time
@@ -28,6 +29,8 @@ from medsign_forensics.phantom.classifier import LABEL_INDEX, LABELS, encode_lab
 from medsign_forensics.reports.findings import Finding, FindingKind, Severity, Side, Zone
 
 SHARD_SIZE = 256
+#: Modules whose source decides what a render looks like; their digest stamps every render cache.
+RENDERER_MODULES = ("medsign_forensics.phantom.anatomy", "medsign_forensics.phantom.lesions", "medsign_forensics.phantom.renderer")
 
 # How many findings a random study gets: normals and single findings dominate, as in real reports.
 _COUNT_P = (0.15, 0.45, 0.28, 0.12)
@@ -140,6 +143,17 @@ def _render_shard(args: tuple[list[RenderSpec], int]) -> tuple[np.ndarray, np.nd
     return np.stack(images), np.stack(labels), time.perf_counter() - start
 
 
+def renderer_digest() -> str:
+    """SHA-256 over the renderer's source files: a cache or a classifier belongs to one renderer version."""
+    digest = hashlib.sha256()
+    for name in RENDERER_MODULES:
+        spec = importlib.util.find_spec(name)
+        if spec is None or spec.origin is None:
+            raise DatasetError(f"renderer module {name} cannot be found; reinstall medsign-forensics")
+        digest.update(name.encode() + b"\n" + Path(spec.origin).read_bytes())
+    return digest.hexdigest()
+
+
 def specs_digest(specs: Sequence[RenderSpec], size: int) -> str:
     """SHA-256 of the spec list and size: a cache folder belongs to exactly one such list."""
     digest = hashlib.sha256(f"size={size}\n".encode())
@@ -170,18 +184,21 @@ def render_cached(
 ) -> PhantomArrays:
     """Render ``specs`` into uint8 shards under ``cache_dir`` (resuming finished shards) and load them all.
 
-    Raises DatasetError when the folder holds shards of a different spec list.
+    Raises DatasetError when the folder holds shards of a different spec list or of another renderer version
+    (so a changed renderer never silently reuses stale phantoms).
     """
     cache = Path(cache_dir)
     cache.mkdir(parents=True, exist_ok=True)
-    digest = specs_digest(specs, size)
-    stamp = cache / "specs.sha256"
-    if stamp.exists() and stamp.read_text().strip() != digest:
-        raise DatasetError(
-            "render cache holds phantoms of another spec list or size; delete the folder or use another output",
-            path=cache,
-        )
-    write_text(stamp, digest + "\n")
+    stamps = {cache / "specs.sha256": specs_digest(specs, size), cache / "renderer.sha256": renderer_digest()}
+    started = any(cache.glob("shard_*.npz"))
+    for stamp, digest in stamps.items():
+        if (started or stamp.exists()) and (not stamp.exists() or stamp.read_text().strip() != digest):
+            what = "another spec list or size" if stamp.name == "specs.sha256" else "another renderer version"
+            raise DatasetError(
+                f"render cache holds phantoms of {what}; delete the folder or use another output", path=cache
+            )
+    for stamp, digest in stamps.items():
+        write_text(stamp, digest + "\n")
     chunks = [list(specs[i : i + SHARD_SIZE]) for i in range(0, len(specs), SHARD_SIZE)]
     paths = [cache / f"shard_{i:05d}.npz" for i in range(len(chunks))]
     todo = [i for i, path in enumerate(paths) if not path.exists()]

@@ -36,7 +36,14 @@ from medsign_forensics.phantom.classifier import (
     predict,
     save_classifier,
 )
-from medsign_forensics.phantom.classifier_data import PhantomArrays, RenderSpec, random_specs, render_cached, report_specs
+from medsign_forensics.phantom.classifier_data import (
+    PhantomArrays,
+    RenderSpec,
+    random_specs,
+    render_cached,
+    renderer_digest,
+    report_specs,
+)
 
 #: Labels with fewer held-out positives than this get an AUROC but are not held to the 0.95 target.
 MIN_SUPPORT = 20
@@ -285,6 +292,7 @@ def train_classifier(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(config.seed)
+    renderer_sha256 = renderer_digest()
     train_specs, eval_specs = build_specs(config)
     train_data = render_cached(
         train_specs, out / "cache" / "train", size=config.size, workers=config.workers,
@@ -366,6 +374,7 @@ def train_classifier(
         "steps": config.steps,
         "train_seconds": round(train_seconds, 1),
         "command": command,
+        "renderer_sha256": renderer_sha256,
         "torch_version": torch.__version__,
         "device": str(device),
         "held_out_auroc": {s.label: s.auroc for s in scores},
