@@ -8,6 +8,7 @@ image in [0, 1] where brighter means denser (MONOCHROME2 sense), because the wat
 
 from __future__ import annotations
 
+import struct
 import warnings
 from dataclasses import dataclass, field
 from enum import Enum
@@ -117,7 +118,7 @@ def read_image(path: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Sus
     if suffix and suffix not in _EXTENSIONS[kind]:
         notes.append(f"extension {suffix} does not match the content ({kind.value})")
     if kind is ImageFormat.DICOM:
-        return _read_dicom(path, max_pixels=max_pixels, notes=notes)
+        return _read_dicom(path, max_pixels=max_pixels, notes=notes, preamble=head[128:132] == b"DICM")
     return _read_raster(path, kind, max_pixels=max_pixels, notes=notes)
 
 
@@ -147,7 +148,10 @@ def _read_raster(path: Path, kind: ImageFormat, *, max_pixels: int, notes: list[
                 pixels, bits, channels = _pil_to_grey(image, notes)
     except ImageReadError:
         raise
-    except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
+    except UnidentifiedImageError:
+        raise ImageReadError(f"cannot be decoded as {kind.value.upper()}: the data after its signature is damaged "
+                             "or not of that format", path=path) from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
         raise ImageReadError(f"cannot be decoded as {kind.value.upper()}: {error}", path=path) from None
     except (OSError, ValueError, SyntaxError, EOFError) as error:
         raise ImageReadError(f"corrupt or truncated {kind.value.upper()} ({error})", path=path) from None
@@ -185,13 +189,20 @@ def _pil_to_grey(image: Image.Image, notes: list[str]) -> tuple[np.ndarray, int,
     return rgb_to_grey(rgb) / 255.0, 8, channels
 
 
-def _read_dicom(path: Path, *, max_pixels: int, notes: list[str]) -> SuspectImage:
+def _read_dicom(path: Path, *, max_pixels: int, notes: list[str], preamble: bool = True) -> SuspectImage:
     import pydicom
     from pydicom.errors import InvalidDicomError
 
     try:
         dataset = pydicom.dcmread(path, force=True)
-    except (InvalidDicomError, OSError, ValueError, EOFError, KeyError, TypeError) as error:
+        if not preamble and not any(name in dataset for name in ("SOPClassUID", "PixelData", "Rows")):
+            # forced parsing turns almost any bytes into some "dataset": that is not evidence of DICOM
+            raise ImageReadError("not a supported image: the content is not PNG, JPEG, TIFF, WebP, BMP, GIF or "
+                                 "DICOM (no DICM preamble and no DICOM image attributes)", path=path)
+    except ImageReadError:
+        raise
+    except (InvalidDicomError, OSError, ValueError, EOFError, KeyError, TypeError, AttributeError,
+            OverflowError, struct.error) as error:
         raise ImageReadError(f"corrupt or truncated DICOM ({error})", path=path) from None
     if "PixelData" not in dataset:
         if "FloatPixelData" in dataset or "DoubleFloatPixelData" in dataset:
@@ -208,6 +219,8 @@ def _read_dicom(path: Path, *, max_pixels: int, notes: list[str]) -> SuspectImag
     except (AttributeError, TypeError, ValueError) as error:
         raise ImageReadError(f"DICOM image attributes are missing or malformed ({error})", path=path) from None
     _check_budget(path, rows * columns * max(frames, 1) * max(samples, 1), max_pixels)
+    if not dataset.get("PixelData"):
+        raise ImageReadError("DICOM pixel data element is empty", path=path)
     if bits_allocated not in (1, 8, 16, 32) or not 1 <= bits_stored <= bits_allocated:
         raise ImageReadError(
             f"unsupported DICOM bit depth (BitsAllocated {bits_allocated}, BitsStored {bits_stored})", path=path
@@ -224,9 +237,17 @@ def _read_dicom(path: Path, *, max_pixels: int, notes: list[str]) -> SuspectImag
     if photometric == "PALETTE COLOR":
         from pydicom.pixels import apply_color_lut
 
-        array = apply_color_lut(array, dataset)
+        try:
+            array = apply_color_lut(array, dataset)
+        except Exception as error:  # missing or malformed lookup tables raise several types
+            raise ImageReadError(f"PALETTE COLOR image whose colour lookup table is unusable ({error})",
+                                 path=path) from None
         bits_stored = 16 if array.dtype.itemsize > 1 else 8
         photometric = "RGB"
+    if tuple(array.shape[:2]) != (rows, columns) or array.ndim not in (2, 3) or \
+            (array.ndim == 3 and array.shape[2] not in (3, 4)):
+        raise ImageReadError(f"the decoded pixel array has shape {tuple(array.shape)}, which does not fit the "
+                             f"declared {columns}x{rows} image with {samples} sample(s) per pixel", path=path)
     pixels = _dicom_to_unit(array, bits_stored=bits_stored, signed=signed)
     if pixels.ndim == 3:
         pixels = rgb_to_grey(pixels)
@@ -234,8 +255,6 @@ def _read_dicom(path: Path, *, max_pixels: int, notes: list[str]) -> SuspectImag
     elif photometric == "MONOCHROME1":
         pixels = 1.0 - pixels
         notes.append("MONOCHROME1 inverted")
-    if pixels.ndim != 2:
-        raise ImageReadError(f"unexpected DICOM pixel array shape {array.shape}", path=path)
     return SuspectImage(path, ImageFormat.DICOM, pixels.astype(np.float32), bits_stored, samples, frames,
                         tuple(notes), dataset)
 

@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from enum import Enum
@@ -313,8 +314,11 @@ class Verifier:
     def verify_file(self, path: str | Path, *, label: str | None = None) -> Verdict:
         """Verify one file; raises the :class:`MedsignError` that stops it from being analysed."""
         start = time.perf_counter()
-        image = read_image(path, max_pixels=self.max_pixels)
-        return self.verify_image(image, label=label, start=start)
+        with warnings.catch_warnings():
+            # Damaged files make Pillow and pydicom warn; what matters reaches the verdict as an error or a note.
+            warnings.simplefilter("ignore")
+            image = read_image(path, max_pixels=self.max_pixels)
+            return self.verify_image(image, label=label, start=start)
 
     def try_verify_file(self, path: str | Path, *, label: str | None = None,
                         source: Mapping[str, Any] | None = None) -> Verdict:
@@ -323,6 +327,8 @@ class Verifier:
         try:
             verdict = self.verify_file(path, label=label)
         except MedsignError as error:
+            if label is not None and error.path == str(path):
+                error.path = str(label)  # name the file as the caller knows it (e.g. a PACS instance URL)
             return Verdict.from_error(label or path, error, seconds=time.perf_counter() - start, source=source)
         if source:
             verdict = replace(verdict, source=dict(source))

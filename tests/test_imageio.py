@@ -168,3 +168,31 @@ def test_real_dicom_files(real_data):
     # The two files hold the same stored values and differ only in Photometric Interpretation, so the
     # MONOCHROME1 one must come back as the negative of the MONOCHROME2 one.
     np.testing.assert_allclose(mono1, 1.0 - mono2, atol=1e-6)
+
+
+def test_dicom_named_file_without_dicom_content_is_not_dicom(tmp_path):
+    path = tmp_path / "x.dcm"
+    path.write_bytes(bytes(range(256)) * 8)
+    with pytest.raises(ImageReadError, match="no DICM preamble and no DICOM image attributes"):
+        read_image(path)
+
+
+def test_dicom_pixel_array_that_does_not_fit_the_declared_size(tmp_path):
+    path = _dicom(tmp_path, np.zeros((8, 8), np.uint8))
+    ds = pydicom.dcmread(path)
+    ds.PixelData = bytes(128)  # two frames' worth for a single-frame 8x8 image
+    ds.save_as(path)
+    with pytest.raises(ImageReadError, match="does not fit the declared 8x8"):
+        read_image(path)
+
+
+def test_dicom_empty_pixel_data_and_palette_without_lut(tmp_path):
+    path = _dicom(tmp_path, np.zeros((8, 8), np.uint8))
+    ds = pydicom.dcmread(path)
+    ds.PixelData = b""
+    ds.save_as(path)
+    with pytest.raises(ImageReadError, match="pixel data element is empty"):
+        read_image(path)
+    palette = _dicom(tmp_path, np.zeros((8, 8), np.uint8), photometric="PALETTE COLOR", name="p.dcm")
+    with pytest.raises(ImageReadError, match="lookup table is unusable"):
+        read_image(palette)

@@ -1,0 +1,388 @@
+"""Verify many files, a folder tree or a whole PACS, in parallel, into JSONL and CSV reports.
+
+* Every regular file under the folder is a candidate (formats are judged by content, not name); a file that
+  cannot be analysed becomes an ``error`` verdict with its one-line message and the scan goes on.
+* Workers are processes (spawned, so nothing of the parent's torch state is inherited), each building its own
+  :class:`~medsign_forensics.verify.Verifier` once: the extractor is loaded once per worker, not per file.
+  At most ``2 x workers`` files are in flight. If a worker process dies (a decoder crash, the kernel's
+  out-of-memory killer), the pool is restarted and the files that were in flight are retried once; a file in
+  flight during two deaths is recorded as an error.
+* ``workers=1`` runs in the calling process (no start-up cost; what tests and small folders want).
+* The JSONL report gets one line per file as soon as its verdict is known (flushed), with the file's size and
+  modification time; ``resume=True`` reads it back and skips files whose size and time are unchanged (PACS
+  instances: whose instance ID was already recorded). A damaged last line (a crash mid-write) is ignored.
+* The CSV report is written at the end, atomically, from all records of this and earlier (resumed) runs.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass, field
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any
+
+from medsign_forensics.errors import InputError, MedsignError
+from medsign_forensics.fileio import write_text
+from medsign_forensics.pacs import InstanceRef, PacsClient, PacsConfig
+from medsign_forensics.verify import Scaling, Verdict, VerdictKind, Verifier
+
+CSV_FIELDS = ("file", "verdict", "provenance_id", "p_value", "family_wise_p_value", "bit_accuracy", "matched_bits",
+              "bits", "key_status", "deployment", "claimed_provenance_id", "sop_instance_uid", "failed_checks",
+              "format", "width", "height", "error", "notes")
+MAX_CRASHES_PER_TASK = 2
+
+
+@dataclass(frozen=True)
+class VerifierSettings:
+    """What a worker needs to build its Verifier (paths, not open objects, so that it pickles)."""
+
+    registry: Path | None = None
+    extractor: Path | None = None
+    policy: str | None = None
+    trust: tuple[Path, ...] = ()
+    scaling: Scaling = Scaling.AUTO
+
+    def open(self) -> Verifier:
+        return Verifier.open(registry=self.registry, extractor=self.extractor, policy=self.policy, trust=self.trust,
+                             scaling=self.scaling)
+
+
+@dataclass(frozen=True)
+class Task:
+    """One thing to verify: a file (with its size and time, for resuming) or a PACS instance."""
+
+    key: str  # what identifies it in the JSONL report
+    path: Path | None = None
+    size: int | None = None
+    mtime_ns: int | None = None
+    instance: InstanceRef | None = None
+
+
+@dataclass
+class ScanSummary:
+    """Counts per verdict over the whole report (earlier resumed records included)."""
+
+    source: str
+    counts: Counter = field(default_factory=Counter)
+    scanned: int = 0  # verified in this run
+    resumed: int = 0  # taken from an earlier run's report
+    seconds: float = 0.0
+    alarms: list[dict[str, Any]] = field(default_factory=list)  # records with an alarm verdict
+    errors: list[dict[str, Any]] = field(default_factory=list)  # records with an error verdict
+    jsonl: Path | None = None
+    csv: Path | None = None
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+    @property
+    def rate(self) -> float:
+        """Files verified per second in this run."""
+        return self.scanned / self.seconds if self.seconds > 0 else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "source": self.source,
+            "total": self.total,
+            "counts": {kind.value: self.counts.get(kind.value, 0) for kind in VerdictKind},
+            "scanned": self.scanned,
+            "resumed": self.resumed,
+            "seconds": round(self.seconds, 3),
+            "files_per_second": round(self.rate, 2),
+            "alarms": [{"file": r["file"], "verdict": r["verdict"]} for r in self.alarms],
+            "errors": [{"file": r["file"], "error": r["error"]} for r in self.errors],
+            "jsonl": None if self.jsonl is None else str(self.jsonl),
+            "csv": None if self.csv is None else str(self.csv),
+        }
+
+
+# -- listing ------------------------------------------------------------------------------------------------
+
+
+def list_files(root: str | Path, *, exclude: Iterable[Path] = ()) -> list[Path]:
+    """Every regular file under ``root`` (recursively, symbolic links to folders not followed), sorted."""
+    root = Path(root)
+    if root.is_file():
+        return [root]
+    if not root.is_dir():
+        raise InputError("no such file or folder to scan", path=root)
+    skip = {_resolved(path) for path in exclude}
+    found = []
+    for folder, folders, files in os.walk(root, onerror=None, followlinks=False):
+        folders.sort()
+        for name in sorted(files):
+            path = Path(folder) / name
+            if _resolved(path) not in skip and (path.is_file() or path.is_symlink()):
+                found.append(path)
+    return found
+
+
+def file_tasks(paths: Iterable[Path]) -> list[Task]:
+    tasks = []
+    for path in paths:
+        try:
+            stat = path.stat()
+            tasks.append(Task(key=str(path), path=path, size=stat.st_size, mtime_ns=stat.st_mtime_ns))
+        except OSError:  # a dangling link or a file that vanished: recorded as an error when verified
+            tasks.append(Task(key=str(path), path=path))
+    return tasks
+
+
+# -- running ------------------------------------------------------------------------------------------------
+
+
+def scan_folder(root: str | Path, *, settings: VerifierSettings, workers: int = 1, jsonl: Path | None = None,
+                csv_path: Path | None = None, resume: bool = False,
+                on_total: Callable[[int], None] | None = None,
+                on_verdict: Callable[[dict[str, Any]], None] | None = None) -> ScanSummary:
+    """Verify every file under ``root``; see the module docstring."""
+    root = Path(root)
+    outputs = [path for path in (jsonl, csv_path) if path is not None]
+    tasks = file_tasks(list_files(root, exclude=outputs))
+    return _scan(str(root), tasks, settings=settings, pacs=None, workers=workers, jsonl=jsonl, csv_path=csv_path,
+                 resume=resume, on_total=on_total, on_verdict=on_verdict)
+
+
+def scan_pacs(config: PacsConfig, *, settings: VerifierSettings, workers: int = 1, jsonl: Path | None = None,
+              csv_path: Path | None = None, resume: bool = False,
+              on_total: Callable[[int], None] | None = None,
+              on_verdict: Callable[[dict[str, Any]], None] | None = None) -> ScanSummary:
+    """Verify every instance a PACS holds (listed first, then fetched and verified by the workers)."""
+    client = PacsClient(config)
+    tasks = [Task(key=client.instance_label(ref), instance=ref) for ref in client.instances()]
+    return _scan(config.url, tasks, settings=settings, pacs=config, workers=workers, jsonl=jsonl,
+                 csv_path=csv_path, resume=resume, on_total=on_total, on_verdict=on_verdict)
+
+
+def _scan(source: str, tasks: list[Task], *, settings: VerifierSettings, pacs: PacsConfig | None, workers: int,
+          jsonl: Path | None, csv_path: Path | None, resume: bool,
+          on_total: Callable[[int], None] | None,
+          on_verdict: Callable[[dict[str, Any]], None] | None) -> ScanSummary:
+    if workers < 1:
+        raise InputError(f"--workers must be at least 1; got {workers}")
+    if resume and jsonl is None:
+        raise InputError("--resume needs the --jsonl report of the earlier run")
+    if jsonl is not None and jsonl.exists() and not resume:
+        raise InputError("this JSONL report already exists; pass --resume to continue it, or choose another file",
+                         path=jsonl)
+    earlier = read_jsonl(jsonl) if resume and jsonl is not None and jsonl.exists() else {}
+    todo = [task for task in tasks if not _already_done(task, earlier.get(task.key))]
+    todo_keys = {task.key for task in todo}
+    kept = {task.key: earlier[task.key] for task in tasks if task.key in earlier and task.key not in todo_keys}
+    summary = ScanSummary(source=source, jsonl=jsonl, csv=csv_path, resumed=len(kept))
+    for record in kept.values():
+        _count(summary, record)
+    if on_total is not None:
+        on_total(len(todo))
+    records = dict(kept)
+    start = time.perf_counter()
+    sink = open(jsonl, "a", encoding="utf-8") if jsonl is not None else None  # noqa: SIM115 (closed below)
+    try:
+        if jsonl is not None and jsonl.exists() and jsonl.stat().st_size and not _ends_with_newline(jsonl):
+            sink.write("\n")  # type: ignore[union-attr]  # seal a damaged last line from a crash
+        for record in _results(todo, settings=settings, pacs=pacs, workers=workers):
+            records[record["file"]] = record
+            summary.scanned += 1
+            _count(summary, record)
+            if sink is not None:
+                sink.write(json.dumps(record, sort_keys=True) + "\n")
+                sink.flush()
+            if on_verdict is not None:
+                on_verdict(record)
+    finally:
+        if sink is not None:
+            sink.close()
+        summary.seconds = time.perf_counter() - start
+    if csv_path is not None:
+        write_csv(csv_path, records.values())
+    return summary
+
+
+def _results(tasks: list[Task], *, settings: VerifierSettings, pacs: PacsConfig | None,
+             workers: int) -> Iterator[dict[str, Any]]:
+    """Verify ``tasks``, yielding each record as soon as it is ready (in completion order)."""
+    if not tasks:
+        return
+    if workers == 1:
+        _init_worker(settings, pacs, threads=None)
+        try:
+            for task in tasks:
+                yield _verify_task(task)
+        finally:
+            _close_worker()
+        return
+    pending = list(reversed(tasks))
+    crashes: Counter = Counter()
+    while pending:
+        with _pool(settings, pacs, workers) as pool:
+            in_flight: dict[Future, Task] = {}
+            try:
+                while pending or in_flight:
+                    while pending and len(in_flight) < 2 * workers:
+                        task = pending.pop()
+                        in_flight[pool.submit(_verify_task, task)] = task
+                    done, _ = wait(in_flight, return_when=FIRST_COMPLETED)
+                    for future in done:
+                        record = future.result()  # BrokenProcessPool when a worker died
+                        del in_flight[future]
+                        yield record
+            except BrokenProcessPool:
+                for future, task in in_flight.items():
+                    if future.done() and future.exception() is None:
+                        yield future.result()
+                        continue
+                    crashes[task.key] += 1
+                    if crashes[task.key] >= MAX_CRASHES_PER_TASK:
+                        yield _crash_record(task)
+                    else:
+                        pending.append(task)
+
+
+def _pool(settings: VerifierSettings, pacs: PacsConfig | None, workers: int) -> ProcessPoolExecutor:
+    return ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn"), initializer=_init_worker,
+                               initargs=(settings, pacs, 1))
+
+
+# -- worker side --------------------------------------------------------------------------------------------
+
+_VERIFIER: Verifier | None = None
+_CLIENT: PacsClient | None = None
+
+
+def _init_worker(settings: VerifierSettings, pacs: PacsConfig | None, threads: int | None) -> None:
+    """Build this process's Verifier (and PACS client) once."""
+    global _VERIFIER, _CLIENT
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)
+    _VERIFIER = settings.open()
+    _CLIENT = None if pacs is None else PacsClient(pacs)
+
+
+def _close_worker() -> None:
+    global _VERIFIER, _CLIENT
+    if _VERIFIER is not None:
+        _VERIFIER.close()
+    _VERIFIER, _CLIENT = None, None
+
+
+def _verify_task(task: Task) -> dict[str, Any]:
+    """One record for one task; never raises for a bad input (an unexpected exception is recorded too)."""
+    assert _VERIFIER is not None
+    start = time.perf_counter()
+    try:
+        if task.instance is None:
+            assert task.path is not None
+            verdict = _VERIFIER.try_verify_file(task.path, label=task.key)
+        else:
+            verdict = _verify_instance(task)
+    except Exception as error:  # a bug must not end an archive-wide scan: record it, keep going
+        verdict = Verdict(file=task.key, kind=VerdictKind.ERROR, error_code=1,
+                          error=f"{task.key}: internal error, please report it: {type(error).__name__}: "
+                                + " ".join(str(error).split()), seconds=time.perf_counter() - start)
+    return _record(task, verdict)
+
+
+def _verify_instance(task: Task) -> Verdict:
+    assert _VERIFIER is not None and _CLIENT is not None and task.instance is not None
+    ref = task.instance
+    source = {"pacs": _CLIENT.url, "instance_id": ref.instance_id, "sop_instance_uid": ref.sop_instance_uid}
+    start = time.perf_counter()
+    try:
+        data = _CLIENT.retrieve(ref)
+    except MedsignError as error:
+        return Verdict.from_error(task.key, error, seconds=time.perf_counter() - start, source=source)
+    with tempfile.TemporaryDirectory(prefix="medsign-pacs-") as folder:
+        path = Path(folder) / "instance.dcm"
+        path.write_bytes(data)
+        return _VERIFIER.try_verify_file(path, label=task.key, source=source)
+
+
+def _record(task: Task, verdict: Verdict) -> dict[str, Any]:
+    record = verdict.to_dict()
+    record["file"] = task.key
+    if task.path is not None:
+        record["size"], record["mtime_ns"] = task.size, task.mtime_ns
+    return record
+
+
+def _crash_record(task: Task) -> dict[str, Any]:
+    verdict = Verdict(file=task.key, kind=VerdictKind.ERROR, error_code=1,
+                      error=f"{task.key}: the verifying process died twice while this file was in flight "
+                            "(a decoder crash or the out-of-memory killer); inspect the file by itself")
+    return _record(task, verdict)
+
+
+# -- reports ------------------------------------------------------------------------------------------------
+
+
+def read_jsonl(path: Path) -> dict[str, dict[str, Any]]:
+    """Records of a JSONL report by file key (the last record of a key wins; unparsable lines are skipped)."""
+    records: dict[str, dict[str, Any]] = {}
+    try:
+        lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+    except OSError as error:
+        raise InputError(f"cannot read the JSONL report: {error.strerror}", path=path) from None
+    for line in lines:
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(record, dict) and isinstance(record.get("file"), str) and "verdict" in record:
+            records[record["file"]] = record
+    return records
+
+
+def write_csv(path: Path, records: Iterable[dict[str, Any]]) -> None:
+    """One row per record with the columns of :data:`CSV_FIELDS` (written atomically)."""
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=CSV_FIELDS, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    for record in sorted(records, key=lambda r: r["file"]):
+        row = dict(record)
+        row["failed_checks"] = ";".join(c["name"] for c in record.get("checks", []) if c.get("status") == "fail")
+        row["notes"] = "; ".join(record.get("notes", []))
+        writer.writerow({name: "" if row.get(name) is None else row.get(name) for name in CSV_FIELDS})
+    write_text(path, buffer.getvalue())
+
+
+def _already_done(task: Task, record: dict[str, Any] | None) -> bool:
+    if record is None:
+        return False
+    if task.instance is not None:
+        return True
+    return task.size is not None and record.get("size") == task.size and record.get("mtime_ns") == task.mtime_ns
+
+
+def _count(summary: ScanSummary, record: dict[str, Any]) -> None:
+    summary.counts[record["verdict"]] += 1
+    kind = VerdictKind(record["verdict"])
+    if kind is VerdictKind.ERROR:
+        summary.errors.append(record)
+    elif kind.is_alarm:
+        summary.alarms.append(record)
+
+
+def _ends_with_newline(path: Path) -> bool:
+    with open(path, "rb") as handle:
+        handle.seek(-1, os.SEEK_END)
+        return handle.read(1) == b"\n"
+
+
+def _resolved(path: Path) -> Path:
+    try:
+        return path.resolve()
+    except OSError:
+        return path.absolute()
