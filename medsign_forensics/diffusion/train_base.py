@@ -699,6 +699,9 @@ def _model_card(config: MiniCxrConfig, sizes: dict[str, int], hashes: dict[str, 
         )
     lines += ["", "Commands, in order:", ""]
     lines += [f"- `{run['command']}` ({run['time']}; {run['hardware']})" for run in card["runs"]]
+    if card["runs"]:
+        software = card["runs"][-1]["software"]
+        lines += ["", "Software of the last command: " + ", ".join(f"{k} {v}" for k, v in software.items()) + "."]
     lines += [
         "",
         "## Metrics",
