@@ -169,3 +169,34 @@ def test_shipped_default_loads_with_diffusers_and_generates() -> None:
     assert pipeline("Cardiomegaly.", num_inference_steps=2).images[0].size == (256, 256)
     result = sample(model, ["Small left pleural effusion."], seed=0, steps=4)
     assert result.images.shape == (1, 1, 256, 256) and result.latents.shape == (1, 4, 32, 32)
+
+
+def test_legacy_files_like_original_sd_releases(rgb_model_dir: Path, tmp_path: Path) -> None:
+    """Pickled .bin weights, ``text_model.*`` keys with a position_ids buffer, old VAE attention names."""
+    from safetensors.torch import load_file
+
+    folder = _copy(rgb_model_dir, tmp_path)
+    text = load_file(str(folder / "text_encoder" / "model.safetensors"))
+    (folder / "text_encoder" / "model.safetensors").unlink()
+    legacy_text = {(k if k.startswith("text_model.") else f"text_model.{k}"): v for k, v in text.items()}
+    legacy_text["text_model.embeddings.position_ids"] = torch.arange(77)[None]
+    torch.save(legacy_text, folder / "text_encoder" / "pytorch_model.bin")
+    vae = load_file(str(folder / "vae" / "diffusion_pytorch_model.safetensors"))
+    (folder / "vae" / "diffusion_pytorch_model.safetensors").unlink()
+    renames = {".to_q.": ".query.", ".to_k.": ".key.", ".to_v.": ".value.", ".to_out.0.": ".proj_attn."}
+    legacy_vae = {}
+    for key, value in vae.items():
+        for new, old in renames.items():
+            key = key.replace(new, old)
+        legacy_vae[key] = value
+    torch.save(legacy_vae, folder / "vae" / "diffusion_pytorch_model.bin")
+
+    model = load_model(folder)
+    assert set(model.weights) == {
+        "text_encoder/pytorch_model.bin",
+        "unet/diffusion_pytorch_model.safetensors",
+        "vae/diffusion_pytorch_model.bin",
+    }
+    assert torch.equal(model.vae.decoder.mid_block.attentions[0].to_q.weight, vae["decoder.mid_block.attentions.0.to_q.weight"])
+    embedding = next(v for k, v in text.items() if k.endswith("token_embedding.weight"))
+    assert torch.equal(model.text_encoder.get_input_embeddings().weight, embedding)
