@@ -9,10 +9,14 @@ stage and every verification relies on, so its design is driven by two needs:
   with strided 3x3 convolutions first (a 3x3 kernel at stride 2 still sees every pixel, so the highest
   frequencies are not discarded), and does its deep work at a quarter of the resolution (about 0.9 GMAC).
 
-GroupNorm rather than BatchNorm: one attack is applied per training batch, so batch statistics differ wildly
-between batches (brightness x2 versus JPEG) and BatchNorm's running averages would not describe any of them at
-evaluation time — the classic HiDDeN "train accuracy high, test accuracy low" gap. GroupNorm normalises per
-image, so training and evaluation compute the same function.
+GroupNorm rather than BatchNorm in the extractor: one attack is applied per training batch, so batch
+statistics differ wildly between batches (brightness x2 versus JPEG) and BatchNorm's running averages would not
+describe any of them at evaluation time — the classic HiDDeN "train accuracy high, test accuracy low" gap.
+GroupNorm normalises per image, so training and evaluation compute the same function.
+
+BatchNorm in the encoder: it only ever sees clean images (attacks come after it), so its running statistics
+are sound; and the key enters as per-image constant channels, which GroupNorm (a per-image normalisation)
+would largely subtract again, while BatchNorm keeps their differences between images.
 """
 
 from __future__ import annotations
@@ -41,12 +45,12 @@ class HiddenConfig:
     encoder_channels: int = 32
     encoder_blocks: int = 3
     strength: float = 0.1
-    groups: int = 8
+    groups: int = 8  # GroupNorm groups in the extractor
 
     def __post_init__(self) -> None:
         if self.bits not in SUPPORTED_KEY_BITS:
             raise InputError(f"key length {self.bits} is not supported; use one of {SUPPORTED_KEY_BITS}")
-        for name in ("extractor_stem_channels", "extractor_channels", "encoder_channels"):
+        for name in ("extractor_stem_channels", "extractor_channels"):
             if getattr(self, name) % self.groups:
                 raise InputError(f"{name}={getattr(self, name)} must be a multiple of groups={self.groups}")
         if self.extractor_blocks < 1 or self.encoder_blocks < 1:
