@@ -36,6 +36,10 @@ STREAM_VESSELS = 1
 STREAM_TEXTURE = 2
 STREAM_NOISE = 3
 
+#: Density removed by a lung's full air thickness, and the strength of the fine parenchymal texture.
+AIR_DENSITY = 0.62
+TEXTURE_GAIN = 0.02
+
 
 def stream(seed: int, *keys: int) -> np.random.Generator:
     """An independent random generator for one aspect of one study."""
@@ -61,11 +65,9 @@ class AnatomyParams:
     lung_half_width_right: float
     lung_half_width_left: float
     mediastinum_half_width: float
-    heart_x: float
-    heart_y: float
-    heart_half_width: float
-    heart_half_height: float
-    heart_angle_deg: float
+    heart_top_y: float
+    heart_left: float
+    heart_right: float
     aortic_knob_radius: float
     hilum_y_right: float
     hilum_y_left: float
@@ -129,11 +131,9 @@ def sample_anatomy(seed: int) -> AnatomyParams:
         lung_half_width_right=0.41 * s,
         lung_half_width_left=0.41 * s * u(0.95, 1.01),
         mediastinum_half_width=s * u(0.06, 0.075),
-        heart_x=0.05 * s + u(-0.015, 0.02),
-        heart_y=dome_r - s * u(0.08, 0.11),
-        heart_half_width=s * u(0.17, 0.2),
-        heart_half_height=s * u(0.125, 0.145),
-        heart_angle_deg=u(20.0, 32.0),
+        heart_top_y=dome_r - s * u(0.25, 0.3),
+        heart_left=s * u(0.17, 0.21),
+        heart_right=s * u(0.075, 0.1),
         aortic_knob_radius=s * u(0.028, 0.04),
         hilum_y_right=apex + s * u(0.27, 0.31),
         hilum_y_left=apex + s * u(0.25, 0.29),
@@ -174,20 +174,16 @@ def _smoothstep(t: np.ndarray) -> np.ndarray:
 
 
 def smooth(image: np.ndarray, sigma: float) -> np.ndarray:
-    """Gaussian blur; wide kernels run on a decimated copy, which is far faster and still linear."""
+    """Gaussian blur. Wide kernels use three passes of a box filter (a close, linear approximation whose cost
+    does not grow with the width)."""
     if sigma <= 0:
         return image
     if sigma < 6.0:
         return ndimage.gaussian_filter(image, sigma, mode="nearest", truncate=3.0)
-    factor = int(min(8, sigma // 3))
-    h, w = image.shape
-    small = image[: h - h % factor, : w - w % factor].reshape(h // factor, factor, w // factor, factor).mean((1, 3))
-    small = ndimage.gaussian_filter(small, sigma / factor, mode="nearest", truncate=3.0)
-    big = ndimage.zoom(small, factor, order=1, mode="nearest", grid_mode=True)
-    out = np.empty_like(image)
-    out[: big.shape[0], : big.shape[1]] = big
-    out[big.shape[0] :, :] = out[big.shape[0] - 1 : big.shape[0], :]
-    out[:, big.shape[1] :] = out[:, big.shape[1] - 1 : big.shape[1]]
+    width = int(round(math.sqrt(4.0 * sigma * sigma + 1.0))) | 1  # three boxes of this width: variance ~ sigma^2
+    out = image
+    for _ in range(3):
+        out = ndimage.uniform_filter(out, size=width, mode="nearest")
     return out
 
 
@@ -224,7 +220,7 @@ def splat_lines(
     pts = starts[seg] + (ends[seg] - starts[seg]) * t[:, None]
     step = lengths[seg] / np.maximum(1, counts[seg] - 1)
     sigmas = np.maximum(0.7, widths[seg] / 2.3)
-    classes = np.array([0.5, 0.8, 1.3, 2.0, 3.2, 5.0])
+    classes = np.array([0.7, 1.1, 1.7, 2.6, 4.0])
     cls = np.abs(np.log(sigmas[:, None] / classes[None, :])).argmin(1)
     x, y = pts[:, 0], pts[:, 1]
     ok = (x >= 0) & (x < w - 1) & (y >= 0) & (y < h - 1)
@@ -233,23 +229,18 @@ def splat_lines(
     x0 = np.floor(x).astype(int)
     y0 = np.floor(y).astype(int)
     fx, fy = x - x0, y - y0
+    # Weight so that the blurred line's peak equals the amplitude: a line of unit linear density blurred by
+    # sigma peaks at 1 / (sqrt(2 pi) sigma).
+    weight = amp * step * math.sqrt(2 * math.pi) * classes[cls]
+    base = cls * (h * w) + y0 * w + x0
+    index = np.concatenate([base, base + 1, base + w, base + w + 1])
+    weights = np.concatenate(
+        [weight * (1 - fx) * (1 - fy), weight * fx * (1 - fy), weight * (1 - fx) * fy, weight * fx * fy]
+    )
+    layers = np.bincount(index, weights=weights, minlength=len(classes) * h * w).reshape(len(classes), h, w)
     for c, sigma in enumerate(classes):
-        sel = cls == c
-        if not sel.any():
-            continue
-        # Weight so that the blurred line's peak equals the amplitude: a line of unit linear density blurred
-        # by sigma peaks at 1 / (sqrt(2 pi) sigma).
-        weight = amp[sel] * step[sel] * math.sqrt(2 * math.pi) * sigma
-        acc = np.zeros(h * w, np.float64)
-        for dy, dx, wgt in (
-            (0, 0, (1 - fx[sel]) * (1 - fy[sel])),
-            (0, 1, fx[sel] * (1 - fy[sel])),
-            (1, 0, (1 - fx[sel]) * fy[sel]),
-            (1, 1, fx[sel] * fy[sel]),
-        ):
-            idx = (y0[sel] + dy) * w + (x0[sel] + dx)
-            acc += np.bincount(idx, weights=weight * wgt, minlength=h * w)
-        out += ndimage.gaussian_filter(acc.reshape(h, w).astype(np.float32), sigma, truncate=3.0)
+        if layers[c].any():
+            out += ndimage.gaussian_filter(layers[c].astype(np.float32), sigma, truncate=3.0)
     return out
 
 
@@ -344,16 +335,12 @@ class Anatomy:
 
     def lung_field(self, side: Side, change: LungChange | None = None) -> np.ndarray:
         """Anti-aliased lung field in [0, 1] (the heart is not cut out: it overlaps the lung)."""
-        if change is None:
-            return self._lung_field_cache[side]
-        return np.clip(0.5 + self.lung_sdf(side, change) / (1.2 * self.px), 0.0, 1.0).astype(np.float32)
+        sdf = self._normal_sdf[side] if change is None else self.lung_sdf(side, change)
+        return np.clip(0.5 + sdf / (1.2 * self.px), 0.0, 1.0).astype(np.float32)
 
     @cached_property
-    def _lung_field_cache(self) -> dict[Side, np.ndarray]:
-        return {
-            side: np.clip(0.5 + self.lung_sdf(side) / (1.2 * self.px), 0.0, 1.0).astype(np.float32)
-            for side in (Side.RIGHT, Side.LEFT)
-        }
+    def _normal_sdf(self) -> dict[Side, np.ndarray]:
+        return {side: self.lung_sdf(side) for side in (Side.RIGHT, Side.LEFT)}
 
     @cached_property
     def lung_masks(self) -> dict[Side, np.ndarray]:
@@ -381,31 +368,44 @@ class Anatomy:
 
     # -- heart and mediastinum -------------------------------------------------------------------------
 
-    def _heart_r(self, scale: float) -> np.ndarray:
-        """Elliptic radius of the heart (1 on its border). ``scale`` enlarges it, mostly to the left."""
+    def _heart_sdf(self, scale: float) -> np.ndarray:
+        """Approximate signed distance to the cardiac silhouette (positive inside).
+
+        The silhouette widens from the mediastinum at the level of the left atrial appendage: its right border
+        (right atrium) bulges a little to the patient's right, its left border (left ventricle) sweeps out to
+        the apex just above the left dome. ``scale`` enlarges it, mostly to the patient's left.
+        """
         p = self.params
+        m = p.mediastinum_half_width
         grow = scale - 1.0
-        cx = p.midline + p.heart_x + 0.45 * grow * p.heart_half_width
-        cy = p.heart_y + 0.35 * grow * p.heart_half_height
-        a = p.heart_half_width * scale
-        b = p.heart_half_height * (1.0 + 0.6 * grow)
-        t = math.radians(p.heart_angle_deg)
-        dx, dy = self.x - cx, self.y - cy
-        u = (dx * math.cos(t) + dy * math.sin(t)) / a
-        v = (-dx * math.sin(t) + dy * math.cos(t)) / b
-        return np.sqrt(u * u + v * v)
+        top = p.heart_top_y - 0.25 * grow * (p.dome_y_left - p.heart_top_y)
+        t = (self.y - top) / (p.dome_y_left - top)
+        left_full = m + (p.heart_left - m) * (1.0 + 1.6 * grow)
+        right_full = m + (p.heart_right - m) * (1.0 + 0.8 * grow)
+        rise = 1.0 - (1.0 - np.clip(t / 0.9, 0.0, 1.0)) ** 2
+        left = m + (left_full - m) * rise - left_full * 0.3 * np.clip((t - 0.9) / 0.3, 0.0, None) ** 2
+        rise_r = 1.0 - (1.0 - np.clip(t / 0.75, 0.0, 1.0)) ** 2
+        right = m + (right_full - m) * rise_r - right_full * 0.2 * np.clip((t - 0.75) / 0.4, 0.0, None) ** 2
+        dx = self.x - p.midline
+        return np.minimum.reduce([left - dx, dx + right, (self.y - top)]).astype(np.float32)
 
     def heart(self, scale: float = 1.0) -> np.ndarray:
         """Anti-aliased heart silhouette in [0, 1]; it stops at the domes (below them it is abdomen)."""
-        p = self.params
-        r = self._heart_r(scale)
-        edge = (1.0 - r) * p.heart_half_width * scale / (1.2 * self.px)
+        return self._normal_heart if scale == 1.0 else self._heart(scale)
+
+    @cached_property
+    def _normal_heart(self) -> np.ndarray:
+        return self._heart(1.0)
+
+    def _heart(self, scale: float) -> np.ndarray:
+        edge = self._heart_sdf(scale) / (1.2 * self.px)
         above = 0.5 + (self._dome_map - self.y) / (1.2 * self.px)
         return np.clip(np.minimum(0.5 + edge, above), 0.0, 1.0).astype(np.float32)
 
     def heart_thickness(self, scale: float = 1.0) -> np.ndarray:
-        r = self._heart_r(scale)
-        return (np.sqrt(np.clip(1.0 - r * r, 0.0, 1.0)) * (0.85 + 0.15 * scale)).astype(np.float32)
+        """Front-to-back depth of the heart: thin at its borders, deepest centrally, deeper when enlarged."""
+        depth = np.sqrt(np.clip(self._heart_sdf(scale) / 0.06, 0.0, 1.0))
+        return (depth * (0.85 + 0.15 * scale)).astype(np.float32)
 
     # -- static layers: bones, soft tissue, vessels, texture -----------------------------------------------
 
@@ -422,7 +422,7 @@ class Anatomy:
         # Shoulder girdle muscles and the neck add thickness at the top; the abdomen is thicker than the chest.
         for sgn in (-1.0, 1.0):
             sx = p.midline + sgn * 0.36 * p.scale
-            tissue = tissue + 0.25 * np.exp(-(((x - sx) / 0.12) ** 2 + ((y - p.apex_y - 0.02) / 0.09) ** 2))
+            tissue = tissue + 0.35 * np.exp(-(((x - sx) / 0.14) ** 2 + ((y - p.apex_y + 0.01) / 0.1) ** 2))
         # Below the domes: liver, spleen and the thick abdomen, as dense as the heart.
         # The edge is sharp only where lung lies above it; lateral to the lungs the chest wall hides it.
         sharp = np.clip(0.5 + (y - self._dome_map) / (1.5 * self.px), 0.0, 1.0)
@@ -504,15 +504,15 @@ class Anatomy:
                 y0 = p.rib_top_y + i * p.rib_spacing * (1.0 + 0.03 * i) + rng.uniform(-0.004, 0.004)
                 reach = width * (0.55 + 0.48 * min(1.0, i / 4.0)) + 0.025
                 length = reach - 0.03
-                bend = 0.45 - 0.015 * i + rng.uniform(-0.05, 0.05)
+                bend = 0.7 - 0.02 * i + rng.uniform(-0.06, 0.06)
                 half = p.rib_spacing * (0.17 + 0.01 * i)
 
                 def post(u, y0=y0, length=length, bend=bend, i=i):
                     if i == 0:  # the first rib is a tight arc around the apex
                         return y0 - 0.35 * length * u + 0.75 * length * u * u
-                    return y0 - 0.08 * length * u + bend * length * np.abs(u) ** 1.6
+                    return y0 - 0.12 * length * u + bend * length * np.abs(u) ** 1.8
 
-                self._curve_bone(side, 0.03, reach, post, half, 0.06, 0.09, out=ribs)
+                self._curve_bone(side, 0.03, reach, post, half, 0.08, 0.12, out=ribs)
                 y_end = post(1.0)
 
                 def ant(u, y_end=y_end, reach=reach):
@@ -525,7 +525,7 @@ class Anatomy:
             def clav(u):
                 return p.clavicle_y - 0.08 * np.abs(u) ** 1.3 + 0.012 * np.sin(2 * np.pi * u)
 
-            self._curve_bone(side, 0.03, 0.36 * p.scale, clav, 0.015 * p.scale, 0.10, 0.08, fade=0.06, out=other)
+            self._curve_bone(side, 0.03, 0.36 * p.scale, clav, 0.015 * p.scale, 0.15, 0.1, fade=0.06, out=other)
             # Humeral head in the upper corner.
             hx = p.midline + IMAGE_SIGN[side] * (p.body_half_width + 0.02)
             hy = p.clavicle_y - 0.01
@@ -541,21 +541,25 @@ class Anatomy:
                 rim = np.exp(-(((d - border) / (1.5 * self.px)) ** 2)) * below * fade
                 other += p.scapula * (0.06 * blade + 0.05 * rim)
         # Below the domes the ribs run in front of and behind the thick abdomen: barely visible there.
-        ribs *= 1.0 - 0.6 * _smoothstep((self.y - self.dome_map()) / 0.06)
+        ribs *= 1.0 - 0.6 * _smoothstep((self.y - self._dome_map) / 0.06)
         lungs = self.lung_field(Side.RIGHT) + self.lung_field(Side.LEFT)
         lungs = smooth(lungs * (1.0 - 0.8 * self.heart()), 3.0 * self.px_scale)
         ribs *= 0.4 + 0.6 * np.clip(lungs, 0.0, 1.0)
-        spine = self._spine() * (1.0 - 0.7 * _smoothstep((self.y - self.dome_map()) / 0.08))
+        spine = self._spine() * (1.0 - 0.7 * _smoothstep((self.y - self._dome_map) / 0.08))
         return (ribs + other + spine).astype(np.float32)
 
     def _spine(self) -> np.ndarray:
         p = self.params
-        x, y = self.x, self.y
         half = 0.036 * p.scale
+        # Only the columns near the midline can hold the spine (allowing for the rotation).
+        reach = half + abs(self._rot[1]) * 0.6 + 2 * self.px
+        c0 = max(0, int((p.midline - reach) * self.size))
+        c1 = min(self.size, int(math.ceil((p.midline + reach) * self.size)))
+        x, y = self.x[:, c0:c1], self.y[:, c0:c1]
         dx = (x - p.midline) / half
         period = p.rib_spacing * 1.02
         phase = np.mod((y - p.rib_top_y + 0.01) / period, 1.0)
-        body = np.sqrt(np.clip(1.0 - dx * dx, 0.0, 1.0)) * (0.05 + 0.03 * (np.abs(dx) > 0.8))
+        body = 0.045 * np.sqrt(np.clip(1.0 - dx * dx, 0.0, 1.0)) + 0.02 * np.exp(-(((np.abs(dx) - 0.9) / 0.12) ** 2))
         disc = 1.0 - 0.3 * np.exp(-(((phase - 0.92) / 0.05) ** 2))
         endplate = 0.04 * (np.exp(-(((phase - 0.84) / 0.03) ** 2)) + np.exp(-(((phase - 0.02) / 0.03) ** 2)))
         column = body * disc + endplate * (np.abs(dx) < 1.0)
@@ -565,7 +569,9 @@ class Anatomy:
             r = np.hypot((x - p.midline - sgn * 0.72 * half) / (0.2 * half), (phase - 0.35) / 0.13)
             ped += 0.06 * np.exp(-(((r - 0.9) / 0.3) ** 2))
         spinous = 0.05 * np.exp(-((dx / 0.18) ** 2 + ((phase - 0.62) / 0.12) ** 2))
-        return (column + ped + spinous).astype(np.float32)
+        out = np.zeros_like(self.x)
+        out[:, c0:c1] = column + ped + spinous
+        return out
 
     @cached_property
     def trachea(self) -> np.ndarray:
@@ -582,15 +588,17 @@ class Anatomy:
         )
         widths = np.array([0.024, 0.016, 0.014]) * p.scale
         rows = self._window(0.0, cy + 0.09)
-        pts = np.stack([self.x[rows], self.y[rows]], -1)
-        part = np.zeros(pts.shape[:2], np.float32)
+        reach = 0.1 + abs(self._rot[1]) * 0.5
+        cols = slice(max(0, int((tx - reach) * self.size)), min(self.size, int((tx + reach) * self.size) + 1))
+        x, y = self.x[rows, cols], self.y[rows, cols]
+        part = np.zeros(x.shape, np.float32)
         for (a, b), w in zip(segs, widths):
             ab = b - a
-            t = np.clip(((pts - a) @ ab) / (ab @ ab), 0.0, 1.0)
-            dist = np.linalg.norm(pts - (a + t[..., None] * ab), axis=-1)
+            t = np.clip(((x - a[0]) * ab[0] + (y - a[1]) * ab[1]) / (ab @ ab), 0.0, 1.0)
+            dist = np.hypot(x - a[0] - t * ab[0], y - a[1] - t * ab[1])
             part = np.maximum(part, np.sqrt(np.clip(1.0 - (dist / w) ** 2, 0.0, 1.0)))
         air = np.zeros_like(self.x)
-        air[rows] = part
+        air[rows, cols] = part
         return air
 
     @cached_property
@@ -666,16 +674,30 @@ class Anatomy:
 
     def lung_air(self, side: Side, change: LungChange | None = None, heart_scale: float = 1.0) -> np.ndarray:
         """Air thickness of one lung: thin at the borders, thickest centrally; partly hidden by the heart."""
+        if change is None and heart_scale == 1.0:
+            return self._normal_air[side]
+        return self._air(side, change, heart_scale)
+
+    @cached_property
+    def _normal_air(self) -> dict[Side, np.ndarray]:
+        return {side: self._air(side, None, 1.0) for side in (Side.RIGHT, Side.LEFT)}
+
+    def _air(self, side: Side, change: LungChange | None, heart_scale: float) -> np.ndarray:
         p = self.params
-        field = self.lung_field(side, change)
-        sdf = self.lung_sdf(side, change)
+        sdf = self._normal_sdf[side] if change is None else self.lung_sdf(side, change)
+        field = np.clip(0.5 + sdf / (1.2 * self.px), 0.0, 1.0)
         depth = np.clip(sdf / (0.06 * p.scale), 0.0, 1.0) ** 0.55
         # Lower zones are deeper front-to-back; the apices are thin and crowded by bones and muscle.
         height = np.clip((self.y - p.apex_y) / (p.dome_y(side) - p.apex_y), 0.0, 1.0)
-        vertical = 0.72 + 0.28 * _smoothstep(height * 2.2)
+        vertical = (0.72 + 0.28 * _smoothstep(height * 2.2)) * (1.0 - 0.18 * _smoothstep((height - 0.7) / 0.4))
         gain = change.air_gain if change else 1.0
         cover = 1.0 - 0.8 * self.heart(heart_scale)
         return (field * depth * vertical * cover * gain).astype(np.float32)
+
+    def parenchyma(self, side: Side) -> np.ndarray:
+        """What a normal lung shows besides its air: vessel markings and fine texture (hidden by fluid, absent
+        from a pneumothorax rim)."""
+        return self.markings(side) + TEXTURE_GAIN * self.texture * self.lung_air(side)
 
     def markings(self, side: Side, change: LungChange | None = None, heart_scale: float = 1.0) -> np.ndarray:
         """Vessel markings visible in one lung (fainter behind the heart)."""
@@ -694,20 +716,21 @@ class Anatomy:
         p = self.params
         changes = changes or {}
         total = self.body + self.bones
-        total = total - 0.07 * self.trachea - 0.45 * self.gastric_bubble
+        total = total - 0.07 * self.trachea - 0.25 * self.gastric_bubble
         total = total + 0.03 * self.heart_thickness(heart_scale) * self.heart(heart_scale)
         # The aortic knob and descending aorta: the lung border already bulges around the knob.
         # Great vessels, oesophagus and thymus make the upper mediastinum as dense as the heart.
         band = _smoothstep((p.mediastinum_half_width + 0.01 - np.abs(self.x - p.midline)) / 0.03)
-        total = total + 0.2 * band * _smoothstep((self.y - p.apex_y + 0.05) / 0.1)
+        below_heart = _smoothstep((self.y - p.dome_y_right) / 0.04)
+        total = total + 0.2 * band * _smoothstep((self.y - p.apex_y + 0.05) / 0.1) * (1.0 - below_heart)
         kx, ky = p.midline + 0.035 * p.scale, p.carina_y - 0.05
         knob = np.clip(1.0 - ((self.x - kx) ** 2 + (self.y - ky) ** 2) / (1.8 * p.aortic_knob_radius) ** 2, 0, 1)
         total = total + 0.05 * np.sqrt(knob)
         for side in (Side.RIGHT, Side.LEFT):
             change = changes.get(side)
             air = self.lung_air(side, change, heart_scale)
-            total = total - 0.62 * air + self.markings(side, change, heart_scale)
-            total = total + 0.03 * self.texture * air
+            total = total - AIR_DENSITY * air + self.markings(side, change, heart_scale)
+            total = total + TEXTURE_GAIN * self.texture * air
         return total.astype(np.float32)
 
     @cached_property

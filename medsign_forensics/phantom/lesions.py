@@ -27,7 +27,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from medsign_forensics.phantom.anatomy import IMAGE_SIGN, Anatomy, LungChange, band_noise, splat_lines, stream
+from medsign_forensics.phantom.anatomy import AIR_DENSITY, IMAGE_SIGN, Anatomy, LungChange, band_noise, splat_lines, stream
 from medsign_forensics.reports.findings import Finding, FindingKind, Severity, Side, Zone
 
 STREAM_FINDINGS = 100
@@ -58,6 +58,9 @@ class Lesion:
     finding: Finding
     delta: np.ndarray
     mask: np.ndarray
+    #: True when the change is redrawn anatomy (a bigger heart, hyperinflated lungs): it is then processed
+    #: exactly like the chest around it, so no seam appears where it meets unchanged anatomy.
+    anatomical: bool = False
 
 
 def _subsumes(general: Finding, specific: Finding) -> bool:
@@ -177,9 +180,9 @@ def _empty(anatomy: Anatomy) -> tuple[np.ndarray, np.ndarray]:
     return np.zeros((anatomy.size, anatomy.size), np.float32), np.zeros((anatomy.size, anatomy.size), bool)
 
 
-def _finish(finding: Finding, delta: np.ndarray, mask: np.ndarray) -> Lesion:
+def _finish(finding: Finding, delta: np.ndarray, mask: np.ndarray, anatomical: bool = False) -> Lesion:
     """Confine the change to the mask, so that nothing outside the mask differs from the normal chest."""
-    return Lesion(finding, np.where(mask, delta, 0.0).astype(np.float32), mask)
+    return Lesion(finding, np.where(mask, delta, 0.0).astype(np.float32), mask, anatomical)
 
 
 def _blob(
@@ -209,7 +212,7 @@ def _blob(
             theta = np.arctan2(y - py, x - px)
             wobble = 1.0 + 0.07 * np.sin(3 * theta + rng.uniform(0, 6.3)) + 0.04 * np.sin(5 * theta + rng.uniform(0, 6.3))
             rho = np.hypot(x - px, y - py) / (r * wobble)
-            thickness = np.maximum(thickness, np.sqrt(np.clip(1.0 - rho * rho, 0.0, 1.0)) * (r / radius) ** 0.5)
+            thickness = np.maximum(thickness, np.clip(1.0 - rho * rho, 0.0, 1.0) ** 0.6 * (r / radius) ** 0.3)
         grain = _texture(rng, x.shape, anatomy, 0.6, 2.5)
         local = amplitude * thickness * (1.0 + texture * grain)
         delta[rows, cols] += np.maximum(local, 0.0) * (thickness > 0)
@@ -227,7 +230,7 @@ def draw_nodule(finding: Finding, anatomy: Anatomy, rng: np.random.Generator) ->
 
 def draw_mass(finding: Finding, anatomy: Anatomy, rng: np.random.Generator) -> Lesion:
     """A lobulated opacity over 3 cm, denser than a nodule, with a heterogeneous interior."""
-    return _blob(anatomy, finding, rng, ((30.0, 42.0), (42.0, 58.0), (58.0, 80.0)), 0.3, 5, 0.22)
+    return _blob(anatomy, finding, rng, ((30.0, 42.0), (42.0, 58.0), (58.0, 80.0)), 0.32, 5, 0.12)
 
 
 def draw_granuloma(finding: Finding, anatomy: Anatomy, rng: np.random.Generator) -> Lesion:
@@ -266,15 +269,16 @@ def draw_consolidation(finding: Finding, anatomy: Anatomy, rng: np.random.Genera
         cx, cy = _pick_centre(anatomy, side, finding.zone, 0.5 * reach, rng)
         rx, ry = reach * rng.uniform(0.85, 1.2), reach * rng.uniform(0.7, 1.05)
         envelope = 1.0 - ((anatomy.x - cx) / rx) ** 2 - ((anatomy.y - cy) / ry) ** 2
-        patchy = 0.6 * band_noise(rng, shape, 2.0 * anatomy.px_scale, 9.0 * anatomy.px_scale)
-        patchy += 0.4 * band_noise(rng, shape, 4.0 * anatomy.px_scale, 18.0 * anatomy.px_scale)
-        level = envelope + 0.35 * patchy
-        inside = (level > 0.12) & anatomy.lung_masks[side]
-        fill = np.clip((level - 0.12) / 0.45, 0.0, 1.0) ** 0.8
+        # Fluffy, ill-defined airspace filling: coarse patches with softer fine structure on top.
+        patchy = 0.45 * band_noise(rng, shape, 3.0 * anatomy.px_scale, 12.0 * anatomy.px_scale)
+        patchy += 0.55 * band_noise(rng, shape, 6.0 * anatomy.px_scale, 24.0 * anatomy.px_scale)
+        level = envelope + 0.4 * patchy
+        inside = (level > 0.1) & anatomy.lung_masks[side]
+        fill = np.clip((level - 0.1) / 0.7, 0.0, 1.0) ** 1.2
         bronchi = _bronchograms(anatomy, side, cx, cy, reach, rng)
         grain = band_noise(rng, shape, 0.6 * anatomy.px_scale, 2.0 * anatomy.px_scale)
         air = anatomy.lung_air(side)
-        local = (0.62 * air * 0.85 + 0.05) * fill * (1.0 - 0.75 * bronchi) * (1.0 + 0.12 * grain)
+        local = (AIR_DENSITY * air * 0.8 + 0.04) * fill * (1.0 - 0.6 * bronchi) * (1.0 + 0.08 * grain)
         delta += np.where(inside, np.maximum(local, 0.0), 0.0)
         mask |= inside
     return _finish(finding, delta, mask)
@@ -312,7 +316,7 @@ def draw_atelectasis(finding: Finding, anatomy: Anatomy, rng: np.random.Generato
             wedge = np.clip(1.0 - np.abs(off) / spread, 0.0, 1.0)
             inside = (wedge > 0) & (radial > 0.03) & lung
             air = anatomy.lung_air(side)
-            local = (0.62 * air * 0.8 + 0.04) * np.sqrt(wedge) * (1.0 + 0.1 * band_noise(rng, shape, 0.7 * anatomy.px_scale, 3.0 * anatomy.px_scale))
+            local = (AIR_DENSITY * air * 0.8 + 0.04) * np.sqrt(wedge) * (1.0 + 0.1 * band_noise(rng, shape, 0.7 * anatomy.px_scale, 3.0 * anatomy.px_scale))
         delta += np.where(inside, np.maximum(local, 0.0), 0.0)
         mask |= inside
     return _finish(finding, delta, mask)
@@ -338,8 +342,8 @@ def draw_effusion(finding: Finding, anatomy: Anatomy, rng: np.random.Generator) 
         air = anatomy.lung_air(side)
         ripple = 1.0 + 0.03 * band_noise(rng, shape, 1.0 * anatomy.px_scale, 6.0 * anatomy.px_scale)
         # Fluid replaces the air and hides the lung markings behind it: a homogeneous, soft-tissue density.
-        hidden = 0.85 * (anatomy.markings(side) + 0.03 * anatomy.texture * air)
-        local = fill * ((0.62 * air + 0.3 * field) * ripple - hidden)
+        hidden = 0.85 * anatomy.parenchyma(side)
+        local = fill * ((AIR_DENSITY * air + 0.3 * field) * ripple - hidden)
         delta += np.where(inside, local, 0.0)
         mask |= inside
     return _finish(finding, delta, mask)
@@ -362,8 +366,7 @@ def draw_pneumothorax(finding: Finding, anatomy: Anatomy, rng: np.random.Generat
         rim = (collapsed < 0) & (field > 0.02) & (anatomy.heart() < 0.5)
         line = np.exp(-((collapsed / line_half) ** 2)) * (field > 0.5)
         inside = rim | (line > 0.05)
-        air = anatomy.lung_air(side)
-        removed = anatomy.markings(side) + 0.03 * anatomy.texture * air
+        removed = anatomy.parenchyma(side)
         local = np.where(rim, -removed - 0.08 * field, 0.0) + 0.07 * line
         delta += np.where(inside, local, 0.0)
         mask |= inside
@@ -375,7 +378,7 @@ def draw_cardiomegaly(finding: Finding, anatomy: Anatomy, rng: np.random.Generat
     scale = _level(finding.severity, (1.12, 1.18), (1.2, 1.28), (1.3, 1.4), rng)
     delta = anatomy.density(heart_scale=scale) - anatomy.normal_density
     silhouette = anatomy.heart(scale) > 0.02
-    return _finish(finding, delta, silhouette)
+    return _finish(finding, delta, silhouette, anatomical=True)
 
 
 def draw_edema(finding: Finding, anatomy: Anatomy, rng: np.random.Generator) -> Lesion:
@@ -393,7 +396,7 @@ def draw_edema(finding: Finding, anatomy: Anatomy, rng: np.random.Generator) -> 
         haze = np.clip((level - 0.25) / 0.75, 0.0, 1.0)
         field = anatomy.lung_field(side)
         air = anatomy.lung_air(side)
-        haze_delta = strength * 0.62 * air * haze
+        haze_delta = strength * AIR_DENSITY * air * haze
         # Kerley B lines: short horizontal septal lines reaching the lateral pleura above the costophrenic angle.
         n_lines = {Severity.MILD: 5, Severity.MODERATE: 8, Severity.SEVERE: 11}[finding.severity]
         width = p.lung_half_width(side)
@@ -425,7 +428,7 @@ def draw_emphysema(finding: Finding, anatomy: Anatomy, rng: np.random.Generator)
     region = np.zeros((anatomy.size, anatomy.size), bool)
     for side in changes:
         region |= (anatomy.lung_field(side, change) > 0.02) | (anatomy.lung_field(side) > 0.02)
-    return _finish(finding, delta, region)
+    return _finish(finding, delta, region, anatomical=True)
 
 
 DRAWERS = {

@@ -18,7 +18,7 @@ import numpy as np
 
 from medsign_forensics.errors import InputError, ReportError
 from medsign_forensics.phantom.anatomy import STREAM_NOISE, Anatomy, AnatomyParams, sample_anatomy, smooth, stream
-from medsign_forensics.phantom.lesions import draw_findings
+from medsign_forensics.phantom.lesions import Lesion, draw_findings
 from medsign_forensics.reports.findings import Finding
 
 SIZES = (256, 512)
@@ -100,7 +100,7 @@ def render_study(findings: Sequence[Finding], *, seed: int, size: int = 256) -> 
     seed = int(seed)
     anatomy = Anatomy(sample_anatomy(seed), size, seed)
     lesions = draw_findings(findings, anatomy)
-    image = develop(anatomy, [lesion.delta for lesion in lesions], [lesion.mask for lesion in lesions])
+    image = develop(anatomy, lesions)
     return PhantomStudy(
         image=image,
         masks=tuple(FindingMask(lesion.finding, lesion.mask) for lesion in lesions),
@@ -121,16 +121,21 @@ def render_report(text: str, *, seed: int, size: int = 256) -> tuple[PhantomStud
     return render_study(findings, seed=seed, size=size), findings
 
 
-def _filters(anatomy: Anatomy, density: np.ndarray) -> np.ndarray:
+#: Focal findings keep this share of the range compression the chest gets. A reader's equalisation flattens
+#: large smooth shapes; at full strength it would hollow a mass out into a ring, which real films do not show.
+FOCAL_COMPRESSION = 0.3
+
+
+def _filters(anatomy: Anatomy, density: np.ndarray, compression: float = 1.0) -> np.ndarray:
     """Detector blur, edge enhancement and dynamic-range compression: one linear operator."""
     p = anatomy.params
     k = anatomy.px_scale
     blurred = smooth(density, p.blur_px * k)
     detail = blurred - smooth(blurred, 2.5 * k)
-    return blurred + p.edge_gain * detail - p.range_compression * smooth(blurred, 24.0 * k)
+    return blurred + p.edge_gain * detail - compression * p.range_compression * smooth(blurred, 24.0 * k)
 
 
-def develop(anatomy: Anatomy, deltas: Sequence[np.ndarray], masks: Sequence[np.ndarray]) -> np.ndarray:
+def develop(anatomy: Anatomy, lesions: Sequence[Lesion]) -> np.ndarray:
     """Turn the chest's density plus the findings' changes into a displayed radiograph in [0, 1]."""
     p = anatomy.params
     normal = anatomy.normal_density
@@ -140,11 +145,13 @@ def develop(anatomy: Anatomy, deltas: Sequence[np.ndarray], masks: Sequence[np.n
     lo, hi = np.percentile(processed[body], [p.window_low_pct, p.window_high_pct])
     lo = lo - 0.3 * (hi - lo)
     density = normal
-    if deltas:
-        change = np.sum(deltas, axis=0)
-        union = np.any(masks, axis=0)
-        processed = processed + np.where(union, _filters(anatomy, change), 0.0)
-        density = normal + change
+    if lesions:
+        union = np.any([lesion.mask for lesion in lesions], axis=0)
+        filtered = sum(
+            _filters(anatomy, lesion.delta, 1.0 if lesion.anatomical else FOCAL_COMPRESSION) for lesion in lesions
+        )
+        processed = processed + np.where(union, filtered, 0.0)
+        density = normal + np.sum([lesion.delta for lesion in lesions], axis=0)
     # Quantum noise: fewer photons reach the detector behind dense tissue, so noise grows with density.
     white = stream(anatomy.seed, STREAM_NOISE).standard_normal(normal.shape).astype(np.float32)
     grain = smooth(white, 0.5 * anatomy.px_scale)
