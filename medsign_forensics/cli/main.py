@@ -38,6 +38,7 @@ from medsign_forensics.cli import classifier as _classifier  # noqa: E402
 from medsign_forensics.cli import base as _base  # noqa: E402
 from medsign_forensics.cli import localize as _localize  # noqa: E402
 from medsign_forensics.cli import phantom as _phantom  # noqa: E402
+from medsign_forensics.cli import evaluate as _evaluate  # noqa: E402
 
 _train.register(app)
 _keys.register(app)
@@ -45,6 +46,7 @@ _classifier.register(app)
 _base.register(app)
 _localize.register(app)
 _phantom.register(app)
+_evaluate.register(app)
 
 
 def run() -> None:

@@ -1,4 +1,5 @@
-"""`medsign train --stage extractor`: MedSign stage-1 training (HiDDeN extractor) with a progress bar.
+"""`medsign train`: MedSign stage 1 (``--stage extractor``: HiDDeN extractor), stage 2 (``--dataset cxr|fundus``,
+i.e. ``--stage decoder``: decoder fine-tuning into a deployment folder) and both (``--stage all``), with progress.
 
 Stages are dispatched through ``_STAGES``: a later stage (decoder fine-tuning, ``all``) adds a member to
 :class:`TrainStage`, a runner function, and its own options; only stages that work are listed.
@@ -23,6 +24,8 @@ class TrainStage(str, Enum):
     """What `medsign train` trains."""
 
     EXTRACTOR = "extractor"
+    DECODER = "decoder"
+    ALL = "all"
 
 
 def _train_extractor(options: dict[str, Any]) -> dict[str, Any]:
@@ -44,7 +47,7 @@ def _train_extractor(options: dict[str, Any]) -> dict[str, Any]:
     )
     overrides = {
         key: options[key]
-        for key in ("steps", "batch", "size", "lr", "seed", "whiten_images", "phantom_count")
+        for key in ("steps", "batch", "size", "lr", "seed", "whiten_images", "phantom_count", "clean_steps")
         if options[key] is not None
     }
     model = HiddenConfig() if options["bits"] is None else HiddenConfig(bits=options["bits"])
@@ -92,8 +95,152 @@ def _train_extractor(options: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def _decoder_key(options: dict[str, Any]) -> Any:
+    """The deployment key: issued by a registry (--registry + --provenance-id) or explicit (--key, unregistered)."""
+    from medsign_forensics.watermark.deployment import key_from_hex, key_from_registry
+
+    registry, provenance_id, key = options["registry"], options["provenance_id"], options["key"]
+    if key is not None and (registry is not None or provenance_id is not None):
+        raise InputError("give either --registry DIR --provenance-id ID or --key HEX, not both")
+    if key is not None:
+        return key_from_hex(key)
+    if registry is None or provenance_id is None:
+        raise InputError(
+            "the decoder needs a key: --registry DIR --provenance-id ID (issued with `medsign keys issue`) or, "
+            "for experiments, --key HEX (the deployment is then unregistered)"
+        )
+    return key_from_registry(registry, provenance_id)
+
+
+def _loss_weights(text: str | None, dataset: str) -> Any:
+    """``img=2.1,msg=7.5,...``: override some of the preset's loss weights."""
+    from dataclasses import replace
+
+    from medsign_forensics.config import preset
+
+    if text is None:
+        return None
+    values: dict[str, float] = {}
+    for part in text.split(","):
+        name, _, value = part.partition("=")
+        name = name.strip()
+        if name not in ("img", "msg", "tv", "pre"):
+            raise InputError(f"--loss-weights takes img=, msg=, tv= and pre= entries, got {part.strip()!r}")
+        try:
+            values[name] = float(value)
+        except ValueError:
+            raise InputError(f"--loss-weights: {value!r} is not a number") from None
+    return replace(preset(dataset).weights, **values)
+
+
+def _train_decoder(options: dict[str, Any], *, extractor: Path | None = None) -> dict[str, Any]:
+    from medsign_forensics.diffusion import load_model
+    from medsign_forensics.watermark.train_decoder import DEFAULT_REPORTS, DecoderTrainConfig, train_decoder
+
+    dataset = options["dataset"]
+    if dataset is None:
+        raise InputError("the decoder stage needs --dataset cxr or --dataset fundus")
+    extractor = extractor if extractor is not None else options["extractor"]
+    if extractor is None:
+        raise InputError("the decoder stage needs --extractor DIR (a whitened extractor), or use --stage all")
+    reports = options["reports"]
+    if reports is None:
+        if dataset != "cxr":
+            raise InputError(f"--dataset {dataset} has no default report corpus; give --reports FILE or DIR")
+        reports = DEFAULT_REPORTS
+    key = _decoder_key(options)
+    overrides = {
+        "epochs": options["epochs"], "steps": options["steps"], "batch": options["batch"], "lr": options["lr"],
+        "seed": options["seed"], "n_reports": options["n_reports"], "msg_temperature": options["msg_temperature"],
+        "train_size": options["size"],
+    }
+    if options["attacks"] is not None:
+        overrides["attacks"] = tuple(name.strip() for name in options["attacks"].split(",") if name.strip())
+    config = DecoderTrainConfig(
+        dataset=dataset,
+        weights=_loss_weights(options["loss_weights"], dataset),
+        ablation=options["ablation"],
+        reports=reports if reports == DEFAULT_REPORTS or not Path(reports).exists() else str(Path(reports).resolve()),
+        device=options["device"],
+        **{name: value for name, value in overrides.items() if value is not None},
+    )
+    model = load_model(options["model"], device=options["device"])
+    out = Path(options["out"])
+    quiet = options["json"]
+    with Progress(
+        TextColumn("[bold]{task.description}[/]"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[info]}"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        disable=quiet,
+        transient=False,
+    ) as progress:
+        cache_task = progress.add_task("sampling x0 + A_loc", total=None, info="")
+        train_task = progress.add_task("fine-tuning D_w", total=None, info="")
+
+        def on_cache(done: int, total: int) -> None:
+            progress.update(cache_task, completed=done, total=total)
+
+        def on_step(step: int, total: int) -> None:
+            progress.update(train_task, completed=step, total=total)
+
+        def on_log(record: Any) -> None:
+            progress.update(
+                train_task,
+                info=f"loss {record.loss['total']:.3f}  bit acc {record.bit_accuracy:.3f}  PSNR {record.psnr:.1f}  "
+                f"{record.seconds_per_step:.2f} s/step",
+            )
+
+        result = train_decoder(
+            config, model=model, extractor=Path(extractor), key=key, out_dir=out,
+            cache_dir=options["cache"], resume=options["resume"], on_cache=on_cache, on_step=on_step, on_log=on_log,
+        )
+    last = result.last
+    return {
+        "stage": TrainStage.DECODER.value,
+        "out": str(result.out),
+        "registered": key.registered,
+        "provenance_id": None if key.provenance is None else key.provenance.provenance_id,
+        "key_hex": key.key_hex,
+        "ablation": config.ablation.value,
+        "items": result.items,
+        "steps": result.steps,
+        "loss": None if last is None else last.loss["total"],
+        "bit_accuracy": None if last is None else last.bit_accuracy,
+        "psnr": None if last is None else last.psnr,
+        "cache_seconds": result.cache_seconds,
+        "train_seconds": result.train_seconds,
+        "seconds_per_step": result.seconds_per_step,
+        "decoder_sha256": result.decoder_sha256,
+    }
+
+
+# With --stage all and no --extractor, stage 1 runs with its own defaults (the shared options --steps, --batch,
+# --size, --lr and --attacks configure the decoder stage) and fits whitening on this many unwatermarked images.
+ALL_STAGE_WHITEN_IMAGES = 2000
+
+
+def _train_all(options: dict[str, Any]) -> dict[str, Any]:
+    extractor = options["extractor"]
+    summary: dict[str, Any] = {}
+    if extractor is None:
+        extractor = Path(options["out"]) / "extractor"
+        stage1 = {**options, "out": extractor, "data": options["data"] or "phantom", "steps": None, "batch": None,
+                  "size": None, "lr": None, "attacks": None,
+                  "whiten_images": options["whiten_images"] or ALL_STAGE_WHITEN_IMAGES}
+        first = _train_extractor(stage1)
+        summary = {f"extractor_{k}": v for k, v in first.items() if k in ("out", "steps", "extractor_sha256")}
+    second = _train_decoder(options, extractor=Path(extractor))
+    return {**second, **summary, "stage": TrainStage.ALL.value}
+
+
 _STAGES: dict[TrainStage, Callable[[dict[str, Any]], dict[str, Any]]] = {
     TrainStage.EXTRACTOR: _train_extractor,
+    TrainStage.DECODER: _train_decoder,
+    TrainStage.ALL: _train_all,
 }
 
 
@@ -116,8 +263,38 @@ def register(app: typer.Typer) -> None:
     @app.command("train")
     @handle_errors
     def train_command(
-        stage: Annotated[TrainStage, typer.Option(help="What to train.", case_sensitive=False)],
-        out: Annotated[Path, typer.Option(help="Run folder: weights, config, log, checkpoint.")],
+        out: Annotated[Path, typer.Option(help="Run folder: weights, config, log, checkpoint (decoder: the deployment).")],
+        stage: Annotated[
+            Optional[TrainStage],
+            typer.Option(help="What to train (default: decoder when --dataset is given).", case_sensitive=False),
+        ] = None,
+        dataset: Annotated[
+            Optional[str], typer.Option(help="Decoder fine-tuning preset (loss weights): cxr or fundus.")
+        ] = None,
+        model: Annotated[Optional[Path], typer.Option(help="Base model folder (default: the shipped mini-cxr).")] = None,
+        reports: Annotated[
+            Optional[str], typer.Option(help="Training reports: 'open-i' (cxr default), a report file or folder.")
+        ] = None,
+        extractor: Annotated[Optional[Path], typer.Option(help="Whitened extractor folder (stage 1 output).")] = None,
+        registry: Annotated[Optional[Path], typer.Option(help="Key registry folder holding --provenance-id.")] = None,
+        provenance_id: Annotated[Optional[str], typer.Option(help="Provenance ID issued by `medsign keys issue`.")] = None,
+        key: Annotated[
+            Optional[str], typer.Option(help="Explicit key in hex, for experiments: the deployment is unregistered.")
+        ] = None,
+        epochs: Annotated[Optional[int], typer.Option(help="Decoder: passes over the training reports (default 2).")] = None,
+        n_reports: Annotated[Optional[int], typer.Option(help="Decoder: train on a seeded subset of N reports.")] = None,
+        ablation: Annotated[
+            str, typer.Option(help="Decoder: none, no-cas, no-aas, no-tv, no-pre or stable-signature.")
+        ] = "none",
+        cache: Annotated[
+            Optional[Path], typer.Option(help="Decoder: latent/map cache folder; share it between ablations (default OUT/cache).")
+        ] = None,
+        loss_weights: Annotated[
+            Optional[str], typer.Option(help="Decoder: override preset weights, e.g. img=2.1,msg=7.5,tv=3,pre=975.")
+        ] = None,
+        msg_temperature: Annotated[
+            Optional[float], typer.Option(help="Decoder: BCE on logits / temperature (default 1.0).")
+        ] = None,
         data: Annotated[
             Optional[str], typer.Option(help="Training images: a folder (PNG/JPEG, any size) or 'phantom'.")
         ] = None,
@@ -131,6 +308,9 @@ def register(app: typer.Typer) -> None:
         attacks: Annotated[
             Optional[str], typer.Option(help="Comma-separated attack names, one drawn per batch (default set if omitted).")
         ] = None,
+        clean_steps: Annotated[
+            Optional[int], typer.Option(help="Steps at the start with no attack (curriculum).")
+        ] = None,
         lr: Annotated[Optional[float], typer.Option(help="Peak learning rate (AdamW).")] = None,
         device: Annotated[str, typer.Option(help="torch device: cpu or cuda.")] = "cpu",
         resume: Annotated[bool, typer.Option(help="Continue from the run folder's checkpoint.")] = False,
@@ -140,11 +320,20 @@ def register(app: typer.Typer) -> None:
         ] = None,
         json_output: Annotated[bool, typer.Option("--json", help="Print the summary as JSON, no progress bar.")] = False,
     ) -> None:
-        """Train a model stage. [bold]extractor[/]: HiDDeN encoder/extractor pre-training (MedSign stage 1)."""
+        """Train a model stage. [bold]extractor[/]: HiDDeN encoder/extractor pre-training (MedSign stage 1).
+        [bold]decoder[/] (or just --dataset): fine-tune the VAE decoder into a deployment folder (stage 2).
+        [bold]all[/]: stage 1 first when no --extractor is given, then stage 2."""
+        if stage is None:
+            if dataset is None:
+                raise InputError("give --stage extractor, or --dataset cxr|fundus to fine-tune a decoder")
+            stage = TrainStage.DECODER
         options = {
             "data": data, "out": out, "phantom_count": phantoms, "steps": steps, "batch": batch, "size": size, "bits": bits,
-            "attacks": attacks, "lr": lr, "device": device, "resume": resume, "seed": seed,
-            "whiten_images": whiten_images, "json": json_output,
+            "attacks": attacks, "clean_steps": clean_steps, "lr": lr, "device": device, "resume": resume, "seed": seed,
+            "whiten_images": whiten_images, "json": json_output, "dataset": dataset, "model": model,
+            "reports": reports, "extractor": extractor, "registry": registry, "provenance_id": provenance_id,
+            "key": key, "epochs": epochs, "n_reports": n_reports, "ablation": ablation, "cache": cache,
+            "loss_weights": loss_weights, "msg_temperature": msg_temperature,
         }
         summary = _STAGES[stage](options)
         if json_output:
