@@ -106,9 +106,7 @@ def time_sampling(model_dir: Path | None, runs: int, texts: list[str]) -> tuple[
         for threads in (2, 1):
             torch.set_num_threads(threads)
             before = load1()
-            med, times = median_time(
-                lambda: sample(model, [PROMPT], seed=0, steps=25, guidance_scale=4.0), runs
-            )
+            med, times = median_time(lambda: sample(model, [PROMPT], seed=0, steps=25, guidance_scale=4.0), runs)
             lines.append(
                 f"| {threads} | **{med:.2f}** | {', '.join(f'{t:.2f}' for t in times)} | {before:.2f} -> {load1():.2f} |"
             )

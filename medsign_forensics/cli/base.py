@@ -27,7 +27,9 @@ def register(app: typer.Typer) -> None:
     def sample_command(
         report: Annotated[str, typer.Option(help="Report text (FINDINGS/IMPRESSION) used as the prompt.")],
         out: Annotated[Path, typer.Option(help="PNG file to write (8-bit; greyscale for mini-cxr).")],
-        model: Annotated[Optional[Path], typer.Option(help="Local SD-1.x folder; default: the shipped mini-cxr.")] = None,
+        model: Annotated[
+            Optional[Path], typer.Option(help="Local SD-1.x folder; default: the shipped mini-cxr.")
+        ] = None,
         seed: Annotated[int, typer.Option(help="Random seed of the initial noise.")] = 0,
         steps: Annotated[int, typer.Option(help="DPM-Solver++ steps.")] = 25,
         guidance: Annotated[float, typer.Option(help="Classifier-free guidance scale (<= 1: off).")] = 4.0,
@@ -89,7 +91,9 @@ def register(app: typer.Typer) -> None:
         config: Annotated[str, typer.Option(help="default, tiny, or a JSON file of overrides.")] = "default",
         stage: Annotated[str, typer.Option(help="vae (stage A), unet (stage B: text encoder + U-Net) or all.")] = "all",
         steps: Annotated[Optional[int], typer.Option(help="Override the step count of each stage run.")] = None,
-        resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out from its checkpoints.")] = False,
+        resume: Annotated[
+            bool, typer.Option("--resume", help="Continue the run in --out from its checkpoints.")
+        ] = False,
         device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
         json_output: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
     ) -> None:
@@ -114,13 +118,23 @@ def register(app: typer.Typer) -> None:
             command=shlex.join(command),
         )
         stages = [
-            {"stage": s.stage, "step": s.step, "target_steps": s.target_steps, "wall_time_s": round(s.wall_time_s, 1),
-             "mean_loss": s.mean_loss}
+            {
+                "stage": s.stage,
+                "step": s.step,
+                "target_steps": s.target_steps,
+                "wall_time_s": round(s.wall_time_s, 1),
+                "mean_loss": s.mean_loss,
+            }
             for s in result.stages
         ]
         if json_output:
-            print_json({"out": str(result.out_dir), "model": None if result.model_dir is None else str(result.model_dir),
-                        "stages": stages})
+            print_json(
+                {
+                    "out": str(result.out_dir),
+                    "model": None if result.model_dir is None else str(result.model_dir),
+                    "stages": stages,
+                }
+            )
             return
         for s in stages:
             loss = "n/a" if s["mean_loss"] is None else f"{s['mean_loss']:.4f}"

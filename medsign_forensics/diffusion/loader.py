@@ -195,10 +195,13 @@ def check_folder(folder: Path) -> dict[str, Any]:
     vae = _read_json(folder / "vae" / "config.json", "the VAE's config")
     _read_json(folder / "scheduler" / "scheduler_config.json", "the scheduler's config")
     tokenizer_dir = folder / "tokenizer"
-    if not ((tokenizer_dir / "vocab.json").is_file() and (tokenizer_dir / "merges.txt").is_file()) and not (
-        tokenizer_dir / "tokenizer.json"
-    ).is_file():
-        raise ModelError("the tokenizer folder has neither vocab.json + merges.txt nor tokenizer.json", path=tokenizer_dir)
+    if (
+        not ((tokenizer_dir / "vocab.json").is_file() and (tokenizer_dir / "merges.txt").is_file())
+        and not (tokenizer_dir / "tokenizer.json").is_file()
+    ):
+        raise ModelError(
+            "the tokenizer folder has neither vocab.json + merges.txt nor tokenizer.json", path=tokenizer_dir
+        )
     if unet.get("addition_embed_type") or unet.get("class_embed_type"):
         raise ModelError(
             "unsupported architecture: the U-Net takes added conditioning (SDXL-style or class embeddings)",
@@ -261,7 +264,12 @@ def read_manifest(manifest: Path) -> dict[str, str]:
             continue
         digest, _, name = line.partition("  ")
         name = name.strip()
-        if len(digest) != 64 or not name or any(c not in "0123456789abcdef" for c in digest) or ".." in Path(name).parts:
+        if (
+            len(digest) != 64
+            or not name
+            or any(c not in "0123456789abcdef" for c in digest)
+            or ".." in Path(name).parts
+        ):
             raise ModelError(f"line {number} is not '<sha256>  <relative path>'", path=manifest)
         entries[name] = digest
     if not entries:
@@ -309,7 +317,11 @@ def _component_weights(directory: Path) -> list[Path]:
 
 
 def _weight_files(folder: Path) -> list[str]:
-    return [p.relative_to(folder).as_posix() for name in ("text_encoder", "unet", "vae") for p in _component_weights(folder / name)]
+    return [
+        p.relative_to(folder).as_posix()
+        for name in ("text_encoder", "unet", "vae")
+        for p in _component_weights(folder / name)
+    ]
 
 
 def _load_pipeline(folder: Path, dtype: torch.dtype) -> Any:

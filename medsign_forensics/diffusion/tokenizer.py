@@ -135,9 +135,9 @@ def word_token_spans(tokenizer: CLIPTokenizer, prompt: str) -> list[tuple[str, l
     """
     encoding = tokenizer(prompt, truncation=True, max_length=tokenizer.model_max_length)
     word_ids = encoding.word_ids()
-    offsets = tokenizer(
-        prompt, truncation=True, max_length=tokenizer.model_max_length, return_offsets_mapping=True
-    )["offset_mapping"]
+    offsets = tokenizer(prompt, truncation=True, max_length=tokenizer.model_max_length, return_offsets_mapping=True)[
+        "offset_mapping"
+    ]
     spans: dict[int, list[int]] = {}
     bounds: dict[int, tuple[int, int]] = {}
     for position, word in enumerate(word_ids):

@@ -100,7 +100,9 @@ class VaeTrainer:
         self.optimizer = torch.optim.AdamW(self.vae.parameters(), lr=train.learning_rate, betas=(0.9, 0.99))
         self.step_count = 0
 
-    def loss(self, images: torch.Tensor, generator: torch.Generator | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+    def loss(
+        self, images: torch.Tensor, generator: torch.Generator | None = None
+    ) -> tuple[torch.Tensor, dict[str, float]]:
         """``images`` (B, C, H, W) in [0, 1]. Returns the loss and its parts."""
         from kornia.losses import ssim_loss
 
@@ -119,7 +121,10 @@ class VaeTrainer:
 
     def step(self, images: torch.Tensor, generator: torch.Generator | None = None) -> dict[str, float]:
         self.vae.train()
-        _set_lr(self.optimizer, _lr(self.config.vae_train.learning_rate, self.config.vae_train.warmup_steps, self.step_count))
+        _set_lr(
+            self.optimizer,
+            _lr(self.config.vae_train.learning_rate, self.config.vae_train.warmup_steps, self.step_count),
+        )
         self.optimizer.zero_grad(set_to_none=True)
         loss, parts = self.loss(images, generator)
         loss.backward()
@@ -174,7 +179,10 @@ class UNetTrainer:
         with torch.random.fork_rng():
             torch.manual_seed(config.seed + 1)  # the initial weights depend on the config alone
             self.text_encoder = build_text_encoder(
-                config, vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id
+                config,
+                vocab_size=len(tokenizer),
+                bos_token_id=tokenizer.bos_token_id,
+                eos_token_id=tokenizer.eos_token_id,
             ).to(device)
             self.unet = build_unet(config).to(device)
         self.scheduler = build_training_scheduler(config)
@@ -191,7 +199,11 @@ class UNetTrainer:
 
     def encode_captions(self, captions: list[str]) -> torch.Tensor:
         ids = self.tokenizer(
-            captions, padding="max_length", truncation=True, max_length=self.tokenizer.model_max_length, return_tensors="pt"
+            captions,
+            padding="max_length",
+            truncation=True,
+            max_length=self.tokenizer.model_max_length,
+            return_tensors="pt",
         ).input_ids.to(self.device)
         return self.text_encoder(ids)[0]
 
@@ -199,10 +211,11 @@ class UNetTrainer:
         self, latents: torch.Tensor, captions: list[str], generator: torch.Generator
     ) -> tuple[torch.Tensor, dict[str, float]]:
         """``latents``: scaled VAE latents (as the U-Net sees them). Noise and timesteps come from ``generator``."""
-        train = self.config.unet_train
         batch = latents.shape[0]
         noise = torch.randn(latents.shape, generator=generator).to(self.device)
-        timesteps = torch.randint(0, self.scheduler.config.num_train_timesteps, (batch,), generator=generator).to(self.device)
+        timesteps = torch.randint(0, self.scheduler.config.num_train_timesteps, (batch,), generator=generator).to(
+            self.device
+        )
         latents = latents.to(self.device)
         noisy = self.scheduler.add_noise(latents, noise, timesteps)
         if self.config.scheduler.prediction_type is PredictionType.V:
@@ -391,8 +404,15 @@ class _Run:
             while trainer.step_count < target:
                 batch = _crops(images, train.batch_size, crop, generator)
                 parts = trainer.step(batch, generator)
-                self.log({"stage": "vae", "step": trainer.step_count, "lr": trainer.optimizer.param_groups[0]["lr"],
-                          "time_s": round(time.perf_counter() - start, 3), **parts})
+                self.log(
+                    {
+                        "stage": "vae",
+                        "step": trainer.step_count,
+                        "lr": trainer.optimizer.param_groups[0]["lr"],
+                        "time_s": round(time.perf_counter() - start, 3),
+                        **parts,
+                    }
+                )
                 advance(trainer.step_count)
                 if trainer.step_count % train.checkpoint_every == 0 or trainer.step_count == target:
                     self._save(checkpoint, trainer, generator, time.perf_counter() - start)
@@ -452,8 +472,15 @@ class _Run:
                 z = (mean + torch.exp(0.5 * logvar) * torch.randn(mean.shape, generator=generator)) * scaling
                 captions = self._captions(rows_report[rows], generator)
                 parts = trainer.step(z, captions, generator)
-                self.log({"stage": "unet", "step": trainer.step_count, "lr": trainer.optimizer.param_groups[0]["lr"],
-                          "time_s": round(time.perf_counter() - start, 3), **parts})
+                self.log(
+                    {
+                        "stage": "unet",
+                        "step": trainer.step_count,
+                        "lr": trainer.optimizer.param_groups[0]["lr"],
+                        "time_s": round(time.perf_counter() - start, 3),
+                        **parts,
+                    }
+                )
                 advance(trainer.step_count)
                 if trainer.step_count % train.checkpoint_every == 0 or trainer.step_count == target:
                     self._save(checkpoint, trainer, generator, time.perf_counter() - start)
@@ -470,7 +497,10 @@ class _Run:
         captions = [c for i in range(len(self.source)) for c in self.source.captions(i)]
         spec = self.config.tokenizer
         tokenizer = train_tokenizer(
-            captions, vocab_size=spec.vocab_size, min_frequency=spec.min_frequency, max_token_length=spec.max_token_length
+            captions,
+            vocab_size=spec.vocab_size,
+            min_frequency=spec.min_frequency,
+            max_token_length=spec.max_token_length,
         )
         _save_atomic(folder, lambda tmp: save_tokenizer(tokenizer, tmp))
         return load_tokenizer(folder)
@@ -501,7 +531,7 @@ class _Run:
         captions = []
         dropout = torch.rand(len(report_indices), generator=generator) < self.config.unet_train.caption_dropout
         picks = torch.randint(0, 1 << 30, (len(report_indices),), generator=generator)
-        for index, drop, pick in zip(report_indices.tolist(), dropout.tolist(), picks.tolist()):
+        for index, drop, pick in zip(report_indices.tolist(), dropout.tolist(), picks.tolist(), strict=True):
             variants = self.source.captions(index)
             captions.append("" if drop else variants[pick % len(variants)])
         return captions
@@ -557,7 +587,9 @@ class _Run:
         try:
             state = torch.load(path, map_location=self.device, weights_only=True)
         except Exception as error:  # a truncated or foreign file
-            raise ModelError(f"cannot read the checkpoint ({error}); delete it to restart the stage", path=path) from None
+            raise ModelError(
+                f"cannot read the checkpoint ({error}); delete it to restart the stage", path=path
+            ) from None
         trainer.load_state_dict(state["trainer"])
         generator.set_state(state["generator"].cpu())
         torch.set_rng_state(state["torch_rng"].cpu())
@@ -616,7 +648,9 @@ def export_model(
         if too_big:
             raise ModelError(f"weights file(s) over the 16 MiB limit: {', '.join(too_big)}; shrink the config")
         if sum(sizes.values()) > MAX_TOTAL_BYTES:
-            raise ModelError(f"the weights total {sum(sizes.values()) / 1e6:.1f} MB, over the 30 MB limit; shrink the config")
+            raise ModelError(
+                f"the weights total {sum(sizes.values()) / 1e6:.1f} MB, over the 30 MB limit; shrink the config"
+            )
         hashes = {p.relative_to(tmp).as_posix(): sha256_file(p) for p in sorted(tmp.rglob("*")) if p.is_file()}
         (tmp / MANIFEST_NAME).write_text("".join(f"{h}  {n}\n" for n, h in sorted(hashes.items())), encoding="utf-8")
         weight_hashes = {name: hashes[name] for name in sizes}
@@ -632,8 +666,11 @@ def _prefix_text_encoder_keys(path: Path) -> None:
     from safetensors.torch import load_file, save_file
 
     state = load_file(str(path))
-    save_file({k if k.startswith("text_model.") else f"text_model.{k}": v for k, v in state.items()}, str(path),
-              metadata={"format": "pt"})
+    save_file(
+        {k if k.startswith("text_model.") else f"text_model.{k}": v for k, v in state.items()},
+        str(path),
+        metadata={"format": "pt"},
+    )
 
 
 def build_random_model(folder: str | Path, *, config: MiniCxrConfig, texts: list[str], seed: int = 0) -> Path:
@@ -655,7 +692,9 @@ def build_random_model(folder: str | Path, *, config: MiniCxrConfig, texts: list
     return export_model(folder, config=config, tokenizer=tokenizer, text_encoder=text_encoder, unet=unet, vae=vae)
 
 
-def _model_card(config: MiniCxrConfig, sizes: dict[str, int], hashes: dict[str, str], card: dict[str, Any] | None) -> str:
+def _model_card(
+    config: MiniCxrConfig, sizes: dict[str, int], hashes: dict[str, str], card: dict[str, Any] | None
+) -> str:
     lines = [
         f"# {config.name}",
         "",
@@ -679,7 +718,12 @@ def _model_card(config: MiniCxrConfig, sizes: dict[str, int], hashes: dict[str, 
     lines += [f"| {name} | {sizes[name] / 2**20:.2f} | `{hashes[name]}` |" for name in sorted(sizes)]
     lines += ["", f"Combined weights SHA-256: `{combined_sha256(hashes)}`", ""]
     if card is None:
-        lines += ["## Training", "", "Untrained: random weights (built for tests or timing), no training run recorded.", ""]
+        lines += [
+            "## Training",
+            "",
+            "Untrained: random weights (built for tests or timing), no training run recorded.",
+            "",
+        ]
         return "\n".join(lines)
     lines += [
         "## Training data",
@@ -748,7 +792,7 @@ def _crops(images: np.ndarray, batch: int, crop: int, generator: torch.Generator
     rows = torch.randint(0, len(images), (batch,), generator=generator).tolist()
     size = images.shape[-1]
     offsets = torch.randint(0, size - crop + 1, (batch, 2), generator=generator).tolist()
-    patches = [images[r, y : y + crop, x : x + crop] for r, (y, x) in zip(rows, offsets)]
+    patches = [images[r, y : y + crop, x : x + crop] for r, (y, x) in zip(rows, offsets, strict=True)]
     return _to_tensor(np.stack(patches))
 
 
@@ -779,7 +823,11 @@ def _checkpoint_meta(path: Path) -> dict[str, Any]:
     if not path.is_file():
         return {}
     state = torch.load(path, map_location="cpu", weights_only=True)
-    return {"step": int(state["trainer"]["step"]), "wall_time_s": float(state["wall_time_s"]), "hardware": state["hardware"]}
+    return {
+        "step": int(state["trainer"]["step"]),
+        "wall_time_s": float(state["wall_time_s"]),
+        "hardware": state["hardware"],
+    }
 
 
 def _finished_at(final_vae: Path) -> int | None:
@@ -831,11 +879,23 @@ def _progress(enabled: bool, description: str, total: int, completed: int = 0) -
         yield lambda done: None
         return
     from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
 
     with Progress(
-        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn(),
-        console=Console(stderr=True), transient=False,
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=Console(stderr=True),
+        transient=False,
     ) as bar:
         task = bar.add_task(description, total=total, completed=completed)
         yield lambda done: bar.update(task, completed=done)

@@ -57,8 +57,25 @@ def test_sample_writes_png_and_latents(model_dir: Path, tmp_path: Path) -> None:
     out, latents = tmp_path / "x.png", tmp_path / "x0.npy"
     result = runner.invoke(
         app,
-        ["base", "sample", "--report", "Small left pleural effusion.", "--out", str(out), "--model", str(model_dir),
-         "--seed", "3", "--steps", "3", "--guidance", "3.5", "--latents-out", str(latents), "--json"],
+        [
+            "base",
+            "sample",
+            "--report",
+            "Small left pleural effusion.",
+            "--out",
+            str(out),
+            "--model",
+            str(model_dir),
+            "--seed",
+            "3",
+            "--steps",
+            "3",
+            "--guidance",
+            "3.5",
+            "--latents-out",
+            str(latents),
+            "--json",
+        ],
     )
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout)
@@ -71,16 +88,27 @@ def test_sample_writes_png_and_latents(model_dir: Path, tmp_path: Path) -> None:
 def test_sample_is_reproducible(model_dir: Path, tmp_path: Path) -> None:
     pictures = []
     for name in ("a.png", "b.png"):
-        args = ["base", "sample", "--report", "Cardiomegaly.", "--out", str(tmp_path / name), "--model", str(model_dir),
-                "--steps", "2"]
+        args = [
+            "base",
+            "sample",
+            "--report",
+            "Cardiomegaly.",
+            "--out",
+            str(tmp_path / name),
+            "--model",
+            str(model_dir),
+            "--steps",
+            "2",
+        ]
         assert runner.invoke(app, args).exit_code == 0
         pictures.append(np.asarray(Image.open(tmp_path / name)))
     assert np.array_equal(*pictures)
 
 
 def test_sample_bad_model_folder_exits_4(tmp_path: Path) -> None:
-    result = runner.invoke(app, ["base", "sample", "--report", "x", "--out", str(tmp_path / "x.png"),
-                                 "--model", str(tmp_path / "missing")])
+    result = runner.invoke(
+        app, ["base", "sample", "--report", "x", "--out", str(tmp_path / "x.png"), "--model", str(tmp_path / "missing")]
+    )
     assert result.exit_code == 4
     assert "does not exist" in result.output
 
@@ -92,8 +120,9 @@ def test_sample_without_shipped_default_exits_4(monkeypatch: pytest.MonkeyPatch,
 
 
 def test_sample_refuses_non_png(model_dir: Path, tmp_path: Path) -> None:
-    result = runner.invoke(app, ["base", "sample", "--report", "x", "--out", str(tmp_path / "x.jpg"),
-                                 "--model", str(model_dir)])
+    result = runner.invoke(
+        app, ["base", "sample", "--report", "x", "--out", str(tmp_path / "x.jpg"), "--model", str(model_dir)]
+    )
     assert result.exit_code == 2
 
 
@@ -108,20 +137,52 @@ def test_train_tiny_then_sample_from_it(monkeypatch: pytest.MonkeyPatch, tmp_pat
     card = (out / "model" / "MODEL_CARD.md").read_text()
     assert "base train --config tiny" in card
     png = tmp_path / "g.png"
-    result = runner.invoke(app, ["base", "sample", "--report", "Left pleural effusion.", "--out", str(png),
-                                 "--model", str(out / "model"), "--steps", "2"])
+    result = runner.invoke(
+        app,
+        [
+            "base",
+            "sample",
+            "--report",
+            "Left pleural effusion.",
+            "--out",
+            str(png),
+            "--model",
+            str(out / "model"),
+            "--steps",
+            "2",
+        ],
+    )
     assert result.exit_code == 0, result.output and png.is_file()
 
 
 def test_train_stage_and_resume(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setattr(data_module, "load_source", lambda config: _Source())
     out = tmp_path / "run"
-    first = runner.invoke(app, ["base", "train", "--config", "tiny", "--out", str(out), "--stage", "vae", "--steps", "1"])
+    first = runner.invoke(
+        app, ["base", "train", "--config", "tiny", "--out", str(out), "--stage", "vae", "--steps", "1"]
+    )
     assert first.exit_code == 0, first.output
-    again = runner.invoke(app, ["base", "train", "--config", "tiny", "--out", str(out), "--stage", "vae", "--steps", "2"])
+    again = runner.invoke(
+        app, ["base", "train", "--config", "tiny", "--out", str(out), "--stage", "vae", "--steps", "2"]
+    )
     assert again.exit_code == 2 and "--resume" in again.output
-    resumed = runner.invoke(app, ["base", "train", "--config", "tiny", "--out", str(out), "--stage", "vae",
-                                  "--steps", "2", "--resume", "--json"])
+    resumed = runner.invoke(
+        app,
+        [
+            "base",
+            "train",
+            "--config",
+            "tiny",
+            "--out",
+            str(out),
+            "--stage",
+            "vae",
+            "--steps",
+            "2",
+            "--resume",
+            "--json",
+        ],
+    )
     assert resumed.exit_code == 0, resumed.output
     assert json.loads(resumed.stdout)["stages"][0]["step"] == 2
 

@@ -28,7 +28,9 @@ def test_default_fits_the_shipping_limits() -> None:
     sizes = [
         _fp16_bytes(build_vae(config)),
         _fp16_bytes(build_unet(config)),
-        _fp16_bytes(build_text_encoder(config, vocab_size=config.tokenizer.vocab_size + 512, bos_token_id=0, eos_token_id=1)),
+        _fp16_bytes(
+            build_text_encoder(config, vocab_size=config.tokenizer.vocab_size + 512, bos_token_id=0, eos_token_id=1)
+        ),
     ]
     assert all(size < 16 * 2**20 for size in sizes)
     assert sum(sizes) <= 30_000_000
@@ -55,7 +57,9 @@ def test_round_trip_through_dict() -> None:
 def test_named_and_file_configs(tmp_path: Path) -> None:
     assert load_config("tiny") == tiny_config()
     path = tmp_path / "c.json"
-    path.write_text(json.dumps({"base": "tiny", "unet_train": {"steps": 7}, "scheduler": {"prediction_type": "epsilon"}}))
+    path.write_text(
+        json.dumps({"base": "tiny", "unet_train": {"steps": 7}, "scheduler": {"prediction_type": "epsilon"}})
+    )
     config = load_config(path)
     assert config.unet_train.steps == 7 and config.scheduler.prediction_type is PredictionType.EPSILON
     assert config.vae == tiny_config().vae

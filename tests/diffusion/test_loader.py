@@ -60,7 +60,9 @@ def test_plain_diffusers_pipeline_generates(fixture: str, request: pytest.Fixtur
     folder = request.getfixturevalue(fixture)
     pipeline = StableDiffusionPipeline.from_pretrained(str(folder), local_files_only=True)
     pipeline.set_progress_bar_config(disable=True)
-    image = pipeline("Left pleural effusion.", num_inference_steps=3, generator=torch.Generator().manual_seed(0)).images[0]
+    image = pipeline(
+        "Left pleural effusion.", num_inference_steps=3, generator=torch.Generator().manual_seed(0)
+    ).images[0]
     assert image.size == (64, 64)
     assert image.mode == ("L" if fixture == "grey_model_dir" else "RGB")
 
@@ -138,7 +140,7 @@ def test_wrong_sha256(grey_model_dir: Path, tmp_path: Path) -> None:
 def test_weights_not_listed_in_manifest(grey_model_dir: Path, tmp_path: Path) -> None:
     folder = _copy(grey_model_dir, tmp_path)
     manifest = folder / MANIFEST_NAME
-    manifest.write_text("".join(l + "\n" for l in manifest.read_text().splitlines() if "unet/diffusion" not in l))
+    manifest.write_text("".join(line + "\n" for line in manifest.read_text().splitlines() if "unet/diffusion" not in line))
     with pytest.raises(ModelError, match="does not list the weights"):
         load_model(folder)
 
@@ -197,6 +199,8 @@ def test_legacy_files_like_original_sd_releases(rgb_model_dir: Path, tmp_path: P
         "unet/diffusion_pytorch_model.safetensors",
         "vae/diffusion_pytorch_model.bin",
     }
-    assert torch.equal(model.vae.decoder.mid_block.attentions[0].to_q.weight, vae["decoder.mid_block.attentions.0.to_q.weight"])
+    assert torch.equal(
+        model.vae.decoder.mid_block.attentions[0].to_q.weight, vae["decoder.mid_block.attentions.0.to_q.weight"]
+    )
     embedding = next(v for k, v in text.items() if k.endswith("token_embedding.weight"))
     assert torch.equal(model.text_encoder.get_input_embeddings().weight, embedding)

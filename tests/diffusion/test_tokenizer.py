@@ -25,7 +25,10 @@ def tokenizer(tmp_path_factory: pytest.TempPathFactory):
 def test_saved_as_clip_files(tmp_path: Path) -> None:
     save_tokenizer(train_tokenizer(REPORT_TEXTS, vocab_size=700, min_frequency=1), tmp_path)
     assert {p.name for p in tmp_path.iterdir()} == {
-        "vocab.json", "merges.txt", "tokenizer_config.json", "special_tokens_map.json"
+        "vocab.json",
+        "merges.txt",
+        "tokenizer_config.json",
+        "special_tokens_map.json",
     }
     assert (tmp_path / "merges.txt").read_text().startswith("#version")
 

@@ -24,8 +24,10 @@ def _images(count: int = 2, size: int = 32) -> torch.Tensor:
 
 def test_vae_steps_lower_the_loss_on_a_repeated_batch() -> None:
     torch.manual_seed(0)
-    trainer = VaeTrainer(replace(tiny_config(), vae_train=replace(tiny_config().vae_train, learning_rate=3e-3)),
-                         device=torch.device("cpu"))
+    trainer = VaeTrainer(
+        replace(tiny_config(), vae_train=replace(tiny_config().vae_train, learning_rate=3e-3)),
+        device=torch.device("cpu"),
+    )
     batch = _images()
 
     def evaluate() -> float:
@@ -42,7 +44,9 @@ def test_vae_steps_lower_the_loss_on_a_repeated_batch() -> None:
 def test_unet_steps_lower_the_loss_on_a_repeated_batch() -> None:
     torch.manual_seed(0)
     config = tiny_config()
-    config = replace(config, unet_train=replace(config.unet_train, learning_rate=2e-3, ema_decay=None, caption_dropout=0.0))
+    config = replace(
+        config, unet_train=replace(config.unet_train, learning_rate=2e-3, ema_decay=None, caption_dropout=0.0)
+    )
     tokenizer = train_tokenizer(REPORT_TEXTS, vocab_size=700, min_frequency=1)
     trainer = UNetTrainer(config, tokenizer, device=torch.device("cpu"))
     latents = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(2))
@@ -87,8 +91,9 @@ def test_resume_continues_where_it_stopped(tmp_path: Path) -> None:
         train(tiny_config(), out, stage=Stage.VAE, steps=2, source=source)
     result = train(tiny_config(), out, stage=Stage.VAE, steps=3, resume=True, source=source)
     assert result.stages[0].step == 3
-    steps = [json.loads(line)["step"] for line in (out / "log.jsonl").read_text().splitlines()
-             if "loss" in json.loads(line)]
+    steps = [
+        json.loads(line)["step"] for line in (out / "log.jsonl").read_text().splitlines() if "loss" in json.loads(line)
+    ]
     assert steps == [1, 2, 3]
 
 
