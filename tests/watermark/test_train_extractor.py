@@ -81,8 +81,19 @@ def test_whitening_is_fitted_after_training(tmp_path, make_folder):
     assert load_extractor(out).whitened
 
 
+def test_clean_steps_train_without_attacks_first(image_folder, tmp_path):
+    out = tmp_path / "run"
+    attacks = ("jpeg_q50", "rotate_25")
+    train_extractor(tiny_config(image_folder, attacks=attacks, clean_steps=2), out)
+    log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+    assert [set(entry["per_attack_accuracy"]) for entry in log[:2]] == [{"none"}, {"none"}]
+    assert all(set(entry["per_attack_accuracy"]) <= set(attacks) for entry in log[2:])
+
+
 def test_config_checks(image_folder):
     with pytest.raises(InputError, match="unknown attack"):
         tiny_config(image_folder, attacks=("jpeg_q50", "sharpen"))
     with pytest.raises(InputError, match="more than 32"):
         tiny_config(image_folder, whiten_images=10)
+    with pytest.raises(InputError, match="clean_steps"):
+        tiny_config(image_folder, clean_steps=5)
