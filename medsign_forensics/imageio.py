@@ -146,7 +146,9 @@ def _read_raster(path: Path, kind: ImageFormat, *, max_pixels: int, notes: list[
                 image.load()
                 image = ImageOps.exif_transpose(image)
                 pixels, bits, channels = _pil_to_grey(image, notes)
-    except ImageReadError:
+    except ImageReadError as error:
+        if error.path is None:
+            error.path = str(path)  # raised by _pil_to_grey, which does not know the file
         raise
     except UnidentifiedImageError:
         raise ImageReadError(f"cannot be decoded as {kind.value.upper()}: the data after its signature is damaged "

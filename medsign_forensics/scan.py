@@ -2,11 +2,12 @@
 
 * Every regular file under the folder is a candidate (formats are judged by content, not name); a file that
   cannot be analysed becomes an ``error`` verdict with its one-line message and the scan goes on.
-* Workers are processes (spawned, so nothing of the parent's torch state is inherited), each building its own
-  :class:`~medsign_forensics.verify.Verifier` once: the extractor is loaded once per worker, not per file.
+* Workers are processes forked from a clean fork server (nothing of the parent's torch state is inherited),
+  each building its own :class:`~medsign_forensics.verify.Verifier` once: the extractor is loaded once per
+  worker, not per file.
   At most ``2 x workers`` files are in flight. If a worker process dies (a decoder crash, the kernel's
-  out-of-memory killer), the pool is restarted and the files that were in flight are retried once; a file in
-  flight during two deaths is recorded as an error.
+  out-of-memory killer), the pool is restarted and the files that were in flight are retried one at a time; a
+  file whose worker dies while it is the only one in flight is recorded as an error.
 * ``workers=1`` runs in the calling process (no start-up cost; what tests and small folders want).
 * The JSONL report gets one line per file as soon as its verdict is known (flushed), with the file's size and
   modification time; ``resume=True`` reads it back and skips files whose size and time are unchanged (PACS
@@ -39,7 +40,6 @@ from medsign_forensics.verify import Scaling, Verdict, VerdictKind, Verifier
 CSV_FIELDS = ("file", "verdict", "provenance_id", "p_value", "family_wise_p_value", "bit_accuracy", "matched_bits",
               "bits", "key_status", "deployment", "claimed_provenance_id", "sop_instance_uid", "failed_checks",
               "format", "width", "height", "error", "notes")
-MAX_CRASHES_PER_TASK = 2
 
 
 @dataclass(frozen=True)
@@ -223,11 +223,18 @@ def _results(tasks: list[Task], *, settings: VerifierSettings, pacs: PacsConfig 
             _close_worker()
         return
     pending = list(reversed(tasks))
-    crashes: Counter = Counter()
-    while pending:
+    suspects: list[Task] = []  # in flight when a worker died: retried one at a time to find the culprit
+    while pending or suspects:
         with _pool(settings, pacs, workers) as pool:
             in_flight: dict[Future, Task] = {}
+            isolating = False
             try:
+                while suspects:
+                    isolating = True
+                    record = pool.submit(_verify_task, suspects[-1]).result()
+                    suspects.pop()
+                    yield record
+                isolating = False
                 while pending or in_flight:
                     while pending and len(in_flight) < 2 * workers:
                         task = pending.pop()
@@ -238,19 +245,21 @@ def _results(tasks: list[Task], *, settings: VerifierSettings, pacs: PacsConfig 
                         del in_flight[future]
                         yield record
             except BrokenProcessPool:
+                if isolating:  # it died on this file alone: the file is the cause
+                    yield _crash_record(suspects.pop())
                 for future, task in in_flight.items():
                     if future.done() and future.exception() is None:
                         yield future.result()
-                        continue
-                    crashes[task.key] += 1
-                    if crashes[task.key] >= MAX_CRASHES_PER_TASK:
-                        yield _crash_record(task)
                     else:
-                        pending.append(task)
+                        suspects.append(task)
 
 
 def _pool(settings: VerifierSettings, pacs: PacsConfig | None, workers: int) -> ProcessPoolExecutor:
-    return ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn"), initializer=_init_worker,
+    # forkserver: one clean server process imports torch and the verifier once (nothing has run in it, so
+    # forking it is safe), and every worker is a cheap fork of it; the server is reused by later pools.
+    context = get_context("forkserver")
+    context.set_forkserver_preload(["medsign_forensics.scan"])
+    return ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_init_worker,
                                initargs=(settings, pacs, 1))
 
 
@@ -320,8 +329,8 @@ def _record(task: Task, verdict: Verdict) -> dict[str, Any]:
 
 def _crash_record(task: Task) -> dict[str, Any]:
     verdict = Verdict(file=task.key, kind=VerdictKind.ERROR, error_code=1,
-                      error=f"{task.key}: the verifying process died twice while this file was in flight "
-                            "(a decoder crash or the out-of-memory killer); inspect the file by itself")
+                      error=f"{task.key}: the verifying process died while reading this file (a decoder crash "
+                            "or the out-of-memory killer)")
     return _record(task, verdict)
 
 

@@ -5,6 +5,7 @@ trained watermark. Shared by tests/test_verify.py, tests/test_scan.py, tests/tes
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,6 +16,8 @@ from PIL import Image
 from medsign_forensics.dicom import WrittenStudy, write_synthetic_study
 from medsign_forensics.imageio import read_image
 from medsign_forensics.provenance import IssuerKey, ModelInfo, Registry, RegistryEntry, load_policy
+from medsign_forensics.scan import VerifierSettings
+from medsign_forensics.verify import Verifier
 from medsign_forensics.watermark.extractor_io import extract_bits, load_extractor, save_extractor
 from medsign_forensics.watermark.hidden import HiddenConfig, HiddenExtractor
 from medsign_forensics.watermark.whitening import whiten_extractor
@@ -116,3 +119,19 @@ def build_world(folder: Path, extractor_dir: Path, *, decoys: int = 5) -> World:
         planted = registry.issue(issuer, model=MODEL, deployment="site-a", policy=load_policy(), rng=FixedKey(key))
     return World(folder=folder, extractor_dir=extractor_dir, registry_dir=registry_dir, issuer=issuer,
                  planted=planted, planted_png=png, planted_pixels=pixels)
+
+
+class CrashingSettings(VerifierSettings):
+    """Scan settings whose verifier kills its own process on files named ``crash*``: a decoder crash."""
+
+    def open(self) -> Verifier:
+        verifier = super().open()
+        original = verifier.try_verify_file
+
+        def try_verify_file(path, **kwargs):  # type: ignore[no-untyped-def]
+            if Path(path).name.startswith("crash"):
+                os._exit(70)
+            return original(path, **kwargs)
+
+        verifier.try_verify_file = try_verify_file  # type: ignore[method-assign]
+        return verifier

@@ -1,0 +1,124 @@
+"""`medsign scan PATH | --pacs URL`: verify a folder tree or a whole PACS, in parallel, into JSONL/CSV reports.
+
+Exit codes are those of `medsign verify` over all files: 0 no alarm and every file analysed; 1 at least one
+tampered, mismatch or revoked file; 2 no alarm but some files could not be analysed (each is in the report
+with its error), or an option is invalid or the PACS cannot be used; 4 extractor unusable; 5 registry unusable.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from medsign_forensics.cli.common import console, err_console, handle_errors, print_json
+from medsign_forensics.cli.verify import (
+    ExtractorOption,
+    PolicyOption,
+    RegistryOption,
+    ScalingOption,
+    TrustOption,
+    exit_code,
+    render_counts,
+)
+from medsign_forensics.errors import InputError
+from medsign_forensics.pacs import PacsApi, pacs_config
+from medsign_forensics.scan import ScanSummary, VerifierSettings, scan_folder, scan_pacs
+from medsign_forensics.verify import Scaling, VerdictKind
+
+MAX_LISTED = 20
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("scan")
+    @handle_errors
+    def scan_command(
+        path: Annotated[Optional[Path], typer.Argument(help="Folder (scanned recursively) or file.",
+                                                       show_default=False)] = None,
+        pacs: Annotated[Optional[str], typer.Option(
+            "--pacs", help="Scan a PACS instead: Orthanc REST base URL (http://host:8042) or a DICOMweb root "
+                           "(.../dicom-web). Credentials may be given as user:password@host.")] = None,
+        out: Annotated[Optional[Path], typer.Option("--out", dir_okay=False, help="Write a CSV report here.")] = None,
+        jsonl: Annotated[Optional[Path], typer.Option(
+            "--jsonl", dir_okay=False, help="Write one JSON line per file here as the scan goes (needed by --resume).")
+        ] = None,
+        workers: Annotated[int, typer.Option("--workers", min=1, help="Worker processes (1: in this process).")] = 1,
+        resume: Annotated[bool, typer.Option(
+            "--resume", help="Continue the scan recorded in --jsonl: skip files whose size and time are unchanged.")
+        ] = False,
+        pacs_user: Annotated[Optional[str], typer.Option("--pacs-user", help="PACS user (basic auth).")] = None,
+        pacs_password: Annotated[Optional[str], typer.Option(
+            "--pacs-password", envvar="MEDSIGN_PACS_PASSWORD", help="PACS password (or MEDSIGN_PACS_PASSWORD).")
+        ] = None,
+        pacs_api: Annotated[PacsApi, typer.Option(
+            "--pacs-api", help="auto: DICOMweb when the URL ends in /dicom-web, else Orthanc REST.")] = PacsApi.AUTO,
+        json_output: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
+        policy: PolicyOption = None,
+        registry: RegistryOption = None,
+        extractor: ExtractorOption = None,
+        trust: TrustOption = None,
+        scaling: ScalingOption = Scaling.AUTO,
+    ) -> None:
+        """Verify every file under a folder, or every instance in a PACS, and report each verdict.
+
+        A file that cannot be read is recorded with its error and the scan goes on. Exit codes as for
+        `medsign verify`: 0 no alarm; 1 an alarm; 2 files that could not be read (or bad options).
+        """
+        if (path is None) == (pacs is None):
+            raise InputError("give either a folder or file to scan, or --pacs URL (not both)")
+        settings = VerifierSettings(registry=registry, extractor=extractor, policy=policy,
+                                    trust=tuple(trust or ()), scaling=scaling)
+        settings.open().close()  # fail fast (one clear line) on a bad extractor, registry or policy
+        with Progress(TextColumn("[progress.description]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                      TextColumn("{task.fields[last]}"), TimeRemainingColumn(), console=err_console,
+                      transient=True, disable=json_output) as progress:
+            task = progress.add_task("scanning", total=None, last="")
+
+            def on_total(total: int) -> None:
+                progress.update(task, total=total)
+
+            def on_verdict(record: dict[str, Any]) -> None:
+                progress.update(task, advance=1, last=record["verdict"])
+
+            kwargs = dict(settings=settings, workers=workers, jsonl=jsonl, csv_path=out, resume=resume,
+                          on_total=on_total, on_verdict=on_verdict)
+            if pacs is not None:
+                summary = scan_pacs(pacs_config(pacs, username=pacs_user, password=pacs_password, api=pacs_api),
+                                    **kwargs)
+            else:
+                assert path is not None
+                summary = scan_folder(path, **kwargs)
+        if json_output:
+            print_json(summary.to_dict())
+        else:
+            _render(summary)
+        raise typer.Exit(exit_code(VerdictKind(kind) for kind, n in summary.counts.items() if n))
+
+
+def _render(summary: ScanSummary) -> None:
+    console.print(render_counts(Counter(summary.counts)))
+    resumed = f", {summary.resumed} taken from the earlier report" if summary.resumed else ""
+    console.print(f"{summary.scanned} file(s) verified in {summary.seconds:.1f} s ({summary.rate:.1f}/s){resumed}.")
+    for title, records, field in (("Alarms", summary.alarms, "verdict"), ("Unreadable", summary.errors, "error")):
+        if not records:
+            continue
+        table = Table(title=f"{title} ({len(records)})", show_edge=False)
+        table.add_column("file", overflow="fold")
+        table.add_column(field, overflow="fold")
+        for record in records[:MAX_LISTED]:
+            table.add_row(record["file"], _without_file(record[field] or "", record["file"]))
+        if len(records) > MAX_LISTED:
+            table.add_row(f"... {len(records) - MAX_LISTED} more in the report", "")
+        console.print(table)
+    for label, target in (("JSONL", summary.jsonl), ("CSV", summary.csv)):
+        if target is not None:
+            console.print(f"{label} report: {target}")
+
+
+def _without_file(message: str, file: str) -> str:
+    prefix = f"{file}: "
+    return message[len(prefix):] if message.startswith(prefix) else message

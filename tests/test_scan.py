@@ -1,0 +1,255 @@
+"""scan.py and pacs.py: folder scans (inline and with worker processes), resuming, reports, the bad-input suite,
+and the PACS client against a small fake server on 127.0.0.1 (the real Orthanc is in tests/integration)."""
+
+from __future__ import annotations
+
+import base64
+import csv
+import importlib.util
+import json
+import sys
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+from verify_helpers import CrashingSettings, World, build_extractor, build_world, sample_image, save_png
+
+from medsign_forensics.errors import ImageReadError, InputError
+from medsign_forensics.pacs import PacsApi, PacsClient, multipart_parts, pacs_config
+from medsign_forensics.scan import VerifierSettings, list_files, read_jsonl, scan_folder, scan_pacs
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _bad_input_suite():
+    spec = importlib.util.spec_from_file_location("bad_input_suite", REPO / "benchmarks" / "bad_input_suite.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["bad_input_suite"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def extractor_dir(tmp_path_factory) -> Path:
+    return build_extractor(tmp_path_factory.mktemp("extractor"))
+
+
+@pytest.fixture
+def world(tmp_path: Path, extractor_dir: Path) -> World:
+    return build_world(tmp_path / "world", extractor_dir)
+
+
+@pytest.fixture
+def archive(tmp_path: Path, world: World) -> Path:
+    """planted PNG, its study, a forged study, three unwatermarked images (one in a subfolder), two bad files."""
+    root = tmp_path / "archive"
+    (root / "sub").mkdir(parents=True)
+    (root / "planted.png").write_bytes(world.planted_png.read_bytes())
+    world.write_study(root / "study.dcm")
+    forged = world.write_study(root / "forged.dcm", sample_image(44))  # genuine tags, pixels without the key
+    assert forged.path.exists()
+    for index, folder in enumerate((root, root, root / "sub")):
+        save_png(folder / f"real{index}.png", sample_image(300 + index))
+    (root / "sub" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 10)
+    (root / "notes.txt").write_text("not an image")
+    return root
+
+
+def settings(world: World) -> VerifierSettings:
+    return VerifierSettings(registry=world.registry_dir, extractor=world.extractor_dir)
+
+
+def test_folder_scan_records_every_file_and_goes_on_after_bad_ones(world, archive, tmp_path):
+    jsonl, out = tmp_path / "report.jsonl", tmp_path / "report.csv"
+    seen = []
+    summary = scan_folder(archive, settings=settings(world), jsonl=jsonl, csv_path=out, on_verdict=seen.append)
+    assert summary.total == summary.scanned == 8 == len(seen)
+    assert summary.counts == {"attributed": 2, "mismatch": 1, "not detected": 3, "error": 2}
+    records = read_jsonl(jsonl)
+    assert records[str(archive / "study.dcm")]["provenance_id"] == world.planted.provenance_id
+    assert records[str(archive / "forged.dcm")]["verdict"] == "mismatch"
+    errors = [r for r in records.values() if r["verdict"] == "error"]
+    assert all("\n" not in r["error"] and r["error"].startswith(r["file"]) for r in errors)
+    rows = list(csv.DictReader(out.open()))
+    assert len(rows) == 8 and {row["verdict"] for row in rows} == {"attributed", "mismatch", "not detected", "error"}
+    forged_row = next(row for row in rows if row["file"].endswith("forged.dcm"))
+    assert "tags_match_watermark" in forged_row["failed_checks"]
+    assert [a["file"] for a in summary.to_dict()["alarms"]] == [str(archive / "forged.dcm")]
+
+
+def test_resume_skips_unchanged_files(world, archive, tmp_path):
+    jsonl = tmp_path / "report.jsonl"
+    scan_folder(archive, settings=settings(world), jsonl=jsonl)
+    save_png(archive / "new.png", sample_image(400))
+    save_png(archive / "real0.png", sample_image(401))  # changed content, size or time
+    with jsonl.open("a") as handle:
+        handle.write('{"file": "half a line from a crash')  # must be ignored and sealed
+    summary = scan_folder(archive, settings=settings(world), jsonl=jsonl, resume=True)
+    assert summary.scanned == 2 and summary.resumed == 7 and summary.total == 9
+    assert len(read_jsonl(jsonl)) == 9
+    with pytest.raises(InputError, match="--resume"):
+        scan_folder(archive, settings=settings(world), jsonl=jsonl)
+    with pytest.raises(InputError, match="--jsonl"):
+        scan_folder(archive, settings=settings(world), resume=True)
+
+
+def test_reports_inside_the_scanned_folder_are_not_scanned(world, archive):
+    jsonl = archive / "report.jsonl"
+    summary = scan_folder(archive, settings=settings(world), jsonl=jsonl, csv_path=archive / "report.csv")
+    assert summary.total == 8
+    assert str(jsonl) not in read_jsonl(jsonl)
+
+
+def test_worker_processes_give_the_same_verdicts(world, archive, tmp_path):
+    pooled = scan_folder(archive, settings=settings(world), workers=2, jsonl=tmp_path / "b.jsonl")
+    assert pooled.counts == {"attributed": 2, "mismatch": 1, "not detected": 3, "error": 2}
+    assert read_jsonl(tmp_path / "b.jsonl")[str(archive / "study.dcm")]["provenance_id"] == world.planted.provenance_id
+
+
+def test_a_worker_crash_is_recorded_and_the_scan_goes_on(world, tmp_path):
+    root = tmp_path / "crashy"
+    for index in range(5):
+        save_png(root / f"real{index}.png", sample_image(600 + index))
+    save_png(root / "crash.png", sample_image(603))  # sorted first: in flight with three innocent files
+    crashing = CrashingSettings(registry=world.registry_dir, extractor=world.extractor_dir)
+    summary = scan_folder(root, settings=crashing, workers=2, jsonl=tmp_path / "c.jsonl")
+    records = read_jsonl(tmp_path / "c.jsonl")
+    assert summary.total == 6 and len(records) == 6
+    assert records[str(root / "crash.png")]["verdict"] == "error"
+    assert "process died while reading this file" in records[str(root / "crash.png")]["error"]
+    assert sum(r["verdict"] == "not detected" for r in records.values()) == 5
+
+
+def test_listing_is_recursive_and_sorted(archive):
+    files = list_files(archive)
+    assert files[-2:] == [archive / "sub" / "broken.png", archive / "sub" / "real2.png"]
+    assert files[:-2] == sorted(files[:-2]) and len(files) == 8
+    with pytest.raises(InputError, match="no such file"):
+        list_files(archive / "missing")
+
+
+def test_bad_input_suite_is_reported_file_by_file(extractor_dir, tmp_path):
+    suite = _bad_input_suite().write_suite(tmp_path / "suite")
+    assert len(suite) >= 200
+    summary = scan_folder(tmp_path / "suite", settings=VerifierSettings(extractor=extractor_dir),
+                          jsonl=tmp_path / "suite.jsonl")
+    records = read_jsonl(tmp_path / "suite.jsonl")
+    assert summary.total == len(suite) == len(records)
+    for item in suite:
+        record = records[str(item.path)]
+        message = record["error"] or ""
+        assert (record["verdict"] != "error") == item.readable, (item.path.name, record["verdict"], message)
+        assert "\n" not in message and "Traceback" not in message and "internal error" not in message
+        if not item.readable:
+            assert message.startswith(str(item.path)), message
+    categories = {item.category for item in suite}
+    assert {"zero-byte", "truncated", "wrong extension", "huge or empty declared size", "DICOM without pixel data",
+            "odd bit depth", "multi-frame", "random bytes"} <= categories
+
+
+# -- PACS client against a fake server ---------------------------------------------------------------------
+
+
+class FakePacs(BaseHTTPRequestHandler):
+    """Orthanc-like REST and DICOMweb endpoints over two files; user 'u', password 'p'."""
+
+    files: dict[str, bytes] = {}
+    requests: list[str] = []
+
+    def log_message(self, *args) -> None:  # keep test output clean
+        pass
+
+    def _reply(self, code: int, body: bytes, content_type: str) -> None:
+        self.send_response(code)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_GET(self) -> None:  # noqa: N802 (http.server naming)
+        self.requests.append(self.path)
+        if self.headers.get("Authorization") != "Basic " + base64.b64encode(b"u:p").decode():
+            return self._reply(401, b"", "text/plain")
+        names = sorted(self.files)
+        if self.path.startswith("/redirect"):
+            self.send_response(302)
+            self.send_header("Location", "http://example.invalid/")
+            self.end_headers()
+            return None
+        if self.path.startswith("/instances?"):
+            query = dict(part.split("=") for part in self.path.split("?")[1].split("&") if "=" in part)
+            since, limit = int(query["since"]), int(query["limit"])
+            page = [{"ID": name, "MainDicomTags": {"SOPInstanceUID": f"1.2.{i}"}}
+                    for i, name in enumerate(names)][since:since + limit]
+            return self._reply(200, json.dumps(page).encode(), "application/json")
+        if self.path.startswith("/instances/") and self.path.endswith("/file"):
+            name = self.path.split("/")[2]
+            if name not in self.files:
+                return self._reply(404, b"", "text/plain")
+            return self._reply(200, self.files[name], "application/dicom")
+        if self.path.startswith("/dicom-web/instances?"):
+            page = [{"00080018": {"vr": "UI", "Value": [name]}, "0020000D": {"vr": "UI", "Value": ["1.2"]},
+                     "0020000E": {"vr": "UI", "Value": ["1.2.3"]}} for name in names]
+            return self._reply(200, json.dumps(page).encode(), "application/dicom+json")
+        if self.path.startswith("/dicom-web/studies/1.2/series/1.2.3/instances/"):
+            name = self.path.rsplit("/", 1)[1]
+            body = b"--XYZ\r\nContent-Type: application/dicom\r\n\r\n" + self.files[name] + b"\r\n--XYZ--\r\n"
+            return self._reply(200, body, 'multipart/related; type="application/dicom"; boundary=XYZ')
+        return self._reply(404, b"", "text/plain")
+
+
+@pytest.fixture
+def fake_pacs(world, tmp_path):
+    study = world.write_study(tmp_path / "study.dcm")
+    FakePacs.files = {"a-study": study.path.read_bytes(), "b-junk": b"not dicom at all"}
+    FakePacs.requests = []
+    server = ThreadingHTTPServer(("127.0.0.1", 0), FakePacs)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.mark.parametrize("api,suffix", [(PacsApi.REST, ""), (PacsApi.DICOMWEB, "/dicom-web")])
+def test_scan_pacs_verifies_every_instance(world, fake_pacs, tmp_path, api, suffix):
+    url = fake_pacs.replace("http://", "http://u:p@") + suffix
+    config = pacs_config(url)
+    assert config.api is api and "u:p" not in config.url
+    jsonl = tmp_path / "pacs.jsonl"
+    summary = scan_pacs(config, settings=settings(world), jsonl=jsonl)
+    assert summary.counts == {"attributed": 1, "error": 1}
+    records = list(read_jsonl(jsonl).values())
+    good = next(r for r in records if r["verdict"] == "attributed")
+    assert good["provenance_id"] == world.planted.provenance_id
+    assert good["source"]["pacs"] == fake_pacs + suffix
+    assert all("u:p" not in json.dumps(r) and "medsign-pacs-" not in json.dumps(r) for r in records)
+    again = scan_pacs(config, settings=settings(world), jsonl=jsonl, resume=True)
+    assert again.scanned == 0 and again.total == 2
+
+
+def test_pacs_page_size_and_errors(world, fake_pacs):
+    client = PacsClient(pacs_config(fake_pacs, username="u", password="p"))
+    assert [ref.instance_id for ref in client.instances(page_size=1)] == ["a-study", "b-junk"]
+    assert sum("/instances?" in r for r in FakePacs.requests) == 3  # two full pages and an empty one
+    with pytest.raises(InputError, match="refused the credentials"):
+        list(PacsClient(pacs_config(fake_pacs, username="u", password="wrong")).instances())
+    with pytest.raises(ImageReadError, match="HTTP 404"):
+        client.retrieve(type(next(client.instances()))(instance_id="missing", sop_instance_uid=None))
+    with pytest.raises(InputError, match="redirect"):
+        client._get("/redirect", accept="*/*")
+    with pytest.raises(InputError, match="cannot be reached"):
+        list(PacsClient(pacs_config("http://127.0.0.1:9", username="u", password="p", timeout=2)).instances())
+    with pytest.raises(InputError, match="http"):
+        pacs_config("ftp://127.0.0.1/")
+
+
+def test_multipart_parsing():
+    body = b"preamble\r\n--b1\r\nContent-Type: application/dicom\r\n\r\nONE\r\n--b1\r\n\r\nTWO\r\n--b1--\r\n"
+    assert multipart_parts(body, "multipart/related; boundary=b1") == [b"ONE", b"TWO"]
+    with pytest.raises(ImageReadError, match="multipart"):
+        multipart_parts(b"x", "application/dicom")
