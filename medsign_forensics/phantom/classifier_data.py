@@ -227,6 +227,12 @@ def render_cached(
                     _save_shard(paths[i], images, labels)
                     render_seconds += seconds
                     progress.advance(task, len(images))
+        if renderer_digest() != stamps[cache / "renderer.sha256"]:
+            raise DatasetError(
+                "the renderer's code changed while phantoms were being rendered, so the cache mixes two versions; "
+                "delete the folder and render again once the renderer is stable",
+                path=cache,
+            )
     images_list, labels_list = [], []
     for path in paths:
         with np.load(path) as shard:

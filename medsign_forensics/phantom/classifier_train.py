@@ -27,7 +27,7 @@ from sklearn.metrics import roc_auc_score
 from torch.nn import functional as F
 
 from medsign_forensics import __version__
-from medsign_forensics.errors import InputError, ModelError
+from medsign_forensics.errors import DatasetError, InputError, ModelError
 from medsign_forensics.fileio import atomic_path, write_json
 from medsign_forensics.phantom.classifier import (
     LABELS,
@@ -303,6 +303,12 @@ def train_classifier(
         show_progress=show_progress, description="rendering held-out phantoms",
     )
     render_seconds = train_data.render_seconds + eval_data.render_seconds
+    if renderer_digest() != renderer_sha256:
+        raise DatasetError(
+            "the renderer's code changed between rendering the training and the held-out phantoms; delete "
+            f"{out / 'cache'} and train again once the renderer is stable",
+            path=out,
+        )
 
     model = FindingClassifier(config.model).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
