@@ -40,5 +40,5 @@ def test_train_extractor_bad_input(tmp_path):
     bad_attack = runner.invoke(app, ["train", "--stage", "extractor", "--data", str(_folder(tmp_path / "i")),
                                      "--out", str(tmp_path / "o"), "--attacks", "none,sharpen"])
     assert bad_attack.exit_code == 2 and "unknown attack" in bad_attack.output
-    unknown_stage = runner.invoke(app, ["train", "--stage", "decoder", "--out", str(tmp_path / "o")])
+    unknown_stage = runner.invoke(app, ["train", "--stage", "bogus", "--out", str(tmp_path / "o")])
     assert unknown_stage.exit_code != 0
