@@ -26,7 +26,8 @@ on Watson's perceptual model"), with the published constants and no pretrained n
 3. Luminance masking: t^L_ijk = t_ij * (C_00k / mean_k C_00k) ** alpha, alpha = 0.649; the mean DC is taken over
    the blocks of the same image and channel (Czolbe et al. take it over the whole batch, which would let one
    image's brightness change another's thresholds).
-4. Contrast masking: m_ijk = max(t^L_ijk, |C_ijk| ** w * (t^L_ijk) ** (1 - w)), w = 0.7 for every frequency.
+4. Contrast masking: m_ijk = max(t^L_ijk, |C_ijk| ** w * (t^L_ijk) ** (1 - w)), w = 0.7 for every frequency,
+   the DC term included (as Czolbe et al.; the DC term is then masked mostly by its own magnitude).
 5. Pooling: D = (sum_ijk |(C^w_ijk - C^o_ijk) / m_ijk| ** beta) ** (1 / beta), beta = 4.
 
 The masks come from the reference I_o only (a fixed tensor here), so the hard ``max`` of step 4 needs no smooth
