@@ -45,7 +45,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from enum import Enum
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -58,9 +58,9 @@ from medsign_forensics.imageio import DEFAULT_MAX_PIXELS, ImageFormat, SuspectIm
 from medsign_forensics.provenance.keys import key_id_of, load_public_key_file
 from medsign_forensics.provenance.policy import Attribution, Policy, TamperAction, TamperEvent, load_policy
 from medsign_forensics.provenance.registry import Candidates, KeyStatus, Registry, VerifiedEntry
-from medsign_forensics.watermark import stats
-from medsign_forensics.watermark.extractor_io import extract_bits, extractor_manifest, load_extractor
-from medsign_forensics.watermark.hidden import HiddenExtractor
+
+if TYPE_CHECKING:  # torch and scipy load only when a Verifier is built: `medsign --help` stays fast
+    from medsign_forensics.watermark.hidden import HiddenExtractor
 
 DEFAULT_REGISTRY_DIR = REPO_DIR / "keys" / "demo-registry"
 DEFAULT_EXTRACTOR_DIR = WEIGHTS_DIR / "extractor"
@@ -268,7 +268,6 @@ class Verifier:
         self.trusted = None if trusted is None else dict(trusted)
         self.public_keys = dict(trusted) if trusted is not None else registry.public_keys()
         self.candidates: Candidates = registry.lookup(extractor.config.bits)
-        self._correction = stats.Correction(policy.correction.value)
         self._verified: dict[str, VerifiedEntry] = {}
         self._owned: list[Registry] = []
 
@@ -280,6 +279,8 @@ class Verifier:
         """Open from folders: ``registry`` (default: the demo registry), ``extractor`` (default: the shipped
         extractor), ``policy`` (name, TOML path or Policy; default: ``default``), ``trust`` (PEM files of issuer
         public keys to pin; default: the registry's own issuer keys)."""
+        from medsign_forensics.watermark.extractor_io import load_extractor
+
         loaded_policy = policy if isinstance(policy, Policy) else load_policy(policy)
         model = load_default_extractor() if extractor is None else load_extractor(Path(extractor))
         trusted = None
@@ -384,6 +385,9 @@ class Verifier:
 
     def _match(self, pixels: np.ndarray) -> tuple[KeyMatch | None, list[VerifyCheck]]:
         """Extract the message and find the best registered key; verify its registry row when attributed."""
+        from medsign_forensics.watermark import stats
+        from medsign_forensics.watermark.extractor_io import extract_bits
+
         bits, _ = extract_bits(self.extractor, [pixels])
         candidates = self.candidates
         k = self.extractor.config.bits
@@ -395,7 +399,7 @@ class Verifier:
         entry = candidates.entries[best]
         matched = int(counts[best])
         p = stats.p_value(matched, k)
-        family = stats.family_p_value(p, len(candidates), self._correction)
+        family = stats.family_p_value(p, len(candidates), stats.Correction(self.policy.correction.value))
         attribution = self.policy.classify(family)
         match = KeyMatch(provenance_id=entry.provenance_id, key_status=entry.status, matched_bits=matched, bits=k,
                          p_value=p, family_wise_p_value=family, candidates=len(candidates), attribution=attribution)
@@ -476,19 +480,13 @@ class Verifier:
 
 def load_default_extractor() -> HiddenExtractor:
     """The shipped extractor, or a ModelError saying how to get one."""
+    from medsign_forensics.watermark.extractor_io import load_extractor
+
     if not (DEFAULT_EXTRACTOR_DIR / "extractor.json").is_file():
         raise ModelError("the shipped extractor has not been trained into this installation yet; train one with "
                          "`medsign train --stage extractor --whiten-images N --out DIR` and pass --extractor DIR "
                          "(or copy DIR here)", path=DEFAULT_EXTRACTOR_DIR)
     return load_extractor(DEFAULT_EXTRACTOR_DIR)
-
-
-def extractor_sha256(path: str | Path | None) -> str | None:
-    """The SHA-256 recorded in an extractor folder's manifest (for reports), or None if unreadable."""
-    try:
-        return str(extractor_manifest(Path(DEFAULT_EXTRACTOR_DIR if path is None else path)).get("sha256"))
-    except MedsignError:
-        return None
 
 
 def verify_file(path: str | Path, *, registry: Registry | str | Path | None = None,
@@ -498,6 +496,9 @@ def verify_file(path: str | Path, *, registry: Registry | str | Path | None = No
 
     For many files build one :class:`Verifier` instead: it loads the extractor and the keys once.
     """
+    from medsign_forensics.watermark.extractor_io import load_extractor
+    from medsign_forensics.watermark.hidden import HiddenExtractor
+
     loaded_policy = policy if isinstance(policy, Policy) else load_policy(policy)
     model = extractor if isinstance(extractor, HiddenExtractor) else (
         load_default_extractor() if extractor is None else load_extractor(Path(extractor)))

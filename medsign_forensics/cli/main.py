@@ -39,6 +39,8 @@ from medsign_forensics.cli import base as _base  # noqa: E402
 from medsign_forensics.cli import localize as _localize  # noqa: E402
 from medsign_forensics.cli import phantom as _phantom  # noqa: E402
 from medsign_forensics.cli import evaluate as _evaluate  # noqa: E402
+from medsign_forensics.cli import verify as _verify  # noqa: E402
+from medsign_forensics.cli import scan as _scan  # noqa: E402
 
 _train.register(app)
 _keys.register(app)
@@ -47,6 +49,8 @@ _base.register(app)
 _localize.register(app)
 _phantom.register(app)
 _evaluate.register(app)
+_verify.register(app)
+_scan.register(app)
 
 
 def run() -> None:

@@ -2,7 +2,8 @@
 
 Exit codes are those of `medsign verify` over all files: 0 no alarm and every file analysed; 1 at least one
 tampered, mismatch or revoked file; 2 no alarm but some files could not be analysed (each is in the report
-with its error), or an option is invalid or the PACS cannot be used; 4 extractor unusable; 5 registry unusable.
+with its error), or an option is invalid or the PACS cannot be used; 4 extractor unusable; 5 registry cannot be
+opened.
 """
 
 from __future__ import annotations
