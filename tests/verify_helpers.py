@@ -88,11 +88,11 @@ class World:
         return load_extractor(self.extractor_dir)
 
     def issue(self, key: np.ndarray | None = None, *, deployment: str = "other-site",
-              issuer: IssuerKey | None = None) -> RegistryEntry:
+              issuer: IssuerKey | None = None, model: ModelInfo = MODEL) -> RegistryEntry:
         """Issue another key (random, or exactly ``key``) in the world's registry."""
         rng = None if key is None else FixedKey(key)
         with self.open_registry() as registry:
-            return registry.issue(issuer or self.issuer, model=MODEL, deployment=deployment,
+            return registry.issue(issuer or self.issuer, model=model, deployment=deployment,
                                   policy=load_policy(), rng=rng)
 
     def write_study(self, path: Path, pixels: np.ndarray | None = None, *, entry: RegistryEntry | None = None,
@@ -135,3 +135,32 @@ class CrashingSettings(VerifierSettings):
 
         verifier.try_verify_file = try_verify_file  # type: ignore[method-assign]
         return verifier
+
+
+REPORT_TEXTS = [REPORT, "Left lower lobe atelectasis.", "Moderate cardiomegaly with pulmonary edema.",
+                "No acute cardiopulmonary abnormality."] * 10
+_TINY_MODEL: dict[str, Path] = {}
+
+
+def tiny_model_dir(tmp_path_factory) -> Path:
+    """A tiny random diffusion model (64x64 greyscale), built once per test session and shared by modules."""
+    if "dir" not in _TINY_MODEL:
+        from medsign_forensics.diffusion.configs import tiny_config
+        from medsign_forensics.diffusion.train_base import build_random_model
+
+        _TINY_MODEL["dir"] = build_random_model(tmp_path_factory.mktemp("model") / "mini-cxr-tiny",
+                                                config=tiny_config(), texts=REPORT_TEXTS)
+    return _TINY_MODEL["dir"]
+
+
+def deployment_for(world: World, model, folder: Path, key: np.ndarray | None = None) -> Path:
+    """Issue a key (random or exactly ``key``) for ``model`` and write a deployment folder with its own decoder."""
+    from medsign_forensics.watermark.deployment import key_from_registry, save_deployment
+
+    info = ModelInfo(name=model.name, version="0.1.0", weights_sha256=model.weights_sha256)
+    entry = world.issue(key, deployment=folder.name, model=info)
+    return save_deployment(folder, vae=model.vae, key=key_from_registry(world.registry_dir, entry.provenance_id),
+                           base_model={"name": model.name, "path": str(model.path),
+                                       "weights_sha256": model.weights_sha256},
+                           extractor={"path": str(world.extractor_dir), "sha256": "0" * 64}, config={}, seed=0,
+                           device="cpu", wall_time_s=0.0, metrics={})

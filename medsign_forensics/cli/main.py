@@ -41,6 +41,7 @@ from medsign_forensics.cli import phantom as _phantom  # noqa: E402
 from medsign_forensics.cli import evaluate as _evaluate  # noqa: E402
 from medsign_forensics.cli import verify as _verify  # noqa: E402
 from medsign_forensics.cli import scan as _scan  # noqa: E402
+from medsign_forensics.cli import generate as _generate  # noqa: E402
 
 _train.register(app)
 _keys.register(app)
@@ -51,6 +52,7 @@ _phantom.register(app)
 _evaluate.register(app)
 _verify.register(app)
 _scan.register(app)
+_generate.register(app)
 
 
 def run() -> None:
