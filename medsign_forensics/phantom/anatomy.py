@@ -15,7 +15,8 @@ rotated coordinate grid.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, replace
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
 from functools import cached_property
 
 import numpy as np
@@ -37,7 +38,7 @@ STREAM_TEXTURE = 2
 STREAM_NOISE = 3
 
 #: Density removed by a lung's full air thickness, and the strength of the fine parenchymal texture.
-AIR_DENSITY = 0.62
+AIR_DENSITY = 0.48
 TEXTURE_GAIN = 0.02
 
 
@@ -132,7 +133,7 @@ def sample_anatomy(seed: int) -> AnatomyParams:
         lung_half_width_left=0.41 * s * u(0.95, 1.01),
         mediastinum_half_width=s * u(0.06, 0.075),
         heart_top_y=dome_r - s * u(0.25, 0.3),
-        heart_left=s * u(0.17, 0.21),
+        heart_left=s * u(0.19, 0.24),
         heart_right=s * u(0.075, 0.1),
         aortic_knob_radius=s * u(0.028, 0.04),
         hilum_y_right=apex + s * u(0.27, 0.31),
@@ -150,8 +151,8 @@ def sample_anatomy(seed: int) -> AnatomyParams:
         window_high_pct=u(99.0, 99.9),
         black_level=u(0.0, 0.05),
         white_level=u(0.78, 0.95),
-        gamma=u(0.8, 1.25),
-        edge_gain=u(0.3, 0.8),
+        gamma=u(0.95, 1.4),
+        edge_gain=u(0.6, 1.2),
         range_compression=u(0.45, 0.75),
         noise=u(0.6, 1.4),
         blur_px=u(0.45, 0.8),
@@ -244,13 +245,31 @@ def splat_lines(
     return out
 
 
-class Anatomy:
-    """The layers of one normal chest at one image size, and the geometry findings are placed with."""
+#: Layers that no finding redraws: an altered chest shares them with the normal one.
+STATIC_LAYERS = ("bones", "trachea", "vessel_tree", "texture", "bowel", "gastric_bubble", "_base_dome_map")
 
-    def __init__(self, params: AnatomyParams, size: int, seed: int) -> None:
+
+class Anatomy:
+    """The layers of one chest at one image size, and the geometry findings are placed with.
+
+    A chest may be *altered* by findings that redraw anatomy: a heart enlarged by ``heart_scale`` and lungs
+    changed by ``changes`` (emphysema). Focal findings are then drawn into the altered chest.
+    """
+
+    def __init__(
+        self,
+        params: AnatomyParams,
+        size: int,
+        seed: int,
+        *,
+        heart_scale: float = 1.0,
+        changes: Mapping[Side, LungChange] | None = None,
+    ) -> None:
         self.params = params
         self.size = size
         self.seed = seed
+        self.heart_scale = heart_scale
+        self.changes: dict[Side, LungChange] = dict(changes or {})
         self.px = 1.0 / size  # one pixel in normalised units
         self.px_scale = size / 256.0  # pixel lengths tuned at 256 scale by this
         coords = (np.arange(size, dtype=np.float32) + 0.5) / size
@@ -282,8 +301,16 @@ class Anatomy:
 
     # -- lungs -----------------------------------------------------------------------------------------
 
+    def altered(self, *, heart_scale: float = 1.0, changes: Mapping[Side, LungChange] | None = None) -> "Anatomy":
+        """This patient with a redrawn heart or lungs; the unchanged layers are shared, not recomputed."""
+        other = Anatomy(self.params, self.size, self.seed, heart_scale=heart_scale, changes=changes)
+        for name in STATIC_LAYERS:
+            if name in self.__dict__:
+                other.__dict__[name] = self.__dict__[name]
+        return other
+
     def dome(self, side: Side, d: np.ndarray, change: LungChange | None = None) -> np.ndarray:
-        """The diaphragm dome's height (y) as a function of lateral distance ``d``."""
+        """The diaphragm dome's height (y) as a function of lateral distance ``d`` (``change``: emphysema)."""
         p = self.params
         width = p.lung_half_width(side)
         peak = 0.5 * width
@@ -293,9 +320,7 @@ class Anatomy:
         medial = np.clip((peak - d) / peak, 0.0, 1.0) ** 2 * 0.5 * p.costophrenic_depth
         return p.dome_y(side) + drop + flat * (lateral + medial) + (1.0 - flat) * 0.35 * lateral
 
-    def lung_sdf(
-        self, side: Side, change: LungChange | None = None, x: np.ndarray | None = None, y: np.ndarray | None = None
-    ) -> np.ndarray:
+    def lung_sdf(self, side: Side, x: np.ndarray | None = None, y: np.ndarray | None = None) -> np.ndarray:
         """Approximate signed distance to the lung border (positive inside), normalised units.
 
         The lung is the intersection of a rounded top (an ellipse whose apex sits medially), the lateral chest
@@ -320,32 +345,47 @@ class Anatomy:
         if side is Side.LEFT:
             knob_y = p.carina_y - 0.05
             medial = medial + p.aortic_knob_radius * 1.1 * np.exp(-(((y - knob_y) / (1.1 * p.aortic_knob_radius)) ** 2))
-        terms = (top, lateral_edge - d, self.dome(side, d, change) - y, d - medial)
+        terms = (top, lateral_edge - d, self.dome(side, d, self.changes.get(side)) - y, d - medial)
         return np.minimum.reduce(terms).astype(np.float32)
 
     @cached_property
     def _dome_map(self) -> np.ndarray:
-        return self.dome_map()
+        return self.dome_map(self.changes)
 
-    def dome_map(self) -> np.ndarray:
-        """Height of the diaphragm under every pixel (right dome on the image left)."""
-        right = self.dome(Side.RIGHT, self.lateral(Side.RIGHT))
-        left = self.dome(Side.LEFT, self.lateral(Side.LEFT))
-        return np.where(self.x < self.params.midline, right, left).astype(np.float32)
-
-    def lung_field(self, side: Side, change: LungChange | None = None) -> np.ndarray:
-        """Anti-aliased lung field in [0, 1] (the heart is not cut out: it overlaps the lung)."""
-        sdf = self._normal_sdf[side] if change is None else self.lung_sdf(side, change)
-        return np.clip(0.5 + sdf / (1.2 * self.px), 0.0, 1.0).astype(np.float32)
+    @property
+    def domes(self) -> np.ndarray:
+        """Height (y, anatomical frame) of the diaphragm under every pixel, as this chest has it."""
+        return self._dome_map
 
     @cached_property
-    def _normal_sdf(self) -> dict[Side, np.ndarray]:
+    def _base_dome_map(self) -> np.ndarray:
+        """The domes before any finding moved them: what the heart, ribs and bowel are placed against."""
+        return self.dome_map({})
+
+    def dome_map(self, changes: Mapping[Side, LungChange]) -> np.ndarray:
+        """Height of the diaphragm under every pixel (right dome on the image left)."""
+        right = self.dome(Side.RIGHT, self.lateral(Side.RIGHT), changes.get(Side.RIGHT))
+        left = self.dome(Side.LEFT, self.lateral(Side.LEFT), changes.get(Side.LEFT))
+        return np.where(self.x < self.params.midline, right, left).astype(np.float32)
+
+    def lung_field(self, side: Side) -> np.ndarray:
+        """Anti-aliased lung field in [0, 1] (the heart is not cut out: it overlaps the lung)."""
+        return self._fields[side]
+
+    @cached_property
+    def _sdf(self) -> dict[Side, np.ndarray]:
         return {side: self.lung_sdf(side) for side in (Side.RIGHT, Side.LEFT)}
+
+    @cached_property
+    def _fields(self) -> dict[Side, np.ndarray]:
+        return {
+            side: np.clip(0.5 + sdf / (1.2 * self.px), 0.0, 1.0).astype(np.float32) for side, sdf in self._sdf.items()
+        }
 
     @cached_property
     def lung_masks(self) -> dict[Side, np.ndarray]:
         """Hard lung masks, where the lung (outside the heart's shadow) is the main content of a pixel."""
-        return {side: (self.lung_field(side) > 0.5) & (self.heart(1.0) < 0.5) for side in (Side.RIGHT, Side.LEFT)}
+        return {side: (self.lung_field(side) > 0.5) & (self.heart() < 0.5) for side in (Side.RIGHT, Side.LEFT)}
 
     @cached_property
     def lung_depth(self) -> dict[Side, np.ndarray]:
@@ -389,23 +429,24 @@ class Anatomy:
         dx = self.x - p.midline
         return np.minimum.reduce([left - dx, dx + right, (self.y - top)]).astype(np.float32)
 
-    def heart(self, scale: float = 1.0) -> np.ndarray:
+    @cached_property
+    def _heart_distance(self) -> np.ndarray:
+        return self._heart_sdf(self.heart_scale)
+
+    def heart(self) -> np.ndarray:
         """Anti-aliased heart silhouette in [0, 1]; it stops at the domes (below them it is abdomen)."""
-        return self._normal_heart if scale == 1.0 else self._heart(scale)
+        return self._heart
 
     @cached_property
-    def _normal_heart(self) -> np.ndarray:
-        return self._heart(1.0)
-
-    def _heart(self, scale: float) -> np.ndarray:
-        edge = self._heart_sdf(scale) / (1.2 * self.px)
+    def _heart(self) -> np.ndarray:
+        edge = self._heart_distance / (1.2 * self.px)
         above = 0.5 + (self._dome_map - self.y) / (1.2 * self.px)
         return np.clip(np.minimum(0.5 + edge, above), 0.0, 1.0).astype(np.float32)
 
-    def heart_thickness(self, scale: float = 1.0) -> np.ndarray:
+    def heart_thickness(self) -> np.ndarray:
         """Front-to-back depth of the heart: thin at its borders, deepest centrally, deeper when enlarged."""
-        depth = np.sqrt(np.clip(self._heart_sdf(scale) / 0.06, 0.0, 1.0))
-        return (depth * (0.85 + 0.15 * scale)).astype(np.float32)
+        depth = np.sqrt(np.clip(self._heart_distance / 0.06, 0.0, 1.0))
+        return (depth * (0.85 + 0.15 * self.heart_scale)).astype(np.float32)
 
     # -- static layers: bones, soft tissue, vessels, texture -----------------------------------------------
 
@@ -426,7 +467,7 @@ class Anatomy:
         # Below the domes: liver, spleen and the thick abdomen, as dense as the heart.
         # The edge is sharp only where lung lies above it; lateral to the lungs the chest wall hides it.
         sharp = np.clip(0.5 + (y - self._dome_map) / (1.5 * self.px), 0.0, 1.0)
-        soft = _smoothstep((y - self._dome_map) / 0.08)
+        soft = _smoothstep((y - self._base_dome_map) / 0.08)
         width = np.where(x < p.midline, p.lung_half_width_right, p.lung_half_width_left)
         under_lung = _smoothstep((0.97 * width - np.abs(x - p.midline)) / 0.03)
         tissue = tissue + 0.3 * (under_lung * sharp + (1.0 - under_lung) * soft) * trunk
@@ -448,7 +489,7 @@ class Anatomy:
         """Cross-section of a tubular bone seen side-on: faint marrow, bright cortical edges."""
         t = np.abs(dn) / half
         shell = np.sqrt(np.clip(1.0 - t * t, 0.0, 1.0))
-        edge = np.exp(-(((t - 0.88) / 0.1) ** 2)) * (t < 1.1)
+        edge = np.exp(-(((t - 0.9) / 0.08) ** 2)) * (t < 1.1)
         return marrow * shell + cortex * edge
 
     def _window(self, y0: float, y1: float) -> slice:
@@ -512,7 +553,7 @@ class Anatomy:
                         return y0 - 0.35 * length * u + 0.75 * length * u * u
                     return y0 - 0.12 * length * u + bend * length * np.abs(u) ** 1.8
 
-                self._curve_bone(side, 0.03, reach, post, half, 0.08, 0.12, out=ribs)
+                self._curve_bone(side, 0.03, reach, post, half, 0.07, 0.1, out=ribs)
                 y_end = post(1.0)
 
                 def ant(u, y_end=y_end, reach=reach):
@@ -525,7 +566,7 @@ class Anatomy:
             def clav(u):
                 return p.clavicle_y - 0.08 * np.abs(u) ** 1.3 + 0.012 * np.sin(2 * np.pi * u)
 
-            self._curve_bone(side, 0.03, 0.36 * p.scale, clav, 0.015 * p.scale, 0.15, 0.1, fade=0.06, out=other)
+            self._curve_bone(side, 0.03, 0.36 * p.scale, clav, 0.015 * p.scale, 0.1, 0.09, fade=0.06, out=other)
             # Humeral head in the upper corner.
             hx = p.midline + IMAGE_SIGN[side] * (p.body_half_width + 0.02)
             hy = p.clavicle_y - 0.01
@@ -541,11 +582,11 @@ class Anatomy:
                 rim = np.exp(-(((d - border) / (1.5 * self.px)) ** 2)) * below * fade
                 other += p.scapula * (0.06 * blade + 0.05 * rim)
         # Below the domes the ribs run in front of and behind the thick abdomen: barely visible there.
-        ribs *= 1.0 - 0.6 * _smoothstep((self.y - self._dome_map) / 0.06)
+        ribs *= 1.0 - 0.6 * _smoothstep((self.y - self._base_dome_map) / 0.06)
         lungs = self.lung_field(Side.RIGHT) + self.lung_field(Side.LEFT)
         lungs = smooth(lungs * (1.0 - 0.8 * self.heart()), 3.0 * self.px_scale)
         ribs *= 0.4 + 0.6 * np.clip(lungs, 0.0, 1.0)
-        spine = self._spine() * (1.0 - 0.7 * _smoothstep((self.y - self._dome_map) / 0.08))
+        spine = self._spine() * (1.0 - 0.7 * _smoothstep((self.y - self._base_dome_map) / 0.08))
         return (ribs + other + spine).astype(np.float32)
 
     def _spine(self) -> np.ndarray:
@@ -561,14 +602,14 @@ class Anatomy:
         phase = np.mod((y - p.rib_top_y + 0.01) / period, 1.0)
         body = 0.045 * np.sqrt(np.clip(1.0 - dx * dx, 0.0, 1.0)) + 0.02 * np.exp(-(((np.abs(dx) - 0.9) / 0.12) ** 2))
         disc = 1.0 - 0.3 * np.exp(-(((phase - 0.92) / 0.05) ** 2))
-        endplate = 0.04 * (np.exp(-(((phase - 0.84) / 0.03) ** 2)) + np.exp(-(((phase - 0.02) / 0.03) ** 2)))
+        endplate = 0.02 * (np.exp(-(((phase - 0.84) / 0.03) ** 2)) + np.exp(-(((phase - 0.02) / 0.03) ** 2)))
         column = body * disc + endplate * (np.abs(dx) < 1.0)
         # Pedicles: small rings on both sides of each vertebra; spinous process in the middle.
         ped = np.zeros_like(x)
         for sgn in (-1.0, 1.0):
             r = np.hypot((x - p.midline - sgn * 0.72 * half) / (0.2 * half), (phase - 0.35) / 0.13)
-            ped += 0.06 * np.exp(-(((r - 0.9) / 0.3) ** 2))
-        spinous = 0.05 * np.exp(-((dx / 0.18) ** 2 + ((phase - 0.62) / 0.12) ** 2))
+            ped += 0.025 * np.exp(-(((r - 0.9) / 0.3) ** 2))
+        spinous = 0.025 * np.exp(-((dx / 0.18) ** 2 + ((phase - 0.62) / 0.12) ** 2))
         out = np.zeros_like(self.x)
         out[:, c0:c1] = column + ped + spinous
         return out
@@ -645,7 +686,7 @@ class Anatomy:
             s = self.to_pixels(starts)
             e = self.to_pixels(ends)
             w = widths * self.size
-            amp = 0.11 * (widths / (0.015 * p.scale)) ** 0.8 * p.vessel_density
+            amp = 0.085 * (widths / (0.015 * p.scale)) ** 0.8 * p.vessel_density
             tree = splat_lines((self.size, self.size), s, e, w, amp)
             hilar = np.exp(-(((self.x - hx) / 0.04) ** 2 + ((self.y - hy) / 0.06) ** 2))
             out[side] = (tree + 0.05 * hilar).astype(np.float32)
@@ -661,6 +702,14 @@ class Anatomy:
         return (0.6 * fine + 0.4 * mid).astype(np.float32)
 
     @cached_property
+    def bowel(self) -> np.ndarray:
+        """Mottled bowel gas and stool below the domes (a negative density), faint and coarse."""
+        rng = stream(self.seed, STREAM_TEXTURE, 1)
+        mottle = band_noise(rng, (self.size, self.size), 4.0 * self.px_scale, 14.0 * self.px_scale)
+        below = _smoothstep((self.y - self._base_dome_map - 0.04) / 0.08)
+        return (np.clip(mottle, 0.0, None) * below).astype(np.float32)
+
+    @cached_property
     def gastric_bubble(self) -> np.ndarray:
         p = self.params
         if p.gastric_bubble <= 0:
@@ -672,71 +721,66 @@ class Anatomy:
 
     # -- composition -----------------------------------------------------------------------------------
 
-    def lung_air(self, side: Side, change: LungChange | None = None, heart_scale: float = 1.0) -> np.ndarray:
+    def lung_air(self, side: Side) -> np.ndarray:
         """Air thickness of one lung: thin at the borders, thickest centrally; partly hidden by the heart."""
-        if change is None and heart_scale == 1.0:
-            return self._normal_air[side]
-        return self._air(side, change, heart_scale)
+        return self._air[side]
 
     @cached_property
-    def _normal_air(self) -> dict[Side, np.ndarray]:
-        return {side: self._air(side, None, 1.0) for side in (Side.RIGHT, Side.LEFT)}
-
-    def _air(self, side: Side, change: LungChange | None, heart_scale: float) -> np.ndarray:
+    def _air(self) -> dict[Side, np.ndarray]:
         p = self.params
-        sdf = self._normal_sdf[side] if change is None else self.lung_sdf(side, change)
-        field = np.clip(0.5 + sdf / (1.2 * self.px), 0.0, 1.0)
-        depth = np.clip(sdf / (0.06 * p.scale), 0.0, 1.0) ** 0.55
-        # Lower zones are deeper front-to-back; the apices are thin and crowded by bones and muscle.
-        height = np.clip((self.y - p.apex_y) / (p.dome_y(side) - p.apex_y), 0.0, 1.0)
-        vertical = (0.72 + 0.28 * _smoothstep(height * 2.2)) * (1.0 - 0.18 * _smoothstep((height - 0.7) / 0.4))
-        gain = change.air_gain if change else 1.0
-        cover = 1.0 - 0.8 * self.heart(heart_scale)
-        return (field * depth * vertical * cover * gain).astype(np.float32)
+        out = {}
+        cover = 1.0 - 0.8 * self.heart()
+        for side in (Side.RIGHT, Side.LEFT):
+            sdf = self._sdf[side]
+            field = self.lung_field(side)
+            depth = np.clip(sdf / (0.06 * p.scale), 0.0, 1.0) ** 0.55
+            # Lower zones are deeper front-to-back; the apices are thin and crowded by bones and muscle, and
+            # the bases overlap the posterior recesses and the breasts.
+            height = np.clip((self.y - p.apex_y) / (p.dome_y(side) - p.apex_y), 0.0, 1.0)
+            vertical = (0.72 + 0.28 * _smoothstep(height * 2.2)) * (1.0 - 0.18 * _smoothstep((height - 0.7) / 0.4))
+            change = self.changes.get(side)
+            gain = change.air_gain if change else 1.0
+            out[side] = (field * depth * vertical * cover * gain).astype(np.float32)
+        return out
 
     def parenchyma(self, side: Side) -> np.ndarray:
-        """What a normal lung shows besides its air: vessel markings and fine texture (hidden by fluid, absent
-        from a pneumothorax rim)."""
+        """What a lung shows besides its air: vessel markings and fine texture (hidden by fluid, absent from a
+        pneumothorax rim)."""
         return self.markings(side) + TEXTURE_GAIN * self.texture * self.lung_air(side)
 
-    def markings(self, side: Side, change: LungChange | None = None, heart_scale: float = 1.0) -> np.ndarray:
-        """Vessel markings visible in one lung (fainter behind the heart)."""
-        field = self.lung_field(side, change)
-        vessels = self.vessel_tree[side]
-        if change is not None and change.marking_loss > 0:
-            hx, hy = self.params.hilum(side)
-            r = np.hypot(self.x - hx, self.y - hy) / 0.28
-            vessels = vessels * (1.0 - change.marking_loss * _smoothstep(r))
-        return (vessels * field * (1.0 - 0.55 * self.heart(heart_scale))).astype(np.float32)
+    def markings(self, side: Side) -> np.ndarray:
+        """Vessel markings visible in one lung (fainter behind the heart, sparse in emphysema)."""
+        return self._markings[side]
 
-    def density(
-        self, *, heart_scale: float = 1.0, changes: dict[Side, LungChange] | None = None
-    ) -> np.ndarray:
-        """Total density of this chest; ``heart_scale`` and ``changes`` redraw it with an altered heart or lungs."""
+    @cached_property
+    def _markings(self) -> dict[Side, np.ndarray]:
+        out = {}
+        behind_heart = 1.0 - 0.55 * self.heart()
+        for side in (Side.RIGHT, Side.LEFT):
+            vessels = self.vessel_tree[side]
+            change = self.changes.get(side)
+            if change is not None and change.marking_loss > 0:
+                hx, hy = self.params.hilum(side)
+                r = np.hypot(self.x - hx, self.y - hy) / 0.28
+                vessels = vessels * (1.0 - change.marking_loss * _smoothstep(r))
+            out[side] = (vessels * self.lung_field(side) * behind_heart).astype(np.float32)
+        return out
+
+    @cached_property
+    def density(self) -> np.ndarray:
+        """Total density of this chest."""
         p = self.params
-        changes = changes or {}
-        total = self.body + self.bones
-        total = total - 0.07 * self.trachea - 0.25 * self.gastric_bubble
-        total = total + 0.03 * self.heart_thickness(heart_scale) * self.heart(heart_scale)
-        # The aortic knob and descending aorta: the lung border already bulges around the knob.
+        total = self.body + self.bones - 0.015 * self.bowel
+        total = total - 0.07 * self.trachea - 0.12 * self.gastric_bubble
+        total = total + 0.03 * self.heart_thickness() * self.heart()
         # Great vessels, oesophagus and thymus make the upper mediastinum as dense as the heart.
         band = _smoothstep((p.mediastinum_half_width + 0.01 - np.abs(self.x - p.midline)) / 0.03)
-        below_heart = _smoothstep((self.y - p.dome_y_right) / 0.04)
-        total = total + 0.2 * band * _smoothstep((self.y - p.apex_y + 0.05) / 0.1) * (1.0 - below_heart)
+        below_heart = _smoothstep((self.y - self._dome_map + 0.02) / 0.04)
+        total = total + 0.12 * band * _smoothstep((self.y - p.apex_y + 0.05) / 0.1) * (1.0 - below_heart)
+        # The aortic knob: the lung border already bulges around it.
         kx, ky = p.midline + 0.035 * p.scale, p.carina_y - 0.05
         knob = np.clip(1.0 - ((self.x - kx) ** 2 + (self.y - ky) ** 2) / (1.8 * p.aortic_knob_radius) ** 2, 0, 1)
         total = total + 0.05 * np.sqrt(knob)
         for side in (Side.RIGHT, Side.LEFT):
-            change = changes.get(side)
-            air = self.lung_air(side, change, heart_scale)
-            total = total - AIR_DENSITY * air + self.markings(side, change, heart_scale)
-            total = total + TEXTURE_GAIN * self.texture * air
+            total = total - AIR_DENSITY * self.lung_air(side) + self.parenchyma(side)
         return total.astype(np.float32)
-
-    @cached_property
-    def normal_density(self) -> np.ndarray:
-        return self.density()
-
-    def with_params(self, **changes: float) -> "Anatomy":
-        """A copy of this chest with some parameters changed (used to redraw it for a finding)."""
-        return Anatomy(replace(self.params, **changes), self.size, self.seed)

@@ -22,7 +22,7 @@ Mask conventions worth knowing:
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -48,6 +48,9 @@ TYPICAL_ZONE: dict[FindingKind, tuple[float, float, float]] = {
 FIXED_ZONE = {FindingKind.EFFUSION: Zone.LOWER, FindingKind.PNEUMOTHORAX: Zone.UPPER}
 
 ZONES = (Zone.UPPER, Zone.MIDDLE, Zone.LOWER)
+
+#: Kinds drawn by redrawing the chest's anatomy rather than adding a lesion to it.
+ANATOMICAL = frozenset({FindingKind.CARDIOMEGALY, FindingKind.EMPHYSEMA})
 SEVERITIES = (Severity.MILD, Severity.MODERATE, Severity.SEVERE)
 
 
@@ -58,9 +61,15 @@ class Lesion:
     finding: Finding
     delta: np.ndarray
     mask: np.ndarray
-    #: True when the change is redrawn anatomy (a bigger heart, hyperinflated lungs): it is then processed
-    #: exactly like the chest around it, so no seam appears where it meets unchanged anatomy.
-    anatomical: bool = False
+    #: Set when the finding redraws anatomy (a bigger heart; hyperinflated lungs): the other findings are then
+    #: drawn into the redrawn chest, and the change is processed exactly like the chest around it, so no seam
+    #: appears where it meets unchanged anatomy.
+    heart_scale: float | None = None
+    lung_changes: Mapping[Side, LungChange] | None = None
+
+    @property
+    def anatomical(self) -> bool:
+        return self.heart_scale is not None or self.lung_changes is not None
 
 
 def _subsumes(general: Finding, specific: Finding) -> bool:
@@ -115,16 +124,33 @@ def finding_stream(seed: int, kind: FindingKind, occurrence: int) -> np.random.G
 
 
 def draw_findings(findings: Sequence[Finding], anatomy: Anatomy) -> list[Lesion]:
-    """Select, resolve and draw the present findings of a report into ``anatomy``."""
-    lesions = []
+    """Select, resolve and draw the present findings of a report into ``anatomy`` (in the report's order).
+
+    Findings that redraw anatomy (cardiomegaly, emphysema) are drawn first, against the normal chest; the
+    focal findings are then drawn into the chest as those redrew it (fluid fills the emphysematous lung down to
+    its lowered dome; a consolidation stops at the enlarged heart's border).
+    """
+    planned = []
     seen: dict[FindingKind, int] = {}
     for finding in select_findings(findings):
         occurrence = seen.get(finding.kind, 0)
         seen[finding.kind] = occurrence + 1
         rng = finding_stream(anatomy.seed, finding.kind, occurrence)
-        resolved = resolve(finding, rng)
-        lesions.append(DRAWERS[resolved.kind](resolved, anatomy, rng))
-    return lesions
+        planned.append((resolve(finding, rng), rng))
+    drawn: dict[int, Lesion] = {}
+    heart_scale = 1.0
+    changes: dict[Side, LungChange] = {}
+    for index, (finding, rng) in enumerate(planned):
+        if finding.kind in ANATOMICAL:
+            lesion = DRAWERS[finding.kind](finding, anatomy, rng)
+            heart_scale = max(heart_scale, lesion.heart_scale or 1.0)
+            changes.update(lesion.lung_changes or {})
+            drawn[index] = lesion
+    chest = anatomy.altered(heart_scale=heart_scale, changes=changes) if drawn else anatomy
+    for index, (finding, rng) in enumerate(planned):
+        if index not in drawn:
+            drawn[index] = DRAWERS[finding.kind](finding, chest, rng)
+    return [drawn[index] for index in range(len(planned))]
 
 
 # -- helpers ----------------------------------------------------------------------------------------------
@@ -180,9 +206,9 @@ def _empty(anatomy: Anatomy) -> tuple[np.ndarray, np.ndarray]:
     return np.zeros((anatomy.size, anatomy.size), np.float32), np.zeros((anatomy.size, anatomy.size), bool)
 
 
-def _finish(finding: Finding, delta: np.ndarray, mask: np.ndarray, anatomical: bool = False) -> Lesion:
+def _finish(finding: Finding, delta: np.ndarray, mask: np.ndarray, **alteration: object) -> Lesion:
     """Confine the change to the mask, so that nothing outside the mask differs from the normal chest."""
-    return Lesion(finding, np.where(mask, delta, 0.0).astype(np.float32), mask, anatomical)
+    return Lesion(finding, np.where(mask, delta, 0.0).astype(np.float32), mask, **alteration)
 
 
 def _blob(
@@ -212,8 +238,10 @@ def _blob(
             theta = np.arctan2(y - py, x - px)
             wobble = 1.0 + 0.07 * np.sin(3 * theta + rng.uniform(0, 6.3)) + 0.04 * np.sin(5 * theta + rng.uniform(0, 6.3))
             rho = np.hypot(x - px, y - py) / (r * wobble)
-            thickness = np.maximum(thickness, np.clip(1.0 - rho * rho, 0.0, 1.0) ** 0.6 * (r / radius) ** 0.3)
-        grain = _texture(rng, x.shape, anatomy, 0.6, 2.5)
+            # Lobes add up (a smooth union), so a lobulated mass has no internal seams.
+            thickness += np.clip(1.0 - rho * rho, 0.0, 1.0) * (r / radius)
+        thickness = np.minimum(thickness, 1.0) ** 0.6
+        grain = _texture(rng, x.shape, anatomy, 0.9, 4.0)
         local = amplitude * thickness * (1.0 + texture * grain)
         delta[rows, cols] += np.maximum(local, 0.0) * (thickness > 0)
         mask[rows, cols] |= thickness > 0
@@ -230,7 +258,7 @@ def draw_nodule(finding: Finding, anatomy: Anatomy, rng: np.random.Generator) ->
 
 def draw_mass(finding: Finding, anatomy: Anatomy, rng: np.random.Generator) -> Lesion:
     """A lobulated opacity over 3 cm, denser than a nodule, with a heterogeneous interior."""
-    return _blob(anatomy, finding, rng, ((30.0, 42.0), (42.0, 58.0), (58.0, 80.0)), 0.32, 5, 0.12)
+    return _blob(anatomy, finding, rng, ((30.0, 42.0), (42.0, 58.0), (58.0, 80.0)), 0.32, 5, 0.07)
 
 
 def draw_granuloma(finding: Finding, anatomy: Anatomy, rng: np.random.Generator) -> Lesion:
@@ -316,7 +344,8 @@ def draw_atelectasis(finding: Finding, anatomy: Anatomy, rng: np.random.Generato
             wedge = np.clip(1.0 - np.abs(off) / spread, 0.0, 1.0)
             inside = (wedge > 0) & (radial > 0.03) & lung
             air = anatomy.lung_air(side)
-            local = (AIR_DENSITY * air * 0.8 + 0.04) * np.sqrt(wedge) * (1.0 + 0.1 * band_noise(rng, shape, 0.7 * anatomy.px_scale, 3.0 * anatomy.px_scale))
+            grain = band_noise(rng, shape, 1.0 * anatomy.px_scale, 5.0 * anatomy.px_scale)
+            local = (AIR_DENSITY * air * 0.7 + 0.04) * np.sqrt(wedge) * (1.0 + 0.04 * grain)
         delta += np.where(inside, np.maximum(local, 0.0), 0.0)
         mask |= inside
     return _finish(finding, delta, mask)
@@ -376,9 +405,9 @@ def draw_pneumothorax(finding: Finding, anatomy: Anatomy, rng: np.random.Generat
 def draw_cardiomegaly(finding: Finding, anatomy: Anatomy, rng: np.random.Generator) -> Lesion:
     """An enlarged heart (mostly to the patient's left, the image right); the mask is the whole silhouette."""
     scale = _level(finding.severity, (1.12, 1.18), (1.2, 1.28), (1.3, 1.4), rng)
-    delta = anatomy.density(heart_scale=scale) - anatomy.normal_density
-    silhouette = anatomy.heart(scale) > 0.02
-    return _finish(finding, delta, silhouette, anatomical=True)
+    enlarged = anatomy.altered(heart_scale=scale)
+    silhouette = enlarged.heart() > 0.02
+    return _finish(finding, enlarged.density - anatomy.density, silhouette, heart_scale=scale)
 
 
 def draw_edema(finding: Finding, anatomy: Anatomy, rng: np.random.Generator) -> Lesion:
@@ -424,11 +453,15 @@ def draw_emphysema(finding: Finding, anatomy: Anatomy, rng: np.random.Generator)
         marking_loss=min(0.85, 0.2 + 8.0 * drop),
     )
     changes = {side: change for side in _sides(finding)}
-    delta = anatomy.density(changes=changes) - anatomy.normal_density
+    inflated = anatomy.altered(changes=changes)
     region = np.zeros((anatomy.size, anatomy.size), bool)
     for side in changes:
-        region |= (anatomy.lung_field(side, change) > 0.02) | (anatomy.lung_field(side) > 0.02)
-    return _finish(finding, delta, region, anatomical=True)
+        region |= (inflated.lung_field(side) > 0.02) | (anatomy.lung_field(side) > 0.02)
+    # The lowered diaphragm itself, across the chest (under the heart too): it moved, so it changed.
+    width = max(anatomy.params.lung_half_width_right, anatomy.params.lung_half_width_left)
+    band = (anatomy.y > anatomy.domes - 2 * anatomy.px) & (anatomy.y < inflated.domes + 2 * anatomy.px)
+    region |= band & (np.abs(anatomy.x - anatomy.params.midline) < width) & (np.abs(inflated.domes - anatomy.domes) > 0)
+    return _finish(finding, inflated.density - anatomy.density, region, lung_changes=changes)
 
 
 DRAWERS = {

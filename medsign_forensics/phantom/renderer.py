@@ -138,12 +138,12 @@ def _filters(anatomy: Anatomy, density: np.ndarray, compression: float = 1.0) ->
 def develop(anatomy: Anatomy, lesions: Sequence[Lesion]) -> np.ndarray:
     """Turn the chest's density plus the findings' changes into a displayed radiograph in [0, 1]."""
     p = anatomy.params
-    normal = anatomy.normal_density
+    normal = anatomy.density
     processed = _filters(anatomy, normal)
     # The window comes from the normal chest only, so findings never shift the grey levels elsewhere.
     body = anatomy.body > 0.3
     lo, hi = np.percentile(processed[body], [p.window_low_pct, p.window_high_pct])
-    lo = lo - 0.3 * (hi - lo)
+    lo = lo - 0.4 * (hi - lo)
     density = normal
     if lesions:
         union = np.any([lesion.mask for lesion in lesions], axis=0)
@@ -156,7 +156,7 @@ def develop(anatomy: Anatomy, lesions: Sequence[Lesion]) -> np.ndarray:
     white = stream(anatomy.seed, STREAM_NOISE).standard_normal(normal.shape).astype(np.float32)
     grain = smooth(white, 0.5 * anatomy.px_scale)
     grain /= grain.std() + 1e-8
-    processed = processed + 0.012 * p.noise * np.exp(0.8 * (density - 1.0)) * grain
+    processed = processed + 0.015 * p.noise * np.exp(0.8 * (density - 1.0)) * grain
     level = np.clip((processed - lo) / (hi - lo), 0.0, 1.0) ** p.gamma
     image = p.black_level + (p.white_level - p.black_level) * level
     return np.clip(image, 0.0, 1.0).astype(np.float32)
