@@ -67,9 +67,11 @@ def fit_whitening(outputs: np.ndarray) -> Whitening:
     covariance = centred.T @ centred / (n - 1)
     eigenvalues, eigenvectors = np.linalg.eigh(covariance)
     if eigenvalues[0] <= _MIN_EIGEN_RATIO * max(eigenvalues[-1], 0.0) or eigenvalues[-1] <= 0:
+        ratio = eigenvalues[0] / eigenvalues[-1] if eigenvalues[-1] > 0 else 0.0
         raise ModelError(
-            "the extractor's outputs are (nearly) degenerate on these images, so they cannot be whitened; "
-            "train the extractor longer or fit on more varied images"
+            f"the extractor's outputs are (nearly) degenerate on these images (smallest/largest covariance "
+            f"eigenvalue {ratio:.1e}, floor {_MIN_EIGEN_RATIO:.0e}), so they cannot be whitened into {k} fair "
+            "bits; train the extractor longer or fit on more varied images"
         )
     weight = eigenvectors.T / np.sqrt(eigenvalues)[:, None]
     return Whitening(weight=weight, bias=-weight @ mean, mean=mean, eigenvalues=eigenvalues, n_samples=n)
