@@ -479,10 +479,11 @@ class Anatomy:
         if p.breast > 0:
             for sgn in (-1.0, 1.0):
                 bx = p.midline + sgn * 0.25 * p.scale
-                by = p.dome_y_right - 0.02
-                r2 = ((x - bx) / (0.19 * p.scale)) ** 2 + ((y - by) / (0.13 * p.scale)) ** 2
-                cap = np.sqrt(np.clip(1.0 - r2, 0.0, 1.0)) * _smoothstep((y - by + 0.13) / 0.1)
-                tissue = tissue + 0.28 * p.breast * cap
+                by = p.dome_y_right - 0.07
+                r2 = ((x - bx) / (0.2 * p.scale)) ** 2 + ((y - by) / (0.14 * p.scale)) ** 2
+                # Thickest low down, fading upwards into the chest wall; the lower edge stays fairly sharp.
+                cap = np.clip(1.0 - r2, 0.0, 1.0) ** 0.35 * _smoothstep((y - by + 0.14) / 0.2)
+                tissue = tissue + 0.18 * p.breast * cap
         return tissue.astype(np.float32)
 
     def _bone_band(self, dn: np.ndarray, half: np.ndarray | float, marrow: float, cortex: float) -> np.ndarray:
@@ -568,10 +569,10 @@ class Anatomy:
 
             self._curve_bone(side, 0.03, 0.36 * p.scale, clav, 0.015 * p.scale, 0.1, 0.09, fade=0.06, out=other)
             # Humeral head in the upper corner.
-            hx = p.midline + IMAGE_SIGN[side] * (p.body_half_width + 0.02)
-            hy = p.clavicle_y - 0.01
-            r = np.hypot(self.x - hx, self.y - hy) / (0.08 * p.scale)
-            other += 0.25 * np.sqrt(np.clip(1.0 - r * r, 0.0, 1.0))
+            hx = p.midline + IMAGE_SIGN[side] * (p.body_half_width - 0.02)
+            hy = p.clavicle_y - 0.02
+            r = np.hypot(self.x - hx, self.y - hy) / (0.085 * p.scale)
+            other += self._bone_band(np.minimum(r, 1.2), 1.0, 0.3, 0.05)
             # Scapula: its medial border crosses the upper lateral lung.
             if p.scapula > 0.3:
                 d = self.lateral(side)
