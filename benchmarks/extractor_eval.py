@@ -123,6 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keys", type=int, default=16, help="fixed keys for the match-count test")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--note", default="", help="a line printed under the title (e.g. what run this is)")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -153,6 +154,7 @@ def main(argv: list[str] | None = None) -> int:
     lines = [
         "# Extractor evaluation (stage 1)",
         "",
+        *([f"**{args.note}**", ""] if args.note else []),
         f"- Date: {dt.datetime.now(dt.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}",
         "- Machine: 2-core CPU VM, no GPU (shared; 1-minute load average at the end "
         f"{os.getloadavg()[0]:.1f})",
