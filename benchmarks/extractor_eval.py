@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import os
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -149,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
             fairness_rows.append((f"real radiographs {args.real.name}/ ({len(real)})",
                                   fairness(args.model, load_images(real, len(real), args.size), args.keys, 9)))
 
-    command = "python " + " ".join([Path(sys.argv[0]).as_posix(), *(argv if argv is not None else sys.argv[1:])])
+    command = "python " + shlex.join([Path(sys.argv[0]).as_posix(), *(argv if argv is not None else sys.argv[1:])])
     sha = file_sha256(args.model / "extractor.safetensors")
     lines = [
         "# Extractor evaluation (stage 1)",

@@ -14,6 +14,7 @@ import argparse
 import datetime as dt
 import os
 import platform
+import shlex
 import statistics
 import sys
 import tempfile
@@ -78,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
         load_after = os.getloadavg()[0]
     median = statistics.median(rates)
     config = extractor.config
-    command = "python " + " ".join([Path(sys.argv[0]).as_posix(), *(argv if argv is not None else sys.argv[1:])])
+    command = "python " + shlex.join([Path(sys.argv[0]).as_posix(), *(argv if argv is not None else sys.argv[1:])])
     text = f"""# Extractor speed
 
 - Date: {dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
