@@ -152,7 +152,7 @@ def _train_decoder(options: dict[str, Any], *, extractor: Path | None = None) ->
     overrides = {
         "epochs": options["epochs"], "steps": options["steps"], "batch": options["batch"], "lr": options["lr"],
         "seed": options["seed"], "n_reports": options["n_reports"], "msg_temperature": options["msg_temperature"],
-        "train_size": options["size"],
+        "train_size": options["size"], "sample_steps": options["sample_steps"],
     }
     if options["attacks"] is not None:
         overrides["attacks"] = tuple(name.strip() for name in options["attacks"].split(",") if name.strip())
@@ -295,6 +295,9 @@ def register(app: typer.Typer) -> None:
         msg_temperature: Annotated[
             Optional[float], typer.Option(help="Decoder: BCE on logits / temperature (default 1.0).")
         ] = None,
+        sample_steps: Annotated[
+            Optional[int], typer.Option(help="Decoder: denoising steps when sampling the cache (default 25).")
+        ] = None,
         data: Annotated[
             Optional[str], typer.Option(help="Training images: a folder (PNG/JPEG, any size) or 'phantom'.")
         ] = None,
@@ -333,7 +336,7 @@ def register(app: typer.Typer) -> None:
             "whiten_images": whiten_images, "json": json_output, "dataset": dataset, "model": model,
             "reports": reports, "extractor": extractor, "registry": registry, "provenance_id": provenance_id,
             "key": key, "epochs": epochs, "n_reports": n_reports, "ablation": ablation, "cache": cache,
-            "loss_weights": loss_weights, "msg_temperature": msg_temperature,
+            "loss_weights": loss_weights, "msg_temperature": msg_temperature, "sample_steps": sample_steps,
         }
         summary = _STAGES[stage](options)
         if json_output:

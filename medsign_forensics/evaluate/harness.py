@@ -350,20 +350,6 @@ def evaluate(
         notes.append(f"The main deployment {main.name!r} was trained with ablation {main.ablation!r}.")
     model = _load_model(main, None if model_path is None else Path(model_path), config.device)
 
-    # Held-out reports and their latents, maps and original images (one cache for every run).
-    source = config.reports or main.config.get("reports") or DEFAULT_REPORTS
-    items = split_items(source, held_out=True, n=config.n, seed=config.seed)
-    sample_steps = int(main.config.get("sample_steps", 25))
-    guidance = float(main.config.get("guidance_scale", 4.0))
-    reference = copy.deepcopy(model.vae).to(model.device, torch.float32).eval()
-    cache = LatentCache(Path(cache_dir) if cache_dir is not None else out / "cache")
-    data = cache.build(
-        model, items, reference_vae=reference, steps=sample_steps, guidance_scale=guidance, batch=4,
-        on_progress=None if on_progress is None else (lambda d, t: on_progress("sampling held-out reports", d, t)),
-    )
-    originals = _grey_8bit(data.images.float())
-    maps = data.maps[MapVariant.MEDSIGN].astype(np.float32) / 255.0
-
     # The finding classifier (Table 2), if one is available.
     classifier_info: dict[str, Any] = {"path": None, "note": None}
     classifier_model = None
@@ -378,6 +364,20 @@ def evaluate(
             raise
         classifier_info["note"] = f"Table 2 not computed: no finding classifier is installed ({error}); pass --classifier DIR"
         notes.append(classifier_info["note"])
+
+    # Held-out reports and their latents, maps and original images (one cache for every run).
+    source = config.reports or main.config.get("reports") or DEFAULT_REPORTS
+    items = split_items(source, held_out=True, n=config.n, seed=config.seed)
+    sample_steps = int(main.config.get("sample_steps", 25))
+    guidance = float(main.config.get("guidance_scale", 4.0))
+    reference = copy.deepcopy(model.vae).to(model.device, torch.float32).eval()
+    cache = LatentCache(Path(cache_dir) if cache_dir is not None else out / "cache")
+    data = cache.build(
+        model, items, reference_vae=reference, steps=sample_steps, guidance_scale=guidance, batch=4,
+        on_progress=None if on_progress is None else (lambda d, t: on_progress("sampling held-out reports", d, t)),
+    )
+    originals = _grey_8bit(data.images.float())
+    maps = data.maps[MapVariant.MEDSIGN].astype(np.float32) / 255.0
     kinds, support = _asserted_kinds(items)
     original_labels = original_kinds = None
     if classifier_model is not None:

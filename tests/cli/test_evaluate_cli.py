@@ -1,0 +1,67 @@
+"""`medsign train --dataset` (decoder stage) and `medsign evaluate` end to end on a tiny random world."""
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "evaluate"))
+from tiny_world import evaluation_world  # noqa: E402
+
+from medsign_forensics.cli.main import app  # noqa: E402
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    return evaluation_world(tmp_path_factory)
+
+
+def test_train_a_deployment_then_evaluate_it(world, tmp_path):
+    deployment = tmp_path / "deployment"
+    trained = runner.invoke(app, [
+        "train", "--dataset", "cxr", "--model", str(world["model_dir"]), "--reports", str(world["reports"]),
+        "--extractor", str(world["extractor"]), "--key", "A5C3E10F", "--out", str(deployment), "--steps", "1",
+        "--batch", "2", "--n-reports", "3", "--sample-steps", "2", "--json",
+    ])
+    assert trained.exit_code == 0, trained.output
+    summary = json.loads(trained.output)
+    assert summary["stage"] == "decoder" and summary["registered"] is False and summary["key_hex"] == "a5c3e10f"
+    assert summary["items"] == 3 and summary["steps"] == 1 and len(summary["decoder_sha256"]) == 64
+    manifest = json.loads((deployment / "deployment.json").read_text())
+    assert manifest["config"]["sample_steps"] == 2 and manifest["base_model"]["path"] == str(world["model_dir"])
+
+    out = tmp_path / "eval"
+    evaluated = runner.invoke(app, [
+        "evaluate", "--deployment", str(deployment), "--out", str(out), "--n", "2", "--baselines", "none",
+        "--no-real-data", "--classifier", str(world["classifier"]), "--reports", str(world["reports"]), "--json",
+    ])
+    assert evaluated.exit_code == 0, evaluated.output
+    result = json.loads(evaluated.output)
+    assert list(result["methods"]) == ["MedSign"] and result["items"] == 2
+    assert 0 <= result["methods"]["MedSign"]["bit_accuracy_avg"] <= 1
+    for name in ("evaluation.md", "evaluation.json", "fig3.png"):
+        assert (out / name).is_file(), name
+
+
+def test_cli_errors_have_their_exit_codes(world, tmp_path):
+    base = ["train", "--dataset", "cxr", "--out", str(tmp_path / "d"), "--extractor", str(world["extractor"])]
+    no_key = runner.invoke(app, base)
+    assert no_key.exit_code == 2 and "needs a key" in no_key.output
+    both = runner.invoke(app, [*base, "--key", "a5c3e10f", "--registry", str(tmp_path), "--provenance-id", "x"])
+    assert both.exit_code == 2 and "not both" in both.output
+    fundus = runner.invoke(app, ["train", "--dataset", "fundus", "--out", str(tmp_path / "d"),
+                                 "--extractor", str(world["extractor"]), "--key", "a5c3e10f"])
+    assert fundus.exit_code == 2 and "--reports" in fundus.output
+    nothing = runner.invoke(app, ["train", "--out", str(tmp_path / "d")])
+    assert nothing.exit_code == 2 and "--dataset" in nothing.output
+    ablation = runner.invoke(app, [*base, "--key", "a5c3e10f", "--ablation", "no-watson", "--model", str(world["model_dir"])])
+    assert ablation.exit_code == 2 and "unknown ablation" in ablation.output
+    missing = runner.invoke(app, ["evaluate", "--deployment", str(tmp_path / "nope"), "--out", str(tmp_path / "e")])
+    assert missing.exit_code == 4 and "deployment.json" in missing.output
+    conflicting = runner.invoke(app, ["evaluate", "--deployment", str(world["medsign"]), "--out", str(tmp_path / "e"),
+                                      "--real-data", str(tmp_path), "--no-real-data"])
+    assert conflicting.exit_code == 2
