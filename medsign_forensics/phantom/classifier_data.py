@@ -11,10 +11,12 @@ stopped and the training loop never renders twice.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.util
 import json
 import multiprocessing
+import multiprocessing.pool
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -136,11 +138,29 @@ def _render_one(spec: RenderSpec, size: int) -> tuple[np.ndarray, np.ndarray]:
     return to_uint8(study.image), study_labels(study.masks)
 
 
-def _render_shard(args: tuple[list[RenderSpec], int]) -> tuple[np.ndarray, np.ndarray, float]:
+@functools.lru_cache(maxsize=1)
+def loaded_renderer_digest() -> str:
+    """The renderer digest as of this process's first render: what its imported renderer code was."""
+    import medsign_forensics.phantom.renderer  # noqa: F401  (import first, then read the files it came from)
+
+    return renderer_digest()
+
+
+def _render_shard(args: tuple[list[RenderSpec], int]) -> tuple[np.ndarray, np.ndarray, float, str]:
     specs, size = args
+    digest = loaded_renderer_digest()
     start = time.perf_counter()
     images, labels = zip(*(_render_one(spec, size) for spec in specs))
-    return np.stack(images), np.stack(labels), time.perf_counter() - start
+    return np.stack(images), np.stack(labels), time.perf_counter() - start, digest
+
+
+def render_pool(workers: int) -> multiprocessing.pool.Pool | None:
+    """A pool of rendering processes (None for ``workers <= 1``); share one across caches of one run so
+    every shard of the run comes from the same imported renderer code."""
+    if workers <= 1:
+        return None
+    # spawn: the parent may hold torch thread pools that a forked child must not inherit.
+    return multiprocessing.get_context("spawn").Pool(workers)
 
 
 def renderer_digest() -> str:
@@ -179,13 +199,15 @@ def render_cached(
     *,
     size: int,
     workers: int = 2,
+    pool: multiprocessing.pool.Pool | None = None,
     show_progress: bool = True,
     description: str = "rendering phantoms",
 ) -> PhantomArrays:
     """Render ``specs`` into uint8 shards under ``cache_dir`` (resuming finished shards) and load them all.
 
     Raises DatasetError when the folder holds shards of a different spec list or of another renderer version
-    (so a changed renderer never silently reuses stale phantoms).
+    (so a changed renderer never silently reuses stale phantoms), or when a worker's imported renderer code
+    is not the version the cache was stamped with. ``pool`` (see :func:`render_pool`) overrides ``workers``.
     """
     cache = Path(cache_dir)
     cache.mkdir(parents=True, exist_ok=True)
@@ -199,6 +221,7 @@ def render_cached(
             )
     for stamp, digest in stamps.items():
         write_text(stamp, digest + "\n")
+    renderer_stamp = stamps[cache / "renderer.sha256"]
     chunks = [list(specs[i : i + SHARD_SIZE]) for i in range(0, len(specs), SHARD_SIZE)]
     paths = [cache / f"shard_{i:05d}.npz" for i in range(len(chunks))]
     todo = [i for i, path in enumerate(paths) if not path.exists()]
@@ -214,25 +237,23 @@ def render_cached(
         ) as progress:
             task = progress.add_task(description, total=len(specs), completed=len(specs) - sum(len(chunks[i]) for i in todo))
             jobs = [(chunks[i], size) for i in todo]
-            if workers > 1:
-                # spawn: the parent may hold torch thread pools that a forked child must not inherit.
-                with multiprocessing.get_context("spawn").Pool(workers) as pool:
-                    for i, (images, labels, seconds) in zip(todo, pool.imap(_render_shard, jobs)):
-                        _save_shard(paths[i], images, labels)
-                        render_seconds += seconds
-                        progress.advance(task, len(images))
-            else:
-                for i, job in zip(todo, jobs):
-                    images, labels, seconds = _render_shard(job)
+            owned = pool is None and workers > 1
+            active = render_pool(workers) if owned else pool
+            try:
+                results = active.imap(_render_shard, jobs) if active is not None else map(_render_shard, jobs)
+                for i, (images, labels, seconds, digest) in zip(todo, results):
+                    if digest != renderer_stamp:
+                        raise DatasetError(
+                            "the renderer's code changed after this cache was started, so it would mix two "
+                            "versions; delete the folder and render again once the renderer is stable",
+                            path=cache,
+                        )
                     _save_shard(paths[i], images, labels)
                     render_seconds += seconds
                     progress.advance(task, len(images))
-        if renderer_digest() != stamps[cache / "renderer.sha256"]:
-            raise DatasetError(
-                "the renderer's code changed while phantoms were being rendered, so the cache mixes two versions; "
-                "delete the folder and render again once the renderer is stable",
-                path=cache,
-            )
+            finally:
+                if owned and active is not None:
+                    active.terminate()
     images_list, labels_list = [], []
     for path in paths:
         with np.load(path) as shard:

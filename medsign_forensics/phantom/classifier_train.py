@@ -27,7 +27,7 @@ from sklearn.metrics import roc_auc_score
 from torch.nn import functional as F
 
 from medsign_forensics import __version__
-from medsign_forensics.errors import DatasetError, InputError, ModelError
+from medsign_forensics.errors import InputError, ModelError
 from medsign_forensics.fileio import atomic_path, write_json
 from medsign_forensics.phantom.classifier import (
     LABELS,
@@ -41,7 +41,7 @@ from medsign_forensics.phantom.classifier_data import (
     RenderSpec,
     random_specs,
     render_cached,
-    renderer_digest,
+    render_pool,
     report_specs,
 )
 
@@ -292,23 +292,24 @@ def train_classifier(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(config.seed)
-    renderer_sha256 = renderer_digest()
     train_specs, eval_specs = build_specs(config)
-    train_data = render_cached(
-        train_specs, out / "cache" / "train", size=config.size, workers=config.workers,
-        show_progress=show_progress, description="rendering training phantoms",
-    )
-    eval_data = render_cached(
-        eval_specs, out / "cache" / "eval", size=config.size, workers=config.workers,
-        show_progress=show_progress, description="rendering held-out phantoms",
-    )
-    render_seconds = train_data.render_seconds + eval_data.render_seconds
-    if renderer_digest() != renderer_sha256:
-        raise DatasetError(
-            "the renderer's code changed between rendering the training and the held-out phantoms; delete "
-            f"{out / 'cache'} and train again once the renderer is stable",
-            path=out,
+    # One pool for both sets: every phantom of the run comes from the same imported renderer code (a worker
+    # whose code differs from a cache's stamp is refused by render_cached).
+    pool = render_pool(config.workers)
+    try:
+        train_data = render_cached(
+            train_specs, out / "cache" / "train", size=config.size, workers=config.workers, pool=pool,
+            show_progress=show_progress, description="rendering training phantoms",
         )
+        eval_data = render_cached(
+            eval_specs, out / "cache" / "eval", size=config.size, workers=config.workers, pool=pool,
+            show_progress=show_progress, description="rendering held-out phantoms",
+        )
+    finally:
+        if pool is not None:
+            pool.terminate()
+    render_seconds = train_data.render_seconds + eval_data.render_seconds
+    renderer_sha256 = (out / "cache" / "train" / "renderer.sha256").read_text().strip()
 
     model = FindingClassifier(config.model).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
