@@ -8,7 +8,10 @@
   At most ``2 x workers`` files are in flight. If a worker process dies (a decoder crash, the kernel's
   out-of-memory killer), the pool is restarted and the files that were in flight are retried one at a time; a
   file whose worker dies while it is the only one in flight is recorded as an error.
-* ``workers=1`` runs in the calling process (no start-up cost; what tests and small folders want).
+* ``workers=1`` runs in the calling process (no start-up cost; what tests and small folders want); more
+  workers than files are never started. Every worker, the calling process included, runs torch on ONE
+  thread: one image is too small to share between threads, and on a busy machine two spinning threads per
+  process made a scan seven times slower (benchmarks/results/scan_speed.md).
 * The JSONL report gets one line per file as soon as its verdict is known (flushed), with the file's size and
   modification time; ``resume=True`` reads it back and skips files whose size and time are unchanged (PACS
   instances: whose instance ID was already recorded). A damaged last line (a crash mid-write) is ignored.
@@ -214,13 +217,18 @@ def _results(tasks: list[Task], *, settings: VerifierSettings, pacs: PacsConfig 
     """Verify ``tasks``, yielding each record as soon as it is ready (in completion order)."""
     if not tasks:
         return
+    workers = min(workers, len(tasks))  # no idle processes for a handful of files
     if workers == 1:
-        _init_worker(settings, pacs, threads=None)
+        import torch
+
+        threads = torch.get_num_threads()
+        _init_worker(settings, pacs, threads=1)
         try:
             for task in tasks:
                 yield _verify_task(task)
         finally:
             _close_worker()
+            torch.set_num_threads(threads)
         return
     pending = list(reversed(tasks))
     suspects: list[Task] = []  # in flight when a worker died: retried one at a time to find the culprit

@@ -362,26 +362,10 @@ class Verifier:
     # -- steps -------------------------------------------------------------------------------------------
 
     def _reading(self, image: SuspectImage) -> tuple[np.ndarray, str]:
-        """The pixels the extractor reads, and a note when they were resized."""
-        height, width = image.pixels.shape
-        if min(height, width) < MIN_SIDE:
-            raise ImageReadError(f"the image is {width}x{height} pixels; at least {MIN_SIDE} per side are needed "
-                                 "to read a watermark", path=image.path)
-        factor = 1.0
-        if self.scaling is Scaling.WORKING or (self.scaling is Scaling.AUTO and min(height, width) > self.working_size):
-            factor = self.working_size / min(height, width)
-        if height * width * factor * factor > MAX_EXTRACTION_PIXELS:
-            factor = math.sqrt(MAX_EXTRACTION_PIXELS / (height * width))
-        size = (max(1, round(width * factor)), max(1, round(height * factor)))
-        if size == (width, height):
-            return image.pixels, ""
-        if min(size) < MIN_SIDE:
-            raise ImageReadError(f"the image is {width}x{height} pixels, too elongated to read a watermark from "
-                                 f"(it would be read at {size[0]}x{size[1]})", path=image.path)
-        resized = Image.fromarray(np.ascontiguousarray(image.pixels, dtype=np.float32), mode="F").resize(
-            size, resample=Image.Resampling.BICUBIC)
-        pixels = np.clip(np.asarray(resized, dtype=np.float32), 0.0, 1.0)
-        return pixels, f"read at {size[0]}x{size[1]} (resized from {width}x{height})"
+        try:
+            return reading_pixels(image.pixels, scaling=self.scaling, working_size=self.working_size)
+        except InputError as error:
+            raise ImageReadError(str(error), path=image.path) from None
 
     def _match(self, pixels: np.ndarray) -> tuple[KeyMatch | None, list[VerifyCheck]]:
         """Extract the message and find the best registered key; verify its registry row when attributed."""
@@ -476,6 +460,34 @@ class Verifier:
             return replace(check, detail=f"{check.detail} (policy {self.policy.name!r} ignores "
                                           f"{check.event.value})")
         return check
+
+
+def reading_pixels(pixels: np.ndarray, *, scaling: Scaling = Scaling.AUTO,
+                   working_size: int = WORKING_SIZE) -> tuple[np.ndarray, str]:
+    """The pixels the extractor reads from a (H, W) float image, and a note when they were resized.
+
+    Resampling is bicubic on float values (Pillow, antialiased when shrinking); InputError for an image too
+    small to carry a watermark.
+    """
+    height, width = pixels.shape
+    if min(height, width) < MIN_SIDE:
+        raise InputError(f"the image is {width}x{height} pixels; at least {MIN_SIDE} per side are needed to read "
+                         "a watermark")
+    factor = 1.0
+    if scaling is Scaling.WORKING or (scaling is Scaling.AUTO and min(height, width) > working_size):
+        factor = working_size / min(height, width)
+    if height * width * factor * factor > MAX_EXTRACTION_PIXELS:
+        factor = math.sqrt(MAX_EXTRACTION_PIXELS / (height * width))
+    size = (max(1, round(width * factor)), max(1, round(height * factor)))
+    if size == (width, height):
+        return pixels, ""
+    if min(size) < MIN_SIDE:
+        raise InputError(f"the image is {width}x{height} pixels, too elongated to read a watermark from (it "
+                         f"would be read at {size[0]}x{size[1]})")
+    resized = Image.fromarray(np.ascontiguousarray(pixels, dtype=np.float32), mode="F").resize(
+        size, resample=Image.Resampling.BICUBIC)
+    return np.clip(np.asarray(resized, dtype=np.float32), 0.0, 1.0), \
+        f"read at {size[0]}x{size[1]} (resized from {width}x{height})"
 
 
 def load_default_extractor() -> HiddenExtractor:

@@ -40,8 +40,8 @@ def folder(tmp_path, world) -> Path:
 
 
 def invoke(world: World, *args: str):
-    return runner.invoke(app, ["scan", *args, "--registry", str(world.registry_dir), "--extractor",
-                               str(world.extractor_dir)], env=ENV)
+    return runner.invoke(app, ["scan", *args, "--workers", "1", "--registry", str(world.registry_dir),
+                               "--extractor", str(world.extractor_dir)], env=ENV)
 
 
 def test_scan_writes_reports_and_summary(world, folder, tmp_path):

@@ -189,7 +189,7 @@ def test_cli_scan_of_the_pacs(orthanc, pushed, tmp_path):
     world, _ = pushed
     result = CliRunner().invoke(app, ["scan", "--pacs", base + "/dicom-web", "--pacs-user", USER, "--json",
                                       "--registry", str(world.registry_dir), "--extractor", str(world.extractor_dir),
-                                      "--out", str(tmp_path / "pacs.csv")],
+                                      "--out", str(tmp_path / "pacs.csv"), "--workers", "2"],
                                 env={"MEDSIGN_PACS_PASSWORD": PASSWORD})
     assert result.exit_code == 1, result.output  # the forged study is an alarm
     summary = json.loads(result.stdout)

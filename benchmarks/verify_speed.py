@@ -1,0 +1,142 @@
+"""Verify latency per file: PNG and DICOM at 256x256, a large PNG (read at the working size), a real DICOM.
+
+Speed does not depend on the extractor's weight values, so without --extractor a freshly initialised extractor
+of the default architecture is whitened on random images and used (a trained one gives the same timings).
+The registry holds --keys random keys of an issuer made for the run (matching is one vectorised comparison).
+
+    python benchmarks/verify_speed.py [--extractor DIR] [--keys 1000] [--repeats 20]
+
+Writes benchmarks/results/verify_speed.md (median and 90th percentile of --repeats runs per file kind).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "tests"))
+
+
+def chest_like(size: int, seed: int) -> np.ndarray:
+    """A radiograph-like uint8 image (body, two lungs, spine, texture, noise): realistic PNG sizes."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:size, 0:size] / size
+    body = 0.55 + 0.15 * np.exp(-((xx - 0.5) ** 2) / 0.08)
+    for cx in (0.3, 0.7):
+        lung = ((xx - cx) / 0.16) ** 2 + ((yy - 0.5) / 0.3) ** 2 < 1
+        body = np.where(lung, 0.2 + 0.05 * np.sin(40 * xx + 25 * yy + rng.uniform(0, 6)), body)
+    body = body + 0.25 * np.exp(-((xx - 0.5) ** 2) / 0.002)
+    return np.rint(np.clip(body + rng.normal(0, 0.02, body.shape), 0, 1) * 255).astype(np.uint8)
+
+
+def default_extractor(folder: Path) -> Path:
+    """A whitened extractor of the default architecture with fresh weights (for timing only)."""
+    from medsign_forensics.watermark.extractor_io import save_extractor
+    from medsign_forensics.watermark.hidden import HiddenConfig, HiddenExtractor
+    from medsign_forensics.watermark.whitening import whiten_extractor
+
+    torch.manual_seed(0)
+    extractor = HiddenExtractor(HiddenConfig()).eval()
+    images = np.stack([chest_like(64, 50_000 + i) for i in range(64)]).astype(np.float32) / 255.0
+    fit = whiten_extractor(extractor, [torch.from_numpy(images[:, None])])
+    save_extractor(extractor, folder, whitening=fit.summary(), training={"note": "untrained, for timing"})
+    return folder
+
+
+def timing_registry(folder: Path, keys: int):
+    """A registry with ``keys`` random keys; returns (folder, issuer, one entry)."""
+    from medsign_forensics.provenance import IssuerKey, ModelInfo, Registry, load_policy
+
+    issuer = IssuerKey.generate("Benchmark Issuer")
+    model = ModelInfo(name="mini-cxr", version="0.1.0", weights_sha256="cd" * 32)
+    policy = load_policy()
+    with Registry.open(folder, create=True) as registry:
+        entries = [registry.issue(issuer, model=model, deployment=f"bench-{i}", policy=policy,
+                                  rng=np.random.default_rng(i)) for i in range(keys)]
+    return folder, issuer, entries[0]
+
+
+def machine_line() -> str:
+    return (f"2-core CPU VM, no GPU ({platform.machine()}), python {platform.python_version()}, torch "
+            f"{torch.__version__}, {torch.get_num_threads()} threads")
+
+
+def load_line() -> str:
+    return "/".join(f"{v:.1f}" for v in os.getloadavg())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--extractor", type=Path)
+    parser.add_argument("--keys", type=int, default=1000)
+    parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "verify_speed.md")
+    args = parser.parse_args()
+    from medsign_forensics.dicom import write_synthetic_study
+    from medsign_forensics.verify import Verifier
+
+    load_before = load_line()
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp_path = Path(tmp)
+        extractor = args.extractor or default_extractor(tmp_path / "extractor")
+        registry, issuer, entry = timing_registry(tmp_path / "registry", args.keys)
+        files = {}
+        image = chest_like(256, 1)
+        Image.fromarray(image).save(tmp_path / "x256.png")
+        files["PNG 256x256"] = tmp_path / "x256.png"
+        write_synthetic_study(tmp_path / "x256.dcm", image=image, report_text="No acute abnormality.",
+                              model_name="mini-cxr", model_version="0.1.0", weights_sha256="cd" * 32,
+                              provenance=entry.signed_record, signer=issuer)
+        files["DICOM study 256x256 (all provenance checks)"] = tmp_path / "x256.dcm"
+        Image.fromarray(chest_like(1024, 2)).save(tmp_path / "x1024.png")
+        files["PNG 1024x1024 (read at 256x256)"] = tmp_path / "x1024.png"
+        real = REPO.parent / "shared" / "data" / "real-dicom" / "siim-cr-chest-mono2.dcm"
+        if real.is_file():
+            files["real DICOM 1024x1024, JPEG Baseline"] = real
+        rows = []
+        with Verifier.open(registry=registry, extractor=extractor) as verifier:
+            for label, path in files.items():
+                verifier.verify_file(path)  # warm-up
+                times = []
+                for _ in range(args.repeats):
+                    start = time.perf_counter()
+                    verifier.verify_file(path)
+                    times.append(time.perf_counter() - start)
+                times.sort()
+                rows.append((label, statistics.median(times), times[int(0.9 * (len(times) - 1))]))
+    lines = [
+        "# Verify speed",
+        "",
+        f"- date: {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}",
+        f"- machine: {machine_line()}",
+        f"- command: `python benchmarks/verify_speed.py --keys {args.keys} --repeats {args.repeats}"
+        f"{' --extractor ' + str(args.extractor) if args.extractor else ''}`",
+        f"- extractor: {'given' if args.extractor else 'default architecture, fresh weights (speed only)'}; "
+        f"registry: {args.keys} keys; policy default",
+        f"- 1/5/15-minute load average before: {load_before}, after: {load_line()} (shared machine)",
+        "",
+        "One `Verifier.verify_file` call per run (read, resize if needed, extract, match all keys, registry row "
+        "check when attributed, DICOM provenance checks), after one warm-up call.",
+        "",
+        "| file | median ms | p90 ms |",
+        "| --- | --- | --- |",
+    ] + [f"| {label} | {median * 1000:.0f} | {p90 * 1000:.0f} |" for label, median, p90 in rows]
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
