@@ -38,8 +38,8 @@ STREAM_TEXTURE = 2
 STREAM_NOISE = 3
 
 #: Density removed by a lung's full air thickness, and the strength of the fine parenchymal texture.
-AIR_DENSITY = 0.48
-TEXTURE_GAIN = 0.02
+AIR_DENSITY = 0.42
+TEXTURE_GAIN = 0.012
 
 
 def stream(seed: int, *keys: int) -> np.random.Generator:
@@ -84,6 +84,9 @@ class AnatomyParams:
     # acquisition
     window_low_pct: float
     window_high_pct: float
+    #: How far below the darkest lung the window starts, as a fraction of the window: a wider margin gives
+    #: greyer lungs and a softer film.
+    window_margin: float
     black_level: float
     white_level: float
     gamma: float
@@ -91,6 +94,8 @@ class AnatomyParams:
     range_compression: float
     noise: float
     blur_px: float
+    #: Collimated (unexposed, dark) margins: top, bottom, left, right, as fractions of the image side.
+    collimation: tuple[float, float, float, float]
 
     def to_dict(self) -> dict[str, float | bool]:
         return asdict(self)
@@ -123,7 +128,7 @@ def sample_anatomy(seed: int) -> AnatomyParams:
     return AnatomyParams(
         midline=0.5 + u(-0.02, 0.02),
         rotation_deg=u(-3.0, 3.0),
-        body_half_width=s * u(0.5, 0.56),
+        body_half_width=s * u(0.47, 0.56),
         soft_tissue=u(0.85, 1.2),
         apex_y=apex,
         dome_y_right=dome_r,
@@ -149,13 +154,15 @@ def sample_anatomy(seed: int) -> AnatomyParams:
         vessel_density=u(0.8, 1.2),
         window_low_pct=u(0.5, 3.0),
         window_high_pct=u(99.0, 99.9),
-        black_level=u(0.0, 0.05),
-        white_level=u(0.78, 0.95),
-        gamma=u(0.95, 1.4),
-        edge_gain=u(0.6, 1.2),
+        window_margin=u(0.2, 0.95),
+        black_level=u(0.0, 0.1),
+        white_level=u(0.7, 0.97),
+        gamma=u(0.8, 1.5),
+        edge_gain=u(0.6, 1.4),
         range_compression=u(0.45, 0.75),
         noise=u(0.6, 1.4),
-        blur_px=u(0.45, 0.8),
+        blur_px=u(0.5, 0.9),
+        collimation=tuple(float(u(0.005, 0.035)) if rng.uniform() < 0.15 else 0.0 for _ in range(4)),
     )
 
 
@@ -554,7 +561,7 @@ class Anatomy:
                         return y0 - 0.35 * length * u + 0.75 * length * u * u
                     return y0 - 0.12 * length * u + bend * length * np.abs(u) ** 1.8
 
-                self._curve_bone(side, 0.03, reach, post, half, 0.07, 0.1, out=ribs)
+                self._curve_bone(side, 0.03, reach, post, half, 0.07, 0.14, out=ribs)
                 y_end = post(1.0)
 
                 def ant(u, y_end=y_end, reach=reach):

@@ -143,7 +143,7 @@ def develop(anatomy: Anatomy, lesions: Sequence[Lesion]) -> np.ndarray:
     # The window comes from the normal chest only, so findings never shift the grey levels elsewhere.
     body = anatomy.body > 0.3
     lo, hi = np.percentile(processed[body], [p.window_low_pct, p.window_high_pct])
-    lo = lo - 0.4 * (hi - lo)
+    lo = lo - p.window_margin * (hi - lo)
     density = normal
     if lesions:
         union = np.any([lesion.mask for lesion in lesions], axis=0)
@@ -156,7 +156,13 @@ def develop(anatomy: Anatomy, lesions: Sequence[Lesion]) -> np.ndarray:
     white = stream(anatomy.seed, STREAM_NOISE).standard_normal(normal.shape).astype(np.float32)
     grain = smooth(white, 0.5 * anatomy.px_scale)
     grain /= grain.std() + 1e-8
-    processed = processed + 0.015 * p.noise * np.exp(0.8 * (density - 1.0)) * grain
+    processed = processed + 0.009 * p.noise * np.exp(0.8 * (density - 1.0)) * grain
     level = np.clip((processed - lo) / (hi - lo), 0.0, 1.0) ** p.gamma
     image = p.black_level + (p.white_level - p.black_level) * level
+    # Collimator margins received no exposure: they are the darkest part of the film.
+    n = anatomy.size
+    top, bottom, left, right = (int(round(f * n)) for f in p.collimation)
+    for rows, cols in ((slice(0, top), slice(None)), (slice(n - bottom, n), slice(None)),
+                       (slice(None), slice(0, left)), (slice(None), slice(n - right, n))):
+        image[rows, cols] = 0.5 * p.black_level
     return np.clip(image, 0.0, 1.0).astype(np.float32)
