@@ -8,7 +8,6 @@ opened.
 
 from __future__ import annotations
 
-import os
 from collections import Counter
 from pathlib import Path
 from typing import Annotated, Any, Optional
@@ -48,9 +47,9 @@ def register(app: typer.Typer) -> None:
         jsonl: Annotated[Optional[Path], typer.Option(
             "--jsonl", dir_okay=False, help="Write one JSON line per file here as the scan goes (needed by --resume).")
         ] = None,
-        workers: Annotated[Optional[int], typer.Option(
-            "--workers", min=1, help="Worker processes, each with one torch thread (1: in this process); "
-                                     "default: one per CPU core.")] = None,
+        workers: Annotated[int, typer.Option(
+            "--workers", min=1, help="Worker processes, each with one torch thread (1: in this process). More "
+                                     "help only on idle cores; see benchmarks/results/scan_speed.md.")] = 1,
         resume: Annotated[bool, typer.Option(
             "--resume", help="Continue the scan recorded in --jsonl: skip files whose size and time are unchanged.")
         ] = False,
@@ -88,7 +87,7 @@ def register(app: typer.Typer) -> None:
             def on_verdict(record: dict[str, Any]) -> None:
                 progress.update(task, advance=1, last=record["verdict"])
 
-            kwargs = dict(settings=settings, workers=workers or os.cpu_count() or 1, jsonl=jsonl, csv_path=out,
+            kwargs = dict(settings=settings, workers=workers, jsonl=jsonl, csv_path=out,
                           resume=resume, on_total=on_total, on_verdict=on_verdict)
             if pacs is not None:
                 summary = scan_pacs(pacs_config(pacs, username=pacs_user, password=pacs_password, api=pacs_api),
