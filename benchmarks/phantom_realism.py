@@ -185,7 +185,8 @@ def write_report(figures: dict, command: str, baseline: dict | None, baseline_la
             "| --- | --- | --- | --- |",
             f"| histogram W1 vs real | {b['phantom_vs_real']['wasserstein1']:.4f} | {pv['wasserstein1']:.4f} | "
             f"{rr['wasserstein1']:.4f} (half vs half) |",
-            f"| histogram intersection vs real | {b['phantom_vs_real']['intersection']:.3f} | {pv['intersection']:.3f} | "
+            f"| histogram intersection vs real | {b['phantom_vs_real']['intersection']:.3f} | "
+            f"{pv['intersection']:.3f} | "
             f"{rr['intersection']:.3f} (half vs half) |",
             f"| spectrum slope | {b['phantom']['slope_mean']:.2f} ± {b['phantom']['slope_sd']:.2f} | "
             f"{figures['phantom']['slope_mean']:.2f} ± {figures['phantom']['slope_sd']:.2f} | "

@@ -74,7 +74,7 @@ def _show(study: PhantomStudy, parsed: list[Finding], out: Path, mask_out: Path 
             table.add_row(f.kind.value, f.side.value, f.zone.value, f.severity.value, _status(f))
         console.print(table)
     if study.normal:
-        why = "no finding was recognised in the report" if not parsed else "no finding is present (all negated or hedged)"
+        why = "no finding is present (all negated or hedged)" if parsed else "no finding was recognised in the report"
         console.print(f"[bold]Normal chest[/]: {why}, so the phantom shows a normal chest and the mask is empty.")
     else:
         drawn = Table(title="Drawn (unspecified side, zone and severity filled in from the seed)", title_justify="left")
@@ -138,13 +138,16 @@ def phantom_command(
 @handle_errors
 def dataset_command(
     reports: Annotated[
-        str, typer.Option("--reports", help="Report source: open-i, a report file (.txt/.csv/.jsonl) or a MIMIC folder.")
+        str,
+        typer.Option("--reports", help="Report source: open-i, a report file (.txt/.csv/.jsonl) or a MIMIC folder."),
     ],
     n: Annotated[int, typer.Option("--n", min=1, help="Number of phantoms.")],
     out: Annotated[Path, typer.Option("--out", file_okay=False, help="Dataset folder (created; resumed if present).")],
     size: SizeOption = 256,
     workers: Annotated[int, typer.Option("--workers", min=1, help="Parallel worker processes.")] = 1,
-    seed: Annotated[int, typer.Option("--seed", min=0, help="Dataset seed: fixes every item's report and patient.")] = 0,
+    seed: Annotated[
+        int, typer.Option("--seed", min=0, help="Dataset seed: fixes every item's report and patient.")
+    ] = 0,
     split: Annotated[
         str, typer.Option("--split", help="Which reports: all, or the project's fixed train / test split.")
     ] = "all",

@@ -1,10 +1,11 @@
-"""The normal chest of the phantom world: per-patient anatomy parameters and the density layers they draw.
+"""The chest of the phantom world: per-patient anatomy parameters and the density layers they draw.
 
 Everything is drawn as *density* (a line integral of attenuation, arbitrary units): the body's soft tissue
 adds, the air in the lungs and the trachea subtracts, bones, heart and vessels add. The renderer turns the
 total density into a displayed radiograph. Findings are drawn by :mod:`lesions` as density changes on top of
 these layers, which is why the layers are kept apart (a pneumothorax removes the vessels and the lung
-texture of its rim; cardiomegaly and emphysema redraw the heart or the lungs with other parameters).
+texture of its rim; effusion hides them) and why a chest can be *altered* (cardiomegaly and emphysema redraw
+the heart or the lungs and domes; the unchanged layers are shared).
 
 Geometry lives in normalised image coordinates: ``x`` from 0 (image left, the PATIENT'S RIGHT) to 1, ``y``
 from 0 (top) to 1. A lung's *lateral distance* ``d`` is measured from the midline towards its own side, so
@@ -97,7 +98,7 @@ class AnatomyParams:
     #: Collimated (unexposed, dark) margins: top, bottom, left, right, as fractions of the image side.
     collimation: tuple[float, float, float, float]
 
-    def to_dict(self) -> dict[str, float | bool]:
+    def to_dict(self) -> dict[str, object]:
         return asdict(self)
 
     def dome_y(self, side: Side) -> float:
@@ -399,11 +400,6 @@ class Anatomy:
         """Distance to the lung border in pixels (zero outside): where a lesion fits."""
         return {side: ndimage.distance_transform_edt(mask).astype(np.float32) for side, mask in self.lung_masks.items()}
 
-    def lung_rows(self, side: Side) -> tuple[float, float]:
-        """Top and bottom (y, anatomical frame) of a lung: apex and deepest costophrenic point."""
-        p = self.params
-        return p.apex_y, p.dome_y(side) + p.costophrenic_depth
-
     def zone_band(self, side: Side, zone_index: int) -> tuple[float, float]:
         """The y range of the upper (0), middle (1) or lower (2) third of a lung, apex to dome peak."""
         p = self.params
@@ -641,7 +637,7 @@ class Anatomy:
         cols = slice(max(0, int((tx - reach) * self.size)), min(self.size, int((tx + reach) * self.size) + 1))
         x, y = self.x[rows, cols], self.y[rows, cols]
         part = np.zeros(x.shape, np.float32)
-        for (a, b), w in zip(segs, widths):
+        for (a, b), w in zip(segs, widths, strict=True):
             ab = b - a
             t = np.clip(((x - a[0]) * ab[0] + (y - a[1]) * ab[1]) / (ab @ ab), 0.0, 1.0)
             dist = np.hypot(x - a[0] - t * ab[0], y - a[1] - t * ab[1])

@@ -27,7 +27,15 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from medsign_forensics.phantom.anatomy import AIR_DENSITY, IMAGE_SIGN, Anatomy, LungChange, band_noise, splat_lines, stream
+from medsign_forensics.phantom.anatomy import (
+    AIR_DENSITY,
+    IMAGE_SIGN,
+    Anatomy,
+    LungChange,
+    band_noise,
+    splat_lines,
+    stream,
+)
 from medsign_forensics.reports.findings import Finding, FindingKind, Severity, Side, Zone
 
 STREAM_FINDINGS = 100
@@ -76,10 +84,8 @@ def _subsumes(general: Finding, specific: Finding) -> bool:
     """Whether ``general`` says nothing that ``specific`` does not (so drawing both would draw it twice)."""
     if general.kind is not specific.kind:
         return False
-    return all(
-        g.value == "unspecified" or g == s
-        for g, s in ((general.side, specific.side), (general.zone, specific.zone), (general.severity, specific.severity))
-    )
+    pairs = ((general.side, specific.side), (general.zone, specific.zone), (general.severity, specific.severity))
+    return all(g.value == "unspecified" or g == s for g, s in pairs)
 
 
 def select_findings(findings: Sequence[Finding]) -> list[Finding]:
@@ -160,8 +166,10 @@ def _sides(finding: Finding) -> tuple[Side, ...]:
     return (Side.RIGHT, Side.LEFT) if finding.side is Side.BILATERAL else (finding.side,)
 
 
-def _level(severity: Severity, mild: tuple[float, float], moderate: tuple[float, float], severe: tuple[float, float],
-           rng: np.random.Generator) -> float:
+Range = tuple[float, float]
+
+
+def _level(severity: Severity, mild: Range, moderate: Range, severe: Range, rng: np.random.Generator) -> float:
     """A size drawn within the severity's range; the ranges do not overlap, so severity orders size."""
     lo, hi = {Severity.MILD: mild, Severity.MODERATE: moderate, Severity.SEVERE: severe}[severity]
     return float(rng.uniform(lo, hi))
@@ -171,7 +179,9 @@ def _zone_index(zone: Zone) -> int:
     return ZONES.index(zone)
 
 
-def _pick_centre(anatomy: Anatomy, side: Side, zone: Zone, radius: float, rng: np.random.Generator) -> tuple[float, float]:
+def _pick_centre(
+    anatomy: Anatomy, side: Side, zone: Zone, radius: float, rng: np.random.Generator
+) -> tuple[float, float]:
     """A point of the lung in the zone, as deep inside the lung as the lesion's radius allows."""
     lo, hi = anatomy.zone_band(side, _zone_index(zone))
     in_zone = anatomy.lung_masks[side] & (anatomy.y >= lo) & (anatomy.y < hi)
@@ -196,7 +206,9 @@ def _box(anatomy: Anatomy, cx: float, cy: float, radius: float) -> tuple[slice, 
     )
 
 
-def _texture(rng: np.random.Generator, shape: tuple[int, int], anatomy: Anatomy, fine: float, coarse: float) -> np.ndarray:
+def _texture(
+    rng: np.random.Generator, shape: tuple[int, int], anatomy: Anatomy, fine: float, coarse: float
+) -> np.ndarray:
     if min(shape) < 2:
         return np.zeros(shape, np.float32)
     return band_noise(rng, shape, fine * anatomy.px_scale, coarse * anatomy.px_scale)
@@ -215,7 +227,7 @@ def _blob(
     anatomy: Anatomy,
     finding: Finding,
     rng: np.random.Generator,
-    diameter_mm: tuple[tuple[float, float], tuple[float, float], tuple[float, float]],
+    diameter_mm: tuple[Range, Range, Range],
     amplitude: float,
     lobes: int,
     texture: float,
@@ -236,7 +248,8 @@ def _blob(
             parts.append((cx + off * math.cos(angle), cy + off * math.sin(angle), radius * rng.uniform(0.45, 0.7)))
         for px, py, r in parts:
             theta = np.arctan2(y - py, x - px)
-            wobble = 1.0 + 0.07 * np.sin(3 * theta + rng.uniform(0, 6.3)) + 0.04 * np.sin(5 * theta + rng.uniform(0, 6.3))
+            phase3, phase5 = rng.uniform(0, 2 * math.pi, 2)
+            wobble = 1.0 + 0.07 * np.sin(3 * theta + phase3) + 0.04 * np.sin(5 * theta + phase5)
             rho = np.hypot(x - px, y - py) / (r * wobble)
             # Lobes add up (a smooth union), so a lobulated mass has no internal seams.
             thickness += np.clip(1.0 - rho * rho, 0.0, 1.0) * (r / radius)
@@ -266,7 +279,9 @@ def draw_granuloma(finding: Finding, anatomy: Anatomy, rng: np.random.Generator)
     return _blob(anatomy, finding, rng, ((2.0, 3.5), (3.5, 5.0), (5.0, 7.0)), 0.75, 1, 0.1)
 
 
-def _bronchograms(anatomy: Anatomy, side: Side, cx: float, cy: float, reach: float, rng: np.random.Generator) -> np.ndarray:
+def _bronchograms(
+    anatomy: Anatomy, side: Side, cx: float, cy: float, reach: float, rng: np.random.Generator
+) -> np.ndarray:
     """Branching air-filled bronchi, running from the hilum's side of a consolidation outwards."""
     hx, hy = anatomy.params.hilum(side)
     base = math.atan2(cy - hy, cx - hx)
@@ -330,7 +345,8 @@ def draw_atelectasis(finding: Finding, anatomy: Anatomy, rng: np.random.Generato
             width = np.maximum(half * taper, 1e-6)
             thickness = np.sqrt(np.clip(1.0 - (across / width) ** 2, 0.0, 1.0)) * (taper > 0)
             inside = (thickness > 0) & lung
-            local = 0.22 * thickness * (1.0 + 0.15 * band_noise(rng, shape, 0.6 * anatomy.px_scale, 2.0 * anatomy.px_scale))
+            grain = band_noise(rng, shape, 0.6 * anatomy.px_scale, 2.0 * anatomy.px_scale)
+            local = 0.22 * thickness * (1.0 + 0.15 * grain)
         else:
             hx, hy = anatomy.params.hilum(side)
             lo, hi = anatomy.zone_band(side, _zone_index(finding.zone))

@@ -3,9 +3,14 @@
 The chest is drawn as density (:mod:`anatomy`), findings add density changes confined to their masks
 (:mod:`lesions`), and the total is *developed* the way a computed-radiography reader processes a log-exposure
 image: detector blur, edge enhancement, dynamic-range compression, quantum noise, then a window and a tone
-curve. The linear filters are applied to the normal chest and to the findings' changes separately, and the
-filtered change is cut back to the masks; noise and tone are per pixel. So a pixel outside every mask is
-bit-identical to the same seed's normal render, and the masks are exactly where the pathology changed the image.
+curve, and dark collimator margins. The linear filters are applied to the normal chest and to each finding's
+change separately, and the filtered changes are cut back to the masks; noise, window and tone are per pixel,
+with the window taken from the normal chest. So a pixel outside every mask is bit-identical to the same
+seed's normal render, and the masks are exactly where the pathology changed the image.
+
+Focal findings get only part of the range compression (:data:`FOCAL_COMPRESSION`): at full strength the
+reader's equalisation would hollow a mass or an effusion into a bright ring, which real films do not show.
+Redrawn anatomy (cardiomegaly, emphysema) gets exactly the chest's processing, so it shows no seam.
 """
 
 from __future__ import annotations
@@ -101,9 +106,10 @@ def render_study(findings: Sequence[Finding], *, seed: int, size: int = 256) -> 
     anatomy = Anatomy(sample_anatomy(seed), size, seed)
     lesions = draw_findings(findings, anatomy)
     image = develop(anatomy, lesions)
+    exposed = ~collimated(anatomy.params, size)  # a collimated margin shows nothing, lesion or not
     return PhantomStudy(
         image=image,
-        masks=tuple(FindingMask(lesion.finding, lesion.mask) for lesion in lesions),
+        masks=tuple(FindingMask(lesion.finding, lesion.mask & exposed) for lesion in lesions),
         findings=tuple(findings),
         seed=seed,
         size=size,
@@ -121,8 +127,7 @@ def render_report(text: str, *, seed: int, size: int = 256) -> tuple[PhantomStud
     return render_study(findings, seed=seed, size=size), findings
 
 
-#: Focal findings keep this share of the range compression the chest gets. A reader's equalisation flattens
-#: large smooth shapes; at full strength it would hollow a mass out into a ring, which real films do not show.
+#: Share of the chest's range compression that focal findings get (see the module docstring).
 FOCAL_COMPRESSION = 0.3
 
 
@@ -160,9 +165,16 @@ def develop(anatomy: Anatomy, lesions: Sequence[Lesion]) -> np.ndarray:
     level = np.clip((processed - lo) / (hi - lo), 0.0, 1.0) ** p.gamma
     image = p.black_level + (p.white_level - p.black_level) * level
     # Collimator margins received no exposure: they are the darkest part of the film.
-    n = anatomy.size
-    top, bottom, left, right = (int(round(f * n)) for f in p.collimation)
-    for rows, cols in ((slice(0, top), slice(None)), (slice(n - bottom, n), slice(None)),
-                       (slice(None), slice(0, left)), (slice(None), slice(n - right, n))):
-        image[rows, cols] = 0.5 * p.black_level
+    image[collimated(p, anatomy.size)] = 0.5 * p.black_level
     return np.clip(image, 0.0, 1.0).astype(np.float32)
+
+
+def collimated(params: AnatomyParams, size: int) -> np.ndarray:
+    """The unexposed margins of the film (top, bottom, left, right), as a boolean image."""
+    top, bottom, left, right = (int(round(f * size)) for f in params.collimation)
+    margin = np.zeros((size, size), bool)
+    margin[:top, :] = True
+    margin[size - bottom :, :] = True
+    margin[:, :left] = True
+    margin[:, size - right :] = True
+    return margin

@@ -68,10 +68,14 @@ def test_side_puts_the_mask_on_the_right_half(kind: FindingKind, side: Side, sha
     assert share[0] <= image_left_share(study) <= share[1]
 
 
-@pytest.mark.parametrize("kind", [K.EFFUSION, K.EDEMA, K.EMPHYSEMA, K.CONSOLIDATION, K.NODULE, K.PNEUMOTHORAX])
+@pytest.mark.parametrize("kind", LATERALISED)
 def test_bilateral_findings_cover_both_lungs(kind: FindingKind) -> None:
     study = render(kind, Side.BILATERAL)
+    assert study.drawn[0].side is Side.BILATERAL
     assert 0.25 <= image_left_share(study) <= 0.75
+    mask = study.lesion_mask
+    for side in (Side.RIGHT, Side.LEFT):
+        assert (mask & (anatomy().lung_field(side) > 0.02)).sum() > 0.2 * mask.sum(), f"nothing in the {side} lung"
 
 
 @pytest.mark.parametrize("kind", [K.EDEMA, K.EMPHYSEMA])

@@ -42,7 +42,7 @@ def test_same_findings_and_seed_give_the_same_bits() -> None:
     a = render_study(findings, seed=5)
     b = render_study(findings, seed=5)
     assert a.image.tobytes() == b.image.tobytes()
-    assert all(np.array_equal(ma, mb) for (_, ma), (_, mb) in zip(a.masks, b.masks))
+    assert all(np.array_equal(ma, mb) for (_, ma), (_, mb) in zip(a.masks, b.masks, strict=True))
     assert a.drawn == b.drawn
 
 
@@ -131,3 +131,15 @@ def test_render_report_without_findings_is_normal() -> None:
 def test_empty_report_is_a_report_error(text: str) -> None:
     with pytest.raises(ReportError, match="empty"):
         render_report(text, seed=0)
+
+
+def test_collimated_margins_are_dark_and_never_part_of_a_mask() -> None:
+    from medsign_forensics.phantom.anatomy import sample_anatomy
+    from medsign_forensics.phantom.renderer import collimated
+
+    seed = next(s for s in range(200) if sample_anatomy(s).collimation[2] > 0)  # a left margin
+    study = render_study([Finding(FindingKind.EFFUSION, side=Side.BILATERAL, severity=Severity.SEVERE)], seed=seed)
+    margin = collimated(study.anatomy, study.size)
+    assert margin[:, 0].all()
+    assert study.image[margin].max() < study.image[~margin].min() + 1e-6
+    assert not (study.lesion_mask & margin).any()
