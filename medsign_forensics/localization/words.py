@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any
 
+from medsign_forensics.reports import parse_report
 from medsign_forensics.reports.findings import Finding, FindingKind, Side, Zone
 
 ParseFn = Callable[[str], Sequence[Finding]]
@@ -102,13 +103,6 @@ class WordTokens:
     positions: tuple[int, ...]
 
 
-def default_parser() -> ParseFn:
-    """The toolkit's findings parser (imported late: the reports package is heavier than this module)."""
-    from medsign_forensics.reports import parse_report
-
-    return parse_report
-
-
 def sentence_spans(report: str) -> list[tuple[int, int]]:
     """Character spans of the report's sentences (split at . ; ! ? and newlines, not inside decimals)."""
     spans, start = [], 0
@@ -128,8 +122,11 @@ def _present(parse: ParseFn, text: str) -> set[tuple[FindingKind, Side, Zone]]:
 
 
 def medical_words(report: str, *, parse: ParseFn | None = None, locations: bool = True) -> list[MedicalWord]:
-    """The finding words (and, if ``locations``, side/zone words) of every finding the report asserts."""
-    parse = parse or default_parser()
+    """The finding words (and, if ``locations``, side/zone words) of every finding the report asserts.
+
+    ``parse`` defaults to the toolkit's findings parser.
+    """
+    parse = parse or parse_report
     selected: list[MedicalWord] = []
     for start, end in sentence_spans(report):
         sentence = report[start:end]

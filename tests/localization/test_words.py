@@ -74,3 +74,15 @@ def test_a_shared_location_word_serves_every_finding_it_locates():
         ("effusions", WordRole.FINDING),
     ]
     assert words[0].kinds == {FindingKind.ATELECTASIS, FindingKind.EFFUSION}
+
+
+def test_positions_agree_with_the_diffusion_tokenizer_spans(model):
+    from medsign_forensics.diffusion import word_token_spans
+
+    report = "Bibasilar atelectasis and small effusions. Calcified granuloma in the right upper lobe."
+    found, dropped = word_tokens(model.tokenizer, report, medical_words(report))
+    assert not dropped
+    spans = word_token_spans(model.tokenizer, report)
+    for item in found:
+        assert (item.word.text, list(item.positions)) in spans
+    assert any(len(item.positions) > 1 for item in found)  # the mini-cxr BPE splits medical words
