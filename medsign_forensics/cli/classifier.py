@@ -18,6 +18,8 @@ from medsign_forensics.errors import InputError
 if TYPE_CHECKING:
     from medsign_forensics.phantom.classifier_train import LabelScore
 
+WEIGHTS_HELP = "Classifier folder; default: the shipped weights."
+
 
 def register(app: typer.Typer) -> None:
     group = typer.Typer(
@@ -31,7 +33,7 @@ def register(app: typer.Typer) -> None:
     @handle_errors
     def predict_command(
         images: Annotated[list[Path], typer.Argument(help="Image files (PNG, JPEG, TIFF, DICOM, ...).")],
-        weights: Annotated[Optional[Path], typer.Option(help="Classifier folder; default: the shipped weights.")] = None,
+        weights: Annotated[Optional[Path], typer.Option(help=WEIGHTS_HELP)] = None,
         threshold: Annotated[float, typer.Option(help="Probability at which a label is listed as found.")] = 0.5,
         json_output: Annotated[bool, typer.Option("--json", help="Print every probability as JSON.")] = False,
     ) -> None:
@@ -46,7 +48,8 @@ def register(app: typer.Typer) -> None:
         for path in images:
             probabilities = predict(model, read_image(path).pixels)[0]
             found = [LABELS[i] for i in np.flatnonzero(probabilities >= threshold)]
-            results.append({"file": str(path), "probabilities": dict(zip(LABELS, map(float, probabilities))), "found": found})
+            named = dict(zip(LABELS, map(float, probabilities)))
+            results.append({"file": str(path), "probabilities": named, "found": found})
         if json_output:
             print_json(results)
             return
@@ -59,7 +62,9 @@ def register(app: typer.Typer) -> None:
     @group.command("train")
     @handle_errors
     def train_command(
-        out: Annotated[Path, typer.Option(help="Run folder (render cache, checkpoint, log, weights); resumes if present.")],
+        out: Annotated[
+            Path, typer.Option(help="Run folder (render cache, checkpoint, log, weights); resumes if present.")
+        ],
         steps: Annotated[Optional[int], typer.Option(help="Optimiser steps.")] = None,
         batch_size: Annotated[Optional[int], typer.Option(help="Images per step.")] = None,
         n_random: Annotated[Optional[int], typer.Option(help="Training phantoms with random findings.")] = None,
@@ -101,8 +106,7 @@ def register(app: typer.Typer) -> None:
             "train_images": result.train_images, "eval_images": result.eval_images,
             "render_seconds": round(result.render_seconds, 1), "train_seconds": round(result.train_seconds, 1),
             "final_loss": result.final_loss,
-            "labels": [{"label": s.label, "auroc": s.auroc, "positives": s.positives, "enough_support": s.enough_support}
-                       for s in result.scores],
+            "labels": [_score_dict(s) for s in result.scores],
         }
         if json_output:
             print_json(summary)
@@ -114,7 +118,7 @@ def register(app: typer.Typer) -> None:
     @handle_errors
     def evaluate_command(
         cache: Annotated[Path, typer.Option(help="Folder for the held-out render cache (reused when present).")],
-        weights: Annotated[Optional[Path], typer.Option(help="Classifier folder; default: the shipped weights.")] = None,
+        weights: Annotated[Optional[Path], typer.Option(help=WEIGHTS_HELP)] = None,
         workers: Annotated[Optional[int], typer.Option(help="Rendering processes.")] = None,
         json_output: Annotated[bool, typer.Option("--json", help="Print the scores as JSON.")] = False,
     ) -> None:
@@ -126,16 +130,23 @@ def register(app: typer.Typer) -> None:
         model = load_classifier(folder)
         meta = read_classifier_config(folder)
         if "train_config" not in meta:
-            raise InputError("classifier config.json records no training config, so its held-out set is unknown", path=folder)
+            message = "classifier config.json records no training config, so its held-out set is unknown"
+            raise InputError(message, path=folder)
         config = TrainConfig.from_dict(meta["train_config"])
         scores = evaluate(model, held_out_data(config, cache, workers=workers, show_progress=not json_output))
         if json_output:
-            print_json([{"label": s.label, "auroc": s.auroc, "positives": s.positives, "negatives": s.negatives,
-                         "enough_support": s.enough_support} for s in scores])
+            print_json([_score_dict(s) for s in scores])
             return
         _print_scores(scores)
 
     app.add_typer(group)
+
+
+def _score_dict(score: LabelScore) -> dict[str, object]:
+    return {
+        "label": score.label, "auroc": score.auroc, "positives": score.positives, "negatives": score.negatives,
+        "enough_support": score.enough_support,
+    }
 
 
 def _command_line(given: dict[str, object]) -> str:

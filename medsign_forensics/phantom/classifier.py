@@ -230,7 +230,8 @@ def predict(
     """
     model.eval()
     device = next(model.parameters()).device
-    out = [torch.sigmoid(model(chunk.to(device))).cpu() for chunk in _batches(images, model.config.image_size, batch_size)]
+    chunks = _batches(images, model.config.image_size, batch_size)
+    out = [torch.sigmoid(model(chunk.to(device))).cpu() for chunk in chunks]
     return torch.cat(out).numpy().astype(np.float32)
 
 
@@ -296,7 +297,8 @@ def read_classifier_config(path: str | Path) -> dict[str, Any]:
     try:
         return json.loads(config_path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise ModelError(f"classifier config cannot be read ({error}); restore or retrain it", path=config_path) from None
+        message = f"classifier config cannot be read ({error}); restore or retrain it"
+        raise ModelError(message, path=config_path) from None
 
 
 def load_classifier(path: str | Path | None = None, *, device: str | torch.device = "cpu") -> FindingClassifier:
@@ -330,10 +332,12 @@ def load_classifier(path: str | Path | None = None, *, device: str | torch.devic
     try:
         state = load_file(str(weights_path))
     except (SafetensorError, OSError) as error:
-        raise ModelError(f"classifier weights cannot be read ({error}); restore or retrain them", path=weights_path) from None
+        message = f"classifier weights cannot be read ({error}); restore or retrain them"
+        raise ModelError(message, path=weights_path) from None
     try:
         model.load_state_dict({k: v.float() for k, v in state.items()}, strict=True)
     except RuntimeError as error:
         first_line = str(error).splitlines()[0] if str(error) else "mismatch"
-        raise ModelError(f"classifier weights do not fit the architecture in config.json ({first_line})", path=weights_path) from None
+        message = f"classifier weights do not fit the architecture in config.json ({first_line})"
+        raise ModelError(message, path=weights_path) from None
     return model.to(device).eval()

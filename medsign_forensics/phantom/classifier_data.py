@@ -32,7 +32,11 @@ from medsign_forensics.reports.findings import Finding, FindingKind, Severity, S
 
 SHARD_SIZE = 256
 #: Modules whose source decides what a render looks like; their digest stamps every render cache.
-RENDERER_MODULES = ("medsign_forensics.phantom.anatomy", "medsign_forensics.phantom.lesions", "medsign_forensics.phantom.renderer")
+RENDERER_MODULES = (
+    "medsign_forensics.phantom.anatomy",
+    "medsign_forensics.phantom.lesions",
+    "medsign_forensics.phantom.renderer",
+)
 
 # How many findings a random study gets: normals and single findings dominate, as in real reports.
 _COUNT_P = (0.15, 0.45, 0.28, 0.12)
@@ -235,7 +239,8 @@ def render_cached(
             TimeRemainingColumn(),
             disable=not show_progress,
         ) as progress:
-            task = progress.add_task(description, total=len(specs), completed=len(specs) - sum(len(chunks[i]) for i in todo))
+            remaining = sum(len(chunks[i]) for i in todo)
+            task = progress.add_task(description, total=len(specs), completed=len(specs) - remaining)
             jobs = [(chunks[i], size) for i in todo]
             owned = pool is None and workers > 1
             active = render_pool(workers) if owned else pool

@@ -258,7 +258,12 @@ class TrainResult:
 
 
 def _write_checkpoint(
-    path: Path, model: FindingClassifier, optimizer: torch.optim.Optimizer, step: int, config: TrainConfig, elapsed: float
+    path: Path,
+    model: FindingClassifier,
+    optimizer: torch.optim.Optimizer,
+    step: int,
+    config: TrainConfig,
+    elapsed: float,
 ) -> None:
     with atomic_path(path) as tmp:
         torch.save(
@@ -331,10 +336,11 @@ def train_classifier(
         torch.set_rng_state(state["torch_rng"])  # dropout continues exactly as an uninterrupted run would
     elif log_path.exists():
         log_path.unlink()  # a log without a checkpoint belongs to a run that never saved; start it afresh
-    _log(log_path, {"event": "start", "step": start_step, "config": config.to_dict(), "train_images": len(train_data.images),
-                    "eval_images": len(eval_data.images), "render_seconds": round(render_seconds, 1),
-                    "version": __version__, "torch": torch.__version__, "machine": platform.machine(),
-                    "cpus": os.cpu_count()})
+    _log(log_path, {
+        "event": "start", "step": start_step, "config": config.to_dict(), "train_images": len(train_data.images),
+        "eval_images": len(eval_data.images), "render_seconds": round(render_seconds, 1), "version": __version__,
+        "torch": torch.__version__, "machine": platform.machine(), "cpus": os.cpu_count(),
+    })
 
     images = torch.from_numpy(train_data.images)
     targets = torch.from_numpy(train_data.labels)
@@ -364,7 +370,8 @@ def train_classifier(
                 progress.update(task, loss=f"{sum(window) / len(window):.4f}")
                 window.clear()
             if done % config.checkpoint_every == 0 or done == config.steps:
-                _write_checkpoint(checkpoint_path, model, optimizer, done, config, previous_seconds + time.perf_counter() - started)
+                elapsed = previous_seconds + time.perf_counter() - started
+                _write_checkpoint(checkpoint_path, model, optimizer, done, config, elapsed)
             progress.advance(task)
     train_seconds = previous_seconds + time.perf_counter() - started
 
@@ -387,7 +394,9 @@ def train_classifier(
         "held_out_auroc": {s.label: s.auroc for s in scores},
         "held_out_positives": {s.label: s.positives for s in scores},
     })
-    _log(log_path, {"event": "done", "step": config.steps, "train_seconds": round(train_seconds, 1), "weights_sha256": digest})
+    _log(log_path, {
+        "event": "done", "step": config.steps, "train_seconds": round(train_seconds, 1), "weights_sha256": digest,
+    })
     return TrainResult(
         weights_dir=out / "weights", weights_sha256=digest, scores=scores, final_loss=loss_value,
         train_images=len(train_data.images), eval_images=len(eval_data.images),

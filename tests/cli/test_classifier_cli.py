@@ -18,7 +18,8 @@ runner = CliRunner()
 def test_train_then_predict_then_evaluate(tmp_path) -> None:
     pytest.importorskip("medsign_forensics.phantom.renderer")
     run = tmp_path / "run"
-    result = runner.invoke(app, ["classifier", "train", "--tiny", "--out", str(run), "--export", str(tmp_path / "w"), "--json"])
+    export = tmp_path / "w"
+    result = runner.invoke(app, ["classifier", "train", "--tiny", "--out", str(run), "--export", str(export), "--json"])
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout)
     assert [row["label"] for row in summary["labels"]] == list(LABELS)
@@ -34,7 +35,7 @@ def test_train_then_predict_then_evaluate(tmp_path) -> None:
     assert set(row["probabilities"]) == set(LABELS)
 
     result = runner.invoke(
-        app, ["classifier", "evaluate", "--weights", str(tmp_path / "w"), "--cache", str(run / "cache" / "eval"), "--json"]
+        app, ["classifier", "evaluate", "--weights", str(export), "--cache", str(run / "cache" / "eval"), "--json"]
     )
     assert result.exit_code == 0, result.output
     assert len(json.loads(result.stdout)) == len(LABELS)
