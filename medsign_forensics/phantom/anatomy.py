@@ -503,6 +503,14 @@ class Anatomy:
         r1 = min(self.size, int(math.ceil((y1 + margin) * self.size)))
         return slice(r0, max(r0, r1))
 
+    def _columns(self, side: Side, d0: float, d1: float) -> slice:
+        """Image columns that can hold lateral distances d0..d1 on ``side`` (allowing for the rotation)."""
+        margin = abs(self._rot[1]) * 0.75 + 2 * self.px
+        xs = (self.params.midline + IMAGE_SIGN[side] * d0, self.params.midline + IMAGE_SIGN[side] * d1)
+        c0 = max(0, int((min(xs) - margin) * self.size))
+        c1 = min(self.size, int(math.ceil((max(xs) + margin) * self.size)))
+        return slice(c0, max(c0, c1))
+
     def _curve_bone(
         self,
         side: Side,
@@ -519,7 +527,9 @@ class Anatomy:
         out = np.zeros_like(self.x) if out is None else out
         ys = centre_y(np.linspace(0.0, 1.0, 33))
         rows = self._window(float(ys.min()) - 2 * half_height, float(ys.max()) + 2 * half_height)
-        d = self.lateral(side)[rows]
+        span = 0.05 * (d1 - d0)
+        cols = self._columns(side, d0 - span, d1 + span)
+        d = IMAGE_SIGN[side] * (self.x[rows, cols] - self.params.midline)
         u = (d - d0) / (d1 - d0)
         inside = (u > -0.05) & (u < 1.05)
         if not inside.any():
@@ -528,12 +538,12 @@ class Anatomy:
         yc = centre_y(uu)
         eps = 1e-3
         slope = (centre_y(uu + eps) - centre_y(uu - eps)) / (2 * eps * (d1 - d0))
-        dn = (self.y[rows][inside] - yc) / np.sqrt(1.0 + slope * slope)
+        dn = (self.y[rows, cols][inside] - yc) / np.sqrt(1.0 + slope * slope)
         near = np.abs(dn) < 1.3 * half_height
         ends = _smoothstep(uu[near] / fade) * _smoothstep((1.0 - uu[near]) / fade)
-        block = out[rows]
-        idx = np.flatnonzero(inside)[near]
-        block.flat[idx] += self._bone_band(dn[near], half_height, marrow, cortex) * ends
+        block = np.zeros(d.shape, np.float32)
+        block.flat[np.flatnonzero(inside)[near]] = self._bone_band(dn[near], half_height, marrow, cortex) * ends
+        out[rows, cols] += block
         return out
 
     @cached_property
@@ -647,15 +657,17 @@ class Anatomy:
         return air
 
     @cached_property
-    def vessel_tree(self) -> dict[Side, np.ndarray]:
-        """Pulmonary vessel markings of each lung before clipping to the lung fields.
+    def vessel_tree(self) -> np.ndarray:
+        """Pulmonary vessel markings of both lungs before clipping to the lung fields.
 
         A tree grows from each hilum: trunks fan out from upward to downward, every branch splits in two with
-        a narrower, shorter pair, so markings are thick at the hila and fade to nothing at the periphery.
+        a narrower, shorter pair, so markings are thick at the hila and fade to nothing at the periphery. The
+        trees grow outwards, away from the mediastinum, so both share one layer (clipped per lung later).
         """
         p = self.params
         rng = stream(self.seed, STREAM_VESSELS)
-        out: dict[Side, np.ndarray] = {}
+        segments: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+        hilar = np.zeros_like(self.x)
         for side in (Side.RIGHT, Side.LEFT):
             sgn = IMAGE_SIGN[side]
             hx, hy = p.hilum(side)
@@ -686,15 +698,12 @@ class Anatomy:
                 parent = np.concatenate([np.flatnonzero(k) for k, _ in children])
                 lengths = lengths[parent] * rng.uniform(0.7, 0.88, len(parent))
                 widths = widths[parent] * rng.uniform(0.68, 0.8, len(parent))
-            starts, ends, widths = np.concatenate(all_starts), np.concatenate(all_ends), np.concatenate(all_widths)
-            s = self.to_pixels(starts)
-            e = self.to_pixels(ends)
-            w = widths * self.size
-            amp = 0.085 * (widths / (0.015 * p.scale)) ** 0.8 * p.vessel_density
-            tree = splat_lines((self.size, self.size), s, e, w, amp)
-            hilar = np.exp(-(((self.x - hx) / 0.04) ** 2 + ((self.y - hy) / 0.06) ** 2))
-            out[side] = (tree + 0.05 * hilar).astype(np.float32)
-        return out
+            segments.append((np.concatenate(all_starts), np.concatenate(all_ends), np.concatenate(all_widths)))
+            hilar += np.exp(-(((self.x - hx) / 0.04) ** 2 + ((self.y - hy) / 0.06) ** 2))
+        starts, ends, widths = (np.concatenate(parts) for parts in zip(*segments, strict=True))
+        amp = 0.085 * (widths / (0.015 * p.scale)) ** 0.8 * p.vessel_density
+        tree = splat_lines((self.size, self.size), self.to_pixels(starts), self.to_pixels(ends), widths * self.size, amp)
+        return (tree + 0.05 * hilar).astype(np.float32)
 
     @cached_property
     def texture(self) -> np.ndarray:
@@ -761,7 +770,7 @@ class Anatomy:
         out = {}
         behind_heart = 1.0 - 0.55 * self.heart()
         for side in (Side.RIGHT, Side.LEFT):
-            vessels = self.vessel_tree[side]
+            vessels = self.vessel_tree
             change = self.changes.get(side)
             if change is not None and change.marking_loss > 0:
                 hx, hy = self.params.hilum(side)
