@@ -205,6 +205,7 @@ def build_vae(config: MiniCxrConfig):  # -> AutoencoderKL
     from diffusers import AutoencoderKL
 
     levels = len(config.vae.block_out_channels)
+    _check_divisible("vae.block_out_channels", config.vae.block_out_channels, config.vae.norm_num_groups, "vae.norm_num_groups")
     return AutoencoderKL(
         in_channels=config.image_channels,
         out_channels=config.image_channels,
@@ -248,6 +249,9 @@ def build_unet(config: MiniCxrConfig):  # -> UNet2DConditionModel
     levels = len(unet.block_out_channels)
     if not (len(unet.attention_heads) == len(unet.only_cross_attention) == levels):
         raise InputError("unet.attention_heads and unet.only_cross_attention need one entry per level")
+    _check_divisible("unet.block_out_channels", unet.block_out_channels, unet.norm_num_groups, "unet.norm_num_groups")
+    for channels, heads in zip(unet.block_out_channels, unet.attention_heads, strict=True):
+        _check_divisible("unet.block_out_channels", (channels,), heads, "its unet.attention_heads entry")
     return UNet2DConditionModel(
         sample_size=config.latent_size,
         in_channels=config.vae.latent_channels,
@@ -261,6 +265,12 @@ def build_unet(config: MiniCxrConfig):  # -> UNet2DConditionModel
         cross_attention_dim=config.text_encoder.hidden_size,
         norm_num_groups=unet.norm_num_groups,
     )
+
+
+def _check_divisible(field_name: str, values: tuple[int, ...], divisor: int, divisor_name: str) -> None:
+    bad = [v for v in values if v % divisor]
+    if bad:
+        raise InputError(f"config {field_name} has {bad}, which {divisor_name} ({divisor}) does not divide")
 
 
 def build_training_scheduler(config: MiniCxrConfig):  # -> DDPMScheduler

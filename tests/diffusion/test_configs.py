@@ -79,3 +79,10 @@ def test_bad_config_files(tmp_path: Path, content) -> None:
 def test_unknown_name() -> None:
     with pytest.raises(InputError, match="no such config file"):
         load_config("huge")
+
+
+def test_indivisible_channels_are_a_config_error(tmp_path: Path) -> None:
+    path = tmp_path / "c.json"
+    path.write_text(json.dumps({"base": "tiny", "unet": {"block_out_channels": [12, 32]}}))
+    with pytest.raises(InputError, match="does not divide"):
+        build_unet(load_config(path))
