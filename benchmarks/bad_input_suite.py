@@ -165,7 +165,8 @@ def write_suite(folder: Path) -> list[BadInput]:
                 add(f"truncated-{cut}.{ext}", data[:cut], "truncated")
     # wrong extensions: legal content, misleading name (readable)
     for ext, data in formats.items():
-        other = {"png": "dcm", "jpg": "png", "tif": "jpg", "webp": "tif", "bmp": "webp", "gif": "bmp", "dcm": "png"}[ext]
+        other = {"png": "dcm", "jpg": "png", "tif": "jpg", "webp": "tif", "bmp": "webp", "gif": "bmp",
+                 "dcm": "png"}[ext]
         add(f"wrong-extension-{ext}-as.{other}", data, "wrong extension", readable=True)
     add("wrong-extension-png-as.txt", formats["png"], "wrong extension", readable=True)
     # huge declared dimensions (decompression bombs) and empty ones
@@ -275,7 +276,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--extractor", type=Path, help="extractor folder (default: a tiny random one)")
     parser.add_argument("--registry", type=Path, help="registry folder (default: the demo registry)")
-    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "bad_input_suite.md")
     args = parser.parse_args()
     sys.path.insert(0, str(REPO / "tests"))
@@ -314,12 +315,13 @@ def main() -> None:
             if "\n" in message or "Traceback" in message or "internal error" in message:
                 problems.append(f"{item.path.name}: unclear error: {message}")
             rows.append((item.category, item.path.name, record["verdict"], message.split(": ", 1)[-1]))
+    extractor_option = f" --extractor {args.extractor}" if args.extractor else ""
     lines = [
         "# Bad-input suite",
         "",
         f"- date: {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}",
         "- machine: 2-core CPU VM, no GPU",
-        f"- command: `python benchmarks/bad_input_suite.py{' --extractor ' + str(args.extractor) if args.extractor else ''}"
+        f"- command: `python benchmarks/bad_input_suite.py{extractor_option}"
         f" --workers {args.workers}`",
         f"- python {platform.python_version()}; extractor: {'given' if args.extractor else 'tiny random, whitened'}",
         "",

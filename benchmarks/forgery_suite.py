@@ -4,7 +4,7 @@ Cases (expected verdict under the default policy unless said otherwise):
 
 - genuine study; its PNG export                                   -> attributed
 - provenance tags copied onto a real radiograph                   -> mismatch
-- pixels edited after generation (a 24x24 patch brightened)        -> tampered, the watermark still attributes
+- pixels edited after generation (1% of the image brightened)     -> tampered, the watermark still attributes
 - one byte of the record signature flipped; of the statement's    -> tampered
 - report text in the block edited; SOP Instance UID changed       -> tampered
 - the deployment revoked in the registry                          -> revoked
@@ -80,7 +80,8 @@ def _real(tmp: Path, args: argparse.Namespace) -> Genuine:
     shutil.copytree(args.registry or DEFAULT_REGISTRY_DIR, registry)
     issuer = load_issuer_key(args.issuer_key, passphrase)
     made = generate_study(report="Small right pleural effusion. No pneumothorax.", out=tmp / "genuine.dcm",
-                          signer=issuer, deployment=args.deployment, registry=registry, seed=11, png=tmp / "genuine.png")
+                          signer=issuer, deployment=args.deployment, registry=registry, seed=11,
+                          png=tmp / "genuine.png")
     return Genuine(registry=registry, extractor=args.extractor, issuer=issuer, study=made.study.path,
                    png=made.png, provenance_id=made.provenance_id)
 
@@ -133,8 +134,9 @@ def run(genuine: Genuine, tmp: Path) -> list[tuple[str, str, str, bool, str]]:
     edited = pydicom.dcmread(genuine.study)
     patch = pixels.copy()
     h, w = patch.shape
-    patch[h // 2: h // 2 + 24, w // 3: w // 3 + 24] = np.clip(
-        patch[h // 2: h // 2 + 24, w // 3: w // 3 + 24].astype(int) + 40, 0, np.iinfo(patch.dtype).max)
+    size = max(4, min(h, w) // 10)  # a small "lesion": 1% of the image
+    region = (slice(h // 2, h // 2 + size), slice(w // 3, w // 3 + size))
+    patch[region] = np.clip(patch[region].astype(int) + 40, 0, np.iinfo(patch.dtype).max)
     edited.PixelData = patch.tobytes()
     cases.append(("pixels edited after generation", "tampered", _save(edited, tmp / "edited.dcm"), "default"))
     cases.append(("record signature byte flipped", "tampered",
@@ -183,8 +185,10 @@ def run(genuine: Genuine, tmp: Path) -> list[tuple[str, str, str, bool, str]]:
                 if case_policy == policy:
                     verdict = verifier.verify_file(path)
                     failed = [c.name for c in verdict.checks if c.status.value == "fail"]
-                    detail = (f"{verdict.matched_bits}/{verdict.match.bits} bits, p {verdict.p_value:.1e}; "
-                              f"failed: {', '.join(failed) or 'none'}") if verdict.match else ", ".join(failed)
+                    pixels_say = f"attributed to {verdict.provenance_id}" if verdict.attributed else "not attributed"
+                    detail = (f"{verdict.matched_bits}/{verdict.match.bits} bits, p {verdict.p_value:.1e}, pixels "
+                              f"{pixels_say}; failed: {', '.join(failed) or 'none'}") if verdict.match else \
+                        ", ".join(failed)
                     results.append((name, expected, verdict.kind.value, verdict.kind.value == expected, detail))
     with Registry.open(genuine.registry) as registry:
         registry.revoke(genuine.provenance_id, genuine.issuer, reason="forgery suite: revoked deployment")

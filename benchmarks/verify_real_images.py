@@ -66,12 +66,13 @@ def main() -> None:
     closest = sorted(matched, key=lambda v: v.match.family_wise_p_value)[:5]
     unusual = [v for v in verdicts if v.kind.value not in ("not detected",)]
     histogram = Counter(v.matched_bits for v in matched)
+    extractor_option = f" --extractor {args.extractor}" if args.extractor else ""
     lines = [
         "# Verify on real images (false positives)",
         "",
         f"- date: {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}",
         f"- machine: {machine_line()}",
-        f"- command: `python benchmarks/verify_real_images.py{' --extractor ' + str(args.extractor) if args.extractor else ''}"
+        f"- command: `python benchmarks/verify_real_images.py{extractor_option}"
         f" --random-keys {args.random_keys}`",
         f"- extractor: {args.label or (args.extractor or 'the shipped one')}",
         f"- data: {len(files)} files (PNG and DICOM) under {args.data}; registry: {keys} keys of the extractor's "

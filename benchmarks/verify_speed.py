@@ -82,6 +82,7 @@ def main() -> None:
     parser.add_argument("--extractor", type=Path)
     parser.add_argument("--keys", type=int, default=1000)
     parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--threads", type=int, nargs="+", default=[1, 2], help="torch threads to time with")
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "verify_speed.md")
     args = parser.parse_args()
     from medsign_forensics.dicom import write_synthetic_study
@@ -107,21 +108,25 @@ def main() -> None:
             files["real DICOM 1024x1024, JPEG Baseline"] = real
         rows = []
         with Verifier.open(registry=registry, extractor=extractor) as verifier:
-            for label, path in files.items():
-                verifier.verify_file(path)  # warm-up
-                times = []
-                for _ in range(args.repeats):
-                    start = time.perf_counter()
-                    verifier.verify_file(path)
-                    times.append(time.perf_counter() - start)
-                times.sort()
-                rows.append((label, statistics.median(times), times[int(0.9 * (len(times) - 1))]))
+            for threads in args.threads:
+                torch.set_num_threads(threads)
+                for label, path in files.items():
+                    verifier.verify_file(path)  # warm-up
+                    times = []
+                    for _ in range(args.repeats):
+                        start = time.perf_counter()
+                        verifier.verify_file(path)
+                        times.append(time.perf_counter() - start)
+                    times.sort()
+                    rows.append((label, threads, statistics.median(times), times[int(0.9 * (len(times) - 1))]))
     lines = [
         "# Verify speed",
         "",
         f"- date: {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}",
-        f"- machine: {machine_line()}",
-        f"- command: `python benchmarks/verify_speed.py --keys {args.keys} --repeats {args.repeats}"
+        f"- machine: 2-core CPU VM, no GPU ({platform.machine()}), python {platform.python_version()}, torch "
+        f"{torch.__version__} (`medsign verify` and every scan worker use 1 torch thread)",
+        f"- command: `python benchmarks/verify_speed.py --keys {args.keys} --repeats {args.repeats} --threads "
+        f"{' '.join(map(str, args.threads))}"
         f"{' --extractor ' + str(args.extractor) if args.extractor else ''}`",
         f"- extractor: {'given' if args.extractor else 'default architecture, fresh weights (speed only)'}; "
         f"registry: {args.keys} keys; policy default",
@@ -130,9 +135,9 @@ def main() -> None:
         "One `Verifier.verify_file` call per run (read, resize if needed, extract, match all keys, registry row "
         "check when attributed, DICOM provenance checks), after one warm-up call.",
         "",
-        "| file | median ms | p90 ms |",
-        "| --- | --- | --- |",
-    ] + [f"| {label} | {median * 1000:.0f} | {p90 * 1000:.0f} |" for label, median, p90 in rows]
+        "| file | torch threads | median ms | p90 ms |",
+        "| --- | --- | --- | --- |",
+    ] + [f"| {label} | {threads} | {median * 1000:.0f} | {p90 * 1000:.0f} |" for label, threads, median, p90 in rows]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text("\n".join(lines) + "\n", encoding="utf-8")
     print("\n".join(lines))

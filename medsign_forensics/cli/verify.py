@@ -97,6 +97,9 @@ def register(app: typer.Typer) -> None:
         Exit codes: 0 no alarm; 1 at least one file tampered, mismatch or revoked; 2 a file could not be
         analysed (or a bad option); 4 extractor unusable; 5 registry cannot be opened.
         """
+        import torch
+
+        torch.set_num_threads(1)  # as every scan worker: one image is too small to share between threads
         with Verifier.open(registry=registry, extractor=extractor, policy=policy, trust=trust or (),
                            scaling=scaling) as verifier:
             verdicts = [verifier.try_verify_file(path) for path in files]
