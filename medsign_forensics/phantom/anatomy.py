@@ -567,7 +567,7 @@ class Anatomy:
                         return y0 - 0.35 * length * u + 0.75 * length * u * u
                     return y0 - 0.12 * length * u + bend * length * np.abs(u) ** 1.8
 
-                self._curve_bone(side, 0.03, reach, post, half, 0.07, 0.14, out=ribs)
+                self._curve_bone(side, 0.03, reach, post, half, 0.045, 0.13, out=ribs)
                 y_end = post(1.0)
 
                 def ant(u, y_end=y_end, reach=reach):
@@ -701,6 +701,11 @@ class Anatomy:
             segments.append((np.concatenate(all_starts), np.concatenate(all_ends), np.concatenate(all_widths)))
             hilar += np.exp(-(((self.x - hx) / 0.04) ** 2 + ((self.y - hy) / 0.06) ** 2))
         starts, ends, widths = (np.concatenate(parts) for parts in zip(*segments, strict=True))
+        # Vessels are not straight: bend every segment at a midpoint pushed sideways by up to a sixth of its length.
+        normal = np.stack([-(ends - starts)[:, 1], (ends - starts)[:, 0]], 1)
+        middle = 0.5 * (starts + ends) + normal * rng.uniform(-0.17, 0.17, (len(starts), 1))
+        starts, ends = np.concatenate([starts, middle]), np.concatenate([middle, ends])
+        widths = np.concatenate([widths, widths])
         amp = 0.085 * (widths / (0.015 * p.scale)) ** 0.8 * p.vessel_density
         tree = splat_lines((self.size, self.size), self.to_pixels(starts), self.to_pixels(ends), widths * self.size, amp)
         return (tree + 0.05 * hilar).astype(np.float32)

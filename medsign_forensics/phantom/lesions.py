@@ -266,7 +266,7 @@ def _blob(
 
 def draw_nodule(finding: Finding, anatomy: Anatomy, rng: np.random.Generator) -> Lesion:
     """A small round opacity of 5-15 mm with a faint granular interior."""
-    return _blob(anatomy, finding, rng, ((5.0, 8.0), (8.0, 11.0), (11.0, 15.0)), 0.2, 1, 0.18)
+    return _blob(anatomy, finding, rng, ((5.0, 8.0), (8.0, 11.0), (11.0, 15.0)), 0.28, 1, 0.12)
 
 
 def draw_mass(finding: Finding, anatomy: Anatomy, rng: np.random.Generator) -> Lesion:
