@@ -189,9 +189,13 @@ def smooth(image: np.ndarray, sigma: float) -> np.ndarray:
         return image
     if sigma < 6.0:
         return ndimage.gaussian_filter(image, sigma, mode="nearest", truncate=3.0)
-    width = int(round(math.sqrt(4.0 * sigma * sigma + 1.0))) | 1  # three boxes of this width: variance ~ sigma^2
+    # A box of odd width w has variance (w^2 - 1) / 12: mix the two odd widths around the ideal one so that
+    # the three passes add up to sigma^2 as closely as odd widths allow.
+    narrow = int(math.sqrt(4.0 * sigma * sigma + 1.0))
+    narrow -= 1 - narrow % 2
+    wide_passes = min(range(4), key=lambda k: abs(k * (narrow + 2) ** 2 + (3 - k) * narrow**2 - 3 - 12 * sigma**2))
     out = image
-    for _ in range(3):
+    for width in [narrow + 2] * wide_passes + [narrow] * (3 - wide_passes):
         out = ndimage.uniform_filter(out, size=width, mode="nearest")
     return out
 

@@ -13,6 +13,7 @@ from scipy import ndimage
 
 from medsign_forensics.phantom import PhantomStudy, render_study
 from medsign_forensics.phantom.anatomy import Anatomy
+from medsign_forensics.phantom.lesions import finding_stream, resolve
 from medsign_forensics.reports.findings import Finding, FindingKind, Severity, Side, Zone
 
 K = FindingKind
@@ -86,8 +87,9 @@ def test_edema_and_emphysema_are_bilateral_unless_a_side_is_given(kind: FindingK
 
 
 def test_unspecified_side_is_drawn_from_the_seed() -> None:
-    sides = {render(K.NODULE, seed=seed).drawn[0].side for seed in range(12)}
-    assert sides == {Side.RIGHT, Side.LEFT}
+    sides = [resolve(Finding(K.NODULE), finding_stream(seed, K.NODULE, 0)).side for seed in range(40)]
+    assert set(sides) == {Side.RIGHT, Side.LEFT}
+    assert render(K.NODULE, seed=3).drawn[0].side is sides[3], "the renderer draws the side it resolved"
 
 
 @pytest.mark.parametrize("kind", IN_LUNG)
