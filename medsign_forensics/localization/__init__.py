@@ -3,11 +3,13 @@
 capture    records cross-attention probabilities without changing the U-Net's output
 words      selects the report's medical words and their prompt token positions
 maps       per-token maps -> A_avg, CAS, AAS -> A_loc; combination over words
+generation maps during generation: sample images and x0 with the capture installed
 inversion  maps for an existing image and its report (one noised denoising step per timestep)
 metrics    pointing game and IoU against ground-truth lesion masks
 """
 
 from medsign_forensics.localization.capture import CapturedAttention, CrossAttentionCapture, every_step
+from medsign_forensics.localization.generation import GeneratedMaps, generate_with_maps
 from medsign_forensics.localization.inversion import DEFAULT_TIMESTEPS, ImageAttention, capture_image, localize_image
 from medsign_forensics.localization.maps import Localization, MapOptions, WordMap, localize_captured
 from medsign_forensics.localization.metrics import iou, pointing_game
@@ -15,6 +17,7 @@ from medsign_forensics.localization.words import MedicalWord, WordTokens, medica
 
 __all__ = [
     "DEFAULT_TIMESTEPS",
+    "GeneratedMaps",
     "CapturedAttention",
     "CrossAttentionCapture",
     "ImageAttention",
@@ -25,6 +28,7 @@ __all__ = [
     "WordTokens",
     "capture_image",
     "every_step",
+    "generate_with_maps",
     "iou",
     "localize_captured",
     "localize_image",
