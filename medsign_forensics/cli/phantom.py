@@ -12,7 +12,15 @@ from typing import Annotated, Optional
 
 import numpy as np
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 from rich.table import Table
 
 from medsign_forensics.cli.common import console, handle_errors, print_json
@@ -164,17 +172,25 @@ def dataset_command(
     if split != "all":
         train, test = split_reports(loaded)
         chosen = train if split == "train" else test
-    with Progress(
+    # The bar starts with the first progress report, i.e. once the settings and the folder have been checked,
+    # so bad input gives one error line and no empty bar.
+    bar = Progress(
         TextColumn("[bold]phantoms"),
         BarColumn(),
         MofNCompleteColumn(),
         TimeElapsedColumn(),
         TimeRemainingColumn(),
         console=console,
-        disable=json_output,
-        transient=False,
-    ) as bar:
-        task = bar.add_task("render", total=n)
+    )
+    tasks: list[TaskID] = []
+
+    def report(done: int, total: int) -> None:
+        if not tasks:
+            bar.start()
+            tasks.append(bar.add_task("render", total=total))
+        bar.update(tasks[0], completed=done, total=total)
+
+    try:
         summary = build_dataset(
             chosen,
             out,
@@ -184,8 +200,11 @@ def dataset_command(
             workers=workers,
             source=reports,
             split=split,
-            progress=lambda done, total: bar.update(task, completed=done, total=total),
+            progress=None if json_output else report,
         )
+    finally:
+        if tasks:
+            bar.stop()
     if json_output:
         print_json(summary.to_dict())
     else:

@@ -711,7 +711,8 @@ class Anatomy:
         starts, ends = np.concatenate([starts, middle]), np.concatenate([middle, ends])
         widths = np.concatenate([widths, widths])
         amp = 0.085 * (widths / (0.015 * p.scale)) ** 0.8 * p.vessel_density
-        tree = splat_lines((self.size, self.size), self.to_pixels(starts), self.to_pixels(ends), widths * self.size, amp)
+        shape = (self.size, self.size)
+        tree = splat_lines(shape, self.to_pixels(starts), self.to_pixels(ends), widths * self.size, amp)
         return (tree + 0.05 * hilar).astype(np.float32)
 
     @cached_property

@@ -16,6 +16,7 @@ name and renamed, and the item's record comes last, so an interrupted item is re
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import multiprocessing
@@ -121,11 +122,10 @@ def render_item(out_dir: Path, size: int, item: DatasetItem) -> dict[str, object
     return record
 
 
-def _render_job(job: tuple[str, int, DatasetItem]) -> bool:
-    """Worker entry point (module level so that spawned processes can import it). Returns: normal or not."""
+def _render_job(job: tuple[str, int, DatasetItem]) -> None:
+    """Worker entry point (module level so that spawned processes can import it)."""
     out_dir, size, item = job
-    record = render_item(Path(out_dir), size, item)
-    return not record["drawn"]
+    render_item(Path(out_dir), size, item)
 
 
 def _check_manifest(out_dir: Path, settings: dict[str, object]) -> None:
@@ -194,20 +194,17 @@ def build_dataset(
         progress(done, len(items))
     jobs = [(str(out_dir), size, item) for item in todo]
     try:
-        if workers == 1 or len(jobs) <= 1:
-            results = map(_render_job, jobs)
-            for _ in results:
+        with contextlib.ExitStack() as stack:
+            if workers == 1 or len(jobs) <= 1:
+                finished = map(_render_job, jobs)
+            else:
+                # "spawn": workers start clean, never inheriting threads or locks of the parent (torch, Rich).
+                pool = stack.enter_context(multiprocessing.get_context("spawn").Pool(min(workers, len(jobs))))
+                finished = pool.imap_unordered(_render_job, jobs, chunksize=1)
+            for _ in finished:
                 done += 1
                 if progress:
                     progress(done, len(items))
-        else:
-            # "spawn": workers start clean, never inheriting threads or locks of the parent (torch, Rich).
-            context = multiprocessing.get_context("spawn")
-            with context.Pool(processes=min(workers, len(jobs))) as pool:
-                for _ in pool.imap_unordered(_render_job, jobs, chunksize=max(1, min(16, len(jobs) // (4 * workers)))):
-                    done += 1
-                    if progress:
-                        progress(done, len(items))
     except OSError as error:
         raise InputError(f"cannot write the dataset: {error.strerror or error}", path=out_dir) from None
     normal = _write_captions(out_dir, items)
