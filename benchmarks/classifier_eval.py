@@ -36,6 +36,7 @@ from medsign_forensics.phantom.classifier import (
     predict,
     read_classifier_config,
 )
+from medsign_forensics.phantom.classifier_data import renderer_digest
 from medsign_forensics.phantom.classifier_train import MIN_SUPPORT, TrainConfig, held_out_data
 
 MACHINE = "2-core CPU VM, no GPU"
@@ -73,6 +74,8 @@ def main(argv: list[str] | None = None) -> int:
     model = load_classifier(args.weights)
     meta = read_classifier_config(args.weights)
     config = TrainConfig.from_dict(meta["train_config"])
+    renderer_now = renderer_digest()
+    trained_on = str(meta.get("renderer_sha256") or "unrecorded")
     started = time.perf_counter()
     data = held_out_data(config, args.cache, workers=args.workers)
     render_seconds = time.perf_counter() - started
@@ -118,6 +121,9 @@ def main(argv: list[str] | None = None) -> int:
         f"- Weights: `{args.weights}` (SHA-256 `{meta['weights_sha256']}`)",
         f"- Trained with: `{meta.get('command') or 'unrecorded'}`, {meta.get('steps')} steps, "
         f"{meta.get('train_images')} training phantoms, {meta.get('train_seconds')} s training loop",
+        f"- Renderer: source SHA-256 `{renderer_now}` at evaluation; the weights were trained on renders of "
+        f"`{trained_on}`"
+        + (" (the same code)" if renderer_now == trained_on else " (the renderer has changed since training)"),
         f"- Held-out phantoms: {len(data.images)} ({int(from_reports.sum())} from Open-i TEST-split reports, "
         f"{int((~from_reports).sum())} with random findings; renderer seeds disjoint from training); "
         f"render/cache load {render_seconds:.0f} s",
