@@ -266,7 +266,8 @@ def _pool(settings: VerifierSettings, pacs: PacsConfig | None, workers: int) -> 
     # forkserver: one clean server process imports torch and the verifier once (nothing has run in it, so
     # forking it is safe), and every worker is a cheap fork of it; the server is reused by later pools.
     context = get_context("forkserver")
-    context.set_forkserver_preload(["medsign_forensics.scan"])
+    context.set_forkserver_preload(["medsign_forensics.scan", "medsign_forensics.watermark.extractor_io",
+                                    "medsign_forensics.watermark.stats", "medsign_forensics.dicom.reader"])
     return ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_init_worker,
                                initargs=(settings, pacs, 1))
 
