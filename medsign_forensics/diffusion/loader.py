@@ -38,6 +38,7 @@ DEFAULT_MODEL_DIR = WEIGHTS_DIR / DEFAULT_MODEL_NAME
 MANIFEST_NAME = "SHA256SUMS"
 REQUIRED_COMPONENTS = ("tokenizer", "text_encoder", "unet", "vae", "scheduler")
 SUPPORTED_PIPELINE = "StableDiffusionPipeline"
+NAME_KEY = "_medsign_model_name"  # in model_index.json of folders we export; others are named by their folder
 _EXPECTED_CLASSES = {
     "tokenizer": {"CLIPTokenizer", "CLIPTokenizerFast"},
     "text_encoder": {"CLIPTextModel"},
@@ -153,7 +154,7 @@ def load_model(
     pipeline.to(device)
     classes = {name: str(index[name][1]) for name in REQUIRED_COMPONENTS}
     return DiffusionModel(
-        name=DEFAULT_MODEL_NAME if is_default else folder.resolve().name,
+        name=DEFAULT_MODEL_NAME if is_default else str(index.get(NAME_KEY) or folder.resolve().name),
         path=folder.resolve(),
         pipeline=pipeline,
         weights=dict(sorted(digests.items())),

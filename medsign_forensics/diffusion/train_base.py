@@ -54,7 +54,7 @@ from medsign_forensics.diffusion.configs import (
     build_unet,
     build_vae,
 )
-from medsign_forensics.diffusion.loader import MANIFEST_NAME, combined_sha256, sha256_file
+from medsign_forensics.diffusion.loader import MANIFEST_NAME, NAME_KEY, combined_sha256, sha256_file
 from medsign_forensics.diffusion.tokenizer import load_tokenizer, save_tokenizer, train_tokenizer
 from medsign_forensics.errors import InputError, ModelError
 
@@ -622,8 +622,11 @@ def export_model(
     folder = Path(folder)
 
     def write(tmp: Path) -> None:
+        from transformers.utils import logging as transformers_logging
+
         diffusers_logging.set_verbosity_error()  # casting notices about fp32-only modules (there are none)
         diffusers_logging.disable_progress_bar()
+        transformers_logging.disable_progress_bar()
         pipeline = StableDiffusionPipeline(
             vae=copy.deepcopy(vae).to("cpu", torch.float16),
             text_encoder=copy.deepcopy(text_encoder).to("cpu", torch.float16),
@@ -640,6 +643,8 @@ def export_model(
         text_config = tmp / "text_encoder" / "config.json"
         _write_json(text_config, {**json.loads(text_config.read_text(encoding="utf-8")), "dtype": "float32"})
         _prefix_text_encoder_keys(tmp / "text_encoder" / "model.safetensors")
+        index = tmp / "model_index.json"  # diffusers ignores keys that start with "_"; the loader reads the name
+        _write_json(index, {**json.loads(index.read_text(encoding="utf-8")), NAME_KEY: config.name})
         shutil.rmtree(tmp / "tokenizer")
         save_tokenizer(tokenizer, tmp / "tokenizer")
         weights = sorted(p for p in tmp.rglob("*.safetensors"))
@@ -655,6 +660,8 @@ def export_model(
         (tmp / MANIFEST_NAME).write_text("".join(f"{h}  {n}\n" for n, h in sorted(hashes.items())), encoding="utf-8")
         weight_hashes = {name: hashes[name] for name in sizes}
         (tmp / "MODEL_CARD.md").write_text(_model_card(config, sizes, weight_hashes, card), encoding="utf-8")
+        for path in tmp.rglob("*"):
+            path.chmod(0o755 if path.is_dir() else 0o644)  # safetensors writes 0600; the model is for everyone
 
     _save_atomic(folder, write)
     return folder

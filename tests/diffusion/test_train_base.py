@@ -78,6 +78,7 @@ def test_full_run_exports_a_loadable_model(tmp_path: Path) -> None:
     assert [e["step"] for e in log if e["stage"] == "unet"] == [1, 2]
     scaling = [e["scaling_factor"] for e in log if e.get("event") == "finished"][0]
     model = load_model(out / "model")
+    assert model.name == "mini-cxr-tiny"  # from model_index.json, not the folder name "model"
     assert model.vae.config.scaling_factor == pytest.approx(scaling)
     assert next(model.unet.parameters()).dtype == torch.float32  # fp16 on disk, fp32 on CPU
     assert sample(model, ["Left pleural effusion."], seed=0, steps=2).images.shape == (1, 1, 64, 64)
