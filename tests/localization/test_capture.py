@@ -144,3 +144,20 @@ def test_layer_grid_follows_the_unet_rounding(positions, latent, grid):
 def test_layer_grid_rejects_an_impossible_length():
     with pytest.raises(ValueError, match="not supported"):
         layer_grid(7, (4, 8))
+
+
+@torch.no_grad()
+def test_an_encoder_attention_mask_is_honoured(unet):
+    latents, text = _inputs(2)
+    keep = torch.ones(2, 77)
+    keep[:, 10:] = 0  # tokens 10.. are padding the model must not attend to
+    plain = unet(latents, 5, encoder_hidden_states=text, encoder_attention_mask=keep).sample
+    with CrossAttentionCapture(unet, conditional_batch=1) as capture:
+        captured = unet(latents, 5, encoder_hidden_states=text, encoder_attention_mask=keep).sample
+    assert torch.equal(plain, captured)
+    # attn2 gets the encoder mask; an only-cross-attention attn1 is called without it by diffusers itself
+    layers = [layer for name, layer in capture.result().layers.items() if name.endswith("attn2")]
+    assert len(layers) == 4
+    for layer in layers:
+        assert layer.sums[:, 10:].abs().max() < 1e-6
+        assert torch.allclose(layer.sums[:, :10].sum(1), torch.tensor(float(layer.heads)), atol=1e-4)
