@@ -218,8 +218,9 @@ def _train_decoder(options: dict[str, Any], *, extractor: Path | None = None) ->
     }
 
 
-# With --stage all and no --extractor, stage 1 runs with its own defaults (the shared options --steps, --batch,
-# --size, --lr and --attacks configure the decoder stage) and fits whitening on this many unwatermarked images.
+# With --stage all and no --extractor, stage 1 runs with its own defaults except --extractor-steps, --bits, --data,
+# --phantoms and --whiten-images (the shared options --steps, --batch, --size, --lr and --attacks configure the
+# decoder stage) and fits whitening on this many unwatermarked images unless --whiten-images says otherwise.
 ALL_STAGE_WHITEN_IMAGES = 2000
 
 
@@ -228,9 +229,11 @@ def _train_all(options: dict[str, Any]) -> dict[str, Any]:
     summary: dict[str, Any] = {}
     if extractor is None:
         extractor = Path(options["out"]) / "extractor"
-        stage1 = {**options, "out": extractor, "data": options["data"] or "phantom", "steps": None, "batch": None,
-                  "size": None, "lr": None, "attacks": None,
-                  "whiten_images": options["whiten_images"] or ALL_STAGE_WHITEN_IMAGES}
+        stage1 = {
+            **options, "out": extractor, "data": options["data"] or "phantom", "steps": options["extractor_steps"],
+            "batch": None, "size": None, "lr": None, "attacks": None,
+            "whiten_images": options["whiten_images"] or ALL_STAGE_WHITEN_IMAGES,
+        }
         first = _train_extractor(stage1)
         summary = {f"extractor_{k}": v for k, v in first.items() if k in ("out", "steps", "extractor_sha256")}
     second = _train_decoder(options, extractor=Path(extractor))
@@ -298,6 +301,9 @@ def register(app: typer.Typer) -> None:
         sample_steps: Annotated[
             Optional[int], typer.Option(help="Decoder: denoising steps when sampling the cache (default 25).")
         ] = None,
+        extractor_steps: Annotated[
+            Optional[int], typer.Option(help="--stage all: stage-1 steps when no --extractor is given.")
+        ] = None,
         data: Annotated[
             Optional[str], typer.Option(help="Training images: a folder (PNG/JPEG, any size) or 'phantom'.")
         ] = None,
@@ -337,6 +343,7 @@ def register(app: typer.Typer) -> None:
             "reports": reports, "extractor": extractor, "registry": registry, "provenance_id": provenance_id,
             "key": key, "epochs": epochs, "n_reports": n_reports, "ablation": ablation, "cache": cache,
             "loss_weights": loss_weights, "msg_temperature": msg_temperature, "sample_steps": sample_steps,
+            "extractor_steps": extractor_steps,
         }
         summary = _STAGES[stage](options)
         if json_output:

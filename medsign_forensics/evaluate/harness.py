@@ -183,7 +183,6 @@ class Context:
     seed: int
     classifier: Any | None
     kinds: list[str]
-    kind_support: dict[str, int]
     original_kinds: np.ndarray | None  # (N, len(kinds))
     original_labels: np.ndarray | None  # (N, len(LABELS))
 
@@ -388,7 +387,7 @@ def evaluate(
 
     ctx = Context(
         data=data, originals=originals, maps=maps, attacks=TABLE1_ATTACKS, fpr=config.fpr, seed=config.seed,
-        classifier=classifier_model, kinds=kinds, kind_support=support, original_kinds=original_kinds,
+        classifier=classifier_model, kinds=kinds, original_kinds=original_kinds,
         original_labels=original_labels,
     )
 

@@ -241,7 +241,9 @@ class Deployment:
         return str(self.config.get("ablation", "none"))
 
     def watermarked_vae(self, model: Any, *, check_base: bool = True) -> torch.nn.Module:
-        """A copy of ``model.vae`` (a DiffusionModel's) whose decoder and post_quant_conv are this deployment's.
+        """A float32 copy of ``model.vae`` (a DiffusionModel's) whose decoder and post_quant_conv are this
+        deployment's. Always float32, on the model's device: the watermark is a change of a grey level or two,
+        which bfloat16 rounding of the decoder's activations would blur.
 
         Strict: the file must hold exactly the base VAE's decoder-side tensors with the same shapes, else
         ModelError. ``check_base`` also demands that ``model`` is the base model the decoder was tuned from
@@ -254,7 +256,7 @@ class Deployment:
                 f"{model.weights_sha256[:16]}...; load the base model the deployment names",
                 path=self.path,
             )
-        vae = copy.deepcopy(model.vae)
+        vae = copy.deepcopy(model.vae).float()
         load_decoder_state(vae, self.state, path=self.path / DECODER_FILE)
         vae.requires_grad_(False)
         return vae.eval()

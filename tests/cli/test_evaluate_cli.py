@@ -4,7 +4,9 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
+from PIL import Image
 from typer.testing import CliRunner
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "evaluate"))
@@ -20,19 +22,31 @@ def world(tmp_path_factory):
     return evaluation_world(tmp_path_factory)
 
 
-def test_train_a_deployment_then_evaluate_it(world, tmp_path):
+def _noise_folder(folder: Path, count: int = 40) -> Path:
+    """Varied images, so that a barely trained extractor's outputs can still be whitened."""
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(count):
+        Image.fromarray(rng.integers(0, 256, (64, 64), dtype=np.uint8)).save(folder / f"{i}.png")
+    return folder
+
+
+def test_train_all_stages_then_evaluate(world, tmp_path):
     deployment = tmp_path / "deployment"
     trained = runner.invoke(app, [
-        "train", "--dataset", "cxr", "--model", str(world["model_dir"]), "--reports", str(world["reports"]),
-        "--extractor", str(world["extractor"]), "--key", "A5C3E10F", "--out", str(deployment), "--steps", "1",
-        "--batch", "2", "--n-reports", "3", "--sample-steps", "2", "--json",
+        "train", "--stage", "all", "--dataset", "cxr", "--model", str(world["model_dir"]),
+        "--reports", str(world["reports"]), "--key", "A5C3E10F", "--out", str(deployment), "--bits", "32",
+        "--data", str(_noise_folder(tmp_path / "images")), "--extractor-steps", "2", "--whiten-images", "40",
+        "--steps", "1", "--batch", "2", "--n-reports", "3", "--sample-steps", "2", "--json",
     ])
     assert trained.exit_code == 0, trained.output
     summary = json.loads(trained.output)
-    assert summary["stage"] == "decoder" and summary["registered"] is False and summary["key_hex"] == "a5c3e10f"
+    assert summary["stage"] == "all" and summary["registered"] is False and summary["key_hex"] == "a5c3e10f"
+    assert summary["extractor_steps"] == 2 and summary["extractor_out"] == str(deployment / "extractor")
     assert summary["items"] == 3 and summary["steps"] == 1 and len(summary["decoder_sha256"]) == 64
     manifest = json.loads((deployment / "deployment.json").read_text())
     assert manifest["config"]["sample_steps"] == 2 and manifest["base_model"]["path"] == str(world["model_dir"])
+    assert manifest["extractor"]["path"] == str((deployment / "extractor").resolve())
 
     out = tmp_path / "eval"
     evaluated = runner.invoke(app, [
