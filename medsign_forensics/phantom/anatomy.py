@@ -91,6 +91,8 @@ class AnatomyParams:
     black_level: float
     white_level: float
     gamma: float
+    #: Shoulder of the tone curve: how strongly it compresses the brightest (densest) parts, as film does.
+    shoulder: float
     edge_gain: float
     range_compression: float
     noise: float
@@ -157,8 +159,9 @@ def sample_anatomy(seed: int) -> AnatomyParams:
         window_high_pct=u(99.0, 99.9),
         window_margin=u(0.2, 0.95),
         black_level=u(0.0, 0.1),
-        white_level=u(0.7, 0.97),
-        gamma=u(0.8, 1.5),
+        white_level=u(0.66, 0.95),
+        gamma=u(1.0, 1.9),
+        shoulder=u(0.2, 1.0),
         edge_gain=u(0.6, 1.4),
         range_compression=u(0.45, 0.75),
         noise=u(0.6, 1.4),

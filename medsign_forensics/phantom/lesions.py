@@ -74,6 +74,11 @@ class Lesion:
     #: appears where it meets unchanged anatomy.
     heart_scale: float | None = None
     lung_changes: Mapping[Side, LungChange] | None = None
+    #: Share of the chest's range compression this change gets when developed. A reader's equalisation
+    #: flattens large smooth shapes; at full strength it would hollow a mass or a consolidation into a bright
+    #: ring, which real films do not show. Redrawn anatomy, and fluid that merges with the abdomen, get the
+    #: chest's full processing so that they show no seam against it.
+    compression: float = 0.3
 
     @property
     def anatomical(self) -> bool:
@@ -321,7 +326,7 @@ def draw_consolidation(finding: Finding, anatomy: Anatomy, rng: np.random.Genera
         bronchi = _bronchograms(anatomy, side, cx, cy, reach, rng)
         grain = band_noise(rng, shape, 0.6 * anatomy.px_scale, 2.0 * anatomy.px_scale)
         air = anatomy.lung_air(side)
-        local = (AIR_DENSITY * air * 0.8 + 0.04) * fill * (1.0 - 0.6 * bronchi) * (1.0 + 0.08 * grain)
+        local = (AIR_DENSITY * air * 0.6 + 0.03) * fill * (1.0 - 0.6 * bronchi) * (1.0 + 0.08 * grain)
         delta += np.where(inside, np.maximum(local, 0.0), 0.0)
         mask |= inside
     return _finish(finding, delta, mask)
@@ -378,20 +383,20 @@ def draw_effusion(finding: Finding, anatomy: Anatomy, rng: np.random.Generator) 
         lateral_level = p.dome_y(side) + p.costophrenic_depth - rise * height
         d = np.clip(anatomy.lateral(side) / p.lung_half_width(side), 0.0, 1.0)
         # The meniscus is flat medially and climbs steeply along the lateral chest wall.
-        climb = rng.uniform(0.06, 0.1)
-        meniscus = lateral_level + climb * (1.0 - d**3)
+        climb = rng.uniform(0.08, 0.13)
+        meniscus = lateral_level + climb * (1.0 - d**2)
         depth = anatomy.y - meniscus
         field = anatomy.lung_field(side)
         inside = (depth > 0) & (field > 0.02) & (anatomy.lateral(side) > 0)
-        fill = np.clip(depth / 0.03, 0.0, 1.0) ** 0.7
+        fill = np.clip(depth / 0.05, 0.0, 1.0) ** 0.8
         air = anatomy.lung_air(side)
         ripple = 1.0 + 0.03 * band_noise(rng, shape, 1.0 * anatomy.px_scale, 6.0 * anatomy.px_scale)
         # Fluid replaces the air and hides the lung markings behind it: a homogeneous, soft-tissue density.
         hidden = 0.85 * anatomy.parenchyma(side)
-        local = fill * ((AIR_DENSITY * air + 0.3 * field) * ripple - hidden)
+        local = fill * ((AIR_DENSITY * air + 0.2 * field) * ripple - hidden)
         delta += np.where(inside, local, 0.0)
         mask |= inside
-    return _finish(finding, delta, mask)
+    return _finish(finding, delta, mask, compression=1.0)
 
 
 def draw_pneumothorax(finding: Finding, anatomy: Anatomy, rng: np.random.Generator) -> Lesion:
@@ -423,7 +428,7 @@ def draw_cardiomegaly(finding: Finding, anatomy: Anatomy, rng: np.random.Generat
     scale = _level(finding.severity, (1.12, 1.18), (1.2, 1.28), (1.3, 1.4), rng)
     enlarged = anatomy.altered(heart_scale=scale)
     silhouette = enlarged.heart() > 0.02
-    return _finish(finding, enlarged.density - anatomy.density, silhouette, heart_scale=scale)
+    return _finish(finding, enlarged.density - anatomy.density, silhouette, heart_scale=scale, compression=1.0)
 
 
 def draw_edema(finding: Finding, anatomy: Anatomy, rng: np.random.Generator) -> Lesion:
@@ -477,7 +482,7 @@ def draw_emphysema(finding: Finding, anatomy: Anatomy, rng: np.random.Generator)
     width = max(anatomy.params.lung_half_width_right, anatomy.params.lung_half_width_left)
     band = (anatomy.y > anatomy.domes - 2 * anatomy.px) & (anatomy.y < inflated.domes + 2 * anatomy.px)
     region |= band & (np.abs(anatomy.x - anatomy.params.midline) < width) & (np.abs(inflated.domes - anatomy.domes) > 0)
-    return _finish(finding, inflated.density - anatomy.density, region, lung_changes=changes)
+    return _finish(finding, inflated.density - anatomy.density, region, lung_changes=changes, compression=1.0)
 
 
 DRAWERS = {

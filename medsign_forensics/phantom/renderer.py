@@ -8,9 +8,9 @@ change separately, and the filtered changes are cut back to the masks; noise, wi
 with the window taken from the normal chest. So a pixel outside every mask is bit-identical to the same
 seed's normal render, and the masks are exactly where the pathology changed the image.
 
-Focal findings get only part of the range compression (:data:`FOCAL_COMPRESSION`): at full strength the
-reader's equalisation would hollow a mass or an effusion into a bright ring, which real films do not show.
-Redrawn anatomy (cardiomegaly, emphysema) gets exactly the chest's processing, so it shows no seam.
+Focal findings get only part of the range compression (:attr:`Lesion.compression`): at full strength the
+reader's equalisation would hollow a mass into a bright ring, which real films do not show. Redrawn anatomy
+(cardiomegaly, emphysema) and pleural fluid get exactly the chest's processing, so they show no seam.
 """
 
 from __future__ import annotations
@@ -127,10 +127,6 @@ def render_report(text: str, *, seed: int, size: int = 256) -> tuple[PhantomStud
     return render_study(findings, seed=seed, size=size), findings
 
 
-#: Share of the chest's range compression that focal findings get (see the module docstring).
-FOCAL_COMPRESSION = 0.3
-
-
 def _filters(anatomy: Anatomy, density: np.ndarray, compression: float = 1.0) -> np.ndarray:
     """Detector blur, edge enhancement and dynamic-range compression: one linear operator."""
     p = anatomy.params
@@ -153,7 +149,7 @@ def develop(anatomy: Anatomy, lesions: Sequence[Lesion]) -> np.ndarray:
     if lesions:
         union = np.any([lesion.mask for lesion in lesions], axis=0)
         filtered = sum(
-            _filters(anatomy, lesion.delta, 1.0 if lesion.anatomical else FOCAL_COMPRESSION) for lesion in lesions
+            _filters(anatomy, lesion.delta, lesion.compression) for lesion in lesions
         )
         processed = processed + np.where(union, filtered, 0.0)
         density = normal + np.sum([lesion.delta for lesion in lesions], axis=0)
@@ -163,6 +159,7 @@ def develop(anatomy: Anatomy, lesions: Sequence[Lesion]) -> np.ndarray:
     grain /= grain.std() + 1e-8
     processed = processed + 0.009 * p.noise * np.exp(0.8 * (density - 1.0)) * grain
     level = np.clip((processed - lo) / (hi - lo), 0.0, 1.0) ** p.gamma
+    level = level * (1.0 + p.shoulder) / (1.0 + p.shoulder * level)
     image = p.black_level + (p.white_level - p.black_level) * level
     # Collimator margins received no exposure: they are the darkest part of the film.
     image[collimated(p, anatomy.size)] = 0.5 * p.black_level
