@@ -51,7 +51,13 @@ from medsign_forensics.diffusion import DiffusionModel, load_model, sample  # no
 from medsign_forensics.diffusion.configs import DataConfig  # noqa: E402
 from medsign_forensics.diffusion.sampling import DEFAULT_GUIDANCE, DEFAULT_STEPS  # noqa: E402
 from medsign_forensics.fileio import write_text  # noqa: E402
-from medsign_forensics.localization import CrossAttentionCapture, MapOptions, capture_image, iou, pointing_game  # noqa: E402
+from medsign_forensics.localization import (  # noqa: E402
+    CrossAttentionCapture,
+    MapOptions,
+    capture_image,
+    iou,
+    pointing_game,
+)
 from medsign_forensics.localization.generation import generate_with_maps  # noqa: E402
 from medsign_forensics.localization.maps import localize_captured  # noqa: E402
 from medsign_forensics.localization.words import medical_words, word_tokens  # noqa: E402
@@ -173,7 +179,9 @@ class Overhead:
     cuda_peak_capture: int | None
 
 
-def measure_overhead(model: DiffusionModel, texts: Sequence[str], *, seed: int, steps: int, guidance: float) -> Overhead:
+def measure_overhead(
+    model: DiffusionModel, texts: Sequence[str], *, seed: int, steps: int, guidance: float
+) -> Overhead:
     """Median per-report wall times of plain sampling, sampling under capture, and capture + map building."""
     cuda = model.device.type == "cuda"
     sample(model, texts[:1], seed=seed, steps=steps, guidance_scale=guidance)  # warm-up
@@ -277,7 +285,8 @@ def render_markdown(
     all_hits = {method: [h for kind in kinds for h in scores.hits[(kind, method)]] for method in methods}
     total = len(all_hits[methods[0]])
     lines.append(
-        f"| **all** | {total} | " + " | ".join(_rate(all_hits[m]) for m in methods) + f" | {sum(scores.no_word.values())} |"
+        f"| **all** | {total} | " + " | ".join(_rate(all_hits[m]) for m in methods)
+        + f" | {sum(scores.no_word.values())} |"
     )
     lines += [
         "",
@@ -302,7 +311,8 @@ def render_markdown(
         "| time | plain sampling | with capture | capture + maps | capture overhead | capture + maps overhead |",
         "| --- | --- | --- | --- | --- | --- |",
         f"| wall | {overhead.plain_s:.3f} s | {overhead.capture_s:.3f} s | {overhead.capture_and_maps_s:.3f} s | "
-        f"{overhead.capture_s / overhead.plain_s - 1:+.1%} | {overhead.capture_and_maps_s / overhead.plain_s - 1:+.1%} |",
+        f"{overhead.capture_s / overhead.plain_s - 1:+.1%} | "
+        f"{overhead.capture_and_maps_s / overhead.plain_s - 1:+.1%} |",
         f"| process CPU | {overhead.plain_cpu_s:.3f} s | {overhead.capture_cpu_s:.3f} s | — | "
         f"{overhead.capture_cpu_s / overhead.plain_cpu_s - 1:+.1%} | — |",
         "",
@@ -350,9 +360,12 @@ def main(argv: list[str] | None = None) -> int:
         model, held_out, prior=prior, kind_prior=kind_prior, seed=args.seed, size=args.size, timesteps=args.timesteps
     )
     with_words = [r.text for r in held_out if word_tokens(model.tokenizer, r.text, medical_words(r.text))[0]]
-    overhead = measure_overhead(model, with_words[: args.overhead_n], seed=args.seed, steps=args.steps, guidance=args.guidance)
+    overhead = measure_overhead(
+        model, with_words[: args.overhead_n], seed=args.seed, steps=args.steps, guidance=args.guidance
+    )
     machine = args.machine or (CPU_MACHINE if model.device.type == "cpu" else torch.cuda.get_device_name(model.device))
-    command = "python " + " ".join(shlex.quote(part) for part in [sys.argv[0], *(argv if argv is not None else sys.argv[1:])])
+    parts = [sys.argv[0], *(argv if argv is not None else sys.argv[1:])]
+    command = "python " + " ".join(shlex.quote(part) for part in parts)
     markdown = render_markdown(
         args=args, model=model, scores=scores, evaluated=evaluated, prior_studies=prior_studies,
         overhead=overhead, machine=machine, command=command,

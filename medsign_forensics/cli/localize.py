@@ -85,16 +85,20 @@ def register(app: typer.Typer) -> None:
     @handle_errors
     def localize_command(
         report: Annotated[str, typer.Option("--report", help="The report text the map is made for.")],
-        out: Annotated[Path, typer.Option("--out", dir_okay=False, help="The map PNG; the overlay and .npy go beside it.")],
-        image: Annotated[Optional[Path], typer.Option("--image", dir_okay=False,
-                                                      help="Localise on this image instead of generating one.")] = None,
-        model: Annotated[Optional[Path], typer.Option("--model", file_okay=False,
-                                                      help="A local SD-1.x model folder; default: the shipped mini-cxr.")] = None,
+        out: Annotated[Path, typer.Option(
+            "--out", dir_okay=False, help="The map PNG; the overlay and .npy go beside it.")],
+        image: Annotated[Optional[Path], typer.Option(
+            "--image", dir_okay=False, help="Localise on this image instead of generating one.")] = None,
+        model: Annotated[Optional[Path], typer.Option(
+            "--model", file_okay=False, help="A local SD-1.x model folder; default: the shipped mini-cxr.")] = None,
         seed: Annotated[int, typer.Option(help="Seed of the generation, or of the noise added to --image.")] = 0,
         steps: Annotated[int, typer.Option(help="Denoising steps when generating.")] = 25,
-        guidance: Annotated[Optional[float], typer.Option(help="Guidance scale when generating; default: the model's.")] = None,
-        timesteps: Annotated[str, typer.Option(help="With --image: the noise timesteps whose attention is summed.")] = "200,400,600",
-        no_cas: Annotated[bool, typer.Option("--no-cas", help="Ablation: average a word's tokens instead of CAS.")] = False,
+        guidance: Annotated[Optional[float], typer.Option(
+            help="Guidance scale when generating; default: the sampler's.")] = None,
+        timesteps: Annotated[str, typer.Option(
+            help="With --image: the noise timesteps whose attention is summed.")] = "200,400,600",
+        no_cas: Annotated[bool, typer.Option(
+            "--no-cas", help="Ablation: average a word's tokens instead of CAS.")] = False,
         no_aas: Annotated[bool, typer.Option("--no-aas", help="Ablation: min-max scaling instead of AAS.")] = False,
         json_output: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
     ) -> None:
@@ -120,7 +124,9 @@ def register(app: typer.Typer) -> None:
             del paths["image"]
         else:
             scale = DEFAULT_GUIDANCE if guidance is None else guidance
-            generated = generate_with_maps(loaded, [report], seed=seed, steps=steps, guidance_scale=scale, options=options)
+            generated = generate_with_maps(
+                loaded, [report], seed=seed, steps=steps, guidance_scale=scale, options=options
+            )
             result = generated.localizations[0]
             picture = generated.sample.images[0].numpy()  # type: ignore[index]
             pixels = picture[0] if picture.shape[0] == 1 else rgb_to_grey(np.moveaxis(picture[:3], 0, -1))
@@ -137,7 +143,9 @@ def register(app: typer.Typer) -> None:
         if result.normal:
             console.print("No medical word in the report: the map is all zeros (nothing to protect).")
         for word in data["words"]:
-            chosen_token = f", CAS token {word['cas_token']} of {word['token_positions']}" if "cas_token" in word else ""
+            chosen_token = (
+                f", CAS token {word['cas_token']} of {word['token_positions']}" if "cas_token" in word else ""
+            )
             console.print(
                 f"[bold]{word['word']}[/] ({word['role']}, {', '.join(word['kinds'])}){chosen_token}: "
                 f"{word['salient_fraction']:.0%} of the image above 0.5",

@@ -51,7 +51,10 @@ def generate_with_maps(
     ``select`` chooses the denoising steps whose attention is summed (default: all, as in the paper).
     """
     reports = list(reports)
-    words = [word_tokens(model.tokenizer, report, medical_words(report, parse=parse, locations=locations)) for report in reports]
+    words = [
+        word_tokens(model.tokenizer, report, medical_words(report, parse=parse, locations=locations))
+        for report in reports
+    ]
     captured = None
     if any(found for found, _ in words):
         with CrossAttentionCapture(model.unet, conditional_batch=len(reports), select=select) as capture:
@@ -75,4 +78,6 @@ def _sample(
     guidance_scale: float,
     negative_prompt: str | None,
 ) -> SampleResult:
-    return sample(model, reports, seed=seed, steps=steps, guidance_scale=guidance_scale, negative_prompt=negative_prompt)
+    return sample(
+        model, reports, seed=seed, steps=steps, guidance_scale=guidance_scale, negative_prompt=negative_prompt
+    )

@@ -76,7 +76,9 @@ class ImageAttention:
     dropped: tuple[MedicalWord, ...]
     image_size: tuple[int, int]
 
-    def localize(self, options: MapOptions = MapOptions(), *, words: Sequence[WordTokens] | None = None) -> Localization:
+    def localize(
+        self, options: MapOptions = MapOptions(), *, words: Sequence[WordTokens] | None = None
+    ) -> Localization:
         """A_loc from this capture; ``words`` restricts it to some of the words (e.g. those of one finding kind)."""
         chosen = self.words if words is None else tuple(words)
         return localize_captured(

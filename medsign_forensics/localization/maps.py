@@ -206,7 +206,7 @@ def localize_captured(
     if words and captured is None:
         raise ValueError("medical words were given but no attention was captured")
     maps = tuple(
-        word_map(tokens, token_maps(captured, tokens.positions, image_size, item=item), options)  # type: ignore[arg-type]
+        word_map(tokens, token_maps(captured, tokens.positions, image_size, item=item), options)  # type: ignore
         for tokens in words
     )
     return Localization(a_loc=combine(maps, image_size), words=maps, dropped=tuple(dropped), options=options)

@@ -166,7 +166,9 @@ def prompt_encoding(tokenizer: Any, prompt: str) -> Any:
     )
 
 
-def word_tokens(tokenizer: Any, prompt: str, words: Sequence[MedicalWord]) -> tuple[list[WordTokens], list[MedicalWord]]:
+def word_tokens(
+    tokenizer: Any, prompt: str, words: Sequence[MedicalWord]
+) -> tuple[list[WordTokens], list[MedicalWord]]:
     """Map each word to the positions of the tokens covering its characters; also return the truncated words."""
     encoding = prompt_encoding(tokenizer, prompt)
     special = set(tokenizer.all_special_ids)

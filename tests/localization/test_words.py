@@ -8,7 +8,8 @@ from medsign_forensics.reports.findings import FindingKind
 
 def test_sentences_split_at_stops_but_not_in_decimals():
     report = "Nodule of 1.5 cm; clear lungs.\nNo effusion"
-    assert [report[a:b].strip() for a, b in sentence_spans(report)] == ["Nodule of 1.5 cm", "clear lungs", "No effusion"]
+    sentences = [report[a:b].strip() for a, b in sentence_spans(report)]
+    assert sentences == ["Nodule of 1.5 cm", "clear lungs", "No effusion"]
 
 
 def test_only_present_findings_and_their_locations_are_selected():
