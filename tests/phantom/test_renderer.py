@@ -143,3 +143,26 @@ def test_collimated_margins_are_dark_and_never_part_of_a_mask() -> None:
     assert margin[:, 0].all()
     assert study.image[margin].max() < study.image[~margin].min() + 1e-6
     assert not (study.lesion_mask & margin).any()
+
+
+def test_random_reports_keep_every_invariant() -> None:
+    """Any mix of findings renders, each drawn finding has a non-empty mask, and nothing outside the masks moves."""
+    rng = np.random.default_rng(0)
+    kinds, sides, zones, severities = list(FindingKind), list(Side), list(Zone), list(Severity)
+    for seed in range(12):
+        findings = [
+            Finding(
+                kinds[rng.integers(len(kinds))],
+                side=sides[rng.integers(len(sides))],
+                zone=zones[rng.integers(len(zones))],
+                severity=severities[rng.integers(len(severities))],
+                negated=bool(rng.uniform() < 0.2),
+            )
+            for _ in range(rng.integers(1, 5))
+        ]
+        study = render_study(findings, seed=1000 + seed)
+        assert np.isfinite(study.image).all() and 0.0 <= study.image.min() and study.image.max() <= 1.0
+        assert all(mask.any() for _, mask in study.masks)
+        assert all(f.present for f in study.drawn)
+        outside = ~study.lesion_mask
+        assert np.array_equal(study.image[outside], render_study([], seed=1000 + seed).image[outside])
