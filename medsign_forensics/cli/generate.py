@@ -46,15 +46,17 @@ def register(app: typer.Typer) -> None:
         json_output: Annotated[bool, typer.Option("--json", help="Print what was written as JSON.")] = False,
     ) -> None:
         """Generate a synthetic study: Secondary Capture, labelled synthetic, watermarked, with signed provenance."""
-        from medsign_forensics.generate import generate_study
+        from medsign_forensics.generate import generate_study, load_default_deployment
+        from medsign_forensics.watermark.deployment import load_deployment
 
         for target in (out, png):
             if target is not None and target.exists():
                 raise InputError("already exists; choose another output (studies are never overwritten)",
                                  path=target)
+        loaded = load_default_deployment() if deployment is None else load_deployment(deployment)
         passphrase = passphrase_from_env() or typer.prompt("Issuer key passphrase", hide_input=True, err=True)
         signer = load_issuer_key(issuer_key, passphrase)
-        result = generate_study(report=report, out=out, signer=signer, deployment=deployment, registry=registry,
+        result = generate_study(report=report, out=out, signer=signer, deployment=loaded, registry=registry,
                                 model=model, seed=seed, steps=steps, guidance_scale=guidance, png=png, device=device)
         if json_output:
             print_json(result.to_dict())
