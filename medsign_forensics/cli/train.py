@@ -153,6 +153,7 @@ def _train_decoder(options: dict[str, Any], *, extractor: Path | None = None) ->
         "epochs": options["epochs"], "steps": options["steps"], "batch": options["batch"], "lr": options["lr"],
         "seed": options["seed"], "n_reports": options["n_reports"], "msg_temperature": options["msg_temperature"],
         "train_size": options["size"], "sample_steps": options["sample_steps"],
+        "sample_batch": options["sample_batch"],
     }
     if options["attacks"] is not None:
         overrides["attacks"] = tuple(name.strip() for name in options["attacks"].split(",") if name.strip())
@@ -301,6 +302,9 @@ def register(app: typer.Typer) -> None:
         sample_steps: Annotated[
             Optional[int], typer.Option(help="Decoder: denoising steps when sampling the cache (default 25).")
         ] = None,
+        sample_batch: Annotated[
+            Optional[int], typer.Option(help="Decoder: reports sampled together (default 4; larger on a GPU).")
+        ] = None,
         extractor_steps: Annotated[
             Optional[int], typer.Option(help="--stage all: stage-1 steps when no --extractor is given.")
         ] = None,
@@ -343,7 +347,7 @@ def register(app: typer.Typer) -> None:
             "reports": reports, "extractor": extractor, "registry": registry, "provenance_id": provenance_id,
             "key": key, "epochs": epochs, "n_reports": n_reports, "ablation": ablation, "cache": cache,
             "loss_weights": loss_weights, "msg_temperature": msg_temperature, "sample_steps": sample_steps,
-            "extractor_steps": extractor_steps,
+            "extractor_steps": extractor_steps, "sample_batch": sample_batch,
         }
         summary = _STAGES[stage](options)
         if json_output:

@@ -82,7 +82,7 @@ class EvaluationConfig:
     real_max: int | None = None
     real_baseline_max: int = 20  # RivaGAN decodes a 600 px radiograph in seconds on a CPU
     figure_rows: int = 3
-    batch: int = 8
+    batch: int = 8  # reports sampled together and images decoded together
     device: str = "cpu"
 
     def __post_init__(self) -> None:
@@ -372,7 +372,7 @@ def evaluate(
     reference = copy.deepcopy(model.vae).to(model.device, torch.float32).eval()
     cache = LatentCache(Path(cache_dir) if cache_dir is not None else out / "cache")
     data = cache.build(
-        model, items, reference_vae=reference, steps=sample_steps, guidance_scale=guidance, batch=4,
+        model, items, reference_vae=reference, steps=sample_steps, guidance_scale=guidance, batch=config.batch,
         on_progress=None if on_progress is None else (lambda d, t: on_progress("sampling held-out reports", d, t)),
     )
     originals = _grey_8bit(data.images.float())
