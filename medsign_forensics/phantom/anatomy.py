@@ -142,7 +142,7 @@ def sample_anatomy(seed: int) -> AnatomyParams:
         mediastinum_half_width=s * u(0.06, 0.075),
         heart_top_y=dome_r - s * u(0.25, 0.3),
         heart_left=s * u(0.19, 0.24),
-        heart_right=s * u(0.075, 0.1),
+        heart_right=s * u(0.09, 0.125),
         aortic_knob_radius=s * u(0.028, 0.04),
         hilum_y_right=apex + s * u(0.27, 0.31),
         hilum_y_left=apex + s * u(0.25, 0.29),
@@ -592,7 +592,7 @@ class Anatomy:
             hx = p.midline + IMAGE_SIGN[side] * (p.body_half_width - 0.02)
             hy = p.clavicle_y - 0.02
             r = np.hypot(self.x - hx, self.y - hy) / (0.085 * p.scale)
-            other += self._bone_band(np.minimum(r, 1.2), 1.0, 0.3, 0.05)
+            other += self._bone_band(np.minimum(r, 1.2), 1.0, 0.2, 0.05)
             # Scapula: its medial border crosses the upper lateral lung.
             if p.scapula > 0.3:
                 d = self.lateral(side)
