@@ -137,9 +137,12 @@ def _train_decoder(options: dict[str, Any], *, extractor: Path | None = None) ->
     from medsign_forensics.diffusion import load_model
     from medsign_forensics.watermark.train_decoder import DEFAULT_REPORTS, DecoderTrainConfig, train_decoder
 
+    from medsign_forensics.config import preset
+
     dataset = options["dataset"]
     if dataset is None:
         raise InputError("the decoder stage needs --dataset cxr or --dataset fundus")
+    preset(dataset)  # an unknown name fails here, naming the known presets
     extractor = extractor if extractor is not None else options["extractor"]
     if extractor is None:
         raise InputError("the decoder stage needs --extractor DIR (a whitened extractor), or use --stage all")

@@ -369,7 +369,7 @@ def evaluate(
     items = split_items(source, held_out=True, n=config.n, seed=config.seed)
     sample_steps = int(main.config.get("sample_steps", 25))
     guidance = float(main.config.get("guidance_scale", 4.0))
-    reference = copy.deepcopy(model.vae).to(model.device, torch.float32).eval()
+    reference = copy.deepcopy(model.vae).to(model.device).float().eval()
     cache = LatentCache(Path(cache_dir) if cache_dir is not None else out / "cache")
     data = cache.build(
         model, items, reference_vae=reference, steps=sample_steps, guidance_scale=guidance, batch=config.batch,

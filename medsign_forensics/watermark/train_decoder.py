@@ -36,7 +36,7 @@ import hashlib
 import json
 import math
 import time
-from collections import Counter, defaultdict
+from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, fields, replace
 from enum import Enum
@@ -526,7 +526,7 @@ class DecoderTrainer:
         if self.device.type == "cuda":
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
-        self.vae_o = copy.deepcopy(model.vae).to(self.device, torch.float32).eval().requires_grad_(False)
+        self.vae_o = copy.deepcopy(model.vae).to(self.device).float().eval().requires_grad_(False)
         self.vae_w = copy.deepcopy(self.vae_o)
         for name, parameter in self.vae_w.named_parameters():
             parameter.requires_grad_(name.startswith(DECODER_PREFIXES))
@@ -683,7 +683,7 @@ def train_decoder(
         items = split_items(config.reports, held_out=False, n=config.n_reports, seed=config.seed)
     cache = LatentCache(Path(cache_dir) if cache_dir is not None else out / "cache")
     started = time.perf_counter()
-    reference = copy.deepcopy(model.vae).to(model.device, torch.float32).eval()
+    reference = copy.deepcopy(model.vae).to(model.device).float().eval()
     data = cache.build(
         model, items, reference_vae=reference, steps=config.sample_steps, guidance_scale=config.guidance_scale,
         batch=config.sample_batch, on_progress=on_cache,
@@ -752,7 +752,6 @@ def train_decoder(
         "train_seconds": round(train_seconds, 3),
         "seconds_per_step": None if seconds_per_step is None else round(seconds_per_step, 4),
         "last_window": None if last is None else last.to_dict(),
-        "attack_counts": dict(Counter(config.attacks)),
     }
     save_deployment(
         out,
