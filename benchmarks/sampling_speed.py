@@ -63,14 +63,20 @@ def report_texts() -> list[str]:
         return FALLBACK_TEXTS
 
 
-def median_time(fn, runs: int) -> tuple[float, list[float]]:
+def median_time(fn, runs: int) -> tuple[float, list[float], float]:
+    """Median wall seconds, all wall times, and the median CPU seconds of this process (user + system).
+
+    CPU seconds are far less sensitive than wall time to other jobs on a shared machine: with one torch
+    thread they estimate the wall time the same work takes on an idle core.
+    """
     fn()  # warm-up: allocations, kernel selection
-    times = []
+    times, cpu = [], []
     for _ in range(runs):
-        start = time.perf_counter()
+        start, start_cpu = time.perf_counter(), time.process_time()
         fn()
         times.append(time.perf_counter() - start)
-    return statistics.median(times), times
+        cpu.append(time.process_time() - start_cpu)
+    return statistics.median(times), times, statistics.median(cpu)
 
 
 def load1() -> float:
@@ -108,15 +114,16 @@ def time_sampling(model_dir: Path | None, runs: int, texts: list[str]) -> tuple[
         model = load_model(model_dir)
         lines.append(f"Model: {what}; weights SHA-256 `{model.weights_sha256}`.")
         lines.append("")
-        lines.append("| torch threads | median s / image | all runs (s) | load avg before -> after |")
-        lines.append("| --- | --- | --- | --- |")
+        lines.append(
+            "| torch threads | median s / image | all runs (s) | median CPU s / image | load avg before -> after |"
+        )
+        lines.append("| --- | --- | --- | --- | --- |")
         for threads in (2, 1):
             torch.set_num_threads(threads)
             before = load1()
-            med, times = median_time(lambda: sample(model, [PROMPT], seed=0, steps=25, guidance_scale=4.0), runs)
-            lines.append(
-                f"| {threads} | **{med:.2f}** | {', '.join(f'{t:.2f}' for t in times)} | {before:.2f} -> {load1():.2f} |"
-            )
+            med, times, cpu = median_time(lambda: sample(model, [PROMPT], seed=0, steps=25, guidance_scale=4.0), runs)
+            runs_text = ", ".join(f"{t:.2f}" for t in times)
+            lines.append(f"| {threads} | **{med:.2f}** | {runs_text} | {cpu:.2f} | {before:.2f} -> {load1():.2f} |")
             print(lines[-1], flush=True)
         torch.set_num_threads(2)
     return lines, what
@@ -125,7 +132,8 @@ def time_sampling(model_dir: Path | None, runs: int, texts: list[str]) -> tuple[
 def time_training(runs: int, texts: list[str]) -> list[str]:
     tokenizer = train_tokenizer(texts, vocab_size=default_config().tokenizer.vocab_size)
     lines = [
-        "| config | VAE params (M) | VAE s/step | text enc. + U-Net params (M) | U-Net s/step | load avg before -> after |",
+        "| config | VAE params (M) | VAE s/step (CPU s) | text enc. + U-Net params (M) | U-Net s/step (CPU s) "
+        "| load avg before -> after |",
         "| --- | --- | --- | --- | --- | --- |",
     ]
     torch.set_num_threads(2)
@@ -135,15 +143,16 @@ def time_training(runs: int, texts: list[str]) -> list[str]:
         vae = VaeTrainer(config, device=device)
         crops = torch.rand(config.vae_train.batch_size, 1, config.vae_train.crop_size, config.vae_train.crop_size)
         generator = torch.Generator().manual_seed(0)
-        vae_s, _ = median_time(lambda: vae.step(crops, generator), runs)
+        vae_s, _, vae_cpu = median_time(lambda: vae.step(crops, generator), runs)
         unet = UNetTrainer(config, tokenizer, device=device)
         batch = config.unet_train.batch_size
         latents = torch.randn(batch, config.vae.latent_channels, config.latent_size, config.latent_size)
         captions = [texts[i % len(texts)] for i in range(batch)]
-        unet_s, _ = median_time(lambda: unet.step(latents, captions, generator), runs)
+        unet_s, _, unet_cpu = median_time(lambda: unet.step(latents, captions, generator), runs)
         lines.append(
-            f"| {name} | {params(vae.vae):.2f} | {vae_s:.2f} | {params(unet.text_encoder) + params(unet.unet):.2f} | "
-            f"{unet_s:.2f} | {before:.2f} -> {load1():.2f} |"
+            f"| {name} | {params(vae.vae):.2f} | {vae_s:.2f} ({vae_cpu:.2f}) | "
+            f"{params(unet.text_encoder) + params(unet.unet):.2f} | {unet_s:.2f} ({unet_cpu:.2f}) | "
+            f"{before:.2f} -> {load1():.2f} |"
         )
         print(lines[-1], flush=True)
     config = default_config()
@@ -151,7 +160,8 @@ def time_training(runs: int, texts: list[str]) -> list[str]:
         "",
         f"Batches: VAE {config.vae_train.batch_size} crops of {config.vae_train.crop_size}x{config.vae_train.crop_size}; "
         f"U-Net {config.unet_train.batch_size} latents of {config.vae.latent_channels}x{config.latent_size}x"
-        f"{config.latent_size} with 77-token captions; 2 torch threads; median of {runs} steps after one warm-up.",
+        f"{config.latent_size} with 77-token captions; 2 torch threads; median of {runs} steps after one warm-up. "
+        "CPU s: this process's user + system seconds (both threads together).",
     ]
     return lines
 
