@@ -12,7 +12,7 @@ from medsign_forensics.diffusion.tokenizer import (
 )
 from medsign_forensics.errors import InputError
 
-from conftest import REPORT_TEXTS
+from diffusion_helpers import REPORT_TEXTS
 
 
 @pytest.fixture(scope="module")
