@@ -25,8 +25,7 @@ from medsign_forensics.watermark.whitening import whiten_extractor
 SIZE = 64
 MODEL = ModelInfo(name="mini-cxr", version="0.1.0", weights_sha256="ab" * 32)
 REPORT = "Small left pleural effusion. No pneumothorax."
-TINY = HiddenConfig(extractor_stem_channels=8, extractor_channels=64, extractor_blocks=1, encoder_channels=8,
-                    groups=4)
+TINY = HiddenConfig(extractor_stem_channels=8, extractor_channels=64, extractor_blocks=1, encoder_tile=8)
 
 
 def sample_image(seed: int, size: int = SIZE) -> np.ndarray:

@@ -68,7 +68,9 @@ DEFAULT_ATTACKS: tuple[str, ...] = (
 )
 
 # Fields that may change when resuming (they do not alter what has been trained so far).
-_RESUMABLE_CHANGES = frozenset({"steps", "device", "log_every", "checkpoint_every", "whiten_images"})
+_RESUMABLE_CHANGES = frozenset(
+    {"steps", "device", "log_every", "checkpoint_every", "whiten_images", "recalibrate_batches"}
+)
 
 
 @dataclass(frozen=True)
@@ -95,6 +97,9 @@ class ExtractorTrainConfig:
     checkpoint_every: int = 200
     whiten_images: int = 0
     whiten_size: int = 256
+    # Batches (of `batch` images at `whiten_size`) over which BatchNorm statistics are re-estimated after
+    # training, under a mixture of the configured attacks; 0 keeps the running averages of training.
+    recalibrate_batches: int = 64
     model: HiddenConfig = field(default_factory=HiddenConfig)
 
     def __post_init__(self) -> None:
@@ -259,6 +264,40 @@ def _trim_log(path: Path, last_step: int) -> None:
     write_text(path, "".join(line + "\n" for line in kept))
 
 
+def recalibrate_batchnorm(trainer: _Trainer, source: ImageSource) -> None:
+    """Re-estimate the extractor's BatchNorm statistics as a plain average over a mixture of attacks.
+
+    During training every batch carries ONE attack, so each batch is normalised by statistics of that attack
+    alone, and the running averages are dominated by the last few hundred batches at the training crop size.
+    Verification sees single images of any provenance at the working resolution: half of each batch here is
+    watermarked and half is clean, each batch gets an attack drawn from the training set, and the statistics
+    are the cumulative mean over all batches (``momentum=None``), at ``whiten_size``.
+    """
+    config, extractor = trainer.config, trainer.extractor
+    norms = [m for m in extractor.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    if not norms or config.recalibrate_batches <= 0:
+        return
+    saved_momentum = [m.momentum for m in norms]
+    for module in norms:
+        module.reset_running_stats()
+        module.momentum = None
+    batches = TrainingBatches(source, size=config.whiten_size, batch=config.batch, rng=trainer.rng)
+    trainer.encoder.eval()
+    extractor.train()
+    with torch.no_grad():
+        for _ in range(config.recalibrate_batches):
+            images = next(batches).to(trainer.device)
+            keys = torch.from_numpy(trainer.rng.integers(0, 2, size=(images.shape[0], config.model.bits)))
+            marked = trainer.store.differentiable(trainer.encoder(images, keys.float().to(trainer.device)))
+            half = images.shape[0] // 2
+            mixed = torch.cat([marked[:half], images[half:]])
+            attack = trainer.attacks[int(trainer.rng.integers(len(trainer.attacks)))]
+            extractor.raw_logits(attack.differentiable(mixed, trainer.rng))
+    for module, momentum in zip(norms, saved_momentum):
+        module.momentum = momentum
+    extractor.eval()
+
+
 def _whitening_batches(config: ExtractorTrainConfig, source: ImageSource) -> list[torch.Tensor]:
     """Unwatermarked images at the working resolution, disjoint from training for phantoms."""
     if config.data == PHANTOM:
@@ -345,6 +384,7 @@ def train_extractor(
         if trainer.step % config.checkpoint_every == 0 or trainer.step == config.steps:
             trainer.save_checkpoint()
 
+    recalibrate_batchnorm(trainer, source)
     extractor = trainer.extractor.cpu().eval()
     save_encoder(trainer.encoder.cpu().eval(), out, training=_provenance(config))
     save_extractor(extractor, out, training=_provenance(config))

@@ -33,7 +33,7 @@ def build_extractor(folder: Path, *, bits: int = 32, seed: int = 0) -> Path:
     from medsign_forensics.watermark.hidden import HiddenConfig, HiddenExtractor
 
     torch.manual_seed(seed)
-    config = HiddenConfig(bits=bits, extractor_stem_channels=8, extractor_channels=8, extractor_blocks=1, groups=4)
+    config = HiddenConfig(bits=bits, extractor_stem_channels=8, extractor_channels=8, extractor_blocks=1)
     extractor = HiddenExtractor(config)
     extractor.attach_whitening(torch.eye(bits), torch.zeros(bits))
     summary = {"n_samples": 0, "covariance": "identity (test)", "min_eigenvalue": 1.0, "max_eigenvalue": 1.0}

@@ -46,7 +46,7 @@ def test_config_validation_and_round_trip():
     with pytest.raises(InputError):
         HiddenConfig(bits=40)
     with pytest.raises(InputError):
-        HiddenConfig(extractor_channels=60)  # not a multiple of 8 groups
+        HiddenConfig(encoder_tile=2)  # too small a pattern period
     config = HiddenConfig(bits=64, strength=0.2)
     assert HiddenConfig.from_dict(config.to_dict()) == config
     with pytest.raises(InputError):

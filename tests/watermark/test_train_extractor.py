@@ -10,14 +10,13 @@ from medsign_forensics.watermark.hidden import HiddenConfig
 from medsign_forensics.watermark.train_extractor import ExtractorTrainConfig, train_extractor
 
 TINY = HiddenConfig(
-    bits=32, extractor_stem_channels=8, extractor_channels=32, extractor_blocks=1,
-    encoder_channels=8, encoder_blocks=1, groups=4,
+    bits=32, extractor_stem_channels=8, extractor_channels=32, extractor_blocks=1, encoder_tile=8,
 )
 
 
 def tiny_config(data, **changes):
     values = dict(data=str(data), steps=4, batch=2, size=32, attacks=("none", "jpeg_q50", "rotate_25"),
-                  log_every=1, checkpoint_every=2, model=TINY)
+                  log_every=1, checkpoint_every=2, model=TINY, whiten_size=32, recalibrate_batches=3)
     values.update(changes)
     return ExtractorTrainConfig(**values)
 
@@ -37,6 +36,18 @@ def test_training_writes_a_complete_run_folder(image_folder, tmp_path):
     assert result.extractor_sha256 == file_sha256(out / "extractor.safetensors")
     assert f"{result.extractor_sha256}  extractor.safetensors" in (out / "SHA256SUMS").read_text()
     assert load_extractor(out).config == TINY and load_encoder(out).config == TINY
+
+
+def test_batchnorm_statistics_are_recalibrated_at_the_working_size(image_folder, tmp_path):
+    from medsign_forensics.watermark.train_extractor import _Trainer, make_source, recalibrate_batchnorm
+
+    trainer = _Trainer(tiny_config(image_folder), tmp_path)
+    norms = [m for m in trainer.extractor.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    before = [m.running_mean.clone() for m in norms]
+    recalibrate_batchnorm(trainer, make_source(trainer.config))
+    assert all(int(m.num_batches_tracked) == 3 for m in norms)  # a plain mean over exactly the asked batches
+    assert all(m.momentum == 0.1 for m in norms) and not trainer.extractor.training
+    assert any(not torch.equal(b, m.running_mean) for b, m in zip(before, norms))
 
 
 def test_interrupted_run_resumes_exactly(image_folder, tmp_path):

@@ -48,8 +48,14 @@ def test_too_few_samples_and_degenerate_outputs_are_refused():
 
 def test_whiten_extractor_attaches_a_layer_that_whitens_its_outputs():
     torch.manual_seed(0)
-    extractor = HiddenExtractor(HiddenConfig(bits=32)).eval()
+    extractor = HiddenExtractor(HiddenConfig(bits=32))
     images = torch.rand(96, 1, 32, 32) * torch.linspace(0.3, 1.0, 96).view(-1, 1, 1, 1)
+    for module in extractor.modules():  # exact BatchNorm statistics, as recalibration leaves them
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.momentum = None
+    with torch.no_grad():
+        extractor(images)
+    extractor.eval()
     fit = whiten_extractor(extractor, torch.split(images, 32))
     assert extractor.whitened and fit.n_samples == 96
     with torch.no_grad():
