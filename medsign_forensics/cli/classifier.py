@@ -104,7 +104,8 @@ def register(app: typer.Typer) -> None:
         summary = {
             "weights": str(result.weights_dir), "weights_sha256": result.weights_sha256,
             "train_images": result.train_images, "eval_images": result.eval_images,
-            "render_seconds": round(result.render_seconds, 1), "train_seconds": round(result.train_seconds, 1),
+            "render_cpu_seconds": round(result.render_cpu_seconds, 1),
+            "train_seconds": round(result.train_seconds, 1), "train_cpu_seconds": round(result.train_cpu_seconds, 1),
             "final_loss": result.final_loss,
             "labels": [_score_dict(s) for s in result.scores],
         }

@@ -253,8 +253,9 @@ class TrainResult:
     final_loss: float
     train_images: int
     eval_images: int
-    render_seconds: float
-    train_seconds: float
+    render_cpu_seconds: float  # summed over rendering processes
+    train_seconds: float  # wall time of the training loop
+    train_cpu_seconds: float  # CPU time of the training loop (all threads)
 
 
 def _write_checkpoint(
@@ -264,11 +265,12 @@ def _write_checkpoint(
     step: int,
     config: TrainConfig,
     elapsed: float,
+    cpu_elapsed: float,
 ) -> None:
     with atomic_path(path) as tmp:
         torch.save(
             {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step, "config": config.to_dict(),
-             "elapsed": elapsed, "torch_rng": torch.get_rng_state()},
+             "elapsed": elapsed, "cpu_elapsed": cpu_elapsed, "torch_rng": torch.get_rng_state()},
             tmp,
         )
 
@@ -313,13 +315,13 @@ def train_classifier(
     finally:
         if pool is not None:
             pool.terminate()
-    render_seconds = train_data.render_seconds + eval_data.render_seconds
+    render_cpu_seconds = train_data.render_cpu_seconds + eval_data.render_cpu_seconds
     renderer_sha256 = (out / "cache" / "train" / "renderer.sha256").read_text().strip()
 
     model = FindingClassifier(config.model).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     start_step = 0
-    previous_seconds = 0.0  # training seconds spent by earlier, interrupted calls
+    previous_seconds = previous_cpu_seconds = 0.0  # wall and CPU seconds of earlier, interrupted calls
     checkpoint_path = out / "checkpoint.pt"
     log_path = out / "train_log.jsonl"
     if checkpoint_path.exists():
@@ -332,20 +334,22 @@ def train_classifier(
         model.load_state_dict(state["model"], strict=True)
         optimizer.load_state_dict(state["optimizer"])
         start_step = int(state["step"])
-        previous_seconds = float(state.get("elapsed", 0.0))
+        previous_seconds = float(state["elapsed"])
+        previous_cpu_seconds = float(state["cpu_elapsed"])
         torch.set_rng_state(state["torch_rng"])  # dropout continues exactly as an uninterrupted run would
     elif log_path.exists():
         log_path.unlink()  # a log without a checkpoint belongs to a run that never saved; start it afresh
     _log(log_path, {
         "event": "start", "step": start_step, "config": config.to_dict(), "train_images": len(train_data.images),
-        "eval_images": len(eval_data.images), "render_seconds": round(render_seconds, 1), "version": __version__,
-        "torch": torch.__version__, "machine": platform.machine(), "cpus": os.cpu_count(),
+        "eval_images": len(eval_data.images), "render_cpu_seconds": round(render_cpu_seconds, 1),
+        "version": __version__, "torch": torch.__version__, "machine": platform.machine(), "cpus": os.cpu_count(),
     })
 
     images = torch.from_numpy(train_data.images)
     targets = torch.from_numpy(train_data.labels)
     loss_value = float("nan")
     started = time.perf_counter()
+    cpu_started = time.process_time()
     window: list[float] = []
     with Progress(
         TextColumn("training classifier"), BarColumn(), MofNCompleteColumn(), TextColumn("loss {task.fields[loss]}"),
@@ -371,9 +375,11 @@ def train_classifier(
                 window.clear()
             if done % config.checkpoint_every == 0 or done == config.steps:
                 elapsed = previous_seconds + time.perf_counter() - started
-                _write_checkpoint(checkpoint_path, model, optimizer, done, config, elapsed)
+                cpu_elapsed = previous_cpu_seconds + time.process_time() - cpu_started
+                _write_checkpoint(checkpoint_path, model, optimizer, done, config, elapsed, cpu_elapsed)
             progress.advance(task)
     train_seconds = previous_seconds + time.perf_counter() - started
+    train_cpu_seconds = previous_cpu_seconds + time.process_time() - cpu_started
 
     model.eval()
     scores = evaluate(model, eval_data)
@@ -387,6 +393,7 @@ def train_classifier(
         "train_images": len(train_data.images),
         "steps": config.steps,
         "train_seconds": round(train_seconds, 1),
+        "train_cpu_seconds": round(train_cpu_seconds, 1),
         "command": command,
         "renderer_sha256": renderer_sha256,
         "torch_version": torch.__version__,
@@ -395,12 +402,13 @@ def train_classifier(
         "held_out_positives": {s.label: s.positives for s in scores},
     })
     _log(log_path, {
-        "event": "done", "step": config.steps, "train_seconds": round(train_seconds, 1), "weights_sha256": digest,
+        "event": "done", "step": config.steps, "train_seconds": round(train_seconds, 1),
+        "train_cpu_seconds": round(train_cpu_seconds, 1), "weights_sha256": digest,
     })
     return TrainResult(
         weights_dir=out / "weights", weights_sha256=digest, scores=scores, final_loss=loss_value,
         train_images=len(train_data.images), eval_images=len(eval_data.images),
-        render_seconds=render_seconds, train_seconds=train_seconds,
+        render_cpu_seconds=render_cpu_seconds, train_seconds=train_seconds, train_cpu_seconds=train_cpu_seconds,
     )
 
 
