@@ -11,14 +11,15 @@ figures in BENCHMARKS.md):
   0.9 GMAC at 256x256, against about 19 GMAC for Stable Signature's eight full-resolution 64-channel layers).
 * BatchNorm in the extractor. A GAP read-out carries the key in each image's MEAN activation per channel.
   GroupNorm normalises every image's channel groups to zero mean, erasing exactly that signal: with GroupNorm
-  the pair stayed at 0.50-0.54 bit accuracy for 2,000 steps, with no normalisation at 0.50 for 1,500 steps,
-  with BatchNorm it reached 0.60-0.72 in 1,000-2,000 steps. BatchNorm's one weakness here (one attack per
-  training batch makes batch statistics attack-specific) is handled after training by re-estimating the
-  running statistics over a mixture of attacks at the working resolution (``recalibrate_batchnorm``).
+  the pair stayed at 0.52-0.54 bit accuracy (1,900 steps at strength 0.1, 800 at 0.3), with no normalisation
+  at 0.50 after 1,500 steps, with BatchNorm it reached 0.60-0.72 after 1,000-2,000 steps. BatchNorm's one
+  weakness here (one attack per training batch makes batch statistics attack-specific) is handled after
+  training by re-estimating the running statistics over a mixture of attacks at the working resolution
+  (``train_extractor.recalibrate_batchnorm``).
 * The key enters the encoder as a bank of learned spatial patterns, one per bit, tiled over the image: the
   residual is ``tanh(sum_i (2 m_i - 1) P_i / sqrt(k))``. HiDDeN's original injection (the key as constant
   feature channels, mixed with image features by one convolution) learned markedly slower here (0.60 against
-  0.69 bit accuracy after 1,000 steps). Patterns are initialised smooth (low-pass noise) so that JPEG and
+  0.69 bit accuracy after 1,000 steps, both with BatchNorm). Patterns are initialised smooth (low-pass noise) so that JPEG and
   resampling do not erase them before training has begun.
 """
 
