@@ -31,28 +31,31 @@ def main(
     """Pathology-aware watermarking and forensic verification of AI-generated medical images."""
 
 
-# Command modules: one import and one register() call each, in the order `--help` lists them.
-from medsign_forensics.cli import train as _train  # noqa: E402
-from medsign_forensics.cli import keys as _keys  # noqa: E402
-from medsign_forensics.cli import classifier as _classifier  # noqa: E402
-from medsign_forensics.cli import base as _base  # noqa: E402
-from medsign_forensics.cli import localize as _localize  # noqa: E402
-from medsign_forensics.cli import phantom as _phantom  # noqa: E402
-from medsign_forensics.cli import evaluate as _evaluate  # noqa: E402
+# Command modules: one import and one register() call each, in the order `--help` lists them:
+# the end-to-end demo, the provider's and the auditor's commands, then the research and training tools.
+from medsign_forensics.cli import demo as _demo  # noqa: E402
+from medsign_forensics.cli import generate as _generate  # noqa: E402
 from medsign_forensics.cli import verify as _verify  # noqa: E402
 from medsign_forensics.cli import scan as _scan  # noqa: E402
-from medsign_forensics.cli import generate as _generate  # noqa: E402
+from medsign_forensics.cli import keys as _keys  # noqa: E402
+from medsign_forensics.cli import phantom as _phantom  # noqa: E402
+from medsign_forensics.cli import base as _base  # noqa: E402
+from medsign_forensics.cli import localize as _localize  # noqa: E402
+from medsign_forensics.cli import train as _train  # noqa: E402
+from medsign_forensics.cli import evaluate as _evaluate  # noqa: E402
+from medsign_forensics.cli import classifier as _classifier  # noqa: E402
 
-_train.register(app)
-_keys.register(app)
-_classifier.register(app)
-_base.register(app)
-_localize.register(app)
-_phantom.register(app)
-_evaluate.register(app)
+_demo.register(app)
+_generate.register(app)
 _verify.register(app)
 _scan.register(app)
-_generate.register(app)
+_keys.register(app)
+_phantom.register(app)
+_base.register(app)
+_localize.register(app)
+_train.register(app)
+_evaluate.register(app)
+_classifier.register(app)
 
 
 def run() -> None:
