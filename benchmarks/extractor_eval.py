@@ -31,10 +31,10 @@ import numpy as np
 import torch
 from scipy.stats import binom, chisquare
 
-from medsign_forensics.fileio import write_text
+from medsign_forensics.fileio import sha256_file, write_text
 from medsign_forensics.watermark.attacks import TABLE1_ATTACKS, Attack
 from medsign_forensics.watermark.data import FolderSource, ImageSource, PhantomSource, centre_square
-from medsign_forensics.watermark.extractor_io import extract_bits, file_sha256, load_encoder, load_extractor
+from medsign_forensics.watermark.extractor_io import extract_bits, load_encoder, load_extractor
 from medsign_forensics.watermark.train_extractor import EVAL_SEED_BASE
 
 RESULTS = Path(__file__).resolve().parent / "results" / "extractor_eval.md"
@@ -151,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
                                   fairness(args.model, load_images(real, len(real), args.size), args.keys, 9)))
 
     command = "python " + shlex.join([Path(sys.argv[0]).as_posix(), *(argv if argv is not None else sys.argv[1:])])
-    sha = file_sha256(args.model / "extractor.safetensors")
+    sha = sha256_file(args.model / "extractor.safetensors")
     lines = [
         "# Extractor evaluation (stage 1)",
         "",

@@ -25,9 +25,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from medsign_forensics.fileio import write_text
+from medsign_forensics.fileio import sha256_file, write_text
 from medsign_forensics.imageio import read_image
-from medsign_forensics.watermark.extractor_io import extract_bits, file_sha256, load_extractor
+from medsign_forensics.watermark.extractor_io import extract_bits, load_extractor
 from medsign_forensics.watermark.hidden import HiddenConfig, HiddenExtractor
 
 RESULTS = Path(__file__).resolve().parent / "results" / "extractor_speed.md"
@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     if args.model:
         extractor = load_extractor(args.model)
-        weights = f"{args.model} (SHA-256 {file_sha256(args.model / 'extractor.safetensors')[:16]}...)"
+        weights = f"{args.model} (SHA-256 {sha256_file(args.model / 'extractor.safetensors')[:16]}...)"
     else:
         extractor = HiddenExtractor(HiddenConfig()).eval()
         weights = "freshly initialised weights of the default architecture (speed does not depend on values)"

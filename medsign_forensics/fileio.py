@@ -1,11 +1,14 @@
-"""Atomic writes: every output is written to a temporary name beside its target and renamed into place.
+"""File I/O shared by the package: atomic writes and file digests.
 
-A crash, a full disk or Ctrl-C therefore never leaves a half-written PNG, JSON or weights file behind.
+Every output is written to a temporary name beside its target and renamed into place, so a crash, a full
+disk or Ctrl-C never leaves a half-written PNG, JSON or weights file behind. Every recorded or checked file
+hash comes from :func:`sha256_file`, so all of them agree on one definition.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import tempfile
@@ -15,6 +18,18 @@ from typing import Any
 
 import numpy as np
 from PIL import Image
+
+
+_HASH_CHUNK = 1 << 20
+
+
+def sha256_file(path: str | Path) -> str:
+    """Lower-case hex SHA-256 of a file's bytes, read in 1 MiB chunks so large weights never sit in memory."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(_HASH_CHUNK), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 @contextlib.contextmanager

@@ -7,7 +7,6 @@ with ``--json``, as JSON on stdout. ``keys check`` exits 1 when any issuer or ro
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
@@ -16,6 +15,7 @@ from rich.table import Table
 
 from medsign_forensics.cli.common import console, handle_errors, print_json
 from medsign_forensics.errors import InputError
+from medsign_forensics.fileio import sha256_file
 from medsign_forensics.provenance.atomic import write_atomic
 from medsign_forensics.provenance.keys import (
     IssuerKey,
@@ -136,11 +136,7 @@ def _weights_digest(weights_sha256: str | None, weights: Path | None) -> str:
     if (weights_sha256 is None) == (weights is None):
         raise InputError("give exactly one of --weights-sha256 HEX or --weights FILE")
     if weights is not None:
-        digest = hashlib.sha256()
-        with weights.open("rb") as handle:
-            for chunk in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(chunk)
-        return digest.hexdigest()
+        return sha256_file(weights)
     assert weights_sha256 is not None
     return weights_sha256.strip().lower()
 

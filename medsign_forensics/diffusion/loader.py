@@ -32,6 +32,7 @@ import torch  # noqa: E402
 
 from medsign_forensics.config import WEIGHTS_DIR  # noqa: E402
 from medsign_forensics.errors import ModelError  # noqa: E402
+from medsign_forensics.fileio import sha256_file  # noqa: E402
 
 DEFAULT_MODEL_NAME = "mini-cxr"
 DEFAULT_MODEL_DIR = WEIGHTS_DIR / DEFAULT_MODEL_NAME
@@ -276,14 +277,6 @@ def read_manifest(manifest: Path) -> dict[str, str]:
     if not entries:
         raise ModelError("the manifest lists no files", path=manifest)
     return entries
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def combined_sha256(hashes: Mapping[str, str]) -> str:

@@ -54,9 +54,10 @@ from medsign_forensics.diffusion.configs import (
     build_unet,
     build_vae,
 )
-from medsign_forensics.diffusion.loader import MANIFEST_NAME, NAME_KEY, combined_sha256, sha256_file
+from medsign_forensics.diffusion.loader import MANIFEST_NAME, NAME_KEY, combined_sha256
 from medsign_forensics.diffusion.tokenizer import load_tokenizer, save_tokenizer, train_tokenizer
 from medsign_forensics.errors import InputError, ModelError
+from medsign_forensics.fileio import sha256_file
 
 MAX_FILE_BYTES = 16 * 1024 * 1024
 MAX_TOTAL_BYTES = 30_000_000

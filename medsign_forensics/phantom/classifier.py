@@ -11,7 +11,6 @@ Labels are multi-label over (finding kind x patient side) plus side-less cardiom
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -28,7 +27,7 @@ from torch.nn import functional as F
 from medsign_forensics import __version__
 from medsign_forensics.config import WEIGHTS_DIR
 from medsign_forensics.errors import InputError, ModelError
-from medsign_forensics.fileio import atomic_path, write_json
+from medsign_forensics.fileio import atomic_path, sha256_file, write_json
 from medsign_forensics.reports.findings import Finding, FindingKind, Side
 
 DEFAULT_CLASSIFIER_DIR = WEIGHTS_DIR / "classifier"
@@ -244,14 +243,6 @@ def extract_features(
     device = next(model.parameters()).device
     out = [model.features(chunk.to(device)).cpu() for chunk in _batches(images, model.config.image_size, batch_size)]
     return torch.cat(out).numpy().astype(np.float64)
-
-
-def sha256_file(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def save_classifier(

@@ -36,9 +36,8 @@ from safetensors.torch import load_file, save_file
 
 from medsign_forensics import __version__
 from medsign_forensics.errors import InputError, ModelError, RegistryError
-from medsign_forensics.fileio import atomic_path, write_json
+from medsign_forensics.fileio import atomic_path, sha256_file, write_json
 from medsign_forensics.watermark.bits import bits_to_hex, check_length, hex_to_bits
-from medsign_forensics.watermark.extractor_io import file_sha256
 
 FORMAT = "medsign-deployment"
 FORMAT_VERSION = 1
@@ -162,7 +161,7 @@ def save_deployment(
             raise InputError(f"base_model needs a {field_name!r} entry")
     with atomic_path(out_dir / DECODER_FILE) as tmp:
         save_file(decoder_state(vae), str(tmp), metadata={"format": FORMAT, "software": __version__})
-        decoder_sha = file_sha256(tmp)
+        decoder_sha = sha256_file(tmp)
     manifest = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -328,7 +327,7 @@ def load_deployment(path: str | Path) -> Deployment:
     weights = folder / str(decoder.get("file", DECODER_FILE))
     if not weights.is_file():
         raise ModelError("the deployment's decoder weights file is missing", path=weights)
-    actual = file_sha256(weights)
+    actual = sha256_file(weights)
     if actual != decoder.get("sha256"):
         raise ModelError(
             f"decoder weights fail their hash check (SHA-256 {actual[:16]}..., deployment.json records "

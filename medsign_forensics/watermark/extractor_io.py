@@ -9,7 +9,6 @@ weights.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Sequence
 from pathlib import Path
@@ -21,7 +20,7 @@ from safetensors.torch import load_file, save_file
 
 from medsign_forensics import __version__
 from medsign_forensics.errors import InputError, ModelError
-from medsign_forensics.fileio import atomic_path, write_json
+from medsign_forensics.fileio import atomic_path, sha256_file, write_json
 from medsign_forensics.watermark.hidden import HiddenConfig, HiddenEncoder, HiddenExtractor
 
 FORMAT_VERSION = 1
@@ -29,12 +28,9 @@ EXTRACTOR_STEM = "extractor"
 ENCODER_STEM = "encoder"
 
 
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+# The old name, kept only because watermark/train_extractor.py (in use by a running training job) imports
+# it; switch that import to medsign_forensics.fileio.sha256_file and drop this alias.
+file_sha256 = sha256_file
 
 
 def _save_module(module: torch.nn.Module, folder: Path, stem: str, manifest: dict[str, Any]) -> Path:
@@ -44,7 +40,7 @@ def _save_module(module: torch.nn.Module, folder: Path, stem: str, manifest: dic
     state = {name: tensor.detach().cpu().contiguous() for name, tensor in module.state_dict().items()}
     with atomic_path(weights) as tmp:
         save_file(state, str(tmp), metadata={"format": f"medsign-hidden-{stem}"})
-        sha = file_sha256(tmp)
+        sha = sha256_file(tmp)
     manifest = {
         "format": f"medsign-hidden-{stem}",
         "format_version": FORMAT_VERSION,
@@ -80,7 +76,7 @@ def _load_state(module: torch.nn.Module, folder: Path, manifest: dict[str, Any])
     weights = folder / str(manifest.get("weights", ""))
     if not weights.is_file():
         raise ModelError("the weights file named in the manifest is missing", path=weights)
-    sha = file_sha256(weights)
+    sha = sha256_file(weights)
     if sha != manifest.get("sha256"):
         raise ModelError(
             f"SHA-256 {sha[:16]}... does not match the recorded {str(manifest.get('sha256'))[:16]}...; "

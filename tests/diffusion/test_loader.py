@@ -8,8 +8,9 @@ import pytest
 import torch
 
 from medsign_forensics.diffusion import loader
-from medsign_forensics.diffusion.loader import MANIFEST_NAME, load_model, read_manifest, sha256_file
+from medsign_forensics.diffusion.loader import MANIFEST_NAME, load_model, read_manifest
 from medsign_forensics.errors import ModelError
+from medsign_forensics.fileio import sha256_file
 
 
 def _copy(folder: Path, tmp_path: Path) -> Path:

@@ -9,6 +9,7 @@ from diffusers import AutoencoderKL
 from safetensors.torch import load_file, save_file
 
 from medsign_forensics.errors import InputError, ModelError, RegistryError
+from medsign_forensics.fileio import sha256_file
 from medsign_forensics.watermark.deployment import (
     DECODER_FILE,
     MANIFEST_FILE,
@@ -18,7 +19,6 @@ from medsign_forensics.watermark.deployment import (
     load_deployment,
     save_deployment,
 )
-from medsign_forensics.watermark.extractor_io import file_sha256
 
 
 @dataclass
@@ -52,7 +52,7 @@ def _rewrite(folder: Path, state: dict[str, torch.Tensor]) -> None:
     """Replace the decoder file AND its recorded hash: only the strict key check can catch the change."""
     save_file(state, str(folder / DECODER_FILE))
     manifest = json.loads((folder / MANIFEST_FILE).read_text())
-    manifest["decoder"]["sha256"] = file_sha256(folder / DECODER_FILE)
+    manifest["decoder"]["sha256"] = sha256_file(folder / DECODER_FILE)
     (folder / MANIFEST_FILE).write_text(json.dumps(manifest))
 
 
@@ -65,7 +65,7 @@ def test_round_trip_builds_the_watermarked_vae(tmp_path):
     folder = _save(tmp_path / "dep", tuned)
     manifest = json.loads((folder / MANIFEST_FILE).read_text())
     assert manifest["registered"] is False and manifest["provenance"] is None and manifest["bits"] == 48
-    assert manifest["created_at"].endswith("Z") and manifest["decoder"]["sha256"] == file_sha256(folder / DECODER_FILE)
+    assert manifest["created_at"].endswith("Z") and manifest["decoder"]["sha256"] == sha256_file(folder / DECODER_FILE)
     assert set(load_file(str(folder / DECODER_FILE))) == {k for k in base.state_dict() if k.startswith(("decoder.", "post_quant_conv."))}
     deployment = load_deployment(folder)
     assert deployment.key_hex == "0123456789ab" and deployment.key.size == 48 and not deployment.registered

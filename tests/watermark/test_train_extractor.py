@@ -5,7 +5,8 @@ import torch
 from safetensors.torch import load_file
 
 from medsign_forensics.errors import InputError
-from medsign_forensics.watermark.extractor_io import file_sha256, load_encoder, load_extractor
+from medsign_forensics.fileio import sha256_file
+from medsign_forensics.watermark.extractor_io import load_encoder, load_extractor
 from medsign_forensics.watermark.hidden import HiddenConfig
 from medsign_forensics.watermark.train_extractor import ExtractorTrainConfig, train_extractor
 
@@ -33,7 +34,7 @@ def test_training_writes_a_complete_run_folder(image_folder, tmp_path):
     assert [entry["step"] for entry in log] == [1, 2, 3, 4]
     assert all(0 <= entry["bit_accuracy"] <= 1 and entry["loss"] > 0 for entry in log)
     assert ExtractorTrainConfig.from_dict(json.loads((out / "config.json").read_text())) == tiny_config(image_folder)
-    assert result.extractor_sha256 == file_sha256(out / "extractor.safetensors")
+    assert result.extractor_sha256 == sha256_file(out / "extractor.safetensors")
     assert f"{result.extractor_sha256}  extractor.safetensors" in (out / "SHA256SUMS").read_text()
     assert load_extractor(out).config == TINY and load_encoder(out).config == TINY
 
