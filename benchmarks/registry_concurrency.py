@@ -20,8 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
+from medsign_forensics.fileio import write_atomic
 from medsign_forensics.provenance import ModelInfo, Registry, ScryptParams, create_issuer_key, load_issuer_key
-from medsign_forensics.provenance.atomic import write_atomic
 from medsign_forensics.provenance.policy import load_policy
 from medsign_forensics.watermark.bits import hex_to_bits
 

@@ -15,8 +15,7 @@ from rich.table import Table
 
 from medsign_forensics.cli.common import console, handle_errors, print_json
 from medsign_forensics.errors import InputError
-from medsign_forensics.fileio import sha256_file
-from medsign_forensics.provenance.atomic import write_atomic
+from medsign_forensics.fileio import sha256_file, write_atomic
 from medsign_forensics.provenance.keys import (
     IssuerKey,
     create_issuer_key,

@@ -32,7 +32,7 @@ from medsign_forensics.dicom.pixels import normalise_report, pixel_sha256, repor
 from medsign_forensics.dicom.private import PRIVATE_CREATOR, PRIVATE_GROUP, VR, Element
 from medsign_forensics.dicom.uids import SECONDARY_CAPTURE_IMAGE_STORAGE, new_uid
 from medsign_forensics.errors import DicomError, InputError
-from medsign_forensics.provenance.atomic import write_atomic
+from medsign_forensics.fileio import write_atomic
 from medsign_forensics.provenance.canonical import parse_canonical
 from medsign_forensics.provenance.keys import Signer
 from medsign_forensics.provenance.records import (

@@ -35,7 +35,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
 from medsign_forensics.errors import InputError, RegistryError
-from medsign_forensics.provenance.atomic import write_atomic
+from medsign_forensics.fileio import write_atomic
 from medsign_forensics.provenance.canonical import canonical_json, from_base64, sha256_hex, to_base64
 
 PASSPHRASE_ENV = "MEDSIGN_PASSPHRASE"
