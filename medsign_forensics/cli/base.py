@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import shlex
 import time
 from pathlib import Path
@@ -12,6 +11,7 @@ import typer
 
 from medsign_forensics.cli.common import console, handle_errors, print_json
 from medsign_forensics.errors import InputError
+from medsign_forensics.fileio import OPEN_MODE, save_npy, save_png
 
 
 def register(app: typer.Typer) -> None:
@@ -58,7 +58,7 @@ def register(app: typer.Typer) -> None:
         assert result.images is not None and result.latents is not None
         _write_png(out, result.images[0].numpy())
         if latents_out is not None:
-            _write_atomic(latents_out, lambda tmp: np.save(tmp, result.latents[0].numpy().astype(np.float32)))
+            save_npy(latents_out, result.latents[0].numpy().astype(np.float32), mode=OPEN_MODE)
         summary = {
             "out": str(out),
             "latents_out": None if latents_out is None else str(latents_out),
@@ -150,19 +150,8 @@ def register(app: typer.Typer) -> None:
 
 def _write_png(path: Path, image) -> None:  # image: (C, H, W) float in [0, 1]
     import numpy as np
-    from PIL import Image
 
+    # Quantised here in the image's own precision (float32), not by fileio.to_uint8 (float64), so the
+    # pixels stay as this command has always written them.
     pixels = np.clip(np.rint(image * 255.0), 0, 255).astype(np.uint8)
-    picture = Image.fromarray(pixels[0]) if pixels.shape[0] == 1 else Image.fromarray(pixels.transpose(1, 2, 0))
-    _write_atomic(path, lambda tmp: picture.save(tmp, format="PNG"))
-
-
-def _write_atomic(path: Path, write) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}{path.suffix}")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    save_png(path, pixels[0] if pixels.shape[0] == 1 else pixels.transpose(1, 2, 0), mode=OPEN_MODE)

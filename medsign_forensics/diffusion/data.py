@@ -13,7 +13,6 @@ Renders are cached once as uint8 in a memory-mapped file (rendering costs about 
 from __future__ import annotations
 
 import json
-import os
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -24,6 +23,7 @@ import numpy as np
 
 from medsign_forensics.diffusion.configs import DataConfig
 from medsign_forensics.errors import DatasetError
+from medsign_forensics.fileio import OPEN_MODE, write_text
 
 RENDER_SIZE = 256  # the smallest size the phantom renderer draws
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
@@ -183,6 +183,4 @@ class RenderCache:
 
 
 def _write_json(path: Path, data: object) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(data), encoding="utf-8")
-    os.replace(tmp, path)
+    write_text(path, json.dumps(data), mode=OPEN_MODE)

@@ -14,7 +14,6 @@ at load time.
 from __future__ import annotations
 
 import json
-import os
 import re
 import tempfile
 from collections.abc import Iterable
@@ -26,6 +25,7 @@ from tokenizers.trainers import BpeTrainer
 from transformers import CLIPTokenizer
 
 from medsign_forensics.errors import InputError, ModelError
+from medsign_forensics.fileio import OPEN_MODE, write_text
 
 START_TOKEN = "<|startoftext|>"
 END_TOKEN = "<|endoftext|>"
@@ -111,10 +111,10 @@ def save_tokenizer(tokenizer: CLIPTokenizer, directory: str | Path) -> None:
     merges = [m if isinstance(m, str) else " ".join(m) for m in state["model"]["merges"]]
     special = {"bos_token": START_TOKEN, "eos_token": END_TOKEN, "unk_token": END_TOKEN, "pad_token": END_TOKEN}
     config = {"tokenizer_class": "CLIPTokenizer", "model_max_length": MAX_LENGTH, "do_lower_case": True, **special}
-    _write_text(directory / "vocab.json", json.dumps(vocab, ensure_ascii=False, indent=0))
-    _write_text(directory / "merges.txt", "#version: 0.2\n" + "\n".join(merges) + "\n")
-    _write_text(directory / "special_tokens_map.json", json.dumps(special, indent=2))
-    _write_text(directory / "tokenizer_config.json", json.dumps(config, indent=2))
+    write_text(directory / "vocab.json", json.dumps(vocab, ensure_ascii=False, indent=0), mode=OPEN_MODE)
+    write_text(directory / "merges.txt", "#version: 0.2\n" + "\n".join(merges) + "\n", mode=OPEN_MODE)
+    write_text(directory / "special_tokens_map.json", json.dumps(special, indent=2), mode=OPEN_MODE)
+    write_text(directory / "tokenizer_config.json", json.dumps(config, indent=2), mode=OPEN_MODE)
 
 
 def load_tokenizer(directory: str | Path) -> CLIPTokenizer:
@@ -154,9 +154,3 @@ def word_token_spans(tokenizer: CLIPTokenizer, prompt: str) -> list[tuple[str, l
         if _WORDLIKE.search(text):
             result.append((text, spans[word]))
     return result
-
-
-def _write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)

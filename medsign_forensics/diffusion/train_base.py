@@ -57,7 +57,7 @@ from medsign_forensics.diffusion.configs import (
 from medsign_forensics.diffusion.loader import MANIFEST_NAME, NAME_KEY, combined_sha256
 from medsign_forensics.diffusion.tokenizer import load_tokenizer, save_tokenizer, train_tokenizer
 from medsign_forensics.errors import InputError, ModelError
-from medsign_forensics.fileio import sha256_file
+from medsign_forensics.fileio import OPEN_MODE, atomic_path, sha256_file, write_text
 
 MAX_FILE_BYTES = 16 * 1024 * 1024
 MAX_TOTAL_BYTES = 30_000_000
@@ -850,15 +850,12 @@ def _read_jsonl(path: Path) -> list[dict[str, Any]]:
 
 
 def _write_json(path: Path, data: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=2), encoding="utf-8")
-    os.replace(tmp, path)
+    write_text(path, json.dumps(data, indent=2), mode=OPEN_MODE)
 
 
 def _save_torch(path: Path, state: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path, mode=OPEN_MODE) as tmp:
+        torch.save(state, tmp)
 
 
 def _save_atomic(folder: Path, write: Callable[[Path], None]) -> None:
