@@ -42,6 +42,7 @@ REPORTS = ("Small right pleural effusion.", "Left lower lobe consolidation.", "M
 
 def from_deployment(args: argparse.Namespace) -> tuple[list[np.ndarray], list[np.ndarray], str]:
     from medsign_forensics.diffusion import decode, load_model, sample
+    from medsign_forensics.imageio import BT601_LUMA
     from medsign_forensics.watermark.deployment import EMBEDDED, load_deployment
 
     deployment = load_deployment(args.deployment)
@@ -52,7 +53,7 @@ def from_deployment(args: argparse.Namespace) -> tuple[list[np.ndarray], list[np
     for index in range(args.n):
         result = sample(model, [REPORTS[index % len(REPORTS)]], seed=1000 + index, output="latents")
         decoded = decode(model, result.latents, vae=vae)[0].float().cpu().numpy()
-        grey = decoded[0] if decoded.shape[0] == 1 else np.tensordot([0.299, 0.587, 0.114], decoded, axes=1)
+        grey = decoded[0] if decoded.shape[0] == 1 else np.tensordot(BT601_LUMA, decoded, axes=1)
         images.append(np.rint(np.clip(grey, 0, 1) * 255).astype(np.float32) / 255.0)  # stored as 8 bits
     return images, [deployment.key] * len(images), f"deployment {deployment.name} ({args.n} generated images)"
 

@@ -32,6 +32,7 @@ from medsign_forensics.dicom.pixels import normalise_report, quantize
 from medsign_forensics.dicom.writer import WrittenStudy, write_synthetic_study
 from medsign_forensics.errors import InputError, ModelError, RegistryError
 from medsign_forensics.fileio import save_png
+from medsign_forensics.imageio import BT601_LUMA
 from medsign_forensics.provenance.canonical import from_base64
 from medsign_forensics.provenance.keys import Signer
 from medsign_forensics.provenance.records import ProvenanceRecord, SignedDocument
@@ -40,7 +41,6 @@ from medsign_forensics.verify import DEFAULT_REGISTRY_DIR
 from medsign_forensics.watermark.deployment import EMBEDDED, Deployment, load_deployment
 
 DEFAULT_DEPLOYMENT_DIR = WEIGHTS_DIR / "demo-deployment"
-_LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)  # ITU-R BT.601
 
 
 @dataclass(frozen=True)
@@ -189,5 +189,5 @@ def _grey(image: np.ndarray) -> np.ndarray:
     if image.shape[0] == 1:
         return image[0]
     if image.shape[0] == 3:
-        return np.tensordot(_LUMA, image, axes=1)
+        return np.tensordot(np.asarray(BT601_LUMA, dtype=np.float32), image, axes=1)
     raise ModelError(f"the decoder produced {image.shape[0]} channels; expected 1 (greyscale) or 3 (RGB)")

@@ -21,7 +21,9 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from medsign_forensics.errors import ImageReadError
 
 DEFAULT_MAX_PIXELS = 100_000_000  # 10k x 10k: far above any radiograph, far below a memory exhaustion
-_LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)  # ITU-R BT.601
+# ITU-R BT.601 luma weights (R, G, B): the project's one RGB-to-grey conversion, for numpy and torch code alike.
+BT601_LUMA = (0.299, 0.587, 0.114)
+_LUMA = np.array(BT601_LUMA, dtype=np.float32)
 
 
 class ImageFormat(str, Enum):

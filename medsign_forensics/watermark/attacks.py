@@ -40,7 +40,7 @@ from PIL import Image
 from torch.nn import functional as F
 
 from medsign_forensics.errors import InputError
-from medsign_forensics.watermark.hidden import BT601_LUMA
+from medsign_forensics.imageio import BT601_LUMA
 
 
 class Measure(str, Enum):

@@ -33,9 +33,7 @@ from torch.nn import functional as F
 
 from medsign_forensics.config import DEFAULT_KEY_BITS, SUPPORTED_KEY_BITS
 from medsign_forensics.errors import InputError
-
-# ITU-R BT.601 luma weights (R, G, B): the project's one RGB-to-grey conversion.
-BT601_LUMA = (0.299, 0.587, 0.114)
+from medsign_forensics.imageio import BT601_LUMA
 
 
 @dataclass(frozen=True)

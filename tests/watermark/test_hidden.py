@@ -2,7 +2,8 @@ import pytest
 import torch
 
 from medsign_forensics.errors import InputError
-from medsign_forensics.watermark.hidden import BT601_LUMA, HiddenConfig, HiddenEncoder, HiddenExtractor, rgb_to_grey
+from medsign_forensics.imageio import BT601_LUMA
+from medsign_forensics.watermark.hidden import HiddenConfig, HiddenEncoder, HiddenExtractor, rgb_to_grey
 
 
 @pytest.mark.parametrize("bits", [32, 48, 64])
