@@ -46,8 +46,9 @@ from medsign_forensics.evaluate.methods import (
     build_baseline,
     extractor_detector,
 )
+from medsign_forensics.provenance.records import utc_now
 from medsign_forensics.watermark.attacks import TABLE1_ATTACKS, Attack
-from medsign_forensics.watermark.deployment import EMBEDDED, Deployment, load_deployment, utc_now
+from medsign_forensics.watermark.deployment import EMBEDDED, Deployment, load_deployment
 from medsign_forensics.watermark.train_decoder import (
     DEFAULT_REPORTS,
     CachedData,

@@ -40,6 +40,7 @@ from PIL import Image
 from torch.nn import functional as F
 
 from medsign_forensics.errors import InputError
+from medsign_forensics.fileio import to_uint8
 from medsign_forensics.imageio import BT601_LUMA
 
 
@@ -61,10 +62,6 @@ def _num(value: float) -> str:
 def _straight_through(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Forward value ``y``, gradient of the identity: for operations with no useful gradient."""
     return x + (y - x).detach()
-
-
-def _to_uint8(image: np.ndarray) -> np.ndarray:
-    return np.clip(np.rint(np.asarray(image, dtype=np.float64) * 255.0), 0, 255).astype(np.uint8)
 
 
 def _check_numpy(image: np.ndarray) -> np.ndarray:
@@ -318,12 +315,12 @@ class Jpeg(Attack):
         return f"jpeg_q{self.quality}"
 
     def _exact(self, image, rng):
-        return _jpeg_uint8(_to_uint8(image), self.quality).astype(np.float32) / 255.0
+        return _jpeg_uint8(to_uint8(image), self.quality).astype(np.float32) / 255.0
 
     def _differentiable(self, images, rng):
         # Real codec in the forward pass, identity gradient (Stable Signature's straight-through JPEG).
         with torch.no_grad():
-            pixels = _to_uint8(images.detach().cpu().permute(0, 2, 3, 1).numpy())
+            pixels = to_uint8(images.detach().cpu().permute(0, 2, 3, 1).numpy())
             decoded = [_jpeg_uint8(p[..., 0] if p.shape[-1] == 1 else p, self.quality) for p in pixels]
             stacked = np.stack([d[..., None] if d.ndim == 2 else d for d in decoded])
             coded = torch.from_numpy(stacked.astype(np.float32) / 255.0).permute(0, 3, 1, 2)
@@ -394,7 +391,7 @@ class Greyscale(Attack):
         return super().exact(image, rng)
 
     def _exact(self, image, rng):
-        rgb = _to_uint8(image if image.ndim == 3 else np.repeat(image[..., None], 3, axis=2))
+        rgb = to_uint8(image if image.ndim == 3 else np.repeat(image[..., None], 3, axis=2))
         return np.asarray(Image.fromarray(rgb, mode="RGB").convert("L"), dtype=np.float32) / 255.0
 
     def _differentiable(self, images, rng):

@@ -26,7 +26,6 @@ from __future__ import annotations
 import copy
 import json
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +36,7 @@ from safetensors.torch import load_file, save_file
 from medsign_forensics import __version__
 from medsign_forensics.errors import InputError, ModelError, RegistryError
 from medsign_forensics.fileio import atomic_path, sha256_file, write_json
+from medsign_forensics.provenance.records import utc_now
 from medsign_forensics.watermark.bits import bits_to_hex, check_length, hex_to_bits
 
 FORMAT = "medsign-deployment"
@@ -129,10 +129,6 @@ def decoder_state(vae: torch.nn.Module) -> dict[str, torch.Tensor]:
     if not state:
         raise InputError("this module has no decoder.* or post_quant_conv.* tensors; pass a diffusers AutoencoderKL")
     return state
-
-
-def utc_now() -> str:
-    return datetime.now(timezone.utc).replace(microsecond=0).isoformat().replace("+00:00", "Z")
 
 
 def save_deployment(
