@@ -101,6 +101,9 @@ class ClassifierConfig:
     """Architecture of :class:`FindingClassifier`; saved beside the weights so loading rebuilds the same net."""
 
     channels: tuple[int, ...] = (16, 32, 64, 96, 128)
+    # Earlier stages (0 = the first after the stem) whose per-half MAX also feeds the head: small bright
+    # lesions are found by small receptive fields and would otherwise have to survive every downsampling.
+    max_taps: tuple[int, ...] = (0, 1, 2)
     dropout: float = 0.2
     groups: int = 8
     image_size: int = 256  # the resolution it was trained at; predict() resizes other sizes to it
@@ -114,15 +117,19 @@ class ClassifierConfig:
                 raise InputError(f"channel count {width} must be positive and divisible by groups={self.groups}")
         if not 0.0 <= self.dropout < 1.0:
             raise InputError(f"dropout must lie in [0, 1), got {self.dropout}")
+        last = len(self.channels) - 2  # index of the final stage, which is always pooled
+        if len(set(self.max_taps)) != len(self.max_taps) or any(not 0 <= t < last for t in self.max_taps):
+            raise InputError(f"max_taps must be distinct stage indices below {last}, got {self.max_taps}")
 
     @property
     def feature_dim(self) -> int:
-        """Length of the penultimate vector: (average, max) pooled over each image half."""
-        return 4 * self.channels[-1]
+        """Length of the penultimate vector: final stage (average, max) and tapped stages (max), per half."""
+        return 4 * self.channels[-1] + sum(2 * self.channels[t + 1] for t in self.max_taps)
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["channels"] = list(self.channels)
+        data["max_taps"] = list(self.max_taps)
         data["labels"] = list(self.labels)
         return data
 
@@ -130,6 +137,7 @@ class ClassifierConfig:
     def from_dict(cls, data: dict[str, Any]) -> "ClassifierConfig":
         return cls(
             channels=tuple(int(c) for c in data["channels"]),
+            max_taps=tuple(int(t) for t in data["max_taps"]),
             dropout=float(data["dropout"]),
             groups=int(data["groups"]),
             image_size=int(data["image_size"]),
@@ -159,9 +167,11 @@ class FindingClassifier(nn.Module):
     """Multi-label CNN over :data:`LABELS` for (B, 1, H, W) images in [0, 1].
 
     A stride-2 5x5 stem keeps CPU cost low; each stage halves the resolution again. GroupNorm makes a
-    prediction independent of what else is in the batch. The head pools (average and max) each image HALF
-    separately, because global pooling alone would throw away which side a lesion is on; max pooling keeps
-    small lesions (nodules, granulomas) from being averaged away. Any input size works.
+    prediction independent of what else is in the batch. The head pools each image HALF separately, because
+    global pooling alone would throw away which side a lesion is on: the final stage by average and max, the
+    earlier stages in ``max_taps`` by max only, so that a nodule or granuloma of a few pixels reaches the head
+    from a detector with a small receptive field instead of being diluted by four downsamplings. Any input
+    size works.
     """
 
     def __init__(self, config: ClassifierConfig | None = None) -> None:
@@ -177,13 +187,19 @@ class FindingClassifier(nn.Module):
         self.head = nn.Linear(self.config.feature_dim, len(self.config.labels))
 
     def features(self, images: torch.Tensor) -> torch.Tensor:
-        """The penultimate vector (B, feature_dim): per image half, average- and max-pooled trunk features."""
+        """The penultimate vector (B, feature_dim): per image half (image left first), the final stage's average
+        and max, then the max of each tapped stage."""
         if images.ndim != 4 or images.shape[1] != 1:
             raise InputError(f"expected images of shape (B, 1, H, W), got {tuple(images.shape)}")
-        h = self.stages(self.stem(images * 2.0 - 1.0))
         halves = (1, 2)
-        pooled = torch.cat([F.adaptive_avg_pool2d(h, halves), F.adaptive_max_pool2d(h, halves)], dim=1)
-        return pooled.flatten(1)
+        h = self.stem(images * 2.0 - 1.0)
+        taps = []
+        for index, stage in enumerate(self.stages):
+            h = stage(h)
+            if index in self.config.max_taps:
+                taps.append(F.adaptive_max_pool2d(h, halves))
+        pooled = [F.adaptive_avg_pool2d(h, halves), F.adaptive_max_pool2d(h, halves), *taps]
+        return torch.cat([p.flatten(1) for p in pooled], dim=1)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Logits (B, len(LABELS))."""

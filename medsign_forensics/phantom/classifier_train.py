@@ -114,7 +114,7 @@ class TrainConfig:
     def tiny(cls) -> "TrainConfig":
         """A config that renders and trains in seconds on CPU, for tests (the renderer's smallest size is 256)."""
         return cls(
-            model=ClassifierConfig(channels=(8, 16, 16), groups=4),
+            model=ClassifierConfig(channels=(8, 16, 16), max_taps=(0,), groups=4),
             reports=None,
             n_random=16,
             n_random_eval=12,

@@ -25,7 +25,7 @@ from medsign_forensics.phantom.classifier_data import study_labels
 from medsign_forensics.phantom.classifier_train import Augmentation, augment, train_step
 from medsign_forensics.reports.findings import Finding, FindingKind, Severity, Side, Zone
 
-TINY = ClassifierConfig(channels=(8, 16, 16), groups=4, image_size=64)
+TINY = ClassifierConfig(channels=(8, 16, 16), max_taps=(0,), groups=4, image_size=64)
 
 
 def test_label_order_is_fixed_and_complete() -> None:
@@ -94,7 +94,7 @@ def test_predict_accepts_uint8_and_other_sizes() -> None:
 
 def test_a_few_training_steps_lower_the_loss_on_a_fixed_batch() -> None:
     torch.manual_seed(0)
-    model = FindingClassifier(ClassifierConfig(channels=(8, 16, 16), groups=4, image_size=64, dropout=0.0))
+    model = FindingClassifier(ClassifierConfig(channels=(8, 16, 16), max_taps=(0,), groups=4, image_size=64, dropout=0.0))
     images = torch.rand(8, 1, 64, 64)
     targets = (torch.rand(8, len(LABELS)) < 0.2).float()
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
