@@ -153,3 +153,15 @@ def test_missing_weights_folder_is_a_model_error(tmp_path) -> None:
 
 def test_label_index_matches_order() -> None:
     assert all(LABELS[i] == name for name, i in LABEL_INDEX.items())
+
+
+def test_max_taps_are_validated_and_widen_the_features() -> None:
+    with pytest.raises(InputError, match="max_taps"):
+        ClassifierConfig(channels=(8, 16, 16), max_taps=(1,), groups=4)  # stage 1 is the final stage
+    with pytest.raises(InputError, match="max_taps"):
+        ClassifierConfig(channels=(8, 16, 16, 16), max_taps=(0, 0), groups=4)
+    plain = ClassifierConfig(channels=(8, 16, 16), max_taps=(), groups=4)
+    tapped = ClassifierConfig(channels=(8, 16, 16), max_taps=(0,), groups=4)
+    assert tapped.feature_dim == plain.feature_dim + 2 * 16
+    with torch.no_grad():
+        assert FindingClassifier(tapped).features(torch.rand(1, 1, 64, 64)).shape == (1, tapped.feature_dim)
