@@ -23,8 +23,8 @@ from PIL import Image
 
 from medsign_forensics.errors import InputError
 
-# Creation modes (the umask still applies). PRIVATE_MODE is what these helpers have always created files
-# with (tempfile.mkstemp's mode); OPEN_MODE is what a plain open() uses, for callers that wrote that way.
+# Creation modes (the umask still applies). Outputs are created like a plain open() would (OPEN_MODE); secrets
+# such as issuer keys ask for PRIVATE_MODE explicitly.
 PRIVATE_MODE = 0o600
 OPEN_MODE = 0o666
 
@@ -42,7 +42,7 @@ def sha256_file(path: str | Path) -> str:
 
 @contextlib.contextmanager
 def atomic_path(
-    target: str | Path, *, mode: int = PRIVATE_MODE, overwrite: bool = True, durable: bool = False
+    target: str | Path, *, mode: int = OPEN_MODE, overwrite: bool = True, durable: bool = False
 ) -> Iterator[Path]:
     """Yield a temporary path beside ``target``; publish it as ``target`` only if the block succeeds.
 
@@ -103,12 +103,12 @@ def write_atomic(path: str | Path, data: bytes, *, mode: int = 0o644, overwrite:
     return path
 
 
-def write_bytes(target: str | Path, data: bytes, *, mode: int = PRIVATE_MODE) -> None:
+def write_bytes(target: str | Path, data: bytes, *, mode: int = OPEN_MODE) -> None:
     with atomic_path(target, mode=mode) as tmp:
         tmp.write_bytes(data)
 
 
-def write_text(target: str | Path, text: str, *, mode: int = PRIVATE_MODE) -> None:
+def write_text(target: str | Path, text: str, *, mode: int = OPEN_MODE) -> None:
     write_bytes(target, text.encode("utf-8"), mode=mode)
 
 
@@ -124,13 +124,13 @@ def to_uint8(image: np.ndarray) -> np.ndarray:
     return np.clip(np.rint(np.asarray(image, dtype=np.float64) * 255.0), 0, 255).astype(np.uint8)
 
 
-def save_png(target: str | Path, image: np.ndarray, *, mode: int = PRIVATE_MODE) -> None:
+def save_png(target: str | Path, image: np.ndarray, *, mode: int = OPEN_MODE) -> None:
     """Save a greyscale (H, W) or RGB (H, W, 3) image, float in [0, 1] or uint8, as an 8-bit PNG."""
     with atomic_path(target, mode=mode) as tmp:
         Image.fromarray(to_uint8(image)).save(tmp, format="PNG")
 
 
-def save_npy(target: str | Path, array: np.ndarray, *, mode: int = PRIVATE_MODE) -> None:
+def save_npy(target: str | Path, array: np.ndarray, *, mode: int = OPEN_MODE) -> None:
     with atomic_path(target, mode=mode) as tmp:
         with open(tmp, "wb") as handle:
             np.save(handle, array)

@@ -52,9 +52,9 @@ def test_atomic_path_keeps_the_old_file_when_the_block_fails(tmp_path: Path) -> 
     assert [p.name for p in tmp_path.iterdir()] == ["out.txt"]
 
 
-def test_atomic_path_creates_owner_only_files_unless_told_otherwise(tmp_path: Path) -> None:
-    write_bytes(tmp_path / "private", b"x")
-    write_bytes(tmp_path / "ordinary", b"x", mode=OPEN_MODE)
+def test_atomic_path_creates_ordinary_files_unless_asked_for_private_ones(tmp_path: Path) -> None:
+    write_bytes(tmp_path / "private", b"x", mode=PRIVATE_MODE)
+    write_bytes(tmp_path / "ordinary", b"x")
     umask = os.umask(0)
     os.umask(umask)
     assert stat.S_IMODE((tmp_path / "private").stat().st_mode) == PRIVATE_MODE

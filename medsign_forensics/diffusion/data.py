@@ -23,7 +23,7 @@ import numpy as np
 
 from medsign_forensics.diffusion.configs import DataConfig
 from medsign_forensics.errors import DatasetError
-from medsign_forensics.fileio import OPEN_MODE, write_text
+from medsign_forensics.fileio import write_text
 
 RENDER_SIZE = 256  # the smallest size the phantom renderer draws
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
@@ -183,4 +183,4 @@ class RenderCache:
 
 
 def _write_json(path: Path, data: object) -> None:
-    write_text(path, json.dumps(data), mode=OPEN_MODE)
+    write_text(path, json.dumps(data))

@@ -25,7 +25,7 @@ from tokenizers.trainers import BpeTrainer
 from transformers import CLIPTokenizer
 
 from medsign_forensics.errors import InputError, ModelError
-from medsign_forensics.fileio import OPEN_MODE, write_text
+from medsign_forensics.fileio import write_text
 
 START_TOKEN = "<|startoftext|>"
 END_TOKEN = "<|endoftext|>"
@@ -111,10 +111,10 @@ def save_tokenizer(tokenizer: CLIPTokenizer, directory: str | Path) -> None:
     merges = [m if isinstance(m, str) else " ".join(m) for m in state["model"]["merges"]]
     special = {"bos_token": START_TOKEN, "eos_token": END_TOKEN, "unk_token": END_TOKEN, "pad_token": END_TOKEN}
     config = {"tokenizer_class": "CLIPTokenizer", "model_max_length": MAX_LENGTH, "do_lower_case": True, **special}
-    write_text(directory / "vocab.json", json.dumps(vocab, ensure_ascii=False, indent=0), mode=OPEN_MODE)
-    write_text(directory / "merges.txt", "#version: 0.2\n" + "\n".join(merges) + "\n", mode=OPEN_MODE)
-    write_text(directory / "special_tokens_map.json", json.dumps(special, indent=2), mode=OPEN_MODE)
-    write_text(directory / "tokenizer_config.json", json.dumps(config, indent=2), mode=OPEN_MODE)
+    write_text(directory / "vocab.json", json.dumps(vocab, ensure_ascii=False, indent=0))
+    write_text(directory / "merges.txt", "#version: 0.2\n" + "\n".join(merges) + "\n")
+    write_text(directory / "special_tokens_map.json", json.dumps(special, indent=2))
+    write_text(directory / "tokenizer_config.json", json.dumps(config, indent=2))
 
 
 def load_tokenizer(directory: str | Path) -> CLIPTokenizer:

@@ -57,7 +57,7 @@ from medsign_forensics.diffusion.configs import (
 from medsign_forensics.diffusion.loader import MANIFEST_NAME, NAME_KEY, combined_sha256
 from medsign_forensics.diffusion.tokenizer import load_tokenizer, save_tokenizer, train_tokenizer
 from medsign_forensics.errors import InputError, ModelError
-from medsign_forensics.fileio import OPEN_MODE, atomic_path, sha256_file, write_text
+from medsign_forensics.fileio import atomic_path, sha256_file, write_text
 
 MAX_FILE_BYTES = 16 * 1024 * 1024
 MAX_TOTAL_BYTES = 30_000_000
@@ -850,11 +850,11 @@ def _read_jsonl(path: Path) -> list[dict[str, Any]]:
 
 
 def _write_json(path: Path, data: Any) -> None:
-    write_text(path, json.dumps(data, indent=2), mode=OPEN_MODE)
+    write_text(path, json.dumps(data, indent=2))
 
 
 def _save_torch(path: Path, state: Any) -> None:
-    with atomic_path(path, mode=OPEN_MODE) as tmp:
+    with atomic_path(path) as tmp:
         torch.save(state, tmp)
 
 
