@@ -104,6 +104,10 @@ class ClassifierConfig:
     # Earlier stages (0 = the first after the stem) whose per-half MAX also feeds the head: small bright
     # lesions are found by small receptive fields and would otherwise have to survive every downsampling.
     max_taps: tuple[int, ...] = (0, 1, 2)
+    # Stage whose output a 1x1 convolution turns into one coarse map per label (None: no map head). Trained
+    # against the phantoms' lesion masks, it teaches the trunk WHERE lesions are, which image-level labels
+    # alone teach very slowly for lesions of a few pixels; it also gives a coarse localisation at inference.
+    map_stage: int | None = 1
     dropout: float = 0.2
     groups: int = 8
     image_size: int = 256  # the resolution it was trained at; predict() resizes other sizes to it
@@ -120,6 +124,8 @@ class ClassifierConfig:
         last = len(self.channels) - 2  # index of the final stage, which is always pooled
         if len(set(self.max_taps)) != len(self.max_taps) or any(not 0 <= t < last for t in self.max_taps):
             raise InputError(f"max_taps must be distinct stage indices below {last}, got {self.max_taps}")
+        if self.map_stage is not None and not 0 <= self.map_stage <= last:
+            raise InputError(f"map_stage must be a stage index from 0 to {last} or None, got {self.map_stage}")
 
     @property
     def feature_dim(self) -> int:
@@ -138,6 +144,7 @@ class ClassifierConfig:
         return cls(
             channels=tuple(int(c) for c in data["channels"]),
             max_taps=tuple(int(t) for t in data["max_taps"]),
+            map_stage=None if data["map_stage"] is None else int(data["map_stage"]),
             dropout=float(data["dropout"]),
             groups=int(data["groups"]),
             image_size=int(data["image_size"]),
@@ -185,25 +192,38 @@ class FindingClassifier(nn.Module):
         self.stages = nn.Sequential(*(_Stage(a, b, g) for a, b in zip(c[:-1], c[1:])))
         self.dropout = nn.Dropout(self.config.dropout)
         self.head = nn.Linear(self.config.feature_dim, len(self.config.labels))
+        stage = self.config.map_stage
+        self.map_head = None if stage is None else nn.Conv2d(c[stage + 1], len(self.config.labels), 1)
 
-    def features(self, images: torch.Tensor) -> torch.Tensor:
-        """The penultimate vector (B, feature_dim): per image half (image left first), the final stage's average
-        and max, then the max of each tapped stage."""
+    def _trunk(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         if images.ndim != 4 or images.shape[1] != 1:
             raise InputError(f"expected images of shape (B, 1, H, W), got {tuple(images.shape)}")
         halves = (1, 2)
         h = self.stem(images * 2.0 - 1.0)
         taps = []
+        maps = None
         for index, stage in enumerate(self.stages):
             h = stage(h)
             if index in self.config.max_taps:
                 taps.append(F.adaptive_max_pool2d(h, halves))
+            if index == self.config.map_stage and self.map_head is not None:
+                maps = self.map_head(h)
         pooled = [F.adaptive_avg_pool2d(h, halves), F.adaptive_max_pool2d(h, halves), *taps]
-        return torch.cat([p.flatten(1) for p in pooled], dim=1)
+        return torch.cat([p.flatten(1) for p in pooled], dim=1), maps
+
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        """The penultimate vector (B, feature_dim): per image half (image left first), the final stage's average
+        and max, then the max of each tapped stage."""
+        return self._trunk(images)[0]
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Logits (B, len(LABELS))."""
         return self.head(self.dropout(self.features(images)))
+
+    def forward_with_maps(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Logits (B, L) and the coarse per-label map logits (B, L, h, w), or None without a map head."""
+        features, maps = self._trunk(images)
+        return self.head(self.dropout(features)), maps
 
 
 def _to_batch(images: np.ndarray | torch.Tensor, size: int) -> torch.Tensor:

@@ -31,6 +31,10 @@ from medsign_forensics.phantom.classifier import LABEL_INDEX, LABELS, encode_lab
 from medsign_forensics.reports.findings import Finding, FindingKind, Severity, Side, Zone
 
 SHARD_SIZE = 256
+#: Label masks are stored at MASK_GRID x MASK_GRID cells (8x8 pixels each at 256): enough to say where a
+#: lesion is for the auxiliary localisation loss, small enough to keep in memory for every phantom.
+MASK_GRID = 32
+CACHE_FORMAT = "images+labels+masks32"
 #: Modules whose source decides what a render looks like; their digest stamps every render cache.
 RENDERER_MODULES = (
     "medsign_forensics.phantom.anatomy",
@@ -116,30 +120,66 @@ def _mask_sides(mask: np.ndarray) -> tuple[Side, ...]:
     return tuple(side for side, part in ((Side.RIGHT, right), (Side.LEFT, left)) if total and part >= 0.2 * total)
 
 
-def study_labels(masks: Sequence[tuple[Finding, np.ndarray]]) -> np.ndarray:
-    """Multi-hot labels of what a rendered study shows: each finding with a non-empty mask, on its drawn side.
+def study_targets(
+    masks: Sequence[tuple[Finding, np.ndarray]], *, grid: int = MASK_GRID
+) -> tuple[np.ndarray, np.ndarray]:
+    """Labels and coarse label masks of what a rendered study shows.
 
-    A side the renderer resolved (right, left, bilateral) is used as given; an unspecified one is read off
-    the mask's image half.
+    Returns (multi-hot float32 (L,), bool (L, grid, grid)): each finding with a non-empty mask is labelled on
+    its drawn side(s) (a side the renderer resolved is used as given; an unspecified one is read off the
+    mask's image half). A label's mask is the finding's mask, cut to the side's image half when the finding
+    lies on both sides, reduced to ``grid`` x ``grid`` cells (a cell is on when any of its pixels is).
     """
     target = np.zeros(len(LABELS), dtype=np.float32)
+    label_masks = np.zeros((len(LABELS), grid, grid), dtype=bool)
     for finding, mask in masks:
         mask = np.asarray(mask, dtype=bool)
         if not finding.present or not mask.any():
             continue
-        if not finding.kind.lateralised or finding.side in (Side.RIGHT, Side.LEFT, Side.BILATERAL):
-            target = np.maximum(target, encode_labels([finding]))
-            continue
-        for side in _mask_sides(mask):
-            target[LABEL_INDEX[label_name(finding.kind, side)]] = 1.0
-    return target
+        if not finding.kind.lateralised:
+            sides: tuple[Side | None, ...] = (None,)
+        elif finding.side is Side.BILATERAL:
+            sides = (Side.RIGHT, Side.LEFT)
+        elif finding.side in (Side.RIGHT, Side.LEFT):
+            sides = (finding.side,)
+        else:
+            sides = _mask_sides(mask)
+        for side in sides:
+            index = LABEL_INDEX[label_name(finding.kind, side)]
+            target[index] = 1.0
+            part = mask if len(sides) == 1 else _half(mask, side)
+            label_masks[index] |= _block_any(part, grid)
+    return target, label_masks
 
 
-def _render_one(spec: RenderSpec, size: int) -> tuple[np.ndarray, np.ndarray]:
+def study_labels(masks: Sequence[tuple[Finding, np.ndarray]]) -> np.ndarray:
+    """Multi-hot labels (float32, :data:`LABELS` order) of what a rendered study shows; see study_targets."""
+    return study_targets(masks)[0]
+
+
+def _half(mask: np.ndarray, side: Side | None) -> np.ndarray:
+    """The part of ``mask`` in the patient's ``side`` of the image (RIGHT = image-left columns)."""
+    out = np.zeros_like(mask)
+    middle = mask.shape[1] // 2
+    columns = slice(0, middle) if side is Side.RIGHT else slice(middle, None)
+    out[:, columns] = mask[:, columns]
+    return out
+
+
+def _block_any(mask: np.ndarray, grid: int) -> np.ndarray:
+    """(H, W) bool -> (grid, grid): a cell is on when any pixel of its block is (H, W multiples of grid)."""
+    h, w = mask.shape
+    if h % grid or w % grid:
+        raise DatasetError(f"a {h}x{w} mask cannot be reduced to a {grid}x{grid} grid; render at a multiple of {grid}")
+    return mask.reshape(grid, h // grid, grid, w // grid).any(axis=(1, 3))
+
+
+def _render_one(spec: RenderSpec, size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     from medsign_forensics.phantom.renderer import render_study
 
     study = render_study(spec.findings, seed=spec.seed, size=size)
-    return to_uint8(study.image), study_labels(study.masks)
+    labels, label_masks = study_targets(study.masks)
+    return to_uint8(study.image), labels, np.packbits(label_masks, axis=-1)
 
 
 @functools.lru_cache(maxsize=1)
@@ -150,12 +190,13 @@ def loaded_renderer_digest() -> str:
     return renderer_digest()
 
 
-def _render_shard(args: tuple[list[RenderSpec], int]) -> tuple[np.ndarray, np.ndarray, float, str]:
+def _render_shard(args: tuple[list[RenderSpec], int]) -> tuple[dict[str, np.ndarray], float, str]:
     specs, size = args
     digest = loaded_renderer_digest()
     start = time.process_time()  # CPU time, not wall time: the honest cost on a shared machine
-    images, labels = zip(*(_render_one(spec, size) for spec in specs))
-    return np.stack(images), np.stack(labels), time.process_time() - start, digest
+    images, labels, masks = zip(*(_render_one(spec, size) for spec in specs))
+    arrays = {"images": np.stack(images), "labels": np.stack(labels), "masks": np.stack(masks)}
+    return arrays, time.process_time() - start, digest
 
 
 def render_pool(workers: int) -> multiprocessing.pool.Pool | None:
@@ -180,7 +221,7 @@ def renderer_digest() -> str:
 
 def specs_digest(specs: Sequence[RenderSpec], size: int) -> str:
     """SHA-256 of the spec list and size: a cache folder belongs to exactly one such list."""
-    digest = hashlib.sha256(f"size={size}\n".encode())
+    digest = hashlib.sha256(f"size={size}\nformat={CACHE_FORMAT}\n".encode())
     for spec in specs:
         digest.update(json.dumps(spec.to_dict(), sort_keys=True).encode())
         digest.update(b"\n")
@@ -189,12 +230,18 @@ def specs_digest(specs: Sequence[RenderSpec], size: int) -> str:
 
 @dataclass
 class PhantomArrays:
-    """Rendered phantoms in memory: images uint8 (N, H, W), labels float32 (N, len(LABELS)), and their specs."""
+    """Rendered phantoms in memory: images uint8 (N, H, W), labels float32 (N, L), label masks bit-packed uint8
+    (N, L, MASK_GRID, MASK_GRID / 8) (see :meth:`label_masks`), and their specs."""
 
     images: np.ndarray
     labels: np.ndarray
+    masks: np.ndarray
     specs: list[RenderSpec]
     render_cpu_seconds: float  # CPU seconds spent rendering in this call (0 when everything came from the cache)
+
+    def label_masks(self, index: np.ndarray) -> np.ndarray:
+        """bool (len(index), L, MASK_GRID, MASK_GRID) label masks of the given phantoms."""
+        return np.unpackbits(self.masks[index], axis=-1).astype(bool)
 
 
 def render_cached(
@@ -246,33 +293,40 @@ def render_cached(
             active = render_pool(workers) if owned else pool
             try:
                 results = active.imap(_render_shard, jobs) if active is not None else map(_render_shard, jobs)
-                for i, (images, labels, seconds, digest) in zip(todo, results):
+                for i, (arrays, seconds, digest) in zip(todo, results):
                     if digest != renderer_stamp:
                         raise DatasetError(
                             "the renderer's code changed after this cache was started, so it would mix two "
                             "versions; delete the folder and render again once the renderer is stable",
                             path=cache,
                         )
-                    _save_shard(paths[i], images, labels)
+                    _save_shard(paths[i], arrays)
                     render_cpu_seconds += seconds
-                    progress.advance(task, len(images))
+                    progress.advance(task, len(arrays["images"]))
             finally:
                 if owned and active is not None:
                     active.terminate()
-    images_list, labels_list = [], []
+    loaded: dict[str, list[np.ndarray]] = {"images": [], "labels": [], "masks": []}
     for path in paths:
         with np.load(path) as shard:
-            images_list.append(shard["images"])
-            labels_list.append(shard["labels"])
+            for key, parts in loaded.items():
+                parts.append(shard[key])
+    empty = {
+        "images": np.zeros((0, size, size), np.uint8),
+        "labels": np.zeros((0, len(LABELS)), np.float32),
+        "masks": np.zeros((0, len(LABELS), MASK_GRID, MASK_GRID // 8), np.uint8),
+    }
+    arrays = {key: np.concatenate(parts) if parts else empty[key] for key, parts in loaded.items()}
     return PhantomArrays(
-        images=np.concatenate(images_list) if images_list else np.zeros((0, size, size), np.uint8),
-        labels=np.concatenate(labels_list) if labels_list else np.zeros((0, len(LABELS)), np.float32),
+        images=arrays["images"],
+        labels=arrays["labels"],
+        masks=arrays["masks"],
         specs=list(specs),
         render_cpu_seconds=render_cpu_seconds,
     )
 
 
-def _save_shard(path: Path, images: np.ndarray, labels: np.ndarray) -> None:
+def _save_shard(path: Path, arrays: dict[str, np.ndarray]) -> None:
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as handle:
-            np.savez(handle, images=images, labels=labels)
+            np.savez(handle, **arrays)

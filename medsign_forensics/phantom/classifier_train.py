@@ -78,6 +78,8 @@ class TrainConfig:
     n_random_eval: int = 1200
     steps: int = 1400
     batch_size: int = 32
+    mask_weight: float = 1.0  # weight of the lesion-map loss (0: image-level labels only)
+    mask_pos_weight: float = 10.0  # lesion cells are rare: weigh them up in the map loss
     lr: float = 2e-3
     weight_decay: float = 1e-4
     warmup_steps: int = 100
@@ -92,6 +94,8 @@ class TrainConfig:
             raise InputError("steps and batch_size must be positive")
         if self.report_repeats < 0 or self.n_random < 0 or self.n_random_eval < 0:
             raise InputError("image counts must not be negative")
+        if self.mask_weight > 0 and self.model.map_stage is None:
+            raise InputError("mask_weight > 0 needs a classifier with a map head: set model.map_stage")
 
     @property
     def size(self) -> int:
@@ -114,7 +118,7 @@ class TrainConfig:
     def tiny(cls) -> "TrainConfig":
         """A config that renders and trains in seconds on CPU, for tests (the renderer's smallest size is 256)."""
         return cls(
-            model=ClassifierConfig(channels=(8, 16, 16), max_taps=(0,), groups=4),
+            model=ClassifierConfig(channels=(8, 16, 16), max_taps=(0,), map_stage=0, groups=4),
             reports=None,
             n_random=16,
             n_random_eval=12,
@@ -172,15 +176,38 @@ def _lr_factor(step: int, config: TrainConfig) -> float:
 
 
 def train_step(
-    model: FindingClassifier, optimizer: torch.optim.Optimizer, images: torch.Tensor, targets: torch.Tensor
-) -> float:
-    """One BCE step; returns the loss before the update."""
+    model: FindingClassifier,
+    optimizer: torch.optim.Optimizer,
+    images: torch.Tensor,
+    targets: torch.Tensor,
+    masks: torch.Tensor | None = None,
+    *,
+    mask_weight: float = 0.0,
+    mask_pos_weight: float = 1.0,
+) -> tuple[float, float]:
+    """One step of label BCE plus ``mask_weight`` x the label-map BCE against coarse lesion ``masks``
+    (B, L, g, g); returns (label loss, map loss) before the update (map loss 0 without masks)."""
     model.train()
-    loss = F.binary_cross_entropy_with_logits(model(images), targets)
+    logits, maps = model.forward_with_maps(images)
+    label_loss = F.binary_cross_entropy_with_logits(logits, targets)
+    map_loss = torch.zeros(())
+    if masks is not None and mask_weight > 0:
+        if maps is None:
+            raise InputError("mask supervision needs a classifier with a map head (map_stage is None)")
+        truth = masks.float()
+        if truth.shape[-2:] != maps.shape[-2:]:
+            truth = (
+                F.adaptive_max_pool2d(truth, maps.shape[-2:])
+                if truth.shape[-1] > maps.shape[-1]
+                else F.interpolate(truth, size=maps.shape[-2:], mode="nearest")
+            )
+        weight = torch.tensor(mask_pos_weight, device=maps.device)
+        map_loss = F.binary_cross_entropy_with_logits(maps, truth, pos_weight=weight)
+    loss = label_loss + mask_weight * map_loss
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
-    return float(loss.detach())
+    return float(label_loss.detach()), float(map_loss.detach())
 
 
 def build_specs(config: TrainConfig) -> tuple[list[RenderSpec], list[RenderSpec]]:
@@ -347,10 +374,10 @@ def train_classifier(
 
     images = torch.from_numpy(train_data.images)
     targets = torch.from_numpy(train_data.labels)
-    loss_value = float("nan")
+    loss_value = map_value = float("nan")
     started = time.perf_counter()
     cpu_started = time.process_time()
-    window: list[float] = []
+    window: list[tuple[float, float]] = []
     with Progress(
         TextColumn("training classifier"), BarColumn(), MofNCompleteColumn(), TextColumn("loss {task.fields[loss]}"),
         TimeElapsedColumn(), TimeRemainingColumn(), disable=not show_progress,
@@ -362,16 +389,24 @@ def train_classifier(
             index = torch.from_numpy(_batch_indices(len(images), step, config.batch_size, config.seed))
             generator = torch.Generator().manual_seed(config.seed * 1_000_003 + step)
             batch = augment(images[index].float().div_(255.0)[:, None], config.augmentation, generator)
-            loss_value = train_step(model, optimizer, batch.to(device), targets[index].to(device))
-            window.append(loss_value)
+            masks = torch.from_numpy(train_data.label_masks(index.numpy())) if config.mask_weight > 0 else None
+            loss_value, map_value = train_step(
+                model, optimizer, batch.to(device), targets[index].to(device),
+                None if masks is None else masks.to(device),
+                mask_weight=config.mask_weight, mask_pos_weight=config.mask_pos_weight,
+            )
+            window.append((loss_value, map_value))
             if on_step is not None:
                 on_step(step, loss_value)
             done = step + 1
             if done % config.log_every == 0 or done == config.steps:
-                _log(log_path, {"event": "step", "step": done, "loss": round(sum(window) / len(window), 5),
+                label_mean = sum(w[0] for w in window) / len(window)
+                map_mean = sum(w[1] for w in window) / len(window)
+                _log(log_path, {"event": "step", "step": done, "loss": round(label_mean, 5),
+                                "map_loss": round(map_mean, 5),
                                 "lr": optimizer.param_groups[0]["lr"],
                                 "seconds": round(previous_seconds + time.perf_counter() - started, 1)})
-                progress.update(task, loss=f"{sum(window) / len(window):.4f}")
+                progress.update(task, loss=f"{label_mean:.4f}")
                 window.clear()
             if done % config.checkpoint_every == 0 or done == config.steps:
                 elapsed = previous_seconds + time.perf_counter() - started

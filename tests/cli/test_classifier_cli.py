@@ -50,7 +50,8 @@ def test_predict_with_missing_weights_exits_4(tmp_path) -> None:
 
 
 def test_predict_on_a_non_image_exits_2(tmp_path) -> None:
-    save_classifier(FindingClassifier(ClassifierConfig(channels=(8, 16), max_taps=(), groups=4)), tmp_path / "w")
+    tiny = ClassifierConfig(channels=(8, 16), max_taps=(), map_stage=None, groups=4)
+    save_classifier(FindingClassifier(tiny), tmp_path / "w")
     bogus = tmp_path / "notes.png"
     bogus.write_text("not an image")
     result = runner.invoke(app, ["classifier", "predict", str(bogus), "--weights", str(tmp_path / "w")])

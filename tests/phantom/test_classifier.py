@@ -21,7 +21,7 @@ from medsign_forensics.phantom.classifier import (
     predict,
     save_classifier,
 )
-from medsign_forensics.phantom.classifier_data import study_labels
+from medsign_forensics.phantom.classifier_data import study_labels, study_targets
 from medsign_forensics.phantom.classifier_train import Augmentation, augment, train_step
 from medsign_forensics.reports.findings import Finding, FindingKind, Severity, Side, Zone
 
@@ -92,14 +92,29 @@ def test_predict_accepts_uint8_and_other_sizes() -> None:
         predict(model, np.zeros((2, 3, 64, 64), np.float32))
 
 
-def test_a_few_training_steps_lower_the_loss_on_a_fixed_batch() -> None:
+def test_a_few_training_steps_lower_both_losses_on_a_fixed_batch() -> None:
     torch.manual_seed(0)
-    model = FindingClassifier(ClassifierConfig(channels=(8, 16, 16), max_taps=(0,), groups=4, image_size=64, dropout=0.0))
+    config = ClassifierConfig(channels=(8, 16, 16), max_taps=(0,), map_stage=0, groups=4, image_size=64, dropout=0.0)
+    model = FindingClassifier(config)
     images = torch.rand(8, 1, 64, 64)
     targets = (torch.rand(8, len(LABELS)) < 0.2).float()
+    masks = torch.zeros(8, len(LABELS), 32, 32, dtype=torch.bool)
+    masks[:, 3, 4:9, 2:6] = True  # coarser than the 8x8 map: max-pooled to it
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    losses = [train_step(model, optimizer, images, targets) for _ in range(15)]
-    assert losses[-1] < 0.7 * losses[0]
+    losses = [train_step(model, optimizer, images, targets, masks, mask_weight=1.0, mask_pos_weight=5.0)
+              for _ in range(25)]
+    assert losses[-1][0] < 0.7 * losses[0][0]
+    assert losses[-1][1] < 0.7 * losses[0][1]
+    assert train_step(model, optimizer, images, targets)[1] == 0.0  # no masks: labels only
+
+
+def test_map_head_gives_one_coarse_map_per_label() -> None:
+    model = FindingClassifier().eval()  # map_stage 1: 256 / 2**3 = 32 cells
+    with torch.no_grad():
+        logits, maps = model.forward_with_maps(torch.rand(2, 1, 256, 256))
+    assert logits.shape == (2, len(LABELS)) and maps is not None and maps.shape == (2, len(LABELS), 32, 32)
+    with pytest.raises(InputError, match="map_stage"):
+        ClassifierConfig(map_stage=4)
 
 
 def test_augmentation_is_mild_seeded_and_in_range() -> None:
@@ -149,6 +164,21 @@ def test_missing_weights_folder_is_a_model_error(tmp_path) -> None:
     (tmp_path / "model.safetensors").unlink()
     with pytest.raises(ModelError, match="weights are missing"):
         load_classifier(tmp_path)
+
+
+def test_label_masks_follow_the_drawn_side_on_a_coarse_grid() -> None:
+    mask = np.zeros((256, 256), bool)
+    mask[200:240, 20:236] = True  # spans both image halves
+    both = Finding(FindingKind.EFFUSION, Side.BILATERAL)
+    labels, masks = study_targets([(both, mask), (Finding(FindingKind.CARDIOMEGALY), mask)])
+    assert masks.shape == (len(LABELS), 32, 32) and masks.dtype == bool
+    right, left = masks[LABEL_INDEX["effusion_right"]], masks[LABEL_INDEX["effusion_left"]]
+    assert right[:, :16].any() and not right[:, 16:].any()  # patient's right = image-left half only
+    assert left[:, 16:].any() and not left[:, :16].any()
+    assert masks[LABEL_INDEX["cardiomegaly"]].sum() == right.sum() + left.sum()
+    assert masks[LABEL_INDEX["cardiomegaly"]][25:30].all(axis=0)[3:29].all()  # block-any: partial cells count
+    assert set(decode_labels(labels)) == {"effusion_right", "effusion_left", "cardiomegaly"}
+    assert not masks[LABEL_INDEX["nodule_left"]].any()
 
 
 def test_label_index_matches_order() -> None:
