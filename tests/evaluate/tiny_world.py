@@ -45,7 +45,7 @@ def build_classifier(folder: Path) -> Path:
     from medsign_forensics.phantom.classifier import ClassifierConfig, FindingClassifier, save_classifier
 
     torch.manual_seed(0)
-    save_classifier(FindingClassifier(ClassifierConfig(channels=(8, 8), groups=4, image_size=64)), folder)
+    save_classifier(FindingClassifier(ClassifierConfig(channels=(8, 8), max_taps=(), map_stage=None, groups=4, image_size=64)), folder)
     return folder
 
 
