@@ -56,8 +56,11 @@ def atomic_path(
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(f".{target.name}.{secrets.token_hex(6)}.tmp")
     os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode))
+    created_mode = os.stat(tmp).st_mode & 0o777
     try:
         yield tmp
+        if os.stat(tmp).st_mode & 0o777 != created_mode:  # safetensors replaces the file with an owner-only one
+            os.chmod(tmp, created_mode)
         if durable:
             _fsync(tmp)
         if overwrite:

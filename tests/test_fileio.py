@@ -82,3 +82,14 @@ def test_sha256_file_matches_hashlib_across_chunks(tmp_path: Path) -> None:
     path.write_bytes(data)
     assert sha256_file(path) == hashlib.sha256(data).hexdigest()
     assert sha256_file(str(path)) == sha256_file(path)
+
+
+def test_atomic_path_keeps_its_mode_when_a_library_replaces_the_temporary_file(tmp_path: Path) -> None:
+    import torch
+    from safetensors.torch import save_file
+
+    with atomic_path(tmp_path / "w.safetensors") as tmp:
+        save_file({"a": torch.zeros(2)}, str(tmp))
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE((tmp_path / "w.safetensors").stat().st_mode) == OPEN_MODE & ~umask
