@@ -28,11 +28,6 @@ EXTRACTOR_STEM = "extractor"
 ENCODER_STEM = "encoder"
 
 
-# The old name, kept only because watermark/train_extractor.py (in use by a running training job) imports
-# it; switch that import to medsign_forensics.fileio.sha256_file and drop this alias.
-file_sha256 = sha256_file
-
-
 def _save_module(module: torch.nn.Module, folder: Path, stem: str, manifest: dict[str, Any]) -> Path:
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)

@@ -29,7 +29,7 @@ import torch
 from torch.nn import functional as F
 
 from medsign_forensics.errors import InputError, ModelError
-from medsign_forensics.fileio import atomic_path, write_json, write_text
+from medsign_forensics.fileio import atomic_path, sha256_file, write_json, write_text
 from medsign_forensics.watermark.attacks import Requantize, get_attack
 from medsign_forensics.watermark.data import (
     FolderSource,
@@ -38,7 +38,7 @@ from medsign_forensics.watermark.data import (
     TrainingBatches,
     centre_square,
 )
-from medsign_forensics.watermark.extractor_io import file_sha256, save_encoder, save_extractor
+from medsign_forensics.watermark.extractor_io import save_encoder, save_extractor
 from medsign_forensics.watermark.hidden import HiddenConfig, HiddenEncoder, HiddenExtractor
 from medsign_forensics.watermark.whitening import Whitening, whiten_extractor
 
@@ -329,7 +329,7 @@ def _provenance(config: ExtractorTrainConfig) -> dict[str, Any]:
 
 
 def _write_sums(out: Path) -> None:
-    lines = [f"{file_sha256(out / name)}  {name}\n" for name in ("extractor.safetensors", "encoder.safetensors")]
+    lines = [f"{sha256_file(out / name)}  {name}\n" for name in ("extractor.safetensors", "encoder.safetensors")]
     write_text(out / "SHA256SUMS", "".join(lines))
 
 
@@ -394,7 +394,7 @@ def train_extractor(
         out=out,
         steps=trainer.step,
         last=last,
-        extractor_sha256=file_sha256(out / "extractor.safetensors"),
+        extractor_sha256=sha256_file(out / "extractor.safetensors"),
         whitening=None if fit is None else fit.summary(),
     )
 
