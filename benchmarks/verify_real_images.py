@@ -1,11 +1,13 @@
 """False positives on real images: verify every PNG and DICOM file under the shared real-data folder.
 
-None of these images was made by this project, so none may be attributed. The registry is the one given
+None of these images was made by this project, so none may be attributed. With --phantoms N, N unwatermarked
+phantoms (random findings, seeds from FP_SEED_BASE, disjoint from every training, whitening and evaluation
+range) are written as 8-bit PNGs and verified too; none of them may be attributed either. The registry is the one given
 (default: the demo registry) plus, with --random-keys N, N random keys issued into a temporary copy of it, so
 that the family-wise statistics are exercised against a populated registry (the best of N keys is compared).
 
     python benchmarks/verify_real_images.py --extractor DIR [--registry DIR] [--random-keys 1000]
-                                            [--data ../shared/data]
+                                            [--data ../shared/data] [--phantoms 1000]
 
 Writes benchmarks/results/verify_real_images.md: counts per verdict, the closest match over all files (most
 matching bits, smallest p-values), every file that was not "not detected", and every error.
@@ -30,6 +32,20 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 from verify_speed import machine_line  # noqa: E402
 
 SUFFIXES = {".png", ".dcm"}
+FP_SEED_BASE = 3_000_000
+
+
+def write_phantoms(count: int, folder: Path) -> list[Path]:
+    """Render ``count`` unwatermarked phantoms into ``folder`` as 8-bit PNGs (as a user would hold them)."""
+    from medsign_forensics.fileio import save_png
+    from medsign_forensics.watermark.data import PhantomSource
+
+    source = PhantomSource(count, size=256, seed_base=FP_SEED_BASE, findings_seed=FP_SEED_BASE)
+    paths = []
+    for index in range(count):
+        paths.append(folder / f"phantom-{FP_SEED_BASE + index}.png")
+        save_png(paths[-1], source.image(index))
+    return paths
 
 
 def main() -> None:
@@ -38,6 +54,7 @@ def main() -> None:
     parser.add_argument("--registry", type=Path, help="registry folder (default: the demo registry)")
     parser.add_argument("--random-keys", type=int, default=1000)
     parser.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data")
+    parser.add_argument("--phantoms", type=int, default=0, help="also verify this many unwatermarked phantoms")
     parser.add_argument("--label", default="", help="what the extractor is, for the results file")
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "verify_real_images.md")
     args = parser.parse_args()
@@ -47,7 +64,9 @@ def main() -> None:
     files = sorted(p for p in args.data.rglob("*") if p.is_file() and p.suffix.lower() in SUFFIXES)
     if not files:
         raise SystemExit(f"no PNG or DICOM files under {args.data}")
+    real_count = len(files)
     with tempfile.TemporaryDirectory() as tmp:
+        files += write_phantoms(args.phantoms, Path(tmp) / "phantoms")
         registry = Path(tmp) / "registry"
         shutil.copytree(args.registry or DEFAULT_REGISTRY_DIR, registry)
         issuer = IssuerKey.generate("Benchmark random keys")
@@ -62,6 +81,7 @@ def main() -> None:
             verdicts = [verifier.try_verify_file(path) for path in files]
         seconds = time.perf_counter() - start
     counts = Counter(v.kind.value for v in verdicts)
+    phantom_counts = Counter(v.kind.value for v in verdicts[real_count:])
     matched = [v for v in verdicts if v.match is not None]
     closest = sorted(matched, key=lambda v: v.match.family_wise_p_value)[:5]
     unusual = [v for v in verdicts if v.kind.value not in ("not detected",)]
@@ -73,15 +93,18 @@ def main() -> None:
         f"- date: {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}",
         f"- machine: {machine_line()}",
         f"- command: `python benchmarks/verify_real_images.py{extractor_option}"
-        f" --random-keys {args.random_keys}`",
+        f" --random-keys {args.random_keys}" + (f" --phantoms {args.phantoms}" if args.phantoms else "") + "`",
         f"- extractor: {args.label or (args.extractor or 'the shipped one')}",
-        f"- data: {len(files)} files (PNG and DICOM) under {args.data}; registry: {keys} keys of the extractor's "
+        f"- data: {real_count} files (PNG and DICOM) under {args.data} and {args.phantoms} unwatermarked phantoms "
+        f"(8-bit PNG, seeds from {FP_SEED_BASE}); registry: {keys} keys of the extractor's "
         f"length ({args.random_keys} random keys added to a copy of {args.registry or 'the demo registry'}); "
         "policy default (family-wise FPR 1e-6)",
         f"- time: {seconds:.1f} s ({len(files) / seconds:.1f} files/s)",
         "",
         f"**Attributed: {counts.get('attributed', 0)} of {len(files)}.** Verdicts: "
-        + ", ".join(f"{k} {n}" for k, n in sorted(counts.items())),
+        + ", ".join(f"{k} {n}" for k, n in sorted(counts.items()))
+        + (f" (phantoms alone: " + ", ".join(f"{k} {n}" for k, n in sorted(phantom_counts.items())) + ")"
+           if args.phantoms else ""),
         "",
         "Best match per file, matching bits (out of the key length): "
         + ", ".join(f"{bits}: {n}" for bits, n in sorted(histogram.items())),
