@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
 - Command: `{command}`
 - Weights: {weights}
 - Architecture: stride-2 stem {config.extractor_stem_channels} ch, {config.extractor_blocks} x 3x3 conv \
-{config.extractor_channels} ch at 1/4 resolution, GroupNorm, {config.bits} bits
+{config.extractor_channels} ch at 1/4 resolution, BatchNorm, {config.bits} bits
 - Workload: {args.images} PNG files of {args.size}x{args.size} 8-bit grey, read with `imageio.read_image`, \
 extracted in batches of {args.batch}
 - 1-minute load average before/after: {load_before:.1f} / {load_after:.1f} (the machine is shared; higher load \
