@@ -5,7 +5,15 @@ Only commands that work are registered, so `medsign --help` never advertises som
 
 from __future__ import annotations
 
+import os
+
 import typer
+
+# transformers warns on import that its image processors (for SD's optional safety checker, unused here) fall
+# back from torchvision to PIL, and that long reports exceed 77 tokens; on a command line that is two lines of
+# noise before every result. The environment variable is read lazily, so this costs no import; a user's own
+# TRANSFORMERS_VERBOSITY still wins.
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 from medsign_forensics import __version__
 
