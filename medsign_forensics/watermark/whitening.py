@@ -46,8 +46,8 @@ EIGEN_FLOOR = 1e-2
 class Whitening:
     """A fitted whitening transform and what it was fitted on."""
 
-    weight: np.ndarray  # (k, k): Lambda^-1/2 U^T
-    bias: np.ndarray  # (k,): -Lambda^-1/2 U^T mu
+    weight: np.ndarray  # (k, k): max(Lambda, floor)^-1/2 U^T
+    bias: np.ndarray  # (k,): -weight mu
     mean: np.ndarray  # (k,)
     eigenvalues: np.ndarray  # (k,), ascending
     n_samples: int
