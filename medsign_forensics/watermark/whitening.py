@@ -8,17 +8,17 @@ raw logits for N unwatermarked images at the working resolution:
     Sigma = U Lambda U^T,   W = Lambda^-1/2 U^T,   b = -Lambda^-1/2 U^T mu,
 
 and append ``y = W x + b`` as a Linear(k, k) layer. On the fitting images y then has zero mean and identity
-covariance, so sign(y) is unbiased.
+covariance, so sign(y) is unbiased. Stable Signature skips the division by N and multiplies by sqrt(k), which
+silently rescales the logits and so the BCE loss; here the scale is exactly unit variance (above the floor
+below) and any loss temperature is an explicit setting of the training that uses the logits.
 
 One departure: eigenvalues below ``EIGEN_FLOOR`` x their mean are raised to that floor before the division.
 A trained extractor's clean-image outputs often have a few large and many near-constant directions (measured:
 eigenvalue ratio 1e-9). Exact whitening would multiply those by up to 3e4, so the logits of a watermarked image
-become huge, the BCE of decoder fine-tuning saturates and its gradients swamp the image losses (measured: the
-decoder's PSNR fell from 60 to 22 dB within 25 steps while bit accuracy stayed at chance). Raising the floor only
+become huge and the BCE of decoder fine-tuning saturates. (Whether the floor helps that training is not shown
+yet: with it and without it, CPU runs stalled near 0.67 bit accuracy; BENCHMARKS.md.) Raising the floor only
 rescales directions by positive factors, so every sign, hence every bit and every p-value, is unchanged; those
-directions simply keep a variance below 1 on clean images. Stable Signature skips the division by N and multiplies by sqrt(k), which
-silently rescales the logits and so the BCE loss; here the scale is exactly unit variance and any loss
-temperature is an explicit setting of the training that uses the logits.
+directions simply keep a variance below 1 on clean images.
 """
 
 from __future__ import annotations
@@ -42,6 +42,11 @@ _MIN_EIGEN_RATIO = 1e-12
 EIGEN_FLOOR = 1e-2
 
 
+def eigenvalue_floor(eigenvalues: np.ndarray) -> float:
+    """The variance below which a whitened direction is no longer scaled to unit variance."""
+    return EIGEN_FLOOR * float(np.mean(eigenvalues))
+
+
 @dataclass(frozen=True)
 class Whitening:
     """A fitted whitening transform and what it was fitted on."""
@@ -51,6 +56,10 @@ class Whitening:
     mean: np.ndarray  # (k,)
     eigenvalues: np.ndarray  # (k,), ascending
     n_samples: int
+
+    @property
+    def floor(self) -> float:
+        return eigenvalue_floor(self.eigenvalues)
 
     def apply(self, outputs: np.ndarray) -> np.ndarray:
         return np.asarray(outputs, dtype=np.float64) @ self.weight.T + self.bias
@@ -63,7 +72,7 @@ class Whitening:
             "min_eigenvalue": float(self.eigenvalues[0]),
             "max_eigenvalue": float(self.eigenvalues[-1]),
             "eigenvalue_floor": f"{EIGEN_FLOOR:g} x mean eigenvalue",
-            "floored_directions": int((self.eigenvalues < EIGEN_FLOOR * self.eigenvalues.mean()).sum()),
+            "floored_directions": int((self.eigenvalues < self.floor).sum()),
         }
 
 
@@ -88,7 +97,7 @@ def fit_whitening(outputs: np.ndarray) -> Whitening:
             f"eigenvalue {ratio:.1e}, floor {_MIN_EIGEN_RATIO:.0e}), so they cannot be whitened into {k} fair "
             "bits; train the extractor longer or fit on more varied images"
         )
-    scales = np.maximum(eigenvalues, EIGEN_FLOOR * eigenvalues.mean())
+    scales = np.maximum(eigenvalues, eigenvalue_floor(eigenvalues))
     weight = eigenvectors.T / np.sqrt(scales)[:, None]
     return Whitening(weight=weight, bias=-weight @ mean, mean=mean, eigenvalues=eigenvalues, n_samples=n)
 

@@ -4,7 +4,7 @@ import torch
 
 from medsign_forensics.errors import InputError, ModelError
 from medsign_forensics.watermark.hidden import HiddenConfig, HiddenExtractor
-from medsign_forensics.watermark.whitening import EIGEN_FLOOR, Whitening, fit_whitening, whiten_extractor
+from medsign_forensics.watermark.whitening import Whitening, fit_whitening, whiten_extractor
 
 
 def biased_correlated(n: int, k: int, seed: int, *, sample_seed: int = 100) -> np.ndarray:
@@ -17,7 +17,7 @@ def biased_correlated(n: int, k: int, seed: int, *, sample_seed: int = 100) -> n
 
 def unit_variances(fit: Whitening) -> np.ndarray:
     """Expected whitened covariance: identity, except directions under the eigenvalue floor keep lambda / floor."""
-    return np.diag(np.minimum(1.0, fit.eigenvalues / (EIGEN_FLOOR * fit.eigenvalues.mean())))
+    return np.diag(np.minimum(1.0, fit.eigenvalues / fit.floor))
 
 
 def test_whitening_gives_zero_mean_identity_covariance_and_fair_bits():
