@@ -5,30 +5,22 @@ from __future__ import annotations
 
 import base64
 import csv
-import importlib.util
 import json
-import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 
+from benchmark_helpers import load_benchmark
 from verify_helpers import CrashingSettings, World, build_extractor, build_world, sample_image, save_png
 
 from medsign_forensics.errors import ImageReadError, InputError
 from medsign_forensics.pacs import PacsApi, PacsClient, multipart_parts, pacs_config
 from medsign_forensics.scan import VerifierSettings, list_files, read_jsonl, scan_folder, scan_pacs
 
-REPO = Path(__file__).resolve().parents[1]
 
 
-def _bad_input_suite():
-    spec = importlib.util.spec_from_file_location("bad_input_suite", REPO / "benchmarks" / "bad_input_suite.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["bad_input_suite"] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="module")
@@ -122,7 +114,7 @@ def test_listing_is_recursive_and_sorted(archive):
 
 
 def test_bad_input_suite_is_reported_file_by_file(extractor_dir, tmp_path):
-    suite = _bad_input_suite().write_suite(tmp_path / "suite")
+    suite = load_benchmark("bad_input_suite").write_suite(tmp_path / "suite")
     assert len(suite) >= 200
     summary = scan_folder(tmp_path / "suite", settings=VerifierSettings(extractor=extractor_dir),
                           jsonl=tmp_path / "suite.jsonl")

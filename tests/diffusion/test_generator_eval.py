@@ -3,15 +3,15 @@ figures it must label as a pipeline check)."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import re
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+
+from benchmark_helpers import load_benchmark
 
 from medsign_forensics.phantom.classifier import (
     LABEL_INDEX,
@@ -22,7 +22,6 @@ from medsign_forensics.phantom.classifier import (
 )
 from medsign_forensics.reports import Finding, FindingKind, Side
 
-REPO = Path(__file__).resolve().parents[2]
 REPORTS = [
     "Small left pleural effusion.",
     "No acute cardiopulmonary abnormality. The lungs are clear.",
@@ -31,17 +30,11 @@ REPORTS = [
 ]
 
 
-def _load_script():
-    spec = importlib.util.spec_from_file_location("generator_eval", REPO / "benchmarks" / "generator_eval.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses resolve their annotations through sys.modules
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="module")
 def script():
-    return _load_script()
+    return load_benchmark("generator_eval")
 
 
 def _probs(*labels: str) -> np.ndarray:
