@@ -48,6 +48,11 @@ def write_phantoms(count: int, folder: Path) -> list[Path]:
     return paths
 
 
+def tally(counts: Counter) -> str:
+    """Verdict counts as 'verdict n, ...' in a stable order."""
+    return ", ".join(f"{kind} {n}" for kind, n in sorted(counts.items()))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--extractor", type=Path, help="extractor folder (default: the shipped one)")
@@ -81,7 +86,8 @@ def main() -> None:
             verdicts = [verifier.try_verify_file(path) for path in files]
         seconds = time.perf_counter() - start
     counts = Counter(v.kind.value for v in verdicts)
-    phantom_counts = Counter(v.kind.value for v in verdicts[real_count:])
+    phantoms = Counter(v.kind.value for v in verdicts[real_count:])
+    phantom_note = f" (phantoms alone: {tally(phantoms)})" if args.phantoms else ""
     matched = [v for v in verdicts if v.match is not None]
     closest = sorted(matched, key=lambda v: v.match.family_wise_p_value)[:5]
     unusual = [v for v in verdicts if v.kind.value not in ("not detected",)]
@@ -101,10 +107,8 @@ def main() -> None:
         "policy default (family-wise FPR 1e-6)",
         f"- time: {seconds:.1f} s ({len(files) / seconds:.1f} files/s)",
         "",
-        f"**Attributed: {counts.get('attributed', 0)} of {len(files)}.** Verdicts: "
-        + ", ".join(f"{k} {n}" for k, n in sorted(counts.items()))
-        + (f" (phantoms alone: " + ", ".join(f"{k} {n}" for k, n in sorted(phantom_counts.items())) + ")"
-           if args.phantoms else ""),
+        f"**Attributed: {counts.get('attributed', 0)} of {len(files)}.** Verdicts: {tally(counts)}"
+        + phantom_note,
         "",
         "Best match per file, matching bits (out of the key length): "
         + ", ".join(f"{bits}: {n}" for bits, n in sorted(histogram.items())),
