@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from scipy.stats import binom, chisquare
+from scipy.stats import binom, chi2, chisquare, norm
 
 from medsign_forensics.fileio import sha256_file, write_text
 from medsign_forensics.watermark.attacks import TABLE1_ATTACKS, Attack
@@ -86,6 +86,22 @@ def binned_chisquare(counts: np.ndarray, bits: int) -> tuple[float, float, int]:
     return float(stat), float(p), len(obs)
 
 
+def fair_coin_pass_probability(n: int, k: int, tolerance: float = 0.05) -> float:
+    """P(all k fair, independent coins' means over n images lie within 0.5 +/- tolerance), normal approximation.
+
+    Small values mean the +/- tolerance bound cannot tell a fair extractor from a biased one at this n.
+    """
+    z = tolerance / np.sqrt(0.25 / n)
+    return float((2 * norm.cdf(z) - 1) ** k)
+
+
+def bit_mean_test(bits: np.ndarray) -> float:
+    """p-value of the per-bit means under fair, independent coins: sum of squared z-scores vs chi-square(k)."""
+    n, k = bits.shape
+    z2 = float((((bits.mean(axis=0) - 0.5) / np.sqrt(0.25 / n)) ** 2).sum())
+    return float(chi2.sf(z2, k))
+
+
 def fairness(model: Path, images: np.ndarray, n_keys: int, seed: int) -> dict[str, object]:
     extractor = load_extractor(model)
     bits_out, _ = extract_bits(extractor, list(images))
@@ -99,9 +115,13 @@ def fairness(model: Path, images: np.ndarray, n_keys: int, seed: int) -> dict[st
     off_diag = None if corr is None else float(np.abs(corr[~np.eye(k, dtype=bool)]).mean())
     return {
         "images": len(images),
+        "bits": k,
         "bit_mean_min": float(bit_means.min()),
         "bit_mean_max": float(bit_means.max()),
         "worst_bit_deviation": float(np.abs(bit_means - 0.5).max()),
+        "bits_within_0.05": int((np.abs(bit_means - 0.5) <= 0.05).sum()),
+        "fair_coin_pass_probability": fair_coin_pass_probability(len(images), k),
+        "bit_mean_p": bit_mean_test(bits_out),
         "mean_abs_bit_correlation": off_diag,
         "count_mean": float(counts.mean()),
         "count_var": float(counts.var()),
@@ -182,15 +202,21 @@ def main(argv: list[str] | None = None) -> int:
             "Chi-square goodness of fit on binned counts (tails pooled to expected >= 5); pooled over keys "
             "(approximate: keys share images) and per key.",
             "",
-            "| images | per-bit mean range | worst |mean-0.5| (target <= 0.05) | mean |corr| between bits | "
-            "count mean / var | chi2 (bins) | p | keys with p < 0.05 | max count |",
-            "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+            "P(fair): probability that k truly fair, independent coins would all have means within 0.5 +/- 0.05 "
+            "over this many images. Bit-mean p: sum of squared z-scores of the per-bit means vs chi-square(k).",
+            "",
+            "| images | per-bit mean range | worst |mean-0.5| (target <= 0.05) | bits within 0.05 | P(fair) | "
+            "bit-mean p | mean |corr| between bits | count mean / var | chi2 (bins) | p | keys with p < 0.05 | "
+            "max count |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
         ]
         for label, row in fairness_rows:
             corr = row["mean_abs_bit_correlation"]
             lines.append(
                 f"| {label} ({row['images']}) | {row['bit_mean_min']:.3f}-{row['bit_mean_max']:.3f} | "
-                f"{row['worst_bit_deviation']:.3f} | {'-' if corr is None else f'{corr:.3f}'} | "
+                f"{row['worst_bit_deviation']:.3f} | {row['bits_within_0.05']}/{row['bits']} | "
+                f"{row['fair_coin_pass_probability']:.3f} | {row['bit_mean_p']:.2g} | "
+                f"{'-' if corr is None else f'{corr:.3f}'} | "
                 f"{row['count_mean']:.2f} / {row['count_var']:.2f} | {row['chi2']:.1f} ({row['chi2_bins']}) | "
                 f"{row['chi2_p']:.3g} | {row['keys_p_below_0.05']:.2f} | {row['max_count']} |"
             )

@@ -35,7 +35,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from scipy.stats import chi2, norm
 
 from medsign_forensics.fileio import sha256_file, write_text
 from medsign_forensics.watermark.data import FolderSource, ImageSource, PhantomSource
@@ -44,7 +43,13 @@ from medsign_forensics.watermark.train_extractor import EVAL_SEED_BASE
 from medsign_forensics.watermark.whitening import fit_whitening
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from extractor_eval import REAL_DEFAULT, binned_chisquare, load_images  # noqa: E402
+from extractor_eval import (  # noqa: E402
+    REAL_DEFAULT,
+    binned_chisquare,
+    bit_mean_test,
+    fair_coin_pass_probability,
+    load_images,
+)
 
 RESULTS = Path(__file__).resolve().parent / "results" / "whitening_domain.md"
 MODEL_DEFAULT = Path(__file__).resolve().parents[1] / "medsign_forensics" / "weights" / "extractor"
@@ -60,22 +65,15 @@ def in_half_a(path: Path) -> bool:
     return int(hashlib.sha256(path.name.encode()).hexdigest(), 16) % 2 == 0
 
 
-def fair_coin_pass_probability(n: int, k: int, tolerance: float = 0.05) -> float:
-    """P(all k fair coins' means over n images lie within 0.5 +/- tolerance), normal approximation."""
-    z = tolerance / np.sqrt(0.25 / n)
-    return float((2 * norm.cdf(z) - 1) ** k)
-
-
 def check(whiten: Callable[[np.ndarray], np.ndarray], outputs: np.ndarray, keys: np.ndarray) -> dict[str, float]:
     bits = (whiten(outputs) > 0).astype(np.uint8)
     n, k = bits.shape
     means = bits.mean(axis=0)
-    z2 = float((((means - 0.5) / np.sqrt(0.25 / n)) ** 2).sum())
     counts = (bits[:, None, :] == keys[None, :, :]).sum(axis=2)
     return {
         "n": n, "min": float(means.min()), "max": float(means.max()),
         "within": int((np.abs(means - 0.5) <= 0.05).sum()), "k": k,
-        "z2": z2, "z2_p": float(chi2.sf(z2, k)),
+        "z2_p": bit_mean_test(bits),
         "count_p": binned_chisquare(counts.ravel(), k)[1], "max_count": int(counts.max()),
     }
 
