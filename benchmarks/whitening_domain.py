@@ -3,11 +3,11 @@
 
 Issue 4 asks for fair bits (per-bit mean 0.5 +/- 0.05, match counts ~ Binomial(k, 1/2)) on unwatermarked
 phantoms AND on the real radiographs. The shipped whitening is fitted on phantoms only, and is not fair on
-real images. This script fits the whitening four ways on the SAME raw extractor outputs and tests each on
-images it was not fitted on:
+real images. This script compares the shipped layer with four refits on the SAME raw extractor outputs, and
+tests each on images it was not fitted on:
 
 - shipped: the layer inside the shipped extractor (fitted on its first 1,000 training phantoms);
-- phantoms: the same recipe refitted on 1,000 other phantoms (seeds disjoint from the evaluation phantoms);
+- 1,000 other phantoms: the same recipe refitted on 1,000 other phantoms (seeds disjoint from the evaluation phantoms);
 - real A: half of the real radiographs (split by a hash of the file name);
 - pooled: both sets together; balanced: both, with real A repeated so each domain weighs about the same.
 
