@@ -90,16 +90,16 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(1)
     started = time.perf_counter()
     extractor = load_extractor(args.model)
+    layer = extractor.whitening
+    if layer is None:
+        print(f"error: the extractor at {args.model} carries no whitening layer", file=sys.stderr)
+        return 2
     real = FolderSource(args.real)
     real_raw = raw(extractor, real)
     half_a = np.array([in_half_a(path) for path in real.paths])
     fit_phantoms = raw(extractor, PhantomSource(1000, size=SIZE, seed_base=EVAL_SEED_BASE + 200_000, findings_seed=11))
     eval_phantoms = raw(extractor, PhantomSource(300, size=SIZE, seed_base=EVAL_SEED_BASE + 100_000, findings_seed=8))
     repeat = max(1, round(len(fit_phantoms) / half_a.sum()))
-    layer = extractor.whitening
-    if layer is None:
-        print(f"error: the extractor at {args.model} carries no whitening layer", file=sys.stderr)
-        return 2
     shipped_weight = layer.weight.detach().double().numpy()
     shipped_bias = layer.bias.detach().double().numpy()
     fits: dict[str, Callable[[np.ndarray], np.ndarray]] = {
