@@ -104,8 +104,13 @@ def bit_mean_test(bits: np.ndarray) -> float:
 
 
 def fairness(model: Path, images: np.ndarray, n_keys: int, seed: int) -> dict[str, object]:
-    extractor = load_extractor(model)
-    bits_out, _ = extract_bits(extractor, list(images))
+    """Fair-coin statistics of the whitened bits the extractor at ``model`` reads from ``images``."""
+    bits_out, _ = extract_bits(load_extractor(model), list(images))
+    return bit_fairness(bits_out, n_keys, seed)
+
+
+def bit_fairness(bits_out: np.ndarray, n_keys: int, seed: int) -> dict[str, object]:
+    """Fair-coin statistics of (N, k) bits: per-bit means, their test, and match counts against fixed keys."""
     k = bits_out.shape[1]
     keys = np.random.default_rng(seed).integers(0, 2, size=(n_keys, k), dtype=np.uint8)
     counts = (bits_out[:, None, :] == keys[None, :, :]).sum(axis=2)  # (images, keys)
@@ -115,13 +120,13 @@ def fairness(model: Path, images: np.ndarray, n_keys: int, seed: int) -> dict[st
     corr = np.corrcoef(bits_out.T.astype(float)) if bits_out.std(axis=0).min() > 0 else None
     off_diag = None if corr is None else float(np.abs(corr[~np.eye(k, dtype=bool)]).mean())
     return {
-        "images": len(images),
+        "images": len(bits_out),
         "bits": k,
         "bit_mean_min": float(bit_means.min()),
         "bit_mean_max": float(bit_means.max()),
         "worst_bit_deviation": float(np.abs(bit_means - 0.5).max()),
         "bits_within_0.05": int((np.abs(bit_means - 0.5) <= 0.05).sum()),
-        "fair_coin_pass_probability": fair_coin_pass_probability(len(images), k),
+        "fair_coin_pass_probability": fair_coin_pass_probability(len(bits_out), k),
         "bit_mean_p": bit_mean_test(bits_out),
         "mean_abs_bit_correlation": off_diag,
         "count_mean": float(counts.mean()),

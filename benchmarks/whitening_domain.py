@@ -17,7 +17,8 @@ Evaluated on 300 held-out phantoms and on the other half of the real radiographs
   extractor from a biased one at that n;
 - a test of the bit means themselves: sum over bits of z^2, z = (mean - 0.5) / sqrt(0.25 / n), against
   chi-square(k) (bits assumed independent);
-- match counts against 16 fixed keys vs Binomial(k, 1/2) (binned chi-square, as extractor_eval.py).
+- match counts against 16 fixed keys vs Binomial(k, 1/2) (binned chi-square); all three from
+  extractor_eval.bit_fairness, so both benchmarks compute them one way.
 
     python benchmarks/whitening_domain.py [--model DIR] [--real DIR]
 """
@@ -43,13 +44,7 @@ from medsign_forensics.watermark.train_extractor import EVAL_SEED_BASE
 from medsign_forensics.watermark.whitening import fit_whitening
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from extractor_eval import (  # noqa: E402
-    REAL_DEFAULT,
-    binned_chisquare,
-    bit_mean_test,
-    fair_coin_pass_probability,
-    load_images,
-)
+from extractor_eval import REAL_DEFAULT, bit_fairness, load_images  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "whitening_domain.md"
 MODEL_DEFAULT = Path(__file__).resolve().parents[1] / "medsign_forensics" / "weights" / "extractor"
@@ -63,19 +58,6 @@ def raw(extractor: torch.nn.Module, source: ImageSource) -> np.ndarray:
 
 def in_half_a(path: Path) -> bool:
     return int(hashlib.sha256(path.name.encode()).hexdigest(), 16) % 2 == 0
-
-
-def check(whiten: Callable[[np.ndarray], np.ndarray], outputs: np.ndarray, keys: np.ndarray) -> dict[str, float]:
-    bits = (whiten(outputs) > 0).astype(np.uint8)
-    n, k = bits.shape
-    means = bits.mean(axis=0)
-    counts = (bits[:, None, :] == keys[None, :, :]).sum(axis=2)
-    return {
-        "n": n, "min": float(means.min()), "max": float(means.max()),
-        "within": int((np.abs(means - 0.5) <= 0.05).sum()), "k": k,
-        "z2_p": bit_mean_test(bits),
-        "count_p": binned_chisquare(counts.ravel(), k)[1], "max_count": int(counts.max()),
-    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -111,8 +93,6 @@ def main(argv: list[str] | None = None) -> int:
             np.concatenate([fit_phantoms, np.repeat(real_raw[half_a], repeat, axis=0)])
         ).apply,
     }
-    k = fit_phantoms.shape[1]
-    keys = np.random.default_rng(9).integers(0, 2, size=(16, k), dtype=np.uint8)
     tests = {"held-out phantoms": eval_phantoms, "real B": real_raw[~half_a]}
 
     command = "python " + shlex.join([Path(sys.argv[0]).as_posix(), *(argv if argv is not None else sys.argv[1:])])
@@ -137,11 +117,11 @@ def main(argv: list[str] | None = None) -> int:
     ]
     for fit_name, whiten in fits.items():
         for test_name, outputs in tests.items():
-            row = check(whiten, outputs, keys)
+            row = bit_fairness((whiten(outputs) > 0).astype(np.uint8), n_keys=16, seed=9)
             lines.append(
-                f"| {fit_name} | {test_name} | {row['n']} | {row['min']:.2f}-{row['max']:.2f} | "
-                f"{row['within']}/{row['k']} | {fair_coin_pass_probability(row['n'], row['k']):.3f} | "
-                f"{row['z2_p']:.2g} | {row['count_p']:.2g} | {row['max_count']} |"
+                f"| {fit_name} | {test_name} | {row['images']} | {row['bit_mean_min']:.2f}-{row['bit_mean_max']:.2f} | "
+                f"{row['bits_within_0.05']}/{row['bits']} | {row['fair_coin_pass_probability']:.3f} | "
+                f"{row['bit_mean_p']:.2g} | {row['chi2_p']:.2g} | {row['max_count']} |"
             )
     text = "\n".join(lines) + "\n"
     write_text(args.out, text)

@@ -20,9 +20,6 @@ from medsign_forensics.pacs import PacsApi, PacsClient, multipart_parts, pacs_co
 from medsign_forensics.scan import VerifierSettings, list_files, read_jsonl, scan_folder, scan_pacs
 
 
-
-
-
 @pytest.fixture(scope="module")
 def extractor_dir(tmp_path_factory) -> Path:
     return build_extractor(tmp_path_factory.mktemp("extractor"))
