@@ -9,7 +9,9 @@ Before anything is sampled, the deployment must prove it may speak for itself: i
 byte-identical to the registry's row, that row's signature verifies, the key is still active (a revoked
 deployment generates nothing), and the record vouches for the weights actually run (its weights digest is
 the deployment's decoder digest or the base model's combined digest, whichever was hashed when the key was
-issued).
+issued). And it must be strong enough to be recognised: its held-out clean bit accuracy (measured at the end
+of training and stored in the deployment) must reach what the policy needs to attribute against the
+registry's keys (:func:`check_strength`); ``allow_weak`` lifts this for research.
 
 Who signs the per-image statement: the ISSUER's private key, which must be registered in the registry (the
 verifier trusts exactly the registry's issuer keys). So generation needs the issuer key file and its
@@ -38,6 +40,7 @@ from medsign_forensics.provenance.keys import Signer
 from medsign_forensics.provenance.records import ProvenanceRecord, SignedDocument
 from medsign_forensics.provenance.registry import KeyStatus, Registry
 from medsign_forensics.verify import DEFAULT_REGISTRY_DIR
+from medsign_forensics.provenance.policy import Policy, load_policy
 from medsign_forensics.watermark.deployment import EMBEDDED, Deployment, load_deployment
 
 DEFAULT_DEPLOYMENT_DIR = WEIGHTS_DIR / "demo-deployment"
@@ -120,6 +123,52 @@ def authorised_record(deployment: Deployment, registry: Registry, signer: Signer
     return record
 
 
+def required_accuracy(deployment: Deployment, *, n_keys: int, policy: Policy) -> float:
+    """The fewest agreeing bits (as a fraction) at which this deployment's key is attributed against
+    ``n_keys`` registered keys under ``policy``, using the null of the extractor the deployment was trained for
+    (Binomial(k, 1/2) when that extractor has no calibration or cannot be loaded)."""
+    from medsign_forensics.watermark import stats
+    from medsign_forensics.watermark.calibration import NullCalibration
+
+    calibration = _extractor_calibration(deployment) or NullCalibration.fair(deployment.bits)
+    keys = deployment.key[None, :]
+    correction = stats.Correction(policy.correction.value)
+    for matched in range(deployment.bits + 1):
+        flipped = keys.copy()
+        flipped[0, matched:] ^= 1  # any key with `matched` agreeing bits; the calibration bounds every bit alike
+        _, p = calibration.p_values(flipped[0], keys)
+        if stats.family_p_value(float(p[0]), max(1, n_keys), correction) <= policy.family_wise_fpr:
+            return matched / deployment.bits
+    return float("inf")
+
+
+def _extractor_calibration(deployment: Deployment) -> Any:
+    from medsign_forensics.verify import DEFAULT_EXTRACTOR_DIR
+    from medsign_forensics.watermark.extractor_io import load_extractor
+
+    path = deployment.extractor.get("path")
+    folder = DEFAULT_EXTRACTOR_DIR if path == EMBEDDED else Path(str(path))
+    try:
+        return getattr(load_extractor(folder), "calibration", None)
+    except (ModelError, InputError):
+        return None
+
+
+def check_strength(deployment: Deployment, *, n_keys: int, policy: Policy) -> None:
+    """ModelError unless the deployment's held-out clean bit accuracy reaches :func:`required_accuracy`."""
+    held_out = deployment.held_out
+    if held_out is None or "none" not in held_out.get("bit_accuracy", {}):
+        raise ModelError("this deployment records no held-out bit accuracy, so nobody knows whether its images "
+                         "can be attributed; retrain it with --eval-reports N (or pass --allow-weak for research)",
+                         path=deployment.path)
+    clean = float(held_out["bit_accuracy"]["none"])
+    needed = required_accuracy(deployment, n_keys=n_keys, policy=policy)
+    if clean < needed:
+        raise ModelError(f"held-out clean bit accuracy {clean:.3f} is below {needed:.3f}, the least that policy "
+                         f"{policy.name!r} needs to attribute against {n_keys} registered key(s); its images would "
+                         "not be recognised: train longer (or pass --allow-weak for research)", path=deployment.path)
+
+
 def generate_study(
     *,
     report: str,
@@ -133,12 +182,15 @@ def generate_study(
     guidance_scale: float = 4.0,
     png: str | Path | None = None,
     device: str = "cpu",
+    policy: Policy | str | Path | None = None,
+    allow_weak: bool = False,
 ) -> GeneratedStudy:
     """Generate one study from ``report`` with ``deployment`` (default: the shipped demo deployment).
 
     ``signer`` signs the per-image statement (a decrypted issuer key registered in ``registry``; default: the
     demo registry). ``model`` is a loaded DiffusionModel or a folder; by default the deployment's base model.
-    ``png`` also writes the same 8-bit pixels as a PNG.
+    ``png`` also writes the same 8-bit pixels as a PNG. ``policy`` (default: ``default``) decides how strong a
+    deployment must be (:func:`check_strength`); ``allow_weak`` skips that check.
     """
     from medsign_forensics.diffusion import decode, load_model, sample
 
@@ -153,11 +205,16 @@ def generate_study(
     start = time.perf_counter()
     loaded = deployment if isinstance(deployment, Deployment) else (
         load_default_deployment() if deployment is None else load_deployment(deployment))
+    loaded_policy = policy if isinstance(policy, Policy) else load_policy(policy)
     if isinstance(registry, Registry):
         record = authorised_record(loaded, registry, signer)
+        n_keys = len(registry.lookup(loaded.bits))
     else:
         with Registry.open(DEFAULT_REGISTRY_DIR if registry is None else registry) as opened:
             record = authorised_record(loaded, opened, signer)
+            n_keys = len(opened.lookup(loaded.bits))
+    if not allow_weak:
+        check_strength(loaded, n_keys=n_keys, policy=loaded_policy)
 
     if model is None or isinstance(model, (str, Path)):
         base = loaded.base_model.get("path")

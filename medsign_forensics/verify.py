@@ -2,13 +2,18 @@
 
 The evidence, in the order it is gathered:
 
-1. The pixels (:func:`medsign_forensics.imageio.read_image`, any supported format) go through the whitened
-   extractor, which reads a k-bit message.
-2. The message is compared with every registered key of that length (one vectorised comparison). For the
-   best match with M of k agreeing bits the per-key p-value is P(Binomial(k, 1/2) >= M): the chance that an
-   unwatermarked image matches that key so well. Because the best of N keys was chosen, the decision uses the
-   family-wise p-value over the N candidates (the policy's correction), and the policy classifies it as
-   attributed, inconclusive or not detected.
+1. The pixels (:func:`medsign_forensics.imageio.read_image`, any supported format) go through the extractor,
+   which reads a k-bit message. The spectral extractor (the shipped one) also finds its synchronisation
+   pilot; when the pilot score is below the extractor's presence threshold there is no mark to read, and the
+   closest key is reported but never attributed.
+2. The message is compared with every registered key of that length. For a key with M of k agreeing bits the
+   per-key p-value is the chance that an UNWATERMARKED image matches it so well, under the extractor's
+   empirical null (:class:`~medsign_forensics.watermark.calibration.NullCalibration`, fitted on unwatermarked
+   real radiographs, phantoms and base-model images, also after JPEG 50; per bit the least favourable rate
+   seen); an extractor without a calibration uses Binomial(k, 1/2). The key with the smallest p-value is the
+   best match; because the best of N keys was chosen, the decision uses the family-wise p-value over the N
+   candidates (the policy's correction), and the policy classifies it as attributed, inconclusive or not
+   detected.
 3. An attributed key's registry row must carry a valid issuer signature (else :class:`RegistryError`: the
    registry itself cannot be trusted) and tells whether the deployment was revoked.
 4. For DICOM, :func:`medsign_forensics.dicom.check_study` checks the signed provenance block (record and
@@ -60,7 +65,7 @@ from medsign_forensics.provenance.policy import Attribution, Policy, TamperActio
 from medsign_forensics.provenance.registry import Candidates, KeyStatus, Registry, VerifiedEntry
 
 if TYPE_CHECKING:  # torch and scipy load only when a Verifier is built: `medsign --help` stays fast
-    from medsign_forensics.watermark.hidden import HiddenExtractor
+    from medsign_forensics.watermark.extractor_io import Extractor
 
 DEFAULT_REGISTRY_DIR = REPO_DIR / "keys" / "demo-registry"
 DEFAULT_EXTRACTOR_DIR = WEIGHTS_DIR / "extractor"
@@ -130,13 +135,15 @@ class KeyMatch:
     key_status: KeyStatus
     matched_bits: int
     bits: int
-    p_value: float  # per key: P(Binomial(bits, 1/2) >= matched_bits)
+    p_value: float  # per key: P(X >= matched_bits) under the extractor's null (Binomial(bits, 1/2) if uncalibrated)
     family_wise_p_value: float  # over all candidates (and readings), with the policy's correction
     candidates: int
     attribution: Attribution
     deployment: str | None = None  # from the verified record; None when the match was not attributed
     issuer: str | None = None
     model: str | None = None
+    presence: float | None = None  # the spectral extractor's pilot score (None for a HiDDeN extractor)
+    null: str = "binomial"  # "binomial" or "calibrated": which null gave the p-values
 
     @property
     def bit_accuracy(self) -> float:
@@ -156,6 +163,8 @@ class KeyMatch:
             "deployment": self.deployment,
             "issuer": self.issuer,
             "model": self.model,
+            "presence": self.presence,
+            "null": self.null,
         }
 
 
@@ -250,13 +259,19 @@ class Verifier:
     use one Verifier per process.
     """
 
-    def __init__(self, *, registry: Registry, extractor: HiddenExtractor, policy: Policy,
+    def __init__(self, *, registry: Registry, extractor: Extractor, policy: Policy,
                  trusted: Mapping[str, Ed25519PublicKey] | None = None, scaling: Scaling = Scaling.AUTO,
                  working_size: int = WORKING_SIZE, max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
-        if not extractor.whitened:
+        from medsign_forensics.watermark.calibration import NullCalibration
+        from medsign_forensics.watermark.extractor_io import bits_are_fair
+
+        if not bits_are_fair(extractor):
             raise ModelError("the extractor has no whitening layer, so its bits are not fair coins and every "
                              "p-value would be wrong; use an extractor saved by `medsign train --stage extractor` "
                              "with whitening (--whiten-images)")
+        calibration = getattr(extractor, "calibration", None)
+        self.null = "binomial" if calibration is None else "calibrated"
+        self.calibration: NullCalibration = calibration or NullCalibration.fair(extractor.config.bits)
         if working_size < MIN_SIDE:
             raise InputError(f"the working size must be at least {MIN_SIDE} pixels; got {working_size}")
         self.registry = registry
@@ -370,25 +385,36 @@ class Verifier:
     def _match(self, pixels: np.ndarray) -> tuple[KeyMatch | None, list[VerifyCheck]]:
         """Extract the message and find the best registered key; verify its registry row when attributed."""
         from medsign_forensics.watermark import stats
-        from medsign_forensics.watermark.extractor_io import extract_bits
 
-        bits, _ = extract_bits(self.extractor, [pixels])
+        bits, presence = self._extract(pixels)
         candidates = self.candidates
         k = self.extractor.config.bits
         if len(candidates) == 0:
             return None, [VerifyCheck("registry_entry", CheckStatus.SKIPPED,
                                       f"the registry holds no {k}-bit keys, so no deployment can be attributed")]
-        counts = candidates.match_counts(bits[0])
-        best = int(np.argmax(counts))
+        counts, p_values = self.calibration.p_values(bits, candidates.keys)
+        best = int(np.lexsort((-counts, p_values))[0])  # smallest p-value; ties: most agreeing bits
         entry = candidates.entries[best]
         matched = int(counts[best])
-        p = stats.p_value(matched, k)
+        p = float(p_values[best])
         family = stats.family_p_value(p, len(candidates), stats.Correction(self.policy.correction.value))
         attribution = self.policy.classify(family)
+        checks: list[VerifyCheck] = []
+        threshold = getattr(self.extractor.config, "presence_threshold", None)
+        if presence is not None and threshold is not None:
+            if presence < threshold:
+                attribution = Attribution.NOT_DETECTED
+                checks.append(VerifyCheck("watermark_pilot", CheckStatus.SKIPPED,
+                                          f"no synchronisation pilot (score {presence:.2f} < {threshold:.2f}): the "
+                                          "image carries no spectral mark, so its bits are not evidence"))
+            else:
+                checks.append(VerifyCheck("watermark_pilot", CheckStatus.PASS,
+                                          f"synchronisation pilot found (score {presence:.2f} >= {threshold:.2f})"))
         match = KeyMatch(provenance_id=entry.provenance_id, key_status=entry.status, matched_bits=matched, bits=k,
-                         p_value=p, family_wise_p_value=family, candidates=len(candidates), attribution=attribution)
+                         p_value=p, family_wise_p_value=family, candidates=len(candidates), attribution=attribution,
+                         presence=presence, null=self.null)
         if attribution is not Attribution.ATTRIBUTED:
-            return match, []
+            return match, checks
         verified = self._verify_entry(entry.provenance_id, best)
         record = verified.record
         match = replace(match, deployment=record.deployment, issuer=record.issuer, model=(
@@ -402,7 +428,21 @@ class Verifier:
             check = VerifyCheck("registry_entry", CheckStatus.PASS,
                                 f"signed record of {entry.provenance_id} verified: deployment {record.deployment} "
                                 f"of {record.issuer}, model {record.model.name} {record.model.version}, active")
-        return match, [check]
+        return match, [*checks, check]
+
+    def _extract(self, pixels: np.ndarray) -> tuple[np.ndarray, float | None]:
+        """The k bits the extractor reads, and the pilot score when it has a pilot."""
+        import torch
+
+        from medsign_forensics.watermark.extractor_io import extract_bits
+        from medsign_forensics.watermark.spectral import SpectralExtractor
+
+        if isinstance(self.extractor, SpectralExtractor):
+            with torch.no_grad():
+                reading = self.extractor.read(torch.from_numpy(np.ascontiguousarray(pixels, dtype=np.float32))[None])
+            return reading.bits[0], float(reading.presence[0])
+        bits, _ = extract_bits(self.extractor, [pixels])
+        return bits[0], None
 
     def _verify_entry(self, provenance_id: str, index: int) -> VerifiedEntry:
         """Check the attributed row's signatures once per Verifier; a bad row is a RegistryError."""
@@ -490,7 +530,7 @@ def reading_pixels(pixels: np.ndarray, *, scaling: Scaling = Scaling.AUTO,
         f"read at {size[0]}x{size[1]} (resized from {width}x{height})"
 
 
-def load_default_extractor() -> HiddenExtractor:
+def load_default_extractor() -> Extractor:
     """The shipped extractor, or a ModelError saying how to get one."""
     from medsign_forensics.watermark.extractor_io import load_extractor
 
@@ -502,17 +542,16 @@ def load_default_extractor() -> HiddenExtractor:
 
 
 def verify_file(path: str | Path, *, registry: Registry | str | Path | None = None,
-                extractor: HiddenExtractor | str | Path | None = None, policy: Policy | str | Path | None = None,
+                extractor: Extractor | str | Path | None = None, policy: Policy | str | Path | None = None,
                 trusted: Mapping[str, Ed25519PublicKey] | None = None, scaling: Scaling = Scaling.AUTO) -> Verdict:
     """Verify one file (library convenience). Raises :class:`MedsignError` when it cannot be analysed.
 
     For many files build one :class:`Verifier` instead: it loads the extractor and the keys once.
     """
     from medsign_forensics.watermark.extractor_io import load_extractor
-    from medsign_forensics.watermark.hidden import HiddenExtractor
 
     loaded_policy = policy if isinstance(policy, Policy) else load_policy(policy)
-    model = extractor if isinstance(extractor, HiddenExtractor) else (
+    model = extractor if isinstance(extractor, torch_module()) else (
         load_default_extractor() if extractor is None else load_extractor(Path(extractor)))
     if isinstance(registry, Registry):
         return Verifier(registry=registry, extractor=model, policy=loaded_policy, trusted=trusted,
@@ -520,3 +559,10 @@ def verify_file(path: str | Path, *, registry: Registry | str | Path | None = No
     with Registry.open(DEFAULT_REGISTRY_DIR if registry is None else registry) as opened:
         return Verifier(registry=opened, extractor=model, policy=loaded_policy, trusted=trusted,
                         scaling=scaling).verify_file(path)
+
+
+def torch_module() -> type:
+    """torch.nn.Module, imported late (`medsign --help` does not load torch)."""
+    from torch import nn
+
+    return nn.Module

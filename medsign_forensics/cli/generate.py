@@ -3,7 +3,7 @@
 The per-image statement is signed with the issuer's private key (``--issuer-key``, passphrase from
 MEDSIGN_PASSPHRASE or a hidden prompt); see :mod:`medsign_forensics.generate` for why and for every check made
 before anything is generated. Exit codes: 0 written; 2 bad input (empty report, existing output, wrong
-suffix); 4 deployment or base model missing or failing its hash check; 5 registry or issuer key unusable (also:
+suffix); 4 deployment or base model missing or failing its hash check, or too weak to be attributed; 5 registry or issuer key unusable (also:
 the deployment is revoked or unregistered); 6 the study cannot be written.
 """
 
@@ -43,6 +43,11 @@ def register(app: typer.Typer) -> None:
         steps: Annotated[int, typer.Option("--steps", min=1, help="DPM-Solver++ steps.")] = 25,
         guidance: Annotated[float, typer.Option("--guidance", help="Classifier-free guidance (<= 1: off).")] = 4.0,
         device: Annotated[str, typer.Option("--device", help="cpu or cuda.")] = "cpu",
+        policy: Annotated[Optional[str], typer.Option(
+            "--policy", help="Decision policy (name or TOML) whose attribution the deployment must reach.")] = None,
+        allow_weak: Annotated[bool, typer.Option(
+            "--allow-weak", help="Research only: generate even when the deployment's held-out accuracy is too "
+                                 "low for its images to be attributed.")] = False,
         json_output: Annotated[bool, typer.Option("--json", help="Print what was written as JSON.")] = False,
     ) -> None:
         """Generate a synthetic study: Secondary Capture, labelled synthetic, watermarked, with signed provenance."""
@@ -57,7 +62,8 @@ def register(app: typer.Typer) -> None:
         passphrase = passphrase_from_env() or typer.prompt("Issuer key passphrase", hide_input=True, err=True)
         signer = load_issuer_key(issuer_key, passphrase)
         result = generate_study(report=report, out=out, signer=signer, deployment=loaded, registry=registry,
-                                model=model, seed=seed, steps=steps, guidance_scale=guidance, png=png, device=device)
+                                model=model, seed=seed, steps=steps, guidance_scale=guidance, png=png, device=device,
+                                policy=policy, allow_weak=allow_weak)
         if json_output:
             print_json(result.to_dict())
             return

@@ -145,7 +145,9 @@ def _train_decoder(options: dict[str, Any], *, extractor: Path | None = None) ->
     preset(dataset)  # an unknown name fails here, naming the known presets
     extractor = extractor if extractor is not None else options["extractor"]
     if extractor is None:
-        raise InputError("the decoder stage needs --extractor DIR (a whitened extractor), or use --stage all")
+        from medsign_forensics.verify import DEFAULT_EXTRACTOR_DIR
+
+        extractor = DEFAULT_EXTRACTOR_DIR  # the shipped spectral extractor: a watermark layer trains against it
     reports = options["reports"]
     if reports is None:
         if dataset != "cxr":
@@ -156,7 +158,7 @@ def _train_decoder(options: dict[str, Any], *, extractor: Path | None = None) ->
         "epochs": options["epochs"], "steps": options["steps"], "batch": options["batch"], "lr": options["lr"],
         "seed": options["seed"], "n_reports": options["n_reports"], "msg_temperature": options["msg_temperature"],
         "train_size": options["size"], "sample_steps": options["sample_steps"],
-        "sample_batch": options["sample_batch"],
+        "sample_batch": options["sample_batch"], "psnr": options["psnr"], "eval_reports": options["eval_reports"],
     }
     if options["attacks"] is not None:
         overrides["attacks"] = tuple(name.strip() for name in options["attacks"].split(",") if name.strip())
@@ -219,6 +221,8 @@ def _train_decoder(options: dict[str, Any], *, extractor: Path | None = None) ->
         "train_seconds": result.train_seconds,
         "seconds_per_step": result.seconds_per_step,
         "decoder_sha256": result.decoder_sha256,
+        "layer": result.layer,
+        "held_out": result.held_out,
     }
 
 
@@ -282,7 +286,13 @@ def register(app: typer.Typer) -> None:
         reports: Annotated[
             Optional[str], typer.Option(help="Training reports: 'open-i' (cxr default), a report file or folder.")
         ] = None,
-        extractor: Annotated[Optional[Path], typer.Option(help="Whitened extractor folder (stage 1 output).")] = None,
+        extractor: Annotated[Optional[Path], typer.Option(
+            help="Extractor folder (default: the shipped spectral extractor, against which a watermark layer trains; "
+                 "a whitened HiDDeN extractor fine-tunes the decoder itself).")] = None,
+        psnr: Annotated[Optional[float], typer.Option(
+            help="Decoder, spectral extractor: the watermark layer's budget in dB (default 43).")] = None,
+        eval_reports: Annotated[Optional[int], typer.Option(
+            help="Decoder: held-out reports measured at the end and stored in the deployment (default 32).")] = None,
         registry: Annotated[Optional[Path], typer.Option(help="Key registry folder holding --provenance-id.")] = None,
         provenance_id: Annotated[Optional[str], typer.Option(help="Provenance ID issued by `medsign keys issue`.")] = None,
         key: Annotated[
@@ -350,7 +360,8 @@ def register(app: typer.Typer) -> None:
             "reports": reports, "extractor": extractor, "registry": registry, "provenance_id": provenance_id,
             "key": key, "epochs": epochs, "n_reports": n_reports, "ablation": ablation, "cache": cache,
             "loss_weights": loss_weights, "msg_temperature": msg_temperature, "sample_steps": sample_steps,
-            "extractor_steps": extractor_steps, "sample_batch": sample_batch,
+            "extractor_steps": extractor_steps, "sample_batch": sample_batch, "psnr": psnr,
+            "eval_reports": eval_reports,
         }
         summary = _STAGES[stage](options)
         if json_output:

@@ -3,7 +3,8 @@
 Folder layout::
 
     deployment.json        what the deployment is (below); written last, so its presence means complete
-    decoder.safetensors    the VAE's ``decoder.*`` and ``post_quant_conv.*`` tensors (float32)
+    decoder.safetensors    a fine-tuned decoder: the VAE's ``decoder.*`` and ``post_quant_conv.*`` tensors (float32)
+      or head.safetensors  a watermark layer after the unchanged base decoder (:mod:`.head`): its tensors
     train_log.jsonl        the fine-tuning log (one JSON object per logging window)
 
 ``deployment.json`` fields: ``format`` ("medsign-deployment"), ``format_version``, ``name``, ``created_at``
@@ -11,8 +12,10 @@ Folder layout::
 ``provenance_id``, ``record`` = the registry's signed record text, ``signature`` = its base64 Ed25519 signature,
 ``registry`` = the folder it came from; else null and the deployment is *unregistered*), ``base_model``
 (``name``, ``path`` or "embedded" for the shipped default, ``weights_sha256`` = the combined digest of its
-weights files), ``extractor`` (``path``, ``sha256``), ``decoder`` (``file``, ``sha256``), ``config`` (the
-training config incl. loss weights and ablation), ``seed``, ``device``, ``wall_time_s`` and ``metrics``.
+weights files), ``extractor`` (``path``, ``sha256``), ``decoder`` (``file``, ``sha256``, and ``kind``:
+"finetuned" (the default) or "spectral-head" with the layer's ``head`` and ``spectral`` configs), ``config``
+(the training config incl. loss weights and ablation), ``seed``, ``device``, ``wall_time_s`` and ``metrics``
+(including ``held_out``: bit accuracy per attack on held-out reports, which ``generate`` checks).
 
 Use::
 
@@ -43,6 +46,9 @@ FORMAT = "medsign-deployment"
 FORMAT_VERSION = 1
 MANIFEST_FILE = "deployment.json"
 DECODER_FILE = "decoder.safetensors"
+HEAD_FILE = "head.safetensors"
+FINETUNED = "finetuned"
+SPECTRAL_HEAD = "spectral-head"
 LOG_FILE = "train_log.jsonl"
 EMBEDDED = "embedded"
 #: The parts of an AutoencoderKL that turn latents into pixels: what decoder fine-tuning changes.
@@ -134,7 +140,8 @@ def decoder_state(vae: torch.nn.Module) -> dict[str, torch.Tensor]:
 def save_deployment(
     out_dir: str | Path,
     *,
-    vae: torch.nn.Module,
+    vae: torch.nn.Module | None = None,
+    head: Any = None,
     key: DeploymentKey,
     base_model: dict[str, str],
     extractor: dict[str, str],
@@ -147,6 +154,8 @@ def save_deployment(
 ) -> Path:
     """Write ``decoder.safetensors`` then ``deployment.json`` (each atomically) into ``out_dir``; returns it.
 
+    Give exactly one of ``vae`` (a fine-tuned AutoencoderKL: its decoder side is stored) and ``head`` (a
+    :class:`~medsign_forensics.watermark.head.WatermarkHead` after the unchanged base decoder).
     ``base_model`` is ``{"name", "path", "weights_sha256"}`` (path "embedded" for the shipped default),
     ``extractor`` is ``{"path", "sha256"}``. ``train_log.jsonl`` is the trainer's; it is left as it is.
     """
@@ -155,9 +164,17 @@ def save_deployment(
     for field_name in ("name", "path", "weights_sha256"):
         if field_name not in base_model:
             raise InputError(f"base_model needs a {field_name!r} entry")
-    with atomic_path(out_dir / DECODER_FILE) as tmp:
-        save_file(decoder_state(vae), str(tmp), metadata={"format": FORMAT, "software": __version__})
+    if (vae is None) == (head is None):
+        raise InputError("a deployment stores either a fine-tuned decoder or a watermark layer; give exactly one")
+    file = DECODER_FILE if head is None else HEAD_FILE
+    state = decoder_state(vae) if head is None else {
+        name: tensor.detach().to("cpu", torch.float32).contiguous() for name, tensor in head.state_dict().items()}
+    with atomic_path(out_dir / file) as tmp:
+        save_file(state, str(tmp), metadata={"format": FORMAT, "software": __version__})
         decoder_sha = sha256_file(tmp)
+    decoder_entry: dict[str, Any] = {"file": file, "sha256": decoder_sha, "kind": FINETUNED}
+    if head is not None:
+        decoder_entry.update(kind=SPECTRAL_HEAD, head=head.config.to_dict(), spectral=head.spectral.to_dict())
     manifest = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -170,7 +187,7 @@ def save_deployment(
         "provenance": None if key.provenance is None else key.provenance.to_dict(),
         "base_model": dict(base_model),
         "extractor": dict(extractor),
-        "decoder": {"file": DECODER_FILE, "sha256": decoder_sha},
+        "decoder": decoder_entry,
         "config": config,
         "seed": seed,
         "device": device,
@@ -228,6 +245,38 @@ class Deployment:
         return str(self.manifest["decoder"]["sha256"])
 
     @property
+    def kind(self) -> str:
+        """"finetuned" (decoder weights) or "spectral-head" (a watermark layer after the base decoder)."""
+        return str(self.manifest["decoder"].get("kind", FINETUNED))
+
+    @property
+    def held_out(self) -> dict[str, Any] | None:
+        """Held-out bit accuracy per attack measured at the end of training (None for older deployments)."""
+        metrics = self.manifest.get("metrics") or {}
+        held_out = metrics.get("held_out")
+        return dict(held_out) if isinstance(held_out, dict) else None
+
+    def head(self) -> Any:
+        """The watermark layer of a "spectral-head" deployment, with its trained tensors (strict keys)."""
+        from medsign_forensics.watermark.head import HeadConfig, WatermarkHead
+        from medsign_forensics.watermark.spectral import SpectralConfig
+
+        if self.kind != SPECTRAL_HEAD:
+            raise InputError(f"deployment {self.name} fine-tunes the decoder; it has no watermark layer")
+        entry = self.manifest["decoder"]
+        path = self.path / str(entry.get("file", HEAD_FILE))
+        try:
+            layer = WatermarkHead(spectral=SpectralConfig.from_dict(entry["spectral"]), key=self.key,
+                                  config=HeadConfig.from_dict(entry["head"]))
+        except (KeyError, TypeError, InputError) as error:
+            raise ModelError(f"the watermark layer's config is unusable ({error})", path=path) from None
+        try:
+            layer.load_state_dict(self.state, strict=True)
+        except RuntimeError as error:
+            raise ModelError(f"the watermark layer's tensors do not fit its config: {error}", path=path) from None
+        return layer.eval().requires_grad_(False)
+
+    @property
     def config(self) -> dict[str, Any]:
         return dict(self.manifest.get("config") or {})
 
@@ -252,7 +301,12 @@ class Deployment:
                 path=self.path,
             )
         vae = copy.deepcopy(model.vae).float()
-        load_decoder_state(vae, self.state, path=self.path / DECODER_FILE)
+        if self.kind == SPECTRAL_HEAD:
+            from medsign_forensics.watermark.head import attach
+
+            attach(vae, self.head())
+        else:
+            load_decoder_state(vae, self.state, path=self.path / DECODER_FILE)
         vae.requires_grad_(False)
         return vae.eval()
 
@@ -335,7 +389,11 @@ def load_deployment(path: str | Path) -> Deployment:
         state = load_file(str(weights))
     except Exception as error:  # safetensors raises several error types for a damaged header
         raise ModelError(f"the decoder weights cannot be read ({error})", path=weights) from None
-    foreign = sorted(name for name in state if not name.startswith(DECODER_PREFIXES))
+    if decoder.get("kind", FINETUNED) not in (FINETUNED, SPECTRAL_HEAD):
+        raise ModelError(f"unknown decoder kind {decoder.get('kind')!r}; use the software version that wrote it",
+                         path=folder / MANIFEST_FILE)
+    foreign = [] if decoder.get("kind") == SPECTRAL_HEAD else sorted(
+        name for name in state if not name.startswith(DECODER_PREFIXES))
     if foreign:
         raise ModelError(
             f"the decoder file holds tensors outside the VAE decoder (e.g. {foreign[:2]}); it is not a deployment's",

@@ -1,4 +1,9 @@
-"""Saving, loading and running the HiDDeN extractor (and its encoder) as verified safetensors files.
+"""Saving, loading and running extractors: the spectral extractor (a config, no weights) and the HiDDeN
+extractor (and its encoder) as verified safetensors files.
+
+A spectral extractor folder holds only ``extractor.json`` (format ``medsign-spectral-extractor``): its config,
+its empirical null calibration (``null_calibration``, optional) and the SHA-256 of the canonical JSON of both,
+which deployments record as "the extractor's hash".
 
 A model folder holds ``extractor.safetensors`` and ``extractor.json`` (and the same pair for ``encoder``). The
 JSON manifest records the architecture config, the SHA-256 of the weights file, the whitening fit if any, and
@@ -21,11 +26,44 @@ from safetensors.torch import load_file, save_file
 from medsign_forensics import __version__
 from medsign_forensics.errors import InputError, ModelError
 from medsign_forensics.fileio import atomic_path, sha256_file, write_json
+from medsign_forensics.watermark.calibration import NullCalibration
 from medsign_forensics.watermark.hidden import HiddenConfig, HiddenEncoder, HiddenExtractor
+from medsign_forensics.watermark.spectral import SpectralConfig, SpectralExtractor
 
 FORMAT_VERSION = 1
 EXTRACTOR_STEM = "extractor"
 ENCODER_STEM = "encoder"
+SPECTRAL_FORMAT = "medsign-spectral-extractor"
+#: Every extractor a folder can hold.
+Extractor = HiddenExtractor | SpectralExtractor
+
+
+def config_sha256(config: dict[str, Any]) -> str:
+    """SHA-256 of a config's canonical JSON (sorted keys, no spaces): the identity of a weight-free extractor."""
+    import hashlib
+
+    return hashlib.sha256(json.dumps(config, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def save_spectral_extractor(config: SpectralConfig, folder: Path, *, calibration: NullCalibration | None = None,
+                            **extra: Any) -> Path:
+    """Write a spectral extractor folder (``extractor.json`` only); returns the manifest path."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    data = config.to_dict()
+    null = None if calibration is None else calibration.to_dict()
+    manifest = {"format": SPECTRAL_FORMAT, "format_version": FORMAT_VERSION,
+                "software": f"medsign-forensics {__version__}", "config": data, "null_calibration": null,
+                "sha256": config_sha256({"config": data, "null_calibration": null}), **extra}
+    path = folder / f"{EXTRACTOR_STEM}.json"
+    write_json(path, manifest)
+    return path
+
+
+def bits_are_fair(extractor: Extractor) -> bool:
+    """Whether the extractor's bits are fair coins on unmarked images, which every p-value assumes: by
+    construction for the spectral extractor, only after whitening for HiDDeN."""
+    return True if isinstance(extractor, SpectralExtractor) else extractor.whitened
 
 
 def _save_module(module: torch.nn.Module, folder: Path, stem: str, manifest: dict[str, Any]) -> Path:
@@ -59,6 +97,12 @@ def _read_manifest(path: Path, stem: str) -> tuple[Path, dict[str, Any]]:
         manifest = json.loads(manifest_path.read_text())
     except (OSError, json.JSONDecodeError) as error:
         raise ModelError(f"the manifest cannot be read ({error}); re-save the model", path=manifest_path) from None
+    if not isinstance(manifest, dict):
+        raise ModelError("the manifest is not a JSON object; re-save the model", path=manifest_path)
+    if stem == EXTRACTOR_STEM and manifest.get("format") == SPECTRAL_FORMAT:
+        if manifest.get("format_version") != FORMAT_VERSION:
+            raise ModelError(f"this is not a version-{FORMAT_VERSION} spectral extractor manifest", path=manifest_path)
+        return folder, manifest
     if manifest.get("format") != f"medsign-hidden-{stem}" or manifest.get("format_version") != FORMAT_VERSION:
         raise ModelError(
             f"this is not a version-{FORMAT_VERSION} medsign {stem} manifest; re-save it with this software",
@@ -110,9 +154,11 @@ def save_extractor(
     return _save_module(extractor, folder, EXTRACTOR_STEM, manifest)
 
 
-def load_extractor(path: Path, *, device: str | torch.device = "cpu") -> HiddenExtractor:
+def load_extractor(path: Path, *, device: str | torch.device = "cpu") -> Extractor:
     """Load a verified extractor in eval mode from a folder (or its manifest or weights path)."""
     folder, manifest = _read_manifest(Path(path), EXTRACTOR_STEM)
+    if manifest.get("format") == SPECTRAL_FORMAT:
+        return _load_spectral(folder, manifest).to(device).eval()
     extractor = _build(HiddenExtractor, manifest, folder)
     if manifest.get("whitening") is not None:
         extractor.add_empty_whitening()
@@ -135,6 +181,22 @@ def load_encoder(path: Path, *, device: str | torch.device = "cpu") -> HiddenEnc
     encoder = _build(HiddenEncoder, manifest, folder)
     _load_state(encoder, folder, manifest)
     return encoder.to(device).eval()
+
+
+def _load_spectral(folder: Path, manifest: dict[str, Any]) -> SpectralExtractor:
+    config, null = manifest.get("config"), manifest.get("null_calibration")
+    if not isinstance(config, dict) or config_sha256({"config": config, "null_calibration": null}) != \
+            manifest.get("sha256"):
+        raise ModelError("the spectral extractor's config or calibration does not match its recorded SHA-256; the "
+                         "manifest was edited: restore it", path=folder / f"{EXTRACTOR_STEM}.json")
+    try:
+        extractor = SpectralExtractor(SpectralConfig.from_dict(config))
+        extractor.calibration = None if null is None else NullCalibration.from_dict(null)
+    except (TypeError, InputError) as error:
+        raise ModelError(f"the spectral extractor's config is unusable ({error})", path=folder) from None
+    if extractor.calibration is not None and extractor.calibration.bits != extractor.bits:
+        raise ModelError("the null calibration is for another key length than the extractor's", path=folder)
+    return extractor
 
 
 def _build(cls: type, manifest: dict[str, Any], folder: Path) -> Any:
@@ -169,7 +231,7 @@ def _as_batches(images: torch.Tensor | Sequence[np.ndarray], batch_size: int) ->
 
 @torch.inference_mode()
 def extract_bits(
-    extractor: HiddenExtractor,
+    extractor: Extractor,
     images: torch.Tensor | Sequence[np.ndarray],
     *,
     batch_size: int = 16,
@@ -179,8 +241,14 @@ def extract_bits(
 
     ``images`` is a (B, 1, H, W) tensor or a sequence of float32 (H, W) arrays in [0, 1] of any sizes. The
     logits are whitened when the extractor carries whitening, unless ``raw`` asks for the pre-whitening ones.
+    A spectral extractor reads each image on its own (its spectrum must not see padding).
     """
     extractor.eval()
+    if isinstance(extractor, SpectralExtractor):
+        readings = [extractor.read(_single(image)) for image in _items(images)]
+        logits_all = np.stack([r.logits[0].float().cpu().numpy() for r in readings]) if readings else \
+            np.zeros((0, extractor.bits), dtype=np.float32)
+        return (logits_all > 0).astype(np.uint8), logits_all.astype(np.float32)
     device = extractor.head.weight.device
     n = len(images)
     logits = np.zeros((n, extractor.config.bits), dtype=np.float32)
@@ -190,3 +258,19 @@ def extract_bits(
         batch = batch.to(device, torch.float32).contiguous(memory_format=torch.channels_last)
         logits[indices] = run(batch).float().cpu().numpy()
     return (logits > 0).astype(np.uint8), logits
+
+
+def _items(images: torch.Tensor | Sequence[np.ndarray]) -> list[Any]:
+    if isinstance(images, torch.Tensor):
+        if images.ndim != 4 or images.shape[1] != 1:
+            raise InputError(f"expected a (B, 1, H, W) tensor, got {tuple(images.shape)}")
+        return list(images[:, 0])
+    return list(images)
+
+
+def _single(image: Any) -> torch.Tensor:
+    """One (H, W) image as a (1, H, W) float32 tensor."""
+    tensor = image if isinstance(image, torch.Tensor) else torch.from_numpy(np.asarray(image, dtype=np.float32))
+    if tensor.ndim != 2:
+        raise InputError(f"expected a greyscale (H, W) image, got shape {tuple(tensor.shape)}")
+    return tensor.float()[None]

@@ -27,6 +27,18 @@ Randomness is a pure function of (seed, step) and (seed, epoch), so a resumed ru
 
 Ablations (:class:`Ablation`): ``no-cas`` and ``no-aas`` train on the maps made without CAS or AAS;
 ``no-tv`` and ``no-pre`` zero a loss weight; ``stable-signature`` uses no map, no L_pre and no L_tv.
+
+**What trains depends on the extractor.** Against a HiDDeN extractor the decoder's own weights train, as above.
+Against the spectral extractor (the shipped default) a watermark layer after the frozen decoder trains
+(:mod:`medsign_forensics.watermark.head`, the reasons are there): I_w = head(I_o) with I_o from the cache, so a
+step needs no decoder pass and a run takes minutes on two CPU cores. Its residual has a fixed per-image RMS
+(``psnr``), so each loss term only decides *where* the energy goes; each term is therefore divided by its value
+for the untrained layer on the same batch (``normalise_terms``), so that the paper's weights compare relative
+changes (our Watson-DCT, BCE and pixel terms are on scales unrelated to the paper's).
+
+At the end, the deployment is measured on held-out reports (``eval_reports``, sampled into the same cache with
+held-out seeds): PSNR against D_o and blind bit accuracy after every Table-1 attack's exact form, stored in
+``metrics.held_out``; ``medsign generate`` refuses a deployment whose clean accuracy cannot reach attribution.
 """
 
 from __future__ import annotations
@@ -53,6 +65,8 @@ from medsign_forensics.watermark.attacks import Requantize, get_attack
 from medsign_forensics.watermark.deployment import (
     DECODER_PREFIXES,
     EMBEDDED,
+    FINETUNED,
+    SPECTRAL_HEAD,
     LOG_FILE,
     DeploymentKey,
     decoder_state,
@@ -60,8 +74,10 @@ from medsign_forensics.watermark.deployment import (
     read_manifest,
     save_deployment,
 )
+from medsign_forensics.watermark.head import HeadConfig, WatermarkHead
 from medsign_forensics.watermark.hidden import HiddenExtractor, rgb_to_grey
 from medsign_forensics.watermark.losses import LossTerms, decoder_objective
+from medsign_forensics.watermark.spectral import SpectralExtractor
 
 DEFAULT_REPORTS = "open-i"
 TEST_FRACTION = 0.1
@@ -76,7 +92,7 @@ DEFAULT_TRAIN_ATTACKS: tuple[str, ...] = (
     "resize_edge0.7",
 )
 CHECKPOINT_FILE = "checkpoint.pt"
-_RESUMABLE_CHANGES = frozenset({"device", "log_every", "checkpoint_every"})
+_RESUMABLE_CHANGES = frozenset({"device", "log_every", "checkpoint_every", "eval_reports"})
 
 
 class MapVariant(str, Enum):
@@ -149,6 +165,9 @@ class DecoderTrainConfig:
     sample_batch: int = 4
     log_every: int = 5
     checkpoint_every: int = 50
+    psnr: float = 43.0  # the watermark layer's budget (spectral extractor only): SSIM >= 0.96 on mini-cxr
+    normalise_terms: bool = True  # watermark layer only: each loss term divided by its first-batch value
+    eval_reports: int = 32  # held-out reports measured at the end (0: none)
 
     def __post_init__(self) -> None:
         preset(self.dataset)  # unknown dataset -> InputError
@@ -172,6 +191,9 @@ class DecoderTrainConfig:
             get_attack(name)
         if self.sample_steps < 1 or self.sample_batch < 1:
             raise InputError("sampling needs at least one step and a batch of at least one report")
+        if self.eval_reports < 0:
+            raise InputError(f"--eval-reports must not be negative, got {self.eval_reports}")
+        HeadConfig(psnr=self.psnr)  # out-of-range budget -> InputError
 
     @property
     def peak_lr(self) -> float:
@@ -473,6 +495,8 @@ class DecoderTrainResult:
     cache_seconds: float
     train_seconds: float
     seconds_per_step: float | None
+    layer: str = FINETUNED
+    held_out: dict[str, Any] | None = None
 
 
 def total_steps(config: DecoderTrainConfig, n_items: int) -> int:
@@ -508,14 +532,15 @@ def _psnr(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 class DecoderTrainer:
-    """D_o (frozen), D_w (trainable decoder side), the frozen extractor, optimiser and schedule."""
+    """D_o (frozen), the trainable side (D_w's decoder weights, or the watermark layer for a spectral
+    extractor), the frozen extractor, optimiser and schedule."""
 
     def __init__(
         self,
         config: DecoderTrainConfig,
         *,
         model: Any,
-        extractor: HiddenExtractor,
+        extractor: HiddenExtractor | SpectralExtractor,
         key: DeploymentKey,
         data: CachedData,
     ) -> None:
@@ -526,31 +551,51 @@ class DecoderTrainer:
         if self.device.type == "cuda":
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
-        self.vae_o = copy.deepcopy(model.vae).to(self.device).float().eval().requires_grad_(False)
-        self.vae_w = copy.deepcopy(self.vae_o)
-        for name, parameter in self.vae_w.named_parameters():
-            parameter.requires_grad_(name.startswith(DECODER_PREFIXES))
         self.extractor = extractor.to(self.device).eval().requires_grad_(False)
-        if not self.extractor.whitened:
-            raise ModelError("the extractor has no whitening layer; fit it with `medsign train --stage extractor --whiten-images N`")
         if extractor.config.bits != key.bits:
             raise InputError(f"the extractor reads {extractor.config.bits}-bit keys but the key has {key.bits} bits")
+        self.vae_o = copy.deepcopy(model.vae).to(self.device).float().eval().requires_grad_(False)
+        self.head: WatermarkHead | None = None
+        self.vae_w: torch.nn.Module | None = None
+        if isinstance(extractor, SpectralExtractor):
+            self.head = WatermarkHead(spectral=extractor.config, key=key.key, config=HeadConfig(psnr=config.psnr))
+            self.head.to(self.device)
+            self.start_head = copy.deepcopy(self.head).eval().requires_grad_(False)  # the analytic mark
+            params = list(self.head.parameters())
+        else:
+            if not self.extractor.whitened:
+                raise ModelError("the extractor has no whitening layer; fit it with `medsign train --stage extractor "
+                                 "--whiten-images N`")
+            self.vae_w = copy.deepcopy(self.vae_o)
+            for name, parameter in self.vae_w.named_parameters():
+                parameter.requires_grad_(name.startswith(DECODER_PREFIXES))
+            params = [p for p in self.vae_w.parameters() if p.requires_grad]
         self.key = torch.from_numpy(key.key.astype(np.float32)).to(self.device)
         self.weights = config.loss_weights
         self.variant = config.ablation.map_variant
         self.attacks = [get_attack(name) for name in config.attacks]
         self.store = Requantize(8)
         self.total = total_steps(config, len(data))
-        params = [p for p in self.vae_w.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(params, lr=config.peak_lr, weight_decay=config.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: lr_factor(s, config, self.total))
         self.step = 0
         self.scale = model.vae_scale_factor
 
+    @property
+    def layer_kind(self) -> str:
+        return SPECTRAL_HEAD if self.head is not None else FINETUNED
+
     def decode(self, vae: torch.nn.Module, latents: torch.Tensor) -> torch.Tensor:
         from medsign_forensics.diffusion.sampling import decode
 
         return decode(self.model, latents, vae=vae)
+
+    def watermark(self, latents: torch.Tensor, original: torch.Tensor) -> torch.Tensor:
+        """I_w for a batch: the watermark layer on I_o, or the fine-tuned decoder on x0."""
+        if self.head is not None:
+            return self.head(rgb_to_grey(original))
+        assert self.vae_w is not None
+        return self.decode(self.vae_w, latents)
 
     def batch(self, step: int, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """(x0, I_o, A_loc or None) for a step, cropped to ``train_size`` when the images are larger."""
@@ -563,9 +608,12 @@ class DecoderTrainer:
         top = int(rng.integers(0, max(0, latents.shape[2] - crop) + 1))
         left = int(rng.integers(0, max(0, latents.shape[3] - crop) + 1))
         latents = latents[:, :, top : top + crop, left : left + crop]
+        s = self.scale
         if a_loc is not None:
-            s = self.scale
             a_loc = a_loc[:, :, top * s : (top + crop) * s, left * s : (left + crop) * s]
+        if self.head is not None:  # the layer reads I_o itself: crop it, no decoder pass
+            images = self.data.images[indices].to(self.device, torch.float32)
+            return latents, images[:, :, top * s : (top + crop) * s, left * s : (left + crop) * s], a_loc
         with torch.no_grad():  # D_o of the cropped latents: border effects identical to D_w's
             original = self.decode(self.vae_o, latents)
         return latents, original, a_loc
@@ -574,22 +622,46 @@ class DecoderTrainer:
         """The objective on step ``step``'s batch, attack and crop: (terms, logits, I_w, I_o, attack name).
 
         A pure function of the step and the current weights, so a test can score one fixed batch before and
-        after an optimiser step.
+        after an optimiser step. For the watermark layer, I_w and I_o are greyscale.
         """
         rng = np.random.default_rng([self.config.seed, 11, step])
         latents, original, a_loc = self.batch(step, rng)
+        if self.head is not None:
+            original = rgb_to_grey(original)
         attack = self.attacks[int(rng.integers(len(self.attacks)))]
-        watermarked = self.decode(self.vae_w, latents)
-        attacked = attack.differentiable(self.store.differentiable(watermarked), rng)
-        logits = self.extractor(rgb_to_grey(attacked))
+        watermarked = self.watermark(latents, original)
+        stored = self.store.differentiable(watermarked)
+        if self.head is not None:  # cheap to read: every attack on every step, a less noisy message loss
+            logits = torch.cat([self.extractor(rgb_to_grey(a.differentiable(stored, rng))) for a in self.attacks])
+            attack_name = "all"
+        else:
+            logits = self.extractor(rgb_to_grey(attack.differentiable(stored, rng)))
+            attack_name = attack.name
         terms = decoder_objective(
             watermarked, original, logits, self.key, a_loc, self.weights, temperature=self.config.msg_temperature
         )
-        return terms, logits, watermarked, original, attack.name
+        if self.head is not None and self.config.normalise_terms:
+            with torch.no_grad():
+                start = self.start_head(original)
+                start_logits = torch.cat([self.extractor(a.differentiable(self.store.differentiable(start),
+                                                                          np.random.default_rng([self.config.seed, 11, step])))
+                                          for a in self.attacks])
+                reference = decoder_objective(start, original, start_logits, self.key, a_loc, self.weights,
+                                              temperature=self.config.msg_temperature)
+            terms = self._normalised(terms, reference)
+        return terms, logits, watermarked, original, attack_name
+
+    def _normalised(self, terms: LossTerms, reference: LossTerms) -> LossTerms:
+        """Each term divided by its value for the untrained layer on the same batch and attacks, so that the
+        paper's weights trade relative changes against each other whatever the scale of each term."""
+        names = ("img", "msg", "tv", "pre")
+        scaled = {name: getattr(terms, name) / max(float(getattr(reference, name)), 1e-12) for name in names}
+        total = sum(getattr(self.weights, name) * scaled[name] for name in names)
+        return LossTerms(total=total, **scaled)
 
     def train_step(self) -> tuple[dict[str, float], float, float, str]:
         """One optimiser step; returns (loss values, bit accuracy, PSNR of I_w vs I_o, attack name)."""
-        self.vae_w.train()
+        (self.head if self.head is not None else self.vae_w).train()  # type: ignore[union-attr]
         terms, logits, watermarked, original, attack = self.forward(self.step)
         self.optimizer.zero_grad(set_to_none=True)
         terms.total.backward()
@@ -599,13 +671,20 @@ class DecoderTrainer:
         accuracy = float(((logits.detach() > 0).float() == self.key).float().mean())
         return terms.values(), accuracy, _psnr(watermarked.detach(), original), attack
 
+    def trainable_state(self) -> dict[str, torch.Tensor]:
+        if self.head is not None:
+            return {name: t.detach().cpu().clone() for name, t in self.head.state_dict().items()}
+        assert self.vae_w is not None
+        return decoder_state(self.vae_w)
+
     # --- checkpoints ------------------------------------------------------------------------------------------
     def save_checkpoint(self, path: Path, context: dict[str, Any]) -> None:
         state = {
             "config": self.config.to_dict(),
             "context": context,
             "step": self.step,
-            "decoder": decoder_state(self.vae_w),
+            "layer": self.layer_kind,
+            "decoder": self.trainable_state(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
         }
@@ -621,13 +700,18 @@ class DecoderTrainer:
         except Exception as error:  # torch and our own parsing raise many types for a damaged file
             raise ModelError(f"the checkpoint cannot be read ({error}); start a fresh run", path=path) from None
         changed = {f.name for f in fields(DecoderTrainConfig) if getattr(saved, f.name) != getattr(self.config, f.name)}
-        if changed - _RESUMABLE_CHANGES or state.get("context") != context:
+        if changed - _RESUMABLE_CHANGES or state.get("context") != context or \
+                state.get("layer", FINETUNED) != self.layer_kind:
             what = ", ".join(sorted(changed - _RESUMABLE_CHANGES)) or "base model, extractor, key or reports"
             raise InputError(
                 f"the checkpoint was trained with different settings ({what}); resume with the same ones or use a new --out",
                 path=path,
             )
-        load_decoder_state(self.vae_w, state["decoder"], path=path)
+        if self.head is not None:
+            self.head.load_state_dict(state["decoder"], strict=True)
+        else:
+            assert self.vae_w is not None
+            load_decoder_state(self.vae_w, state["decoder"], path=path)
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.step = int(state["step"])
@@ -658,6 +742,7 @@ def train_decoder(
     out_dir: str | Path,
     cache_dir: str | Path | None = None,
     items: Sequence[CacheItem] | None = None,
+    eval_items: Sequence[CacheItem] | None = None,
     resume: bool = False,
     name: str | None = None,
     on_cache: Callable[[int, int], None] | None = None,
@@ -667,8 +752,10 @@ def train_decoder(
     """Build (or reuse) the cache, fine-tune D_w, and write the deployment folder ``out_dir``.
 
     ``model`` is a loaded DiffusionModel; ``extractor`` the folder of a whitened extractor (loaded verified).
-    ``items`` overrides the reports of ``config.reports`` (tests, custom lists). ``cache_dir`` defaults to
-    ``out_dir/cache``; give several runs (ablations) the same one so that sampling happens once.
+    ``items`` overrides the reports of ``config.reports`` (tests, custom lists); ``eval_items`` the held-out
+    reports measured at the end (by default ``config.eval_reports`` held-out reports of ``config.reports``,
+    none when ``items`` is given). ``cache_dir`` defaults to ``out_dir/cache``; give several runs (ablations)
+    the same one so that sampling happens once.
     """
     from medsign_forensics.watermark.extractor_io import extractor_manifest, load_extractor
 
@@ -678,7 +765,12 @@ def train_decoder(
         raise InputError("this folder already holds a decoder training run; pass --resume or choose a new --out", path=out)
     out.mkdir(parents=True, exist_ok=True)
     extractor_module = load_extractor(Path(extractor), device=config.device)
-    extractor_info = {"path": str(Path(extractor).resolve()), "sha256": str(extractor_manifest(Path(extractor))["sha256"])}
+    from medsign_forensics.verify import DEFAULT_EXTRACTOR_DIR
+
+    extractor_path = Path(extractor).resolve()
+    extractor_info = {"path": EMBEDDED if extractor_path == DEFAULT_EXTRACTOR_DIR.resolve() else str(extractor_path),
+                      "sha256": str(extractor_manifest(Path(extractor))["sha256"])}
+    items_from_config = items is None
     if items is None:
         items = split_items(config.reports, held_out=False, n=config.n_reports, seed=config.seed)
     cache = LatentCache(Path(cache_dir) if cache_dir is not None else out / "cache")
@@ -745,6 +837,16 @@ def train_decoder(
     train_seconds = time.perf_counter() - train_started
     seconds_per_step = train_seconds / steps_run if steps_run else None
 
+    held_out = None
+    if eval_items is None and items_from_config and config.eval_reports:
+        eval_items = split_items(config.reports, held_out=True, n=config.eval_reports, seed=config.seed)
+    if eval_items:
+        reference = copy.deepcopy(model.vae).to(model.device).float().eval()
+        eval_data = cache.build(model, eval_items, reference_vae=reference, steps=config.sample_steps,
+                                guidance_scale=config.guidance_scale, batch=config.sample_batch, on_progress=on_cache)
+        del reference
+        held_out = measure_held_out(trainer, eval_data, seed=config.seed)
+
     metrics: dict[str, Any] = {
         "steps": trainer.step,
         "items": len(data),
@@ -752,10 +854,12 @@ def train_decoder(
         "train_seconds": round(train_seconds, 3),
         "seconds_per_step": None if seconds_per_step is None else round(seconds_per_step, 4),
         "last_window": None if last is None else last.to_dict(),
+        "held_out": held_out,
     }
     save_deployment(
         out,
         vae=trainer.vae_w,
+        head=trainer.head,
         key=key,
         base_model=_base_model_info(model),
         extractor=extractor_info,
@@ -775,7 +879,42 @@ def train_decoder(
         cache_seconds=cache_seconds,
         train_seconds=train_seconds,
         seconds_per_step=seconds_per_step,
+        layer=trainer.layer_kind,
+        held_out=held_out,
     )
+
+
+@torch.no_grad()
+def measure_held_out(trainer: DecoderTrainer, data: CachedData, *, seed: int, batch: int = 8) -> dict[str, Any]:
+    """PSNR/SSIM against D_o and blind bit accuracy after each Table-1 attack (exact forms, 8-bit storage on
+    both sides), on held-out items: what a deployment records about itself and ``generate`` checks."""
+    from medsign_forensics.evaluate.metrics import psnr, ssim
+    from medsign_forensics.watermark.attacks import TABLE1_ATTACKS
+    from medsign_forensics.watermark.extractor_io import extract_bits
+
+    key = trainer.key.cpu().numpy().astype(np.uint8)
+    rng = np.random.default_rng([seed, 23])
+    originals: list[np.ndarray] = []
+    marked: list[np.ndarray] = []
+    for start in range(0, len(data), batch):
+        latents = data.latents[start : start + batch].to(trainer.device)
+        original = rgb_to_grey(data.images[start : start + batch].to(trainer.device, torch.float32))
+        watermarked = rgb_to_grey(trainer.watermark(latents, original))
+        originals += [trainer.store.exact(x) for x in original[:, 0].cpu().numpy()]
+        marked += [trainer.store.exact(x) for x in watermarked[:, 0].cpu().numpy()]
+    accuracy: dict[str, list[float]] = {}
+    for attack in TABLE1_ATTACKS:
+        attacked = [trainer.store.exact(attack.exact(image, rng)) for image in marked]
+        bits, _ = extract_bits(trainer.extractor, attacked)
+        accuracy[attack.name] = [float(np.mean(row == key)) for row in bits]
+    return {
+        "reports": len(data),
+        "psnr_db": float(np.mean([psnr(o, m) for o, m in zip(originals, marked)])),
+        "ssim": float(np.mean([ssim(o, m) for o, m in zip(originals, marked)])),
+        "bit_accuracy": {name: float(np.mean(v)) for name, v in accuracy.items()},
+        "bit_accuracy_p05": {name: float(np.percentile(v, 5)) for name, v in accuracy.items()},
+        "bit_accuracy_min": {name: float(np.min(v)) for name, v in accuracy.items()},
+    }
 
 
 def with_overrides(config: DecoderTrainConfig, **changes: Any) -> DecoderTrainConfig:
@@ -795,6 +934,7 @@ __all__ = [
     "StepRecord",
     "batch_indices",
     "item_seed",
+    "measure_held_out",
     "lr_factor",
     "select_items",
     "split_items",

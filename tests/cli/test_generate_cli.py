@@ -41,7 +41,7 @@ def setup(tmp_path, extractor_dir, model):
 
 def invoke(world: World, key_file: Path, folder: Path, *args: str, passphrase: str = PASSPHRASE):
     return runner.invoke(app, ["generate", "--report", REPORT, "--issuer-key", str(key_file), "--deployment",
-                               str(folder), "--registry", str(world.registry_dir), *FAST, *args],
+                               str(folder), "--registry", str(world.registry_dir), "--allow-weak", *FAST, *args],
                          env={"MEDSIGN_PASSPHRASE": passphrase, "COLUMNS": "200"})
 
 
