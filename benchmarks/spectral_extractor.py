@@ -14,7 +14,10 @@ What is measured (256 px working size, 48-bit keys, every image stored as 8-bit 
 3. Speed: milliseconds per blind read of a 256x256 image on one thread.
 4. Synchronisation on a few marked phantoms rotated by -40, -10, 10, 40 degrees and resized by 0.75 and 1.5.
 
-    python benchmarks/spectral_extractor.py [--generated /tmp/w/cache_eval] [--threads 1]
+    python benchmarks/spectral_extractor.py [--generated CACHE] [--threads 1]
+
+CACHE: a decoder-training cache folder (``medsign train --cache``) holding the original decoder's images of
+held-out reports (e.g. the one ``--eval-reports 200`` filled); without it that null set is skipped.
 """
 
 from __future__ import annotations
@@ -37,10 +40,10 @@ from scipy.stats import binom, chi2  # noqa: E402
 from medsign_forensics.fileio import write_text  # noqa: E402
 from medsign_forensics.imageio import read_image  # noqa: E402
 from medsign_forensics.phantom.renderer import render_report  # noqa: E402
-from medsign_forensics.verify import reading_pixels  # noqa: E402
+from medsign_forensics.verify import load_default_extractor, reading_pixels  # noqa: E402
 from medsign_forensics.watermark.attacks import (  # noqa: E402
     TABLE1_ATTACKS, Attack, Requantize, Resize, Rotate, get_attack)
-from medsign_forensics.watermark.spectral import Reading, SpectralConfig, SpectralExtractor, embed_image  # noqa: E402
+from medsign_forensics.watermark.spectral import Reading, SpectralExtractor, embed_image  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "spectral_extractor.md"
@@ -79,13 +82,22 @@ def working(path: Path) -> np.ndarray:
     return reading_pixels(read_image(path).pixels)[0]
 
 
-def generated(folder: Path) -> list[np.ndarray] | None:
-    """The original decoder's images from a medsign-decoder-cache folder (shards in cache.json order)."""
-    if not (folder / "cache.json").is_file():
+def generated(folder: Path | None) -> list[np.ndarray] | None:
+    """The original decoder's images of HELD-OUT reports from a medsign-decoder-cache folder (training-split
+    items, which the null calibration saw, are left out)."""
+    from medsign_forensics.reports import load_reports, split_reports
+    from medsign_forensics.watermark.train_decoder import SPLIT_SEED, TEST_FRACTION
+
+    if folder is None or not (folder / "cache.json").is_file():
         return None
-    shards = json.loads((folder / "cache.json").read_text())["shards"]
-    stack = np.concatenate([np.load(folder / s["file"])["image"] for s in shards])
-    return [img[0].astype(np.float32) for img in stack]
+    held_out = {r.report_id for r in split_reports(load_reports("open-i"), test_fraction=TEST_FRACTION,
+                                                   seed=SPLIT_SEED)[1]}
+    images = []
+    for shard in json.loads((folder / "cache.json").read_text())["shards"]:
+        with np.load(folder / shard["file"]) as data:
+            images += [img[0].astype(np.float32) for img, item in zip(data["image"], shard["items"])
+                       if item["report_id"] in held_out]
+    return images
 
 
 def truth(attack: Attack) -> tuple[float, float]:
@@ -197,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--phantoms", type=int, default=100, help="marked phantoms (robustness)")
     parser.add_argument("--real", type=int, default=100, help="marked real radiographs (first N PNGs by name)")
     parser.add_argument("--null-phantoms", type=int, default=1000, help="unwatermarked phantoms (null)")
-    parser.add_argument("--generated", type=Path, default=Path("/tmp/w/cache_eval"),
+    parser.add_argument("--generated", type=Path, default=None,
                         help="medsign-decoder-cache folder of the original decoder's images (skipped if absent)")
     parser.add_argument("--sync-phantoms", type=int, default=5)
     parser.add_argument("--seed", type=int, default=0)
@@ -206,8 +218,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     started = time.perf_counter()
-    config = SpectralConfig()
-    extractor = SpectralExtractor(config).eval()
+    extractor = load_default_extractor()  # the shipped folder, hash-checked
+    config = extractor.config
 
     pngs = sorted((DATA / "real-cxr-covid19-repo" / "png").glob("*.png"))[: args.real]
     marked_sets = {"phantom": phantoms(args.phantoms, 900_000), "real": [centre(working(p)) for p in pngs]}

@@ -160,7 +160,7 @@ def main() -> None:
     args = parser.parse_args()
     wall_start = time.perf_counter()
     from medsign_forensics.provenance import IssuerKey, ModelInfo, Registry, load_policy
-    from medsign_forensics.verify import DEFAULT_REGISTRY_DIR, Verifier
+    from medsign_forensics.verify import DEFAULT_EXTRACTOR_DIR, DEFAULT_REGISTRY_DIR, Verifier
 
     real = sorted(p for p in args.data.rglob("*") if p.is_file() and p.suffix.lower() in SUFFIXES)
     if not real:
@@ -190,6 +190,8 @@ def main() -> None:
                              rng=np.random.default_rng(index))
             keys = len(opened.lookup())
         results: list[tuple[str, list, float]] = []
+        manifest = (args.extractor or DEFAULT_EXTRACTOR_DIR) / "extractor.json"  # which extractor (and null) ran
+        sha = json.loads(manifest.read_text(encoding="utf-8")).get("sha256", "?") if manifest.is_file() else "?"
         with Verifier.open(registry=registry, extractor=args.extractor) as verifier:
             threshold = getattr(verifier.extractor.config, "presence_threshold", None)
             candidates = len(verifier.candidates)
@@ -216,7 +218,7 @@ def main() -> None:
         f"- machine: {machine_line()}, OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}",
         f"- command: `python benchmarks/verify_real_images.py{options}`",
         f"- extractor: {args.label or (args.extractor or 'the shipped one')}; presence threshold "
-        f"{'n/a' if threshold is None else threshold}; null: {null}",
+        f"{'n/a' if threshold is None else threshold}; null: {null}; extractor.json sha256 {sha[:16]}",
         f"- data: {len(real)} files (PNG and DICOM) under {args.data}"
         + (f"; {args.phantoms} unwatermarked phantoms (8-bit PNG, seeds from {FP_SEED_BASE})" if args.phantoms
            else "")

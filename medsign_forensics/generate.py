@@ -143,13 +143,10 @@ def required_accuracy(deployment: Deployment, *, n_keys: int, policy: Policy) ->
 
 
 def _extractor_calibration(deployment: Deployment) -> Any:
-    from medsign_forensics.verify import DEFAULT_EXTRACTOR_DIR
     from medsign_forensics.watermark.extractor_io import load_extractor
 
-    path = deployment.extractor.get("path")
-    folder = DEFAULT_EXTRACTOR_DIR if path == EMBEDDED else Path(str(path))
     try:
-        return getattr(load_extractor(folder), "calibration", None)
+        return getattr(load_extractor(deployment.extractor_folder), "calibration", None)
     except (ModelError, InputError):
         return None
 

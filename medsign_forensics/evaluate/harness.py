@@ -132,7 +132,7 @@ def _load_extractor(deployment: Deployment, override: Path | None, device: str, 
     from medsign_forensics.watermark.extractor_io import extractor_manifest, load_extractor
 
     recorded = deployment.extractor
-    path = override if override is not None else Path(recorded["path"])
+    path = override if override is not None else deployment.extractor_folder
     if recorded["sha256"] in loaded:
         return loaded[recorded["sha256"]]
     if not path.exists():

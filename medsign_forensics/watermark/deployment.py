@@ -241,6 +241,14 @@ class Deployment:
         return dict(self.manifest["extractor"])
 
     @property
+    def extractor_folder(self) -> Path:
+        """Where the extractor this deployment was trained against lives ("embedded": the shipped one)."""
+        from medsign_forensics.config import WEIGHTS_DIR
+
+        path = str(self.extractor["path"])
+        return WEIGHTS_DIR / "extractor" if path == EMBEDDED else Path(path)
+
+    @property
     def decoder_sha256(self) -> str:
         return str(self.manifest["decoder"]["sha256"])
 

@@ -149,3 +149,15 @@ def test_bad_input_is_refused():
         poisson_binomial_sf(3, np.full(K, 1.5))
     with pytest.raises(InputError, match="rates"):
         match_probabilities(good, np.full(K, 0.6), np.full(K, 0.4))
+
+
+def test_fair_families_are_pooled_and_only_biased_ones_widen_the_range() -> None:
+    rng = np.random.default_rng(11)
+    fair_small = rng.integers(0, 2, size=(64, 48), dtype=np.uint8)
+    fair_large = rng.integers(0, 2, size=(4000, 48), dtype=np.uint8)
+    pooled = fit_null({"small": fair_small, "large": fair_large})
+    separate_margin = 2 * np.sqrt(0.25 / 64)
+    assert max(pooled.rate_one_high) < 0.5 + separate_margin / 2  # the small family's noise is not taken per bit
+    biased = (rng.random((2000, 48)) < np.where(np.arange(48) == 5, 0.7, 0.5)).astype(np.uint8)
+    widened = fit_null({"small": fair_small, "large": fair_large, "biased": biased})
+    assert widened.rate_one_high[5] >= 0.7 and widened.rate_one_high[5] > pooled.rate_one_high[5]
