@@ -28,13 +28,13 @@ after generation: *tampered*). Otherwise a key attributed to a revoked deploymen
 everything else is what the statistics say. Copying a genuine block onto a real image is thus a mismatch,
 while editing a generated image is tampering (its watermark still attributes it).
 
-Working resolution: the extractor is fully convolutional and was trained to read images at their own size
-after crops and down-scaling, so images no larger than the working size (256, the generated size) are read
-as they are, and larger ones are first resized so that their short side is the working size (``Scaling.AUTO``).
-That undoes up-scaling (viewer exports, DICOM re-sampling), keeps the statistics at the resolution the
-whitening was fitted at, and bounds the cost of huge files. ``Scaling.NATIVE`` and ``Scaling.WORKING``
-(always resize the short side to the working size) exist for measuring the choice
-(benchmarks/verify_robustness.py).
+Working resolution: both extractors read images at any size (the spectral one measures frequencies in
+cycles per pixel and finds the scale itself; the HiDDeN one is fully convolutional), so images no larger than
+the working size (256, the generated size) are read as they are, and larger ones are first resized so that
+their short side is the working size (``Scaling.AUTO``). That undoes up-scaling (viewer exports, DICOM
+re-sampling), keeps the statistics at the resolution they were calibrated at, and bounds the cost of huge
+files. ``Scaling.NATIVE`` and ``Scaling.WORKING`` (always resize the short side to the working size) exist for
+measuring the choice (benchmarks/verify_robustness.py).
 
 Errors: :meth:`Verifier.verify_file` and :func:`verify_file` raise the file's :class:`MedsignError` (single
 file, library use); :meth:`Verifier.try_verify_file` returns a :attr:`VerdictKind.ERROR` verdict carrying the
@@ -551,8 +551,12 @@ def verify_file(path: str | Path, *, registry: Registry | str | Path | None = No
     from medsign_forensics.watermark.extractor_io import load_extractor
 
     loaded_policy = policy if isinstance(policy, Policy) else load_policy(policy)
-    model = extractor if isinstance(extractor, torch_module()) else (
-        load_default_extractor() if extractor is None else load_extractor(Path(extractor)))
+    if extractor is None:
+        model = load_default_extractor()
+    elif isinstance(extractor, (str, Path)):
+        model = load_extractor(Path(extractor))
+    else:
+        model = extractor
     if isinstance(registry, Registry):
         return Verifier(registry=registry, extractor=model, policy=loaded_policy, trusted=trusted,
                         scaling=scaling).verify_file(path)
@@ -560,9 +564,3 @@ def verify_file(path: str | Path, *, registry: Registry | str | Path | None = No
         return Verifier(registry=opened, extractor=model, policy=loaded_policy, trusted=trusted,
                         scaling=scaling).verify_file(path)
 
-
-def torch_module() -> type:
-    """torch.nn.Module, imported late (`medsign --help` does not load torch)."""
-    from torch import nn
-
-    return nn.Module

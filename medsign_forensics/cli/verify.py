@@ -139,8 +139,9 @@ def explain_evidence(verdict: Verdict) -> list[str]:
     if match is None:
         lines.append("No key of the extractor's length is registered, so nothing could be attributed.")
         return lines
+    null = "the extractor's calibrated null" if match.null == "calibrated" else "fair coins"
     words = (f"{match.matched_bits} of {match.bits} bits match key {match.provenance_id}: the chance of this on an "
-             f"unwatermarked image is {_p(match.p_value)}.")
+             f"unwatermarked image is {_p(match.p_value)} ({null}).")
     if match.candidates > 1:
         words += (f" Comparing with all {match.candidates} registered keys, the chance that any of them matches "
                   f"this well by luck is {_p(match.family_wise_p_value)}.")
@@ -151,6 +152,10 @@ def explain_evidence(verdict: Verdict) -> list[str]:
                      f"{match.issuer}, model {match.model}, key {match.key_status.value}.")
     elif match.attribution is Attribution.INCONCLUSIVE:
         lines.append(f"Not strong enough to attribute under {threshold}; closest deployment {match.provenance_id}.")
+    elif match.presence is not None and any(c.name == "watermark_pilot" and c.status.value == "skipped"
+                                            for c in verdict.checks):
+        lines.append("No synchronisation pilot: the image carries no watermark of this extractor, so its bits "
+                     "are not evidence of anything.")
     else:
         lines.append(f"Consistent with chance alone: no registered watermark ({threshold}).")
     return lines
