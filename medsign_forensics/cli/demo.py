@@ -28,7 +28,8 @@ def demo(
     """Run the whole toolkit once: phantom world, classifier, generate a DICOM study, verify it after handling.
 
     Steps whose trained weights are absent from this installation are reported as skipped, with the reason.
-    Exit code 1 when the generated study or its PNG export is not attributed to the demo deployment.
+    Exit code 1 when the generated study, its PNG export or any of its ordinarily handled copies is not
+    attributed (the optional --real-image must not be, and does not count).
     """
     from medsign_forensics.demo import run_demo
 
@@ -44,15 +45,23 @@ def demo(
                 for column in step.rows[0]:
                     table.add_column(column, overflow="fold")
                 for row in step.rows:
-                    table.add_row(*("" if value is None else str(value) for value in row.values()))
+                    table.add_row(*(_cell(value) for value in row.values()))
                 body = table
             title = f"[{_STYLE[step.status.value]}]{step.name}: {step.status.value}[/]"
             console.print(Panel(body, title=title, subtitle=step.detail if step.rows else None))
     verify = next(step for step in result.steps if step.name == "verify")
     if verify.status.value == "done":
-        own = [row for row in verify.rows if Path(str(row["file"])).name in ("study.dcm", "study.png")]
+        made = Path(result.out).resolve()
+        own = [row for row in verify.rows if Path(str(row["file"])).resolve().parent == made]
         if any(row["verdict"] != "attributed" for row in own):
             raise typer.Exit(1)
+
+
+def _cell(value: object) -> str:
+    """Table text: p-values and other floats to 3 significant digits."""
+    if value is None:
+        return ""
+    return f"{value:.3g}" if isinstance(value, float) else str(value)
 
 
 def register(app: typer.Typer) -> None:
