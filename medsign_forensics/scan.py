@@ -16,6 +16,10 @@
   modification time; ``resume=True`` reads it back and skips files whose size and time are unchanged (PACS
   instances: whose instance ID was already recorded). A damaged last line (a crash mid-write) is ignored.
 * The CSV report is written at the end, atomically, from all records of this and earlier (resumed) runs.
+* Where the files are verified is the *engine*'s business: by default the local one above (``workers``); pass
+  ``engine=DaskEngine(...)`` (:mod:`medsign_forensics.cluster`, the optional ``cluster`` extra) to verify them on
+  a Dask cluster. Either engine is only a source of records: listing, resuming, the JSONL and CSV reports and
+  the summary are this module's, the same for both.
 """
 
 from __future__ import annotations
@@ -33,7 +37,7 @@ from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from multiprocessing import get_context
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from medsign_forensics.errors import InputError, MedsignError
 from medsign_forensics.fileio import write_text
@@ -69,6 +73,29 @@ class Task:
     size: int | None = None
     mtime_ns: int | None = None
     instance: InstanceRef | None = None
+
+
+class Engine(Protocol):
+    """Where the files of a scan are verified (the local worker processes, or a Dask cluster).
+
+    ``results`` verifies ``tasks`` and yields one record (:func:`_verify_task`'s dictionary) per task, in any
+    order, as soon as each is ready; it records a file that cannot be analysed, and raises a
+    :class:`MedsignError` only when the scan cannot go on (the records already yielded are kept).
+    """
+
+    def results(self, tasks: list[Task], *, settings: VerifierSettings,
+                pacs: PacsConfig | None) -> Iterator[dict[str, Any]]: ...
+
+
+@dataclass(frozen=True)
+class LocalEngine:
+    """Worker processes on this machine (``workers=1``: in the calling process); see the module docstring."""
+
+    workers: int = 1
+
+    def results(self, tasks: list[Task], *, settings: VerifierSettings,
+                pacs: PacsConfig | None) -> Iterator[dict[str, Any]]:
+        return _results(tasks, settings=settings, pacs=pacs, workers=self.workers)
 
 
 @dataclass
@@ -148,32 +175,39 @@ def file_tasks(paths: Iterable[Path]) -> list[Task]:
 def scan_folder(root: str | Path, *, settings: VerifierSettings, workers: int = 1, jsonl: Path | None = None,
                 csv_path: Path | None = None, resume: bool = False,
                 on_total: Callable[[int], None] | None = None,
-                on_verdict: Callable[[dict[str, Any]], None] | None = None) -> ScanSummary:
-    """Verify every file under ``root``; see the module docstring."""
+                on_verdict: Callable[[dict[str, Any]], None] | None = None,
+                engine: Engine | None = None) -> ScanSummary:
+    """Verify every file under ``root``; see the module docstring. ``engine`` (default: the local one with
+    ``workers``) chooses where the files are verified."""
     root = Path(root)
     outputs = [path for path in (jsonl, csv_path) if path is not None]
     tasks = file_tasks(list_files(root, exclude=outputs))
     return _scan(str(root), tasks, settings=settings, pacs=None, workers=workers, jsonl=jsonl, csv_path=csv_path,
-                 resume=resume, on_total=on_total, on_verdict=on_verdict)
+                 resume=resume, on_total=on_total, on_verdict=on_verdict, engine=engine)
 
 
 def scan_pacs(config: PacsConfig, *, settings: VerifierSettings, workers: int = 1, jsonl: Path | None = None,
               csv_path: Path | None = None, resume: bool = False,
               on_total: Callable[[int], None] | None = None,
-              on_verdict: Callable[[dict[str, Any]], None] | None = None) -> ScanSummary:
-    """Verify every instance a PACS holds (listed first, then fetched and verified by the workers)."""
+              on_verdict: Callable[[dict[str, Any]], None] | None = None,
+              engine: Engine | None = None) -> ScanSummary:
+    """Verify every instance a PACS holds (listed here, then fetched and verified by the workers)."""
     client = PacsClient(config)
     tasks = [Task(key=client.instance_label(ref), instance=ref) for ref in client.instances()]
     return _scan(config.url, tasks, settings=settings, pacs=config, workers=workers, jsonl=jsonl,
-                 csv_path=csv_path, resume=resume, on_total=on_total, on_verdict=on_verdict)
+                 csv_path=csv_path, resume=resume, on_total=on_total, on_verdict=on_verdict, engine=engine)
 
 
 def _scan(source: str, tasks: list[Task], *, settings: VerifierSettings, pacs: PacsConfig | None, workers: int,
           jsonl: Path | None, csv_path: Path | None, resume: bool,
           on_total: Callable[[int], None] | None,
-          on_verdict: Callable[[dict[str, Any]], None] | None) -> ScanSummary:
+          on_verdict: Callable[[dict[str, Any]], None] | None, engine: Engine | None) -> ScanSummary:
     if workers < 1:
         raise InputError(f"--workers must be at least 1; got {workers}")
+    if engine is None:
+        engine = LocalEngine(workers)
+    elif workers != 1:
+        raise InputError(f"--workers {workers} is for the local engine; give the engine its own workers instead")
     if resume and jsonl is None:
         raise InputError("--resume needs the --jsonl report of the earlier run")
     if jsonl is not None and jsonl.exists() and not resume:
@@ -191,10 +225,13 @@ def _scan(source: str, tasks: list[Task], *, settings: VerifierSettings, pacs: P
     records = dict(kept)
     start = time.perf_counter()
     sink = open(jsonl, "a", encoding="utf-8") if jsonl is not None else None  # noqa: SIM115 (closed below)
+    results: Iterator[dict[str, Any]] = iter(())
     try:
         if jsonl is not None and jsonl.exists() and jsonl.stat().st_size and not _ends_with_newline(jsonl):
             sink.write("\n")  # type: ignore[union-attr]  # seal a damaged last line from a crash
-        for record in _results(todo, settings=settings, pacs=pacs, workers=workers):
+        if todo:
+            results = engine.results(todo, settings=settings, pacs=pacs)
+        for record in results:
             records[record["file"]] = record
             summary.scanned += 1
             _count(summary, record)
@@ -204,6 +241,9 @@ def _scan(source: str, tasks: list[Task], *, settings: VerifierSettings, pacs: P
             if on_verdict is not None:
                 on_verdict(record)
     finally:
+        close = getattr(results, "close", None)
+        if close is not None:
+            close()  # a generator engine stops its workers now, even when this loop was left early
         if sink is not None:
             sink.close()
         summary.seconds = time.perf_counter() - start
@@ -296,16 +336,21 @@ def _close_worker() -> None:
     _VERIFIER, _CLIENT = None, None
 
 
-def _verify_task(task: Task) -> dict[str, Any]:
-    """One record for one task; never raises for a bad input (an unexpected exception is recorded too)."""
-    assert _VERIFIER is not None
+def _verify_task(task: Task, verifier: Verifier | None = None, client: PacsClient | None = None) -> dict[str, Any]:
+    """One record for one task; never raises for a bad input (an unexpected exception is recorded too).
+
+    Uses this process's Verifier and PACS client (:func:`_init_worker`) unless given others."""
+    verifier = verifier or _VERIFIER
+    client = client or _CLIENT
+    assert verifier is not None
     start = time.perf_counter()
     try:
         if task.instance is None:
             assert task.path is not None
-            verdict = _VERIFIER.try_verify_file(task.path, label=task.key)
+            verdict = verifier.try_verify_file(task.path, label=task.key)
         else:
-            verdict = _verify_instance(task)
+            assert client is not None
+            verdict = _verify_instance(task, verifier, client)
     except Exception as error:  # a bug must not end an archive-wide scan: record it, keep going
         verdict = Verdict(file=task.key, kind=VerdictKind.ERROR, error_code=1,
                           error=f"{task.key}: internal error, please report it: {type(error).__name__}: "
@@ -313,19 +358,19 @@ def _verify_task(task: Task) -> dict[str, Any]:
     return _record(task, verdict)
 
 
-def _verify_instance(task: Task) -> Verdict:
-    assert _VERIFIER is not None and _CLIENT is not None and task.instance is not None
+def _verify_instance(task: Task, verifier: Verifier, client: PacsClient) -> Verdict:
+    assert task.instance is not None
     ref = task.instance
-    source = {"pacs": _CLIENT.url, "instance_id": ref.instance_id, "sop_instance_uid": ref.sop_instance_uid}
+    source = {"pacs": client.url, "instance_id": ref.instance_id, "sop_instance_uid": ref.sop_instance_uid}
     start = time.perf_counter()
     try:
-        data = _CLIENT.retrieve(ref)
+        data = client.retrieve(ref)
     except MedsignError as error:
         return Verdict.from_error(task.key, error, seconds=time.perf_counter() - start, source=source)
     with tempfile.TemporaryDirectory(prefix="medsign-pacs-") as folder:
         path = Path(folder) / "instance.dcm"
         path.write_bytes(data)
-        return _VERIFIER.try_verify_file(path, label=task.key, source=source)
+        return verifier.try_verify_file(path, label=task.key, source=source)
 
 
 def _record(task: Task, verdict: Verdict) -> dict[str, Any]:
