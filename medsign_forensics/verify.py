@@ -24,8 +24,9 @@ The verdict is decided by the first failing piece of evidence whose policy actio
 order: a signature that does not verify (the provenance block is not genuine: *tampered*); tags and watermark
 that disagree (the block belongs to another image, or the image carries another deployment's key:
 *mismatch* by default); then statement, pixel and report digests that no longer match (a genuine image edited
-after generation: *tampered*). Otherwise a key attributed to a revoked deployment is *revoked*, and
-everything else is what the statistics say. Copying a genuine block onto a real image is thus a mismatch,
+after generation: *tampered*). Otherwise a key attributed to a revoked deployment is *revoked*; a study whose
+signatures are by an issuer the verifier does not know, and whose pixels carry no registered key, is
+*unverifiable* (an unknown key proves nothing either way); everything else is what the statistics say. Copying a genuine block onto a real image is thus a mismatch,
 while editing a generated image is tampering (its watermark still attributes it).
 
 Working resolution: both extractors read images at any size (the spectral one measures frequencies in
@@ -85,6 +86,7 @@ class VerdictKind(str, Enum):
     REVOKED = "revoked"
     TAMPERED = "tampered"
     MISMATCH = "mismatch"
+    UNVERIFIABLE = "unverifiable"  # signed by an issuer this registry does not know; no registered watermark
     ERROR = "error"
 
     @property
@@ -211,12 +213,24 @@ class Verdict:
     def matched_bits(self) -> int | None:
         return None if self.match is None else self.match.matched_bits
 
+    @property
+    def evidence(self) -> str | None:
+        """What the verdict rests on. "signature": the pixels carry a valid statement signed by an issuer the
+        verifier trusts (proof of origin, unless that issuer's private key leaked). "watermark": only the
+        pixels match a registered key, which anyone holding that key can imitate (evidence, not proof).
+        None: neither."""
+        passed = {check.name for check in self.checks if check.status is CheckStatus.PASS}
+        if {"statement_signature", "pixel_hash"} <= passed:
+            return "signature"
+        return "watermark" if self.attributed else None
+
     def to_dict(self) -> dict[str, Any]:
         """The JSON form (stable field names; see the module docstring of medsign_forensics.cli.verify)."""
         match = self.match
         return {
             "file": self.file,
             "verdict": self.kind.value,
+            "evidence": self.evidence,
             "provenance_id": self.provenance_id,
             "p_value": self.p_value,
             "family_wise_p_value": None if match is None else match.family_wise_p_value,
@@ -487,11 +501,11 @@ class Verifier:
                 action = self.policy.action(event)
                 if action is not TamperAction.IGNORE:
                     return VerdictKind(action.value)
-        if match is None:
-            return VerdictKind.NOT_DETECTED
-        if match.attribution is Attribution.ATTRIBUTED and match.key_status is KeyStatus.REVOKED:
-            return VerdictKind.REVOKED
-        return VerdictKind(match.attribution.value)
+        if match is not None and match.attribution is Attribution.ATTRIBUTED:
+            return VerdictKind.REVOKED if match.key_status is KeyStatus.REVOKED else VerdictKind.ATTRIBUTED
+        if any(check.status is CheckStatus.UNVERIFIABLE for check in checks):
+            return VerdictKind.UNVERIFIABLE
+        return VerdictKind.NOT_DETECTED if match is None else VerdictKind(match.attribution.value)
 
     def _annotate(self, check: VerifyCheck) -> VerifyCheck:
         """Say so in the detail when the policy ignores a failed check."""

@@ -229,15 +229,29 @@ def test_study_of_a_revoked_deployment_is_revoked(world, extractor_dir, tmp_path
     assert verdict.kind is VerdictKind.REVOKED
 
 
-def test_study_signed_by_an_issuer_unknown_to_the_registry_is_flagged(world, verifier, tmp_path):
-    """A forger's own registry: the block's record is signed by a key this registry does not trust."""
-    forger = IssuerKey.generate("Forger")
-    with Registry.open(tmp_path / "forger", create=True) as registry:
-        entry = registry.issue(forger, model=MODEL, deployment="fake", policy=load_policy())
-    study = world.write_study(tmp_path / "study.dcm", sample_image(901), entry=entry, signer=forger)
+def test_study_signed_by_an_issuer_unknown_to_the_registry_is_unverifiable(world, verifier, tmp_path):
+    """Another registry's genuine study: its signatures cannot be checked here, which proves nothing either way."""
+    stranger = IssuerKey.generate("Other Imaging AI")
+    with Registry.open(tmp_path / "other", create=True) as registry:
+        entry = registry.issue(stranger, model=MODEL, deployment="elsewhere", policy=load_policy())
+    study = world.write_study(tmp_path / "study.dcm", sample_image(901), entry=entry, signer=stranger)
     verdict = verifier.verify_file(study.path)
-    assert verdict.kind is VerdictKind.TAMPERED
-    assert "not a trusted issuer" in check(verdict, "record_signature").detail
+    assert verdict.kind is VerdictKind.UNVERIFIABLE and not verdict.kind.is_alarm
+    assert verdict.evidence is None
+    assert check(verdict, "record_signature").status.value == "unverifiable"
+    assert "unknown issuer" in check(verdict, "statement_signature").detail
+    assert check(verdict, "pixel_hash").status.value == "skipped"
+    with Registry.open(tmp_path / "other") as registry:  # against its own registry it verifies
+        own = Verifier(registry=registry, extractor=verifier.extractor, policy=load_policy()).verify_file(study.path)
+    assert {c.name: c.status.value for c in own.checks}["statement_signature"] == "pass"
+
+
+def test_evidence_says_what_is_proven(world, verifier, tmp_path):
+    signed = world.write_study(tmp_path / "study.dcm")
+    assert verifier.verify_file(signed.path).evidence == "signature"
+    planted = verifier.verify_file(world.planted_png)  # the same pixels without any signed statement
+    assert planted.kind is VerdictKind.ATTRIBUTED and planted.evidence == "watermark"
+    assert planted.to_dict()["evidence"] == "watermark"
 
 
 def test_tags_naming_another_deployment_than_the_pixels(world, verifier, tmp_path):

@@ -29,6 +29,7 @@ from medsign_forensics.provenance.records import (
     ImageStatement,
     ProvenanceRecord,
     SignatureError,
+    SignatureFailure,
     SignedDocument,
     verify,
 )
@@ -38,6 +39,7 @@ class CheckStatus(str, Enum):
     PASS = "pass"
     FAIL = "fail"
     SKIPPED = "skipped"  # not applicable: no provenance block, or an earlier check it depends on failed
+    UNVERIFIABLE = "unverifiable"  # signed by an issuer key the verifier does not know: neither valid nor forged
 
 
 class CheckName(str, Enum):
@@ -116,9 +118,13 @@ class StudyCheck:
         return tuple(check for check in self.checks if check.status is CheckStatus.FAIL)
 
     @property
+    def unverifiable(self) -> tuple[Check, ...]:
+        return tuple(check for check in self.checks if check.status is CheckStatus.UNVERIFIABLE)
+
+    @property
     def ok(self) -> bool:
-        """True when provenance is present and no check failed."""
-        return self.block is not None and not self.failed
+        """True when provenance is present, every signature verified and no check failed."""
+        return self.block is not None and not self.failed and not self.unverifiable
 
     def check(self, name: CheckName) -> Check:
         return next(check for check in self.checks if check.name is name)
@@ -226,9 +232,11 @@ def check_study(source: str | Path | Dataset, public_keys: Mapping[str, Ed25519P
         checks.append(Check(CheckName.TAGS_MATCH_RECORD, CheckStatus.PASS, record.provenance_id))
 
     if statement is None:
+        why = ("the image statement's issuer is unknown here" if statement_check.status is CheckStatus.UNVERIFIABLE
+               else "the image statement did not verify")
         for name in (CheckName.STATEMENT_MATCHES_RECORD, CheckName.SOP_INSTANCE_UID, CheckName.PIXEL_HASH,
                      CheckName.REPORT_HASH):
-            checks.append(_skipped(name, "the image statement did not verify"))
+            checks.append(_skipped(name, why))
         return _finish(path, sop_instance_uid, block, record, None, digest, checks)
 
     checks.append(_statement_vs_record(statement, record, block))
@@ -258,6 +266,8 @@ def _verified(signed: SignedDocument, keys: Mapping[str, Ed25519PublicKey], kind
     try:
         document = verify(signed, keys, kind)
     except SignatureError as error:
+        if error.failure is SignatureFailure.UNKNOWN_KEY:  # cannot be checked here: not evidence of forgery
+            return None, Check(name, CheckStatus.UNVERIFIABLE, f"unverifiable (unknown issuer): {error}")
         return None, Check(name, CheckStatus.FAIL, f"{error.failure.value}: {error}")
     return document, Check(name, CheckStatus.PASS, f"Ed25519, key {document.key_id[:16]}...")
 
