@@ -8,8 +8,8 @@ Cases (expected verdict under the default policy unless said otherwise):
 - one byte of the record signature flipped; of the statement's    -> tampered
 - report text in the block edited; SOP Instance UID changed       -> tampered
 - the deployment revoked in the registry                          -> revoked
-- a study signed under a registry this verifier does not know     -> tampered (untrusted issuer)
-  (a "key unknown to the registry")
+- these pixels wrapped in tags of a registry this verifier does   -> mismatch (the unverifiable tags claim another
+  not know                                                          deployment than the pixels carry)
 - genuine tags of another deployment on these pixels              -> mismatch
 - provenance tags stripped                                         -> attributed (default), mismatch (strict)
 
@@ -169,7 +169,7 @@ def run(genuine: Genuine, tmp: Path) -> list[tuple[str, str, str, bool, str]]:
     unknown = write_synthetic_study(tmp / "unknown.dcm", image=pixels, report_text="Forged.", model_name=model.name,
                                     model_version=model.version, weights_sha256=model.weights_sha256,
                                     provenance=fake.signed_record, signer=forger)
-    cases.append(("signed under a registry the verifier does not know", "tampered", unknown.path, "default"))
+    cases.append(("signed under a registry the verifier does not know", "mismatch", unknown.path, "default"))
     with Registry.open(genuine.registry) as registry:
         other_entry = registry.issue(genuine.issuer, model=model, deployment="another-site", policy=load_policy())
     other_tags = write_synthetic_study(tmp / "other-tags.dcm", image=pixels, report_text="Other.",

@@ -308,3 +308,14 @@ def test_real_shared_images_are_not_attributed(world, verifier, real_data):
     verdicts = [verifier.try_verify_file(path) for path in files]
     assert verdicts and not any(v.attributed for v in verdicts)
     assert all(v.kind is not VerdictKind.ERROR for v in verdicts), [v.error for v in verdicts]
+
+
+def test_registered_pixels_in_tags_of_an_unknown_issuer_are_a_mismatch(world, verifier, tmp_path):
+    """A forger wraps a genuine watermarked image in provenance signed by their own, unknown key."""
+    forger = IssuerKey.generate("Forger")
+    with Registry.open(tmp_path / "forger", create=True) as registry:
+        entry = registry.issue(forger, model=MODEL, deployment="fake", policy=load_policy())
+    study = world.write_study(tmp_path / "study.dcm", entry=entry, signer=forger)  # the planted (registered) pixels
+    verdict = verifier.verify_file(study.path)
+    assert verdict.kind is VerdictKind.MISMATCH and verdict.evidence == "watermark"
+    assert "signed by an issuer unknown here" in check(verdict, "tags_match_watermark").detail
