@@ -1,4 +1,4 @@
-"""`medsign base sample|train`: the base text-to-image model (mini-cxr or a local SD-1.x folder)."""
+"""`medsign base sample|info|train`: the base text-to-image model (mini-cxr or a local SD-1.x folder)."""
 
 from __future__ import annotations
 
@@ -83,6 +83,26 @@ def register(app: typer.Typer) -> None:
         )
         if latents_out is not None:
             console.print(f"wrote x0 {tuple(result.latents.shape[1:])} to [bold]{latents_out}[/]", highlight=False)
+
+    @group.command("info")
+    @handle_errors
+    def info_command(
+        model: Annotated[
+            Optional[Path], typer.Option(help="Base model folder (default: the shipped mini-cxr).")
+        ] = None,
+        json_output: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+    ) -> None:
+        """Name, size and the combined weights SHA-256 that `medsign keys issue --weights-sha256` binds a key to."""
+        from medsign_forensics.diffusion import load_model
+
+        loaded = load_model(model)
+        summary = {"model": loaded.name, "model_path": str(loaded.path), "weights_sha256": loaded.weights_sha256,
+                   "image_size": loaded.image_size, "image_channels": loaded.image_channels}
+        if json_output:
+            print_json(summary)
+            return
+        console.print(f"{loaded.name} ({loaded.image_size}x{loaded.image_size}, {loaded.image_channels} channel(s)) "
+                      f"at {loaded.path}\nweights SHA-256 {loaded.weights_sha256}", highlight=False)
 
     @group.command("train")
     @handle_errors

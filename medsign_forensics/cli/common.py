@@ -33,6 +33,27 @@ def handle_errors(func: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+def passphrase_prompt(*, new: bool = False) -> str:
+    """MEDSIGN_PASSPHRASE if set, else a hidden prompt on stderr (so --json output stays clean).
+
+    Without a terminal there is nobody to ask: a RegistryError (exit 5, "an issuer key cannot be used")
+    instead of click's bare "Aborted." with exit 1, which this tool reserves for "a check found a problem".
+    """
+    from medsign_forensics.errors import RegistryError
+    from medsign_forensics.provenance.keys import passphrase_from_env
+
+    value = passphrase_from_env()
+    if value is not None:
+        return value
+    if not sys.stdin.isatty():
+        raise RegistryError("the issuer key needs a passphrase and there is no terminal to ask for it; set "
+                            "MEDSIGN_PASSPHRASE")
+    try:
+        return str(typer.prompt("Issuer key passphrase", hide_input=True, confirmation_prompt=new, err=True))
+    except typer.Abort:
+        raise RegistryError("no passphrase was entered for the issuer key") from None
+
+
 def print_json(data: Any) -> None:
     """Write machine-readable output to stdout, without Rich markup or wrapping."""
     sys.stdout.write(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")

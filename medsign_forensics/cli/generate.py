@@ -14,9 +14,9 @@ from typing import Annotated, Optional
 
 import typer
 
-from medsign_forensics.cli.common import console, handle_errors, print_json
-from medsign_forensics.errors import InputError
-from medsign_forensics.provenance.keys import load_issuer_key, passphrase_from_env
+from medsign_forensics.cli.common import console, handle_errors, passphrase_prompt, print_json
+from medsign_forensics.errors import InputError, RegistryError
+from medsign_forensics.provenance.keys import load_issuer_key
 
 
 def register(app: typer.Typer) -> None:
@@ -59,8 +59,9 @@ def register(app: typer.Typer) -> None:
                 raise InputError("already exists; choose another output (studies are never overwritten)",
                                  path=target)
         loaded = load_default_deployment() if deployment is None else load_deployment(deployment)
-        passphrase = passphrase_from_env() or typer.prompt("Issuer key passphrase", hide_input=True, err=True)
-        signer = load_issuer_key(issuer_key, passphrase)
+        if not issuer_key.is_file():
+            raise RegistryError("no issuer key file here; create one with `medsign keys init`", path=issuer_key)
+        signer = load_issuer_key(issuer_key, passphrase_prompt())
         result = generate_study(report=report, out=out, signer=signer, deployment=loaded, registry=registry,
                                 model=model, seed=seed, steps=steps, guidance_scale=guidance, png=png, device=device,
                                 policy=policy, allow_weak=allow_weak)

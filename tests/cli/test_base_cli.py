@@ -190,3 +190,13 @@ def test_train_stage_and_resume(monkeypatch: pytest.MonkeyPatch, tmp_path: Path)
 def test_train_unknown_stage(tmp_path: Path) -> None:
     result = runner.invoke(app, ["base", "train", "--config", "tiny", "--out", str(tmp_path / "r"), "--stage", "x"])
     assert result.exit_code == 2
+
+
+def test_info_prints_the_hash_that_keys_issue_binds(model_dir: Path) -> None:
+    from medsign_forensics.diffusion import load_model
+
+    result = runner.invoke(app, ["base", "info", "--model", str(model_dir), "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["weights_sha256"] == load_model(model_dir).weights_sha256
+    missing = runner.invoke(app, ["base", "info", "--model", str(model_dir.parent / "nowhere")])
+    assert missing.exit_code == 4

@@ -82,3 +82,12 @@ def test_missing_default_deployment_is_a_model_error(setup, tmp_path):
                                  str(key_file), "--deployment", str(tmp_path / "nowhere")],
                            env={"MEDSIGN_PASSPHRASE": PASSPHRASE})
     assert result.exit_code == 4 and "deployment.json" in result.output
+
+
+def test_no_passphrase_and_no_terminal_is_a_key_error_not_an_abort(setup, tmp_path):
+    world, key_file, folder = setup
+    result = runner.invoke(app, ["generate", "--report", REPORT, "--out", str(tmp_path / "x.dcm"), "--issuer-key",
+                                 str(key_file), "--deployment", str(folder), "--registry", str(world.registry_dir)],
+                           env={"MEDSIGN_PASSPHRASE": None}, input="")
+    assert result.exit_code == 5 and "MEDSIGN_PASSPHRASE" in result.output
+    assert not (tmp_path / "x.dcm").exists()
