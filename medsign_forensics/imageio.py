@@ -93,8 +93,14 @@ def sniff_format(head: bytes) -> ImageFormat | None:
     return None
 
 
-def read_image(path: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> SuspectImage:
-    """Decode ``path`` into a :class:`SuspectImage` or raise one :class:`ImageReadError`."""
+def read_image(path: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS,
+               max_decoded_pixels: int | None = None) -> SuspectImage:
+    """Decode ``path`` into a :class:`SuspectImage` or raise one :class:`ImageReadError`.
+
+    ``max_decoded_pixels``: a DICOM image larger than this is area-averaged by an integer factor while it is
+    converted, so that no full-resolution float copy is made (a reader that needs only a working-size image,
+    as verification does, then stays within about 1 GB for a 10000 x 10000 16-bit image). A note says so.
+    """
     path = Path(path)
     if not path.exists():
         raise ImageReadError("no such file", path=path)
@@ -120,7 +126,8 @@ def read_image(path: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Sus
     if suffix and suffix not in _EXTENSIONS[kind]:
         notes.append(f"extension {suffix} does not match the content ({kind.value})")
     if kind is ImageFormat.DICOM:
-        return _read_dicom(path, max_pixels=max_pixels, notes=notes, preamble=head[128:132] == b"DICM")
+        return _read_dicom(path, max_pixels=max_pixels, notes=notes, preamble=head[128:132] == b"DICM",
+                           max_decoded_pixels=max_decoded_pixels)
     return _read_raster(path, kind, max_pixels=max_pixels, notes=notes)
 
 
@@ -193,7 +200,8 @@ def _pil_to_grey(image: Image.Image, notes: list[str]) -> tuple[np.ndarray, int,
     return rgb_to_grey(rgb) / 255.0, 8, channels
 
 
-def _read_dicom(path: Path, *, max_pixels: int, notes: list[str], preamble: bool = True) -> SuspectImage:
+def _read_dicom(path: Path, *, max_pixels: int, notes: list[str], preamble: bool = True,
+                max_decoded_pixels: int | None = None) -> SuspectImage:
     import pydicom
     from pydicom.errors import InvalidDicomError
 
@@ -252,7 +260,12 @@ def _read_dicom(path: Path, *, max_pixels: int, notes: list[str], preamble: bool
             (array.ndim == 3 and array.shape[2] not in (3, 4)):
         raise ImageReadError(f"the decoded pixel array has shape {tuple(array.shape)}, which does not fit the "
                              f"declared {columns}x{rows} image with {samples} sample(s) per pixel", path=path)
-    pixels = _dicom_to_unit(array, bits_stored=bits_stored, signed=signed)
+    factor = 1
+    if max_decoded_pixels is not None and rows * columns > max_decoded_pixels:
+        factor = int(np.ceil(np.sqrt(rows * columns / max_decoded_pixels)))
+        notes.append(f"{columns}x{rows} area-averaged by {factor} while decoding (bounded memory)")
+    pixels = _dicom_to_unit(array, bits_stored=bits_stored, signed=signed, factor=factor)
+    del array
     if pixels.ndim == 3:
         pixels = rgb_to_grey(pixels)
         notes.append(f"{photometric} converted to BT.601 luma")
@@ -263,10 +276,26 @@ def _read_dicom(path: Path, *, max_pixels: int, notes: list[str], preamble: bool
                         tuple(notes), dataset)
 
 
-def _dicom_to_unit(array: np.ndarray, *, bits_stored: int, signed: bool) -> np.ndarray:
-    """Map stored values onto [0, 1] by the stored bit range (not by the image's own min and max)."""
-    data = np.asarray(array, dtype=np.float64)
+def _dicom_to_unit(array: np.ndarray, *, bits_stored: int, signed: bool, factor: int = 1) -> np.ndarray:
+    """Map stored values onto [0, 1] by the stored bit range (not by the image's own min and max), averaging
+    ``factor`` x ``factor`` blocks on the way (edges that do not fill a block are dropped).
+
+    Block rows are converted a strip at a time, in float32: a 10000 x 10000 16-bit image would be 400 MB as
+    float32 and 800 MB as float64. float32 holds every integer below 2**24 exactly.
+    """
+    array = np.asarray(array)
+    dtype = np.float64 if bits_stored > 24 else np.float32
+    height, width = array.shape[0] // factor, array.shape[1] // factor
+    out = np.empty((height, width, *array.shape[2:]), dtype=dtype)
+    strip = max(1, 4096 // factor)  # output rows per strip
+    for top in range(0, height, strip):
+        bottom = min(top + strip, height)
+        block = array[top * factor:bottom * factor, :width * factor].astype(dtype)
+        if factor > 1:
+            block = block.reshape(-1, factor, width, factor, *array.shape[2:]).mean(axis=(1, 3), dtype=dtype)
+        out[top:bottom] = block
     if signed:
-        data = data + 2.0 ** (bits_stored - 1)
-    full_scale = 2.0**bits_stored - 1.0
-    return np.clip(data / full_scale, 0.0, 1.0).astype(np.float32)
+        out += 2.0 ** (bits_stored - 1)
+    out /= 2.0**bits_stored - 1.0
+    np.clip(out, 0.0, 1.0, out=out)
+    return out.astype(np.float32, copy=False)

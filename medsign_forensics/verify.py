@@ -347,7 +347,7 @@ class Verifier:
         with warnings.catch_warnings():
             # Damaged files make Pillow and pydicom warn; what matters reaches the verdict as an error or a note.
             warnings.simplefilter("ignore")
-            image = read_image(path, max_pixels=self.max_pixels)
+            image = read_image(path, max_pixels=self.max_pixels, max_decoded_pixels=MAX_EXTRACTION_PIXELS)
             return self.verify_image(image, label=label, start=start)
 
     def try_verify_file(self, path: str | Path, *, label: str | None = None,

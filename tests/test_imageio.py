@@ -196,3 +196,17 @@ def test_dicom_empty_pixel_data_and_palette_without_lut(tmp_path):
     palette = _dicom(tmp_path, np.zeros((8, 8), np.uint8), photometric="PALETTE COLOR", name="p.dcm")
     with pytest.raises(ImageReadError, match="lookup table is unusable"):
         read_image(palette)
+
+
+def test_huge_dicom_is_area_averaged_while_decoding(tmp_path):
+    rng = np.random.default_rng(0)
+    array = rng.integers(0, 4096, size=(301, 250), dtype=np.uint16)
+    path = _dicom(tmp_path, array, bits_stored=12)
+    full = read_image(path)
+    small = read_image(path, max_decoded_pixels=60 * 60)
+    factor = 5  # ceil(sqrt(301 * 250 / 3600))
+    assert small.pixels.shape == (301 // factor, 250 // factor) and small.pixels.dtype == np.float32
+    expected = full.pixels[: 60 * factor, : 50 * factor].reshape(60, factor, 50, factor).mean(axis=(1, 3))
+    assert np.allclose(small.pixels, expected, atol=1e-6)
+    assert any("area-averaged by 5" in note for note in small.notes)
+    assert read_image(path, max_decoded_pixels=10**6).pixels.shape == (301, 250)  # small images untouched

@@ -106,7 +106,7 @@ class StudyCheck:
     block: ProvenanceBlock | None
     record: ProvenanceRecord | None  # set only when its signature verified
     statement: ImageStatement | None  # set only when its signature verified
-    pixel_sha256: str | None  # recomputed from the pixel values; None when they cannot be decoded
+    pixel_sha256: str | None  # recomputed from the pixel values; None without a provenance block or undecodable
     checks: tuple[Check, ...]
 
     @property
@@ -204,17 +204,17 @@ def check_study(source: str | Path | Dataset, public_keys: Mapping[str, Ed25519P
     path = None if isinstance(source, Dataset) else Path(source)
     dataset = source if isinstance(source, Dataset) else read_dataset(source)
     sop_instance_uid = _optional_text(dataset.get("SOPInstanceUID"))
-    digest, digest_problem = _pixel_digest(dataset)
     checks: list[Check] = [_synthetic_labels(dataset)]
     try:
         block = read_provenance_block(dataset)
     except DicomError as error:
         checks.insert(0, Check(CheckName.PROVENANCE_BLOCK, CheckStatus.FAIL, str(error)))
-        return _finish(path, sop_instance_uid, None, None, None, digest, checks)
-    if block is None:
+        return _finish(path, sop_instance_uid, None, None, None, None, checks)
+    if block is None:  # nothing signed to compare with: the pixels are not decoded a second time
         checks.insert(0, Check(CheckName.PROVENANCE_BLOCK, CheckStatus.SKIPPED,
                                f"no {PRIVATE_CREATOR!r} private block: the file claims no MedSign provenance"))
-        return _finish(path, sop_instance_uid, None, None, None, digest, checks)
+        return _finish(path, sop_instance_uid, None, None, None, None, checks)
+    digest, digest_problem = _pixel_digest(dataset)
     checks.insert(0, Check(CheckName.PROVENANCE_BLOCK, CheckStatus.PASS, f"found in group 0x{block.group:04x}"))
 
     record, record_check = _verified(block.record, public_keys, ProvenanceRecord, CheckName.RECORD_SIGNATURE)
