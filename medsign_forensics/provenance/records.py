@@ -12,6 +12,8 @@ exact bytes are what the registry and the DICOM private block store, next to the
 * :class:`ImageStatement` — one per generated image: SOP Instance UID, pixel and report digests, the model
   weights digest, and the SHA-256 of the record it belongs to.
 * :class:`Revocation` — withdraws a provenance ID; signed by an issuer key.
+* :class:`Checkpoint` — the registry log's size and head hash, signed by an issuer (see
+  :mod:`medsign_forensics.provenance.log`).
 
 ``sign(document, signer)`` returns a :class:`SignedDocument`; ``verify(signed, public_keys, DocumentClass)``
 returns the typed document or raises one :class:`SignatureError` whose ``failure`` says precisely why.
@@ -54,12 +56,13 @@ class DocumentType(str, Enum):
     RECORD = "medsign.provenance-record"
     STATEMENT = "medsign.image-statement"
     REVOCATION = "medsign.revocation"
+    CHECKPOINT = "medsign.checkpoint"
 
     @property
     def label(self) -> str:
         """Plain-English name for messages: "provenance record", "image statement", "revocation"."""
         return {"medsign.provenance-record": "provenance record", "medsign.image-statement": "image statement",
-                "medsign.revocation": "revocation"}[self.value]
+                "medsign.revocation": "revocation", "medsign.checkpoint": "checkpoint"}[self.value]
 
 
 class SignatureFailure(str, Enum):
@@ -337,8 +340,49 @@ class Revocation:
         return cls(**{name: fields[name] for name in fields if name != "type"})
 
 
-Document = ProvenanceRecord | ImageStatement | Revocation
-D = TypeVar("D", ProvenanceRecord, ImageStatement, Revocation)
+@dataclass(frozen=True, kw_only=True)
+class Checkpoint:
+    """An issuer's signed statement of the registry log's state: its size and the hash of its last entry.
+
+    Like a Certificate Transparency signed tree head, but over a hash chain: ``head_hash`` is the entry hash of
+    entry ``log_size - 1`` (64 zeros for an empty log). Whoever keeps a copy can later prove that the registry
+    rewrote, dropped or rolled back anything the checkpoint covered.
+    """
+
+    kind: ClassVar[DocumentType] = DocumentType.CHECKPOINT
+
+    log_size: int
+    head_hash: str
+    key_id: str
+    created_at: str
+    version: int = DOCUMENT_VERSION
+
+    def __post_init__(self) -> None:
+        self.validate(self.to_dict())
+
+    @staticmethod
+    def validate(fields: Mapping[str, Any]) -> None:
+        _header(fields, DocumentType.CHECKPOINT)
+        _exact_keys(fields, {"type", "version", "log_size", "head_hash", "key_id", "created_at"}, "checkpoint")
+        size = fields["log_size"]
+        if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+            raise InputError("field 'log_size' must be a non-negative integer")
+        _matching(fields, "head_hash", _SHA256, "64 lower-case hex digits")
+        _matching(fields, "key_id", _SHA256, "64 lower-case hex digits")
+        _matching(fields, "created_at", _RFC3339_UTC, "an RFC 3339 UTC time like 2025-01-31T09:15:02Z")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"type": self.kind.value, "version": self.version, "log_size": self.log_size,
+                "head_hash": self.head_hash, "key_id": self.key_id, "created_at": self.created_at}
+
+    @classmethod
+    def from_dict(cls, fields: Mapping[str, Any]) -> Checkpoint:
+        cls.validate(fields)
+        return cls(**{name: fields[name] for name in fields if name != "type"})
+
+
+Document = ProvenanceRecord | ImageStatement | Revocation | Checkpoint
+D = TypeVar("D", ProvenanceRecord, ImageStatement, Revocation, Checkpoint)
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,20 @@ Concurrency: WAL journal, ``synchronous=FULL``, a 30 s busy timeout, every write
 check of :meth:`Registry.issue` reads the existing keys inside that same transaction, so two processes can
 never both insert keys that are too close to each other. The schema is versioned with ``PRAGMA user_version``;
 :data:`MIGRATIONS` brings an older file up to date inside a write transaction.
+
+Schema version 2 adds the append-only log (:mod:`medsign_forensics.provenance.log`):
+
+* ``log`` — one row per issue or revocation: index, kind, provenance ID, the signed document's canonical JSON
+  and base64 signature, the previous entry's hash and this entry's hash; triggers refuse UPDATE and DELETE;
+* ``checkpoints`` — issuer-signed (log size, head hash) documents, one written with every issue/revocation in
+  the same transaction as the entry.
+
+The ``keys`` table stays the lookup view; :meth:`Registry.check` proves it equals the log. A version-1 file is
+NOT upgraded when it is opened (opening must not write: ``medsign verify`` opens the shipped demo registry
+read-only in spirit); it reads as before and :meth:`check` warns that it has no log. It is upgraded by
+:meth:`Registry.migrate` (``medsign keys migrate``), which builds the log from the rows' own signed records
+and revocations (each verified first) and, given the issuer key, signs a first checkpoint; or implicitly by the
+first :meth:`issue`/:meth:`revoke`, whose checkpoint then covers the migrated entries too.
 """
 
 from __future__ import annotations
@@ -40,8 +54,19 @@ from medsign_forensics.config import DEFAULT_KEY_BITS
 from medsign_forensics.errors import InputError, RegistryError
 from medsign_forensics.provenance.canonical import from_base64, parse_canonical, to_base64
 from medsign_forensics.provenance.keys import IssuerKey, Signer, key_id_of, load_public_key_pem, public_key_pem
+from medsign_forensics.provenance.log import (
+    GENESIS_HASH,
+    CheckpointPin,
+    EntryKind,
+    LogEntry,
+    LogState,
+    StoredCheckpoint,
+    audit,
+    entry_hash,
+)
 from medsign_forensics.provenance.policy import Policy
 from medsign_forensics.provenance.records import (
+    Checkpoint,
     ModelInfo,
     ProvenanceRecord,
     Revocation,
@@ -57,7 +82,8 @@ from medsign_forensics.provenance.records import (
 from medsign_forensics.watermark.bits import bits_to_hex, check_length, random_key
 
 REGISTRY_FILE = "registry.sqlite"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+LOG_SCHEMA_VERSION = 2  # the first version with the append-only log
 BUSY_TIMEOUT_S = 30.0
 WRITE_ATTEMPTS = 8
 MAX_KEY_DRAWS = 10_000
@@ -84,6 +110,28 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
             created_at TEXT NOT NULL
         ) STRICT""",
         "CREATE INDEX keys_by_bits ON keys(bits)",
+    ),
+    2: (
+        """CREATE TABLE log (
+            idx INTEGER PRIMARY KEY CHECK (idx >= 0),
+            kind TEXT NOT NULL CHECK (kind IN ('issue', 'revoke')),
+            provenance_id TEXT NOT NULL,
+            document TEXT NOT NULL,
+            signature TEXT NOT NULL,
+            prev_hash TEXT NOT NULL CHECK (length(prev_hash) = 64),
+            entry_hash TEXT NOT NULL UNIQUE CHECK (length(entry_hash) = 64)
+        ) STRICT""",
+        """CREATE TABLE checkpoints (
+            id INTEGER PRIMARY KEY,
+            log_size INTEGER NOT NULL CHECK (log_size >= 0),
+            head_hash TEXT NOT NULL CHECK (length(head_hash) = 64),
+            key_id TEXT NOT NULL,
+            document TEXT NOT NULL,
+            signature TEXT NOT NULL
+        ) STRICT""",
+        *(f"""CREATE TRIGGER {table}_append_only_{action.lower()} BEFORE {action} ON {table}
+              BEGIN SELECT RAISE(ABORT, 'the registry {table} table is append-only'); END"""
+          for table in ("log", "checkpoints") for action in ("UPDATE", "DELETE")),
     ),
 }
 
@@ -195,6 +243,11 @@ class CheckReport:
     issuer_problems: tuple[str, ...]
     rows: tuple[RowCheck, ...]
     issuers_checked: int = field(default=0)
+    log_problems: tuple[str, ...] = field(default=())
+    warnings: tuple[str, ...] = field(default=())
+    log: LogState | None = field(default=None)  # None: a schema-1 registry without a log
+    schema_version: int = field(default=SCHEMA_VERSION)
+    anchor_problem: str | None = field(default=None)  # no tampering seen, but nothing signed/pinned vouches for it
 
     @property
     def failed_rows(self) -> tuple[RowCheck, ...]:
@@ -202,18 +255,65 @@ class CheckReport:
 
     @property
     def ok(self) -> bool:
-        return not self.issuer_problems and not self.failed_rows
+        return (not self.issuer_problems and not self.log_problems and not self.failed_rows
+                and self.anchor_problem is None)
+
+    @property
+    def tampered(self) -> bool:
+        """Evidence of tampering (as opposed to a merely unanchored, i.e. unverifiable, history)."""
+        return bool(self.issuer_problems or self.log_problems or self.failed_rows)
+
+    @property
+    def anchored(self) -> bool:
+        """A valid signed checkpoint covers the whole log, or the auditor's pin was satisfied."""
+        return self.log is not None and self.log.anchored
+
+    @property
+    def reason(self) -> str | None:
+        """The first (most specific) problem on one line; None when clean."""
+        if self.issuer_problems:
+            return self.issuer_problems[0]
+        if self.log_problems:
+            return self.log_problems[0]
+        for row in self.failed_rows:
+            return f"row {row.provenance_id}: {row.problems[0]}"
+        return self.anchor_problem
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "registry": str(self.folder),
             "ok": self.ok,
+            "reason": self.reason,
+            "schema_version": self.schema_version,
+            "anchored": self.anchored,
+            "tampered": self.tampered,
+            "anchor_problem": self.anchor_problem,
             "issuers_checked": self.issuers_checked,
             "rows_checked": len(self.rows),
             "issuer_problems": list(self.issuer_problems),
+            "log": None if self.log is None else self.log.to_dict(),
+            "log_problems": list(self.log_problems),
+            "warnings": list(self.warnings),
             "failed_rows": [{"provenance_id": row.provenance_id, "problems": list(row.problems)}
                             for row in self.failed_rows],
         }
+
+
+@dataclass(frozen=True)
+class MigrationResult:
+    """What :meth:`Registry.migrate` did."""
+
+    folder: Path
+    from_version: int
+    log_size: int
+    head_hash: str
+    checkpoint: SignedDocument | None  # the checkpoint signed now, if an issuer key was given
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"registry": str(self.folder), "from_version": self.from_version, "schema_version": SCHEMA_VERSION,
+                "log_size": self.log_size, "head_hash": self.head_hash,
+                "checkpoint_signed": self.checkpoint is not None,
+                "checkpoint": None if self.checkpoint is None else self.checkpoint.text}
 
 
 class Registry:
@@ -278,7 +378,7 @@ class Registry:
         if version > SCHEMA_VERSION:
             raise RegistryError(f"the registry has schema version {version}, newer than this software's "
                                 f"{SCHEMA_VERSION}; upgrade medsign-forensics", path=path)
-        if version < SCHEMA_VERSION:
+        if version == 0:  # a new, empty file: create the current schema (a version-1 file waits for migrate)
             self._write(self._migrate)
 
     def _migrate(self, db: sqlite3.Connection) -> None:
@@ -287,7 +387,35 @@ class Registry:
         for target in range(version + 1, SCHEMA_VERSION + 1):
             for statement in MIGRATIONS[target]:
                 db.execute(statement)
+            if target == LOG_SCHEMA_VERSION and version > 0:
+                self._build_log(db)
             db.execute(f"PRAGMA user_version = {target}")
+
+    def _build_log(self, db: sqlite3.Connection) -> None:
+        """Append every existing row's signed record and revocation to the (new, empty) log, oldest first.
+
+        Each row is verified first: migrating must not launder a tampered row into the log. An un-revocation
+        done before the migration cannot be seen (the v1 file kept no history): the log starts from what the
+        rows hold now.
+        """
+        issuers = [Issuer(*row) for row in db.execute("SELECT key_id, name, public_key_pem, added_at FROM issuers")]
+        keys, _ = _usable_issuer_keys(issuers, None)
+        events: list[tuple[tuple[str, int, int], EntryKind, str, SignedDocument]] = []
+        rows = db.execute(f"SELECT rowid, {self._COLUMNS} FROM keys")
+        for rowid, *columns in rows:
+            entry = _entry(columns)
+            problems, record, revocation = _row_problems(entry, keys)
+            if problems:
+                raise RegistryError(f"cannot build the log: row {entry.provenance_id} fails its check "
+                                    f"({problems[0][1]}); run `medsign keys check`, repair or restore the registry "
+                                    "first", path=self.folder)
+            assert record is not None
+            events.append(((record.created_at, 0, rowid), EntryKind.ISSUE, entry.provenance_id, entry.signed_record))
+            if revocation is not None and entry.signed_revocation is not None:
+                when = max(revocation.revoked_at, record.created_at)
+                events.append(((when, 1, rowid), EntryKind.REVOKE, entry.provenance_id, entry.signed_revocation))
+        for _, kind, provenance_id, signed in sorted(events, key=lambda event: event[0]):
+            self._append_entry(db, kind, provenance_id, signed)
 
     @property
     def schema_version(self) -> int:
@@ -363,6 +491,7 @@ class Registry:
         rng = rng if rng is not None else np.random.default_rng(secrets.randbits(128))
 
         def body(db: sqlite3.Connection) -> RegistryEntry:
+            self._migrate(db)  # a version-1 file gets its log first, in this same transaction
             self._add_issuer(db, issuer.public_key, issuer.name)
             existing = _hex_matrix([row[0] for row in db.execute("SELECT key_hex FROM keys WHERE bits = ?",
                                                                  (bits,))], bits)
@@ -383,6 +512,8 @@ class Registry:
                 (provenance_id, record.watermark.key_hex, bits, issuer.key_id, signed.text,
                  to_base64(signed.signature), KeyStatus.ACTIVE.value, record.created_at),
             )
+            self._append_entry(db, EntryKind.ISSUE, provenance_id, signed)
+            self._write_checkpoint(db, issuer)
             return RegistryEntry(provenance_id=provenance_id, key_hex=record.watermark.key_hex, bits=bits,
                                  issuer_key_id=issuer.key_id, status=KeyStatus.ACTIVE, signed_record=signed,
                                  signed_revocation=None, created_at=record.created_at)
@@ -393,6 +524,7 @@ class Registry:
         """Mark a deployment revoked with a revocation signed by the issuer that signed its record."""
 
         def body(db: sqlite3.Connection) -> RegistryEntry:
+            self._migrate(db)
             entry = self._get(db, identifier)
             if entry.status is KeyStatus.REVOKED:
                 raise RegistryError(f"{entry.provenance_id} is already revoked", path=self.folder)
@@ -405,9 +537,114 @@ class Registry:
             db.execute("UPDATE keys SET status = ?, revocation = ?, revocation_signature = ? "
                        "WHERE provenance_id = ?",
                        (KeyStatus.REVOKED.value, signed.text, to_base64(signed.signature), entry.provenance_id))
+            self._append_entry(db, EntryKind.REVOKE, entry.provenance_id, signed)
+            self._write_checkpoint(db, issuer)
             return self._get(db, entry.provenance_id)
 
         return self._write(body)
+
+    # -- the append-only log -----------------------------------------------------------------------------
+
+    @property
+    def has_log(self) -> bool:
+        return self.schema_version >= LOG_SCHEMA_VERSION
+
+    @staticmethod
+    def _append_entry(db: sqlite3.Connection, kind: EntryKind, provenance_id: str, signed: SignedDocument) -> str:
+        last = db.execute("SELECT idx, entry_hash FROM log ORDER BY idx DESC LIMIT 1").fetchone()
+        index, prev_hash = (0, GENESIS_HASH) if last is None else (int(last[0]) + 1, last[1])
+        signature = to_base64(signed.signature)
+        digest = entry_hash(index, prev_hash, signed.text, signature)
+        db.execute("INSERT INTO log (idx, kind, provenance_id, document, signature, prev_hash, entry_hash) "
+                   "VALUES (?, ?, ?, ?, ?, ?, ?)", (index, kind.value, provenance_id, signed.text, signature,
+                                                    prev_hash, digest))
+        return digest
+
+    @staticmethod
+    def _head(db: sqlite3.Connection) -> tuple[int, str]:
+        last = db.execute("SELECT idx, entry_hash FROM log ORDER BY idx DESC LIMIT 1").fetchone()
+        return (0, GENESIS_HASH) if last is None else (int(last[0]) + 1, last[1])
+
+    def _write_checkpoint(self, db: sqlite3.Connection, issuer: Signer) -> SignedDocument:
+        size, head = self._head(db)
+        signed = sign(Checkpoint(log_size=size, head_hash=head, key_id=issuer.key_id, created_at=utc_now()), issuer)
+        db.execute("INSERT INTO checkpoints (log_size, head_hash, key_id, document, signature) VALUES (?, ?, ?, ?, ?)",
+                   (size, head, issuer.key_id, signed.text, to_base64(signed.signature)))
+        return signed
+
+    def _require_issuer(self, db: sqlite3.Connection, issuer: Signer) -> None:
+        if db.execute("SELECT 1 FROM issuers WHERE key_id = ?", (issuer.key_id,)).fetchone() is None:
+            raise RegistryError(f"key {issuer.key_id[:16]}... is not an issuer key of this registry; sign its "
+                                "checkpoints with a key that issued its records", path=self.folder)
+
+    def migrate(self, issuer: Signer | None = None) -> MigrationResult:
+        """Bring the registry to the current schema, building the log from the existing signed rows.
+
+        With ``issuer`` (a key already registered here) a checkpoint over the head is signed in the same
+        transaction, unless one already covers it. Without it the log exists but nothing signed vouches for its
+        head; :meth:`check` says so. Safe to run twice.
+        """
+
+        def body(db: sqlite3.Connection) -> MigrationResult:
+            before = int(db.execute("PRAGMA user_version").fetchone()[0])
+            self._migrate(db)
+            signed = None
+            if issuer is not None:
+                self._require_issuer(db, issuer)
+                size, head = self._head(db)
+                covered = db.execute("SELECT 1 FROM checkpoints WHERE log_size = ? AND head_hash = ? AND key_id = ?",
+                                     (size, head, issuer.key_id)).fetchone()
+                if covered is None:
+                    signed = self._write_checkpoint(db, issuer)
+            size, head = self._head(db)
+            return MigrationResult(folder=self.folder, from_version=before, log_size=size, head_hash=head,
+                                   checkpoint=signed)
+
+        return self._write(body)
+
+    def sign_checkpoint(self, issuer: Signer) -> SignedDocument:
+        """Sign and store a checkpoint over the current head (e.g. after a migration without the issuer key)."""
+
+        def body(db: sqlite3.Connection) -> SignedDocument:
+            if int(db.execute("PRAGMA user_version").fetchone()[0]) < LOG_SCHEMA_VERSION:
+                raise RegistryError("this registry has schema version 1 and no log yet; run `medsign keys migrate "
+                                    "--registry DIR --issuer-key KEY` first", path=self.folder)
+            self._require_issuer(db, issuer)
+            return self._write_checkpoint(db, issuer)
+
+        return self._write(body)
+
+    def log_entries(self) -> list[LogEntry]:
+        """The log, oldest first (empty for a schema-1 registry)."""
+        if not self.has_log:
+            return []
+        rows = self._db.execute("SELECT idx, kind, provenance_id, document, signature, prev_hash, entry_hash "
+                                "FROM log ORDER BY idx")
+        return [LogEntry(*row) for row in rows]
+
+    def checkpoints(self) -> list[StoredCheckpoint]:
+        """Every stored checkpoint, oldest first."""
+        if not self.has_log:
+            return []
+        rows = self._db.execute("SELECT id, log_size, head_hash, key_id, document, signature FROM checkpoints "
+                                "ORDER BY id")
+        return [StoredCheckpoint(*row) for row in rows]
+
+    def head(self) -> tuple[int, str]:
+        """(log size, head hash) as stored; :meth:`check` proves they are right."""
+        if not self.has_log:
+            raise RegistryError("this registry has schema version 1 and no log; run `medsign keys migrate`",
+                                path=self.folder)
+        return self._head(self._db)
+
+    def latest_checkpoint(self) -> SignedDocument | None:
+        """The stored checkpoint covering the most entries (the newest among equals), or None."""
+        if not self.has_log:
+            return None
+        row = self._db.execute("SELECT document, signature FROM checkpoints ORDER BY log_size DESC, id DESC "
+                               "LIMIT 1").fetchone()
+        return None if row is None else SignedDocument(payload=_stored_bytes(row[0]),
+                                                       signature=_signature_bytes(row[1]))
 
     # -- reading -----------------------------------------------------------------------------------------
 
@@ -457,13 +694,41 @@ class Registry:
         assert record is not None
         return VerifiedEntry(entry=entry, record=record, revocation=revocation)
 
-    def check(self, trusted: Mapping[str, Ed25519PublicKey] | None = None) -> CheckReport:
-        """Verify every issuer key id and every row's signatures; report, do not raise, what fails."""
+    def check(self, trusted: Mapping[str, Ed25519PublicKey] | None = None, *,
+              pin: CheckpointPin | None = None, require_anchor: bool = True) -> CheckReport:
+        """Verify every issuer key id, every row's signatures, the whole log chain, that the keys view equals
+        the log, the checkpoints' signatures and (optionally) an auditor's pinned checkpoint. Report, do not
+        raise, what fails; :attr:`CheckReport.reason` is the first problem on one line.
+
+        A history nothing vouches for — a schema-1 registry without a log, or a non-empty log without a valid
+        signed checkpoint and without a pin — fails too (an attacker can reach that state by deleting the log or
+        the checkpoints), unless ``require_anchor=False``, which turns it into a warning.
+        """
         issuers = self.issuers()
         keys, issuer_problems = _usable_issuer_keys(issuers, trusted)
-        rows = tuple(_row_check(entry, keys) for entry in self.entries())
+        entries = self.entries()
+        rows = tuple(_row_check(entry, keys) for entry in entries)
+        version = self.schema_version
+        if version < LOG_SCHEMA_VERSION:
+            anchor = ("schema version 1: this registry has no append-only log, so an un-revoked or deleted row "
+                      "cannot be detected; run `medsign keys migrate --registry DIR [--issuer-key KEY]`")
+            log_problems: tuple[str, ...] = ()
+            if pin is not None:
+                log_problems = ("a checkpoint was pinned but this registry has no log (schema version 1): it was "
+                                "replaced by an older copy, or never migrated",)
+            return CheckReport(folder=self.folder, issuer_problems=tuple(issuer_problems), rows=rows,
+                               issuers_checked=len(issuers), log_problems=log_problems,
+                               warnings=() if require_anchor else (anchor,), log=None, schema_version=version,
+                               anchor_problem=anchor if require_anchor else None)
+        result = audit(self.log_entries(), self.checkpoints(), entries, keys,
+                       registry_key_ids=[issuer.key_id for issuer in issuers],
+                       trusted_ids=None if trusted is None else list(trusted), pin=pin)
+        anchor_problem = result.anchor_problem
+        warnings = () if anchor_problem is None or require_anchor else (anchor_problem,)
         return CheckReport(folder=self.folder, issuer_problems=tuple(issuer_problems), rows=rows,
-                           issuers_checked=len(issuers))
+                           issuers_checked=len(issuers), log_problems=tuple(result.problems), warnings=warnings,
+                           log=result.state, schema_version=version,
+                           anchor_problem=anchor_problem if require_anchor else None)
 
     def check_entry(self, entry: RegistryEntry,
                     trusted: Mapping[str, Ed25519PublicKey] | None = None) -> RowCheck:

@@ -149,3 +149,72 @@ def test_weights_file_is_hashed_and_options_are_exclusive(tmp_path: Path, setup:
                    "--model-name", "m", "--model-version", "1", "--weights", str(weights), "--weights-sha256",
                    "ab" * 32)
     assert both.exit_code == 2 and "exactly one of" in both.stderr
+
+
+def _unrevoke(registry: Path, provenance_id: str) -> None:
+    with sqlite3.connect(registry / "registry.sqlite") as db:
+        db.execute("UPDATE keys SET status='active', revocation=NULL, revocation_signature=NULL "
+                   "WHERE provenance_id = ?", (provenance_id,))
+
+
+def test_check_reports_unrevocation_on_one_line_even_with_trust(tmp_path: Path, setup: tuple[Path, Path]) -> None:
+    key, registry = setup
+    issued = _issue(key, registry)
+    _json(_invoke("revoke", issued["provenance_id"], "--registry", str(registry), "--issuer-key", str(key),
+                  "--reason", "leak", "--json"))
+    own = tmp_path / "own.pem"
+    assert _invoke("export-public", "--issuer-key", str(key), "--out", str(own)).exit_code == 0
+    assert _invoke("check", "--registry", str(registry), "--trust", str(own)).exit_code == 0
+    _unrevoke(registry, issued["provenance_id"])
+    result = _invoke("check", "--registry", str(registry), "--trust", str(own))
+    assert result.exit_code == 1
+    (line,) = [line for line in result.stdout.splitlines() if line.startswith("TAMPERED:")]
+    assert "it was un-revoked" in line and issued["provenance_id"] in line
+    report = json.loads(_invoke("check", "--registry", str(registry), "--json").stdout)
+    assert report["ok"] is False and "un-revoked" in report["reason"]
+
+
+def test_checkpoint_file_pins_history(tmp_path: Path, setup: tuple[Path, Path]) -> None:
+    key, registry = setup
+    _issue(key, registry, "site-a")
+    pin = tmp_path / "pin.json"
+    exported = _json(_invoke("checkpoint", "--registry", str(registry), "--out", str(pin), "--json"))
+    assert exported["log_size"] == 1 and exported["checkpoint"]["head_hash"] == exported["head_hash"]
+    assert "PRIVATE" not in pin.read_text()
+    old = tmp_path / "old.sqlite"
+    old.write_bytes((registry / "registry.sqlite").read_bytes())
+    _issue(key, registry, "site-b")
+    newer = tmp_path / "newer.json"
+    _json(_invoke("checkpoint", "--registry", str(registry), "--out", str(newer), "--json"))
+    assert _invoke("check", "--registry", str(registry), "--checkpoint-file", str(pin)).exit_code == 0
+    assert _invoke("check", "--registry", str(registry), "--checkpoint", exported["head_hash"]).exit_code == 0
+    (registry / "registry.sqlite").write_bytes(old.read_bytes())  # roll back to the older copy
+    result = _invoke("check", "--registry", str(registry), "--checkpoint-file", str(newer))
+    assert result.exit_code == 1 and "TAMPERED: rolled back: the log has 1 entries, fewer than the 2" in result.stdout
+    both = _invoke("check", "--registry", str(registry), "--checkpoint", "ab" * 32, "--checkpoint-file", str(pin))
+    assert both.exit_code == 2
+
+
+def test_migrate_and_sign_a_checkpoint(tmp_path: Path, setup: tuple[Path, Path]) -> None:
+    key, registry = setup
+    _issue(key, registry)
+    with sqlite3.connect(registry / "registry.sqlite") as db:  # make it a schema-1 file again
+        for table in ("log", "checkpoints"):
+            for action in ("update", "delete"):
+                db.execute(f"DROP TRIGGER {table}_append_only_{action}")
+            db.execute(f"DROP TABLE {table}")
+        db.execute("PRAGMA user_version = 1")
+    v1 = _invoke("check", "--registry", str(registry))
+    assert v1.exit_code == 1 and "UNANCHORED: schema version 1" in v1.stdout
+    assert _invoke("check", "--registry", str(registry), "--allow-unanchored").exit_code == 0
+    migrated = _json(_invoke("migrate", "--registry", str(registry), "--json"))
+    assert migrated["from_version"] == 1 and migrated["log_size"] == 1 and migrated["checkpoint_signed"] is False
+    unanchored = _invoke("check", "--registry", str(registry))
+    assert unanchored.exit_code == 1 and "UNANCHORED: no signed checkpoint" in unanchored.stdout
+    no_file = _invoke("checkpoint", "--registry", str(registry), "--out", str(tmp_path / "x.json"))
+    assert no_file.exit_code == 2 and "no signed checkpoint" in no_file.stderr
+    pinned = _invoke("check", "--registry", str(registry), "--checkpoint", f"1:{migrated['head_hash']}")
+    assert pinned.exit_code == 0
+    signed = _json(_invoke("checkpoint", "--registry", str(registry), "--issuer-key", str(key), "--json"))
+    assert signed["signed_now"] is True
+    assert _invoke("check", "--registry", str(registry)).exit_code == 0
