@@ -50,6 +50,11 @@ class ImageReadError(InputError):
     """A suspect image file cannot be read safely."""
 
 
+class ClusterError(InputError):
+    """The Dask cluster cannot be used: dask is not installed, the scheduler cannot be reached or went away,
+    or the workers cannot run the toolkit. Exit code 2, as for a PACS that cannot be used."""
+
+
 class DatasetError(MedsignError):
     """A dataset or report corpus is unknown, missing or corrupt."""
 
