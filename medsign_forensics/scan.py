@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from medsign_forensics.errors import InputError, MedsignError
-from medsign_forensics.fileio import write_text
+from medsign_forensics.fileio import write_bytes
 from medsign_forensics.pacs import InstanceRef, PacsClient, PacsConfig
 from medsign_forensics.verify import Scaling, Verdict, VerdictKind, Verifier
 
@@ -210,6 +210,9 @@ def _scan(source: str, tasks: list[Task], *, settings: VerifierSettings, pacs: P
         raise InputError(f"--workers {workers} is for the local engine; give the engine its own workers instead")
     if resume and jsonl is None:
         raise InputError("--resume needs the --jsonl report of the earlier run")
+    for output in (jsonl, csv_path):  # before any work: a scan must not end in an unwritable report
+        if output is not None:
+            _check_writable(output)
     if jsonl is not None and jsonl.exists() and not resume:
         raise InputError("this JSONL report already exists; pass --resume to continue it, or choose another file",
                          path=jsonl)
@@ -224,7 +227,8 @@ def _scan(source: str, tasks: list[Task], *, settings: VerifierSettings, pacs: P
         on_total(len(todo))
     records = dict(kept)
     start = time.perf_counter()
-    sink = open(jsonl, "a", encoding="utf-8") if jsonl is not None else None  # noqa: SIM115 (closed below)
+    # surrogateescape: a file name that is not valid UTF-8 is written back as its original bytes (lossless)
+    sink = open(jsonl, "a", encoding="utf-8", errors="surrogateescape") if jsonl is not None else None  # noqa: SIM115
     results: Iterator[dict[str, Any]] = iter(())
     try:
         if jsonl is not None and jsonl.exists() and jsonl.stat().st_size and not _ends_with_newline(jsonl):
@@ -409,7 +413,12 @@ def read_jsonl(path: Path) -> dict[str, dict[str, Any]]:
 
 
 def write_csv(path: Path, records: Iterable[dict[str, Any]]) -> None:
-    """One row per record with the columns of :data:`CSV_FIELDS` (written atomically)."""
+    """One row per record with the columns of :data:`CSV_FIELDS` (written atomically).
+
+    Text cells that a spreadsheet would run as a formula (starting with =, +, -, @, tab or carriage return:
+    OWASP's CSV-injection rule) get a leading apostrophe; numbers are written as numbers. File names that are
+    not valid UTF-8 keep their original bytes (surrogate escapes), as in the JSONL report.
+    """
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=CSV_FIELDS, extrasaction="ignore", lineterminator="\n")
     writer.writeheader()
@@ -417,8 +426,30 @@ def write_csv(path: Path, records: Iterable[dict[str, Any]]) -> None:
         row = dict(record)
         row["failed_checks"] = ";".join(c["name"] for c in record.get("checks", []) if c.get("status") == "fail")
         row["notes"] = "; ".join(record.get("notes", []))
-        writer.writerow({name: "" if row.get(name) is None else row.get(name) for name in CSV_FIELDS})
-    write_text(path, buffer.getvalue())
+        writer.writerow({name: _cell(row.get(name)) for name in CSV_FIELDS})
+    write_bytes(path, buffer.getvalue().encode("utf-8", errors="surrogateescape"))
+
+
+def _cell(value: Any) -> Any:
+    if value is None:
+        return ""
+    if isinstance(value, str) and value.startswith(("=", "+", "-", "@", "\t", "\r")):
+        return "'" + value
+    return value
+
+
+def _check_writable(path: Path) -> None:
+    """Create the report's folder, and prove it writable, before the scan starts (InputError otherwise)."""
+    folder = path.parent
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".medsign-write-test-"):
+            pass
+    except OSError as error:
+        raise InputError(f"the report cannot be written there ({error.strerror or error}); choose another "
+                         "folder", path=path) from None
+    if path.is_dir():
+        raise InputError("is a folder; give a file name for the report", path=path)
 
 
 def _already_done(task: Task, record: dict[str, Any] | None) -> bool:

@@ -233,3 +233,40 @@ def test_multipart_parsing():
     assert multipart_parts(body, "multipart/related; boundary=b1") == [b"ONE", b"TWO"]
     with pytest.raises(ImageReadError, match="multipart"):
         multipart_parts(b"x", "application/dicom")
+
+
+def test_reports_keep_odd_file_names_and_defuse_formulas(tmp_path, world, monkeypatch):
+    import os
+
+    folder = tmp_path / "odd"
+    save_png(folder / "=HYPERLINK(1).png", sample_image(40))
+    save_png(folder / "-1+2.png", sample_image(41))
+    raw = b"caf\xe9.png"  # Latin-1 bytes: not a valid UTF-8 file name
+    with open(os.fsencode(folder) + b"/" + raw, "wb") as handle:
+        handle.write((folder / "-1+2.png").read_bytes())
+    monkeypatch.chdir(folder)  # `medsign scan .`: the reported names start with the file names themselves
+    jsonl, out = tmp_path / "new" / "deeper" / "scan.jsonl", tmp_path / "new" / "scan.csv"  # folders do not exist
+    summary = scan_folder(Path("."), settings=settings(world), jsonl=jsonl, csv_path=out)
+    assert summary.total == 3 and summary.counts.get("error", 0) == 0
+    with open(out, encoding="utf-8", errors="surrogateescape", newline="") as handle:
+        names = [row["file"] for row in csv.DictReader(handle)]
+    assert sorted(names) == ["'-1+2.png", "'=HYPERLINK(1).png", "caf\udce9.png"]
+    assert os.fsencode(names[2]) == raw  # the original bytes, losslessly
+    assert set(read_jsonl(jsonl)) == {"=HYPERLINK(1).png", "-1+2.png", "caf\udce9.png"}
+
+
+def test_unwritable_report_is_refused_before_the_scan(tmp_path, world, archive):
+    import os
+
+    with pytest.raises(InputError, match="is a folder"):
+        scan_folder(archive, settings=settings(world), csv_path=tmp_path)
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    try:
+        if os.access(locked, os.W_OK):
+            pytest.skip("running as a user who can write anywhere (root)")
+        with pytest.raises(InputError, match="cannot be written"):
+            scan_folder(archive, settings=settings(world), csv_path=locked / "scan.csv")
+    finally:
+        locked.chmod(0o700)
