@@ -4,17 +4,21 @@ Why this and not a learned (HiDDeN) extractor: on this project's 2-core CPU a le
 0.81 bit accuracy after 20,000 steps (BENCHMARKS.md). This one needs no training; every number that defines it
 is in :class:`SpectralConfig`, and its behaviour was chosen by measurement (``benchmarks/spectral_extractor.py``).
 
-The mark is a 64 x 64 tile repeated over the image: a sum of cosines at lattice frequencies (ky, kx) / 64
-cycles per pixel, inside an annulus that JPEG keeps and where a radiograph's own spectrum is weak.
+The mark is 64-pixel periodic: a sum of cosines at lattice frequencies (ky, kx) / 64 cycles per pixel, inside
+an annulus that JPEG keeps and where a radiograph's own spectrum is weak. Each cosine takes the phase of the
+image's own component at its frequency (:func:`informed_residual`), so the image adds to the mark.
 
 * **Data bins.** Mirror pairs (ky, kx) <-> (ky, -kx), ky, kx >= 1. Each bit owns ``pairs_per_bit`` pairs; its set
   A takes one member of each pair (half on the kx > 0 side, half on kx < 0, which cancels a global left/right
   anisotropy) and its set B the mirrors. A one puts energy in A, a zero in B, so half the bins carry energy
   whatever the key. The bit is read as ``mean log-power over A > mean over B``: equal-radius bins, so the
-  spectral slope of an unmarked image favours neither side and the bits are fair coins without whitening.
+  spectral slope of an unmarked image favours neither side (fairness is measured, and verify's null is
+  calibrated on it: :mod:`medsign_forensics.watermark.calibration`).
 * **Pilot.** A few fixed lattice frequencies, placed so that no 90-degree rotation maps the set onto itself,
   carry ``pilot_share`` of the energy. The reader finds them by a rotation x scale grid search over the
   whitened log-power spectrum; the best pilot score is also the *presence* statistic.
+* **Read.** Bits compare the log-power minus its ``read_box`` local mean, which removes the broad, consistent
+  anisotropy of one image family's anatomy (see :meth:`SpectralExtractor.logits_at`).
 * **Amplitude.** The residual is shaped by the brightness-aware mask :func:`amplitude_mask` (more amplitude
   where a x2 brightening does not clip, little in near-black pixels where a negative residual would clip).
 
