@@ -83,21 +83,13 @@ def working(path: Path) -> np.ndarray:
 
 
 def generated(folder: Path | None) -> list[np.ndarray] | None:
-    """The original decoder's images of HELD-OUT reports from a medsign-decoder-cache folder (training-split
-    items, which the null calibration saw, are left out)."""
-    from medsign_forensics.reports import load_reports, split_reports
-    from medsign_forensics.watermark.train_decoder import SPLIT_SEED, TEST_FRACTION
+    """The original decoder's images of HELD-OUT reports from a decoder cache folder (the training-split items,
+    which the null calibration saw, are left out)."""
+    from medsign_forensics.watermark.train_decoder import cached_originals
 
     if folder is None or not (folder / "cache.json").is_file():
         return None
-    held_out = {r.report_id for r in split_reports(load_reports("open-i"), test_fraction=TEST_FRACTION,
-                                                   seed=SPLIT_SEED)[1]}
-    images = []
-    for shard in json.loads((folder / "cache.json").read_text())["shards"]:
-        with np.load(folder / shard["file"]) as data:
-            images += [img[0].astype(np.float32) for img, item in zip(data["image"], shard["items"])
-                       if item["report_id"] in held_out]
-    return images
+    return [image[0] for _, image in cached_originals(folder, held_out=True)]
 
 
 def truth(attack: Attack) -> tuple[float, float]:

@@ -23,7 +23,6 @@ Attacker classes and attacks:
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import tempfile
 import time
@@ -74,17 +73,10 @@ def notch(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
 
 def genuine_images(cache: Path, count: int) -> list[np.ndarray]:
     from medsign_forensics.generate import DEFAULT_DEPLOYMENT_DIR
-    from medsign_forensics.reports import load_reports, split_reports
     from medsign_forensics.watermark.deployment import load_deployment
-    from medsign_forensics.watermark.train_decoder import SPLIT_SEED, TEST_FRACTION
+    from medsign_forensics.watermark.train_decoder import cached_originals
 
-    held_out = {r.report_id for r in split_reports(load_reports("open-i"), test_fraction=TEST_FRACTION,
-                                                   seed=SPLIT_SEED)[1]}
-    originals = []
-    for shard in json.loads((cache / "cache.json").read_text())["shards"]:
-        with np.load(cache / shard["file"]) as data:
-            originals += [x[0].astype(np.float32) for x, item in zip(data["image"], shard["items"])
-                          if item["report_id"] in held_out]
+    originals = [image[0] for _, image in cached_originals(cache, held_out=True)]
     head = load_deployment(DEFAULT_DEPLOYMENT_DIR).head()
     with torch.no_grad():
         marked = head(torch.from_numpy(np.stack(originals[:count]))[:, None])[:, 0].numpy()

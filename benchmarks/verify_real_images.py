@@ -71,26 +71,15 @@ def write_phantoms(count: int, folder: Path) -> list[Path]:
 def write_generated(cache: Path, folder: Path) -> tuple[list[Path], int]:
     """The held-out items of a decoder latent cache as 8-bit PNGs in ``folder``; also how many were left out."""
     from medsign_forensics.fileio import save_png
-    from medsign_forensics.reports import load_reports, split_reports
-    from medsign_forensics.watermark.train_decoder import SPLIT_SEED, TEST_FRACTION
+    from medsign_forensics.watermark.train_decoder import cached_originals
 
-    held_out = {report.report_id for report in split_reports(
-        load_reports("open-i"), test_fraction=TEST_FRACTION, seed=SPLIT_SEED)[1]}
-    manifest = json.loads((cache / "cache.json").read_text(encoding="utf-8"))
     paths: list[Path] = []
-    skipped = 0
-    for shard in manifest["shards"]:
-        with np.load(cache / shard["file"], allow_pickle=False) as data:
-            images, report_ids, seeds = data["image"], data["report_id"], data["seed"]
-        for image, report_id, seed in zip(images, report_ids, seeds):
-            if str(report_id) not in held_out:
-                skipped += 1
-                continue
-            paths.append(folder / f"generated-{report_id}-{int(seed)}.png")
-            save_png(paths[-1], np.clip(image[0].astype(np.float32), 0.0, 1.0))
+    for item, image in cached_originals(cache, held_out=True):
+        paths.append(folder / f"generated-{item.report_id}-{item.seed}.png")
+        save_png(paths[-1], image[0])
     if not paths:
         raise SystemExit(f"no held-out items in the cache {cache}")
-    return paths, skipped
+    return paths, len(cached_originals(cache, held_out=False))
 
 
 def write_jpegs(paths: list[Path], folder: Path) -> tuple[list[Path], list[str]]:

@@ -17,7 +17,6 @@ bits most in ``benchmarks/spectral_extractor.py``):
 from __future__ import annotations
 
 import argparse
-import json
 import os
 from pathlib import Path
 
@@ -49,18 +48,9 @@ def phantoms(count: int) -> list[np.ndarray]:
 
 
 def generated(cache: Path) -> list[np.ndarray]:
-    from medsign_forensics.reports import load_reports, split_reports
-    from medsign_forensics.watermark.train_decoder import SPLIT_SEED, TEST_FRACTION
+    from medsign_forensics.watermark.train_decoder import cached_originals
 
-    held_out = {r.report_id for r in split_reports(load_reports("open-i"), test_fraction=TEST_FRACTION,
-                                                   seed=SPLIT_SEED)[1]}
-    manifest = json.loads((cache / "cache.json").read_text())
-    images: list[np.ndarray] = []
-    for shard in manifest["shards"]:
-        with np.load(cache / shard["file"]) as data:
-            images += [STORE.exact(x[0].astype(np.float32))
-                       for x, item in zip(data["image"], shard["items"]) if item["report_id"] not in held_out]
-    return images
+    return [STORE.exact(image[0]) for _, image in cached_originals(cache, held_out=False)]
 
 
 def main() -> None:

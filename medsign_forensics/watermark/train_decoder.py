@@ -461,6 +461,29 @@ class LatentCache:
         )
 
 
+def cached_originals(folder: str | Path, *, held_out: bool) -> list[tuple[CacheItem, np.ndarray]]:
+    """The original decoder's images I_o ((C, H, W) float32 in [0, 1]) stored in a cache folder, with their
+    items, for the reports of one side of the corpus split (:func:`split_items`, Open-i): benchmarks and the null
+    calibration must know which images a held-out measurement may use."""
+    from medsign_forensics.reports import load_reports, split_reports
+
+    folder = Path(folder)
+    split = {r.report_id for r in split_reports(load_reports(DEFAULT_REPORTS), test_fraction=TEST_FRACTION,
+                                                seed=SPLIT_SEED)[1]}
+    try:
+        manifest = json.loads((folder / CACHE_MANIFEST).read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as error:
+        raise DatasetError(f"not a readable decoder cache ({error})", path=folder) from None
+    out = []
+    for shard in manifest.get("shards", []):
+        with np.load(folder / shard["file"], allow_pickle=False) as data:
+            images = data["image"]
+        for entry, image in zip(shard["items"], images):
+            if (entry["report_id"] in split) == held_out:
+                out.append((CacheItem(**entry), np.clip(image.astype(np.float32), 0.0, 1.0)))
+    return out
+
+
 def _item_key(item: CacheItem) -> tuple[str, str, int]:
     return (item.report_id, item.text, int(item.seed))
 
@@ -933,6 +956,7 @@ __all__ = [
     "MapVariant",
     "StepRecord",
     "batch_indices",
+    "cached_originals",
     "item_seed",
     "measure_held_out",
     "lr_factor",
