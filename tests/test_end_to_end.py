@@ -105,3 +105,13 @@ def test_demo_generates_and_attributes_its_study(world, strong, tmp_path):
     assert all(row["verdict"] == "attributed" for row in verdicts.values()), verdicts
     assert {row["provenance_id"] for row in verdicts.values()} == {steps["generate"]["rows"][0]["provenance_id"]}
     assert np.all([(out / "registry").is_dir()])  # the given registry was copied, never modified
+
+
+def test_cached_originals_are_split_like_the_corpus(world, strong):
+    from medsign_forensics.watermark.train_decoder import cached_originals
+
+    training_side = cached_originals(world.root / "cache", held_out=False)  # ids outside Open-i's held-out 10 %
+    assert {item.report_id for item, _ in training_side} == {"train-0", "train-1", "test-0", "test-1", "test-2",
+                                                              "test-3"}
+    assert all(image.shape == (1, 256, 256) and 0 <= image.min() <= image.max() <= 1 for _, image in training_side)
+    assert cached_originals(world.root / "cache", held_out=True) == []
