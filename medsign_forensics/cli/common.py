@@ -35,10 +35,12 @@ def handle_errors(func: F) -> F:
 
 
 def passphrase_prompt(*, new: bool = False) -> str:
-    """MEDSIGN_PASSPHRASE if set, else a hidden prompt on stderr (so --json output stays clean).
+    """MEDSIGN_PASSPHRASE if set, else a hidden prompt on stderr (so --json output stays clean); a passphrase
+    piped on stdin is read too.
 
-    Without a terminal there is nobody to ask: a RegistryError (exit 5, "an issuer key cannot be used")
-    instead of click's bare "Aborted." with exit 1, which this tool reserves for "a check found a problem".
+    When stdin ends before a passphrase (no terminal, nothing piped): a RegistryError (exit 5, "an issuer key
+    cannot be used") instead of click's bare "Aborted." with exit 1, which this tool reserves for "a check
+    found a problem".
     """
     from medsign_forensics.errors import RegistryError
     from medsign_forensics.provenance.keys import passphrase_from_env
@@ -46,13 +48,11 @@ def passphrase_prompt(*, new: bool = False) -> str:
     value = passphrase_from_env()
     if value is not None:
         return value
-    if not sys.stdin.isatty():
-        raise RegistryError("the issuer key needs a passphrase and there is no terminal to ask for it; set "
-                            "MEDSIGN_PASSPHRASE")
     try:
         return str(typer.prompt("Issuer key passphrase", hide_input=True, confirmation_prompt=new, err=True))
     except typer.Abort:
-        raise RegistryError("no passphrase was entered for the issuer key") from None
+        raise RegistryError("the issuer key needs a passphrase and none came (no terminal, nothing on stdin); set "
+                            "MEDSIGN_PASSPHRASE") from None
 
 
 def print_json(data: Any) -> None:

@@ -14,9 +14,10 @@ from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
+from rich import box
 from rich.table import Table
 
-from medsign_forensics.cli.common import console, handle_errors, print_json
+from medsign_forensics.cli.common import console, handle_errors, passphrase_prompt, print_json
 from medsign_forensics.errors import InputError
 from medsign_forensics.fileio import sha256_file, write_atomic
 from medsign_forensics.provenance.keys import (
@@ -25,7 +26,6 @@ from medsign_forensics.provenance.keys import (
     key_id_of,
     load_issuer_key,
     load_public_key_file,
-    passphrase_from_env,
 )
 from medsign_forensics.provenance.policy import load_policy
 from medsign_forensics.provenance.log import CheckpointPin, checkpoint_file_bytes, load_checkpoint_file, parse_pin
@@ -46,16 +46,8 @@ IssuerKeyOption = Annotated[Path, typer.Option("--issuer-key", envvar="MEDSIGN_I
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON for machines instead of tables.")]
 
 
-def _passphrase(*, new: bool) -> str:
-    """MEDSIGN_PASSPHRASE if set, else a hidden prompt (on stderr, so --json output stays clean)."""
-    value = passphrase_from_env()
-    if value is not None:
-        return value
-    return typer.prompt("Issuer key passphrase", hide_input=True, confirmation_prompt=new, err=True)
-
-
 def _load_issuer(path: Path) -> IssuerKey:
-    return load_issuer_key(path, _passphrase(new=False))
+    return load_issuer_key(path, passphrase_prompt())
 
 
 @keys_app.command("init")
@@ -83,7 +75,7 @@ def init_command(
             raise InputError("--name is required with --issuer-key: the issuer name goes into every record")
         if issuer_key.exists():
             raise InputError("an issuer key already exists here; refusing to overwrite it", path=issuer_key)
-        key = create_issuer_key(issuer_key, _passphrase(new=True), name=name)
+        key = create_issuer_key(issuer_key, passphrase_prompt(new=True), name=name)
         result.update(issuer_key=str(issuer_key), key_id=key.key_id, name=key.name)
     if registry is not None:
         with Registry.open(registry, create=True) as opened:
@@ -157,14 +149,20 @@ def list_command(
     if json_output:
         print_json([_summary(entry) for entry in entries])
         return
-    table = Table(title=f"{len(entries)} deployment key(s) in {registry}")
-    for column in ("provenance ID", "key", "bits", "status", "deployment", "model", "created (UTC)"):
-        table.add_column(column, no_wrap=column in ("provenance ID", "key", "created (UTC)"))
+    narrow = console.width < 110  # an 80-column terminal: no bits column, dates without time, no outer box
+    table = Table(title=f"{len(entries)} deployment key(s) in {registry}", box=None if narrow else box.HEAVY_HEAD,
+                  padding=(0, 1))
+    columns = ("provenance ID", "key", "status", "deployment", "model", "created") if narrow else \
+        ("provenance ID", "key", "bits", "status", "deployment", "model", "created (UTC)")
+    for column in columns:
+        table.add_column(column, no_wrap=column in ("provenance ID", "key", "status", "created"))
     for entry in entries:
         row = _summary(entry)
         colour = "green" if entry.status is KeyStatus.ACTIVE else "red"
-        table.add_row(row["provenance_id"], row["key_hex"], str(row["bits"]), f"[{colour}]{row['status']}[/]",
-                      row["deployment"], row["model"], row["created_at"])
+        cells = {"provenance ID": row["provenance_id"], "key": row["key_hex"], "bits": str(row["bits"]),
+                 "status": f"[{colour}]{row['status']}[/]", "deployment": row["deployment"], "model": row["model"],
+                 "created": row["created_at"][:10], "created (UTC)": row["created_at"]}
+        table.add_row(*(cells[column] for column in columns))
     console.print(table)
 
 

@@ -188,6 +188,12 @@ def save_issuer_key(key: IssuerKey, path: str | Path, passphrase: str, *,
     ciphertext = AESGCM(aes_key).encrypt(nonce, secret, canonical_json(header))
     document = dict(header, ciphertext=to_base64(ciphertext))
     data = (json.dumps(document, indent=2, sort_keys=True) + "\n").encode("utf-8")
+    folder = Path(path).parent
+    if not folder.exists():  # e.g. `--issuer-key ~/medsign/issuer.key`: a private folder, made for the key
+        try:
+            folder.mkdir(mode=0o700, parents=True)
+        except OSError as error:
+            raise InputError(f"cannot create the key's folder: {error.strerror or error}", path=path) from None
     try:
         return write_atomic(path, data, mode=0o600, overwrite=False)
     except InputError as error:

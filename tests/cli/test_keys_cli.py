@@ -218,3 +218,14 @@ def test_migrate_and_sign_a_checkpoint(tmp_path: Path, setup: tuple[Path, Path])
     signed = _json(_invoke("checkpoint", "--registry", str(registry), "--issuer-key", str(key), "--json"))
     assert signed["signed_now"] is True
     assert _invoke("check", "--registry", str(registry)).exit_code == 0
+
+
+def test_list_is_readable_in_an_80_column_terminal():
+    from medsign_forensics.verify import DEFAULT_REGISTRY_DIR
+
+    result = runner.invoke(app, ["keys", "list", "--registry", str(DEFAULT_REGISTRY_DIR)],
+                           env={**ENV, "COLUMNS": "80"})
+    assert result.exit_code == 0, result.output
+    assert max(len(line) for line in result.output.splitlines()) <= 80
+    assert "…" not in result.output  # nothing that matters is cut
+    assert "msp-ti4ip3qo2neohdv5" in result.output and "b227cf7f82a2" in result.output and "revoked" in result.output

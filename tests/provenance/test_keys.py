@@ -122,3 +122,10 @@ def test_non_ed25519_public_key_is_refused() -> None:
         load_public_key_pem(pem)
     with pytest.raises(RegistryError, match="not a PEM public key"):
         load_public_key_pem("garbage")
+
+
+def test_a_missing_key_folder_is_created_private(tmp_path: Path) -> None:
+    target = tmp_path / "home" / "medsign" / "issuer.key"
+    create_issuer_key(target, PASSPHRASE, name="New Issuer", scrypt=FAST_SCRYPT)
+    assert load_issuer_key(target, PASSPHRASE).name == "New Issuer"
+    assert stat.S_IMODE(target.parent.stat().st_mode) == 0o700
