@@ -1,9 +1,11 @@
-"""Bad-input suite: write >= 200 malformed or awkward files and scan them; every file must get one clear line.
+"""Bad-input suite: write >= 250 malformed or awkward files and scan them; every file must get one clear line.
 
 Categories: zero-byte files, truncated files of every format, wrong extensions, huge declared dimensions
 (decompression bombs), DICOM without pixel data, odd and inconsistent bit depths, multi-frame images,
 pixel data of the wrong length, broken compressed DICOM, random bytes, valid magic numbers followed by
-garbage, text and other non-image formats, tiny images, dangling links. Some of these are legal but odd
+garbage, text and other non-image formats, tiny images, dangling links, compressed transfer syntaxes (RLE,
+JPEG 2000, deflate; intact and truncated), and file names that a report must keep and defuse (formula-like
+names, bytes that are not UTF-8). Some of these are legal but odd
 (a 12-bit DICOM, a multi-page TIFF, a DICOM named .png): those must be verified normally; the rest must be
 recorded as errors whose message is one line that names the file, with no traceback and no "internal error".
 
@@ -120,6 +122,21 @@ def _dicom(**overrides) -> bytes:
     ds.preamble = b"\0" * 128
     buffer = io.BytesIO()
     ds.save_as(buffer, enforce_file_format=False, implicit_vr=False, little_endian=True)
+    return buffer.getvalue()
+
+
+def _compressed(data: bytes, syntax: str) -> bytes:
+    """The same DICOM object re-encoded in another transfer syntax (pydicom's encoders: RLE, JPEG 2000 via
+    pylibjpeg-openjpeg, deflate)."""
+    import pydicom
+
+    ds = pydicom.dcmread(io.BytesIO(data))
+    if syntax == "1.2.840.10008.1.2.1.99":  # deflated explicit VR: the whole dataset is compressed on write
+        ds.file_meta.TransferSyntaxUID = syntax
+    else:
+        ds.compress(syntax)
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
     return buffer.getvalue()
 
 
@@ -261,6 +278,21 @@ def write_suite(folder: Path) -> list[BadInput]:
     for size in (1, 8, 31):
         add(f"tiny-{size}x{size}.png", _png_bytes(np.full((size, size), 128, np.uint8)), "tiny image")
     add("tiny-1x4000.png", _png_bytes(np.full((1, 4000), 128, np.uint8)), "tiny image")
+    # compressed transfer syntaxes a PACS stores (readable), and broken ones
+    for bits in (8, 12, 16):
+        for syntax, label in (("1.2.840.10008.1.2.5", "rle"), ("1.2.840.10008.1.2.4.90", "j2k")):
+            data = _compressed(_dicom_valid_sized(64, 64, bits), syntax)
+            add(f"compressed-{label}-{bits}bit.dcm", data, "compressed transfer syntax", readable=True)
+            add(f"compressed-{label}-{bits}bit-truncated.dcm", data[: len(data) - 40], "broken DICOM pixel data")
+    add("deflated-explicit-vr.dcm", _compressed(_dicom_valid_sized(64, 64, 8), "1.2.840.10008.1.2.1.99"),
+        "compressed transfer syntax", readable=True)
+    # file names a report must keep losslessly and defuse (formula injection, bytes that are not UTF-8)
+    for name in ("=HYPERLINK(1).png", "+1.png", "-1.png", "@SUM(1).png", "tab\tname.png"):
+        add(name, formats["png"], "odd file name", readable=True)
+    raw_name = os.fsencode(folder) + b"/latin1-caf\xe9.png"
+    with open(raw_name, "wb") as handle:
+        handle.write(formats["png"])
+    items.append(BadInput(Path(os.fsdecode(raw_name)), "odd file name", True))
     # links
     link = folder / "dangling-link.png"
     if not link.is_symlink():
@@ -340,7 +372,7 @@ def main() -> None:
     lines += ["", "## Every file", "", "| category | file | verdict | message |", "| --- | --- | --- | --- |"]
     lines += [f"| {c} | `{n}` | {v} | {m.replace('|', '/')} |" for c, n, v, m in rows]
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    args.out.write_text("\n".join(lines) + "\n", encoding="utf-8", errors="backslashreplace")
     print("\n".join(lines[:20 + len(by_category)]))
 
 

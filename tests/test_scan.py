@@ -112,7 +112,7 @@ def test_listing_is_recursive_and_sorted(archive):
 
 def test_bad_input_suite_is_reported_file_by_file(extractor_dir, tmp_path):
     suite = load_benchmark("bad_input_suite").write_suite(tmp_path / "suite")
-    assert len(suite) >= 200
+    assert len(suite) >= 250
     summary = scan_folder(tmp_path / "suite", settings=VerifierSettings(extractor=extractor_dir),
                           jsonl=tmp_path / "suite.jsonl")
     records = read_jsonl(tmp_path / "suite.jsonl")
@@ -126,7 +126,7 @@ def test_bad_input_suite_is_reported_file_by_file(extractor_dir, tmp_path):
             assert message.startswith(str(item.path)), message
     categories = {item.category for item in suite}
     assert {"zero-byte", "truncated", "wrong extension", "huge or empty declared size", "DICOM without pixel data",
-            "odd bit depth", "multi-frame", "random bytes"} <= categories
+            "odd bit depth", "multi-frame", "random bytes", "compressed transfer syntax", "odd file name"} <= categories
 
 
 # -- PACS client against a fake server ---------------------------------------------------------------------
