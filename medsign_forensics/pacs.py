@@ -21,8 +21,9 @@ import re
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import Enum
 from typing import Any
 
@@ -52,6 +53,10 @@ class InstanceRef:
     sop_instance_uid: str | None
     study_instance_uid: str | None = None
     series_instance_uid: str | None = None
+    # DICOMweb addresses an instance by its UIDs, which two stored objects may share (a PACS that accepted a
+    # duplicate): then this is the k-th (0-based) of ``occurrences`` objects listed under the same address.
+    occurrence: int = 0
+    occurrences: int = 1
 
 
 @dataclass(frozen=True)
@@ -108,11 +113,28 @@ class PacsClient:
         return self.config.url
 
     def instance_label(self, ref: InstanceRef) -> str:
-        """A stable, credential-free name for an instance in reports."""
+        """A stable, credential-free name for an instance in reports (objects sharing one DICOMweb address get
+        ``#1``, ``#2``, ... so that each has its own report row)."""
         if self.config.api is PacsApi.REST:
             return f"{self.url}/instances/{ref.instance_id}"
-        return (f"{self.url}/studies/{ref.study_instance_uid}/series/{ref.series_instance_uid}"
-                f"/instances/{ref.sop_instance_uid}")
+        label = (f"{self.url}/studies/{ref.study_instance_uid}/series/{ref.series_instance_uid}"
+                 f"/instances/{ref.sop_instance_uid}")
+        return label if ref.occurrences == 1 else f"{label}#{ref.occurrence + 1}"
+
+    def listed(self) -> list[InstanceRef]:
+        """:meth:`instances`, with objects that share a DICOMweb address numbered (``occurrence``)."""
+        refs = list(self.instances())
+        if self.config.api is PacsApi.REST:
+            return refs
+        address = lambda ref: (ref.study_instance_uid, ref.series_instance_uid, ref.sop_instance_uid)  # noqa: E731
+        total = Counter(address(ref) for ref in refs)
+        seen: Counter = Counter()
+        numbered = []
+        for ref in refs:
+            key = address(ref)
+            numbered.append(replace(ref, occurrence=seen[key], occurrences=total[key]))
+            seen[key] += 1
+        return numbered
 
     # -- listing -----------------------------------------------------------------------------------------
 
@@ -179,9 +201,10 @@ class PacsClient:
         except _HttpProblem as error:
             raise ImageReadError(f"cannot be retrieved: {error.problem}", path=label) from None
         parts = multipart_parts(data, content_type)
-        if len(parts) != 1:
-            raise ImageReadError(f"WADO-RS returned {len(parts)} parts instead of one DICOM instance", path=label)
-        return parts[0]
+        if len(parts) != ref.occurrences:
+            raise ImageReadError(f"WADO-RS returned {len(parts)} parts where the listing has {ref.occurrences} "
+                                 "DICOM instance(s) at this address", path=label)
+        return parts[ref.occurrence]
 
     # -- HTTP --------------------------------------------------------------------------------------------
 

@@ -34,7 +34,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from multiprocessing import get_context
 from pathlib import Path
 from typing import Any, Protocol
@@ -193,7 +193,7 @@ def scan_pacs(config: PacsConfig, *, settings: VerifierSettings, workers: int = 
               engine: Engine | None = None) -> ScanSummary:
     """Verify every instance a PACS holds (listed here, then fetched and verified by the workers)."""
     client = PacsClient(config)
-    tasks = [Task(key=client.instance_label(ref), instance=ref) for ref in client.instances()]
+    tasks = [Task(key=client.instance_label(ref), instance=ref) for ref in client.listed()]
     return _scan(config.url, tasks, settings=settings, pacs=config, workers=workers, jsonl=jsonl,
                  csv_path=csv_path, resume=resume, on_total=on_total, on_verdict=on_verdict, engine=engine)
 
@@ -374,7 +374,12 @@ def _verify_instance(task: Task, verifier: Verifier, client: PacsClient) -> Verd
     with tempfile.TemporaryDirectory(prefix="medsign-pacs-") as folder:
         path = Path(folder) / "instance.dcm"
         path.write_bytes(data)
-        return verifier.try_verify_file(path, label=task.key, source=source)
+        verdict = verifier.try_verify_file(path, label=task.key, source=source)
+    if ref.occurrences > 1:
+        note = (f"duplicate SOP Instance UID: object {ref.occurrence + 1} of {ref.occurrences} stored under "
+                "the same study, series and instance UIDs")
+        verdict = replace(verdict, notes=(*verdict.notes, note))
+    return verdict
 
 
 def _record(task: Task, verdict: Verdict) -> dict[str, Any]:

@@ -270,3 +270,42 @@ def test_unwritable_report_is_refused_before_the_scan(tmp_path, world, archive):
             scan_folder(archive, settings=settings(world), csv_path=locked / "scan.csv")
     finally:
         locked.chmod(0o700)
+
+
+class DuplicatePacs(FakePacs):
+    """A DICOMweb server that stored two objects under the same study, series and SOP Instance UIDs."""
+
+    def do_GET(self) -> None:  # noqa: N802 (http.server naming)
+        names = sorted(self.files)
+        if self.path.startswith("/dicom-web/instances?"):
+            page = [{"00080018": {"vr": "UI", "Value": ["1.2.9"]}, "0020000D": {"vr": "UI", "Value": ["1.2"]},
+                     "0020000E": {"vr": "UI", "Value": ["1.2.3"]}} for _ in names]
+            return self._reply(200, json.dumps(page).encode(), "application/dicom+json")
+        if self.path == "/dicom-web/studies/1.2/series/1.2.3/instances/1.2.9":
+            body = b"".join(b"--XYZ\r\nContent-Type: application/dicom\r\n\r\n" + self.files[name] + b"\r\n"
+                            for name in names) + b"--XYZ--\r\n"
+            return self._reply(200, body, 'multipart/related; type="application/dicom"; boundary=XYZ')
+        return self._reply(404, b"", "text/plain")
+
+
+def test_objects_sharing_a_sop_instance_uid_get_a_row_each(world, tmp_path):
+    study = world.write_study(tmp_path / "study.dcm")
+    DuplicatePacs.files = {"a-study": study.path.read_bytes(), "b-plain": (world.planted_png).read_bytes()}
+    server = ThreadingHTTPServer(("127.0.0.1", 0), DuplicatePacs)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/dicom-web"
+        summary = scan_pacs(pacs_config(url, username="u", password="p", api=PacsApi.DICOMWEB),
+                            settings=settings(world), jsonl=tmp_path / "dup.jsonl", csv_path=tmp_path / "dup.csv")
+    finally:
+        server.shutdown()
+        server.server_close()
+    records = read_jsonl(tmp_path / "dup.jsonl")
+    assert summary.total == 2 and sorted(key.rsplit("#", 1)[1] for key in records) == ["1", "2"]
+    first, second = (records[key] for key in sorted(records))
+    assert first["verdict"] == "attributed" and first["format"] == "dicom"
+    assert first["sop_instance_uid"] == study.sop_instance_uid
+    assert second["format"] == "png" and second["verdict"] == "attributed"  # the second object: the planted PNG
+    for record in (first, second):
+        assert any("duplicate SOP Instance UID" in note for note in record["notes"]), record["notes"]
