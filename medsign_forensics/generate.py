@@ -131,14 +131,14 @@ def required_accuracy(deployment: Deployment, *, n_keys: int, policy: Policy) ->
     from medsign_forensics.watermark.calibration import NullCalibration
 
     calibration = _extractor_calibration(deployment) or NullCalibration.fair(deployment.bits)
-    keys = deployment.key[None, :]
+    q = stats.match_probabilities(deployment.key[None, :], np.asarray(calibration.rate_one_low),
+                                  np.asarray(calibration.rate_one_high))  # (1, k): the same for any bits read
+    counts = np.arange(deployment.bits + 1)
+    tails = np.asarray(stats.poisson_binomial_sf(counts, np.repeat(q, len(counts), axis=0)))
     correction = stats.Correction(policy.correction.value)
-    for matched in range(deployment.bits + 1):
-        flipped = keys.copy()
-        flipped[0, matched:] ^= 1  # any key with `matched` agreeing bits; the calibration bounds every bit alike
-        _, p = calibration.p_values(flipped[0], keys)
-        if stats.family_p_value(float(p[0]), max(1, n_keys), correction) <= policy.family_wise_fpr:
-            return matched / deployment.bits
+    for matched, p in zip(counts, tails):
+        if stats.family_p_value(float(p), max(1, n_keys), correction) <= policy.family_wise_fpr:
+            return int(matched) / deployment.bits
     return float("inf")
 
 

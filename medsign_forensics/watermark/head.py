@@ -29,6 +29,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from medsign_forensics.errors import InputError
+from medsign_forensics.watermark.hidden import rgb_to_grey
 from medsign_forensics.watermark.spectral import SpectralConfig, embed, on_frequencies
 
 
@@ -98,8 +99,8 @@ class WatermarkHead(nn.Module):
 class WatermarkedDecoder(nn.Module):
     """A diffusers VAE decoder followed by the watermark layer; output in the decoder's [-1, 1] convention.
 
-    Colour decoders (RGB SD-1.x models) get the mark on their luma, added equally to every channel, because a
-    medical image is stored as grey.
+    Colour decoders (RGB SD-1.x models) get the mark on their BT.601 luma, added equally to every channel
+    (the weights sum to one, so the luma carries it unchanged), because a medical image is stored as grey.
     """
 
     def __init__(self, decoder: nn.Module, head: WatermarkHead) -> None:
@@ -109,7 +110,7 @@ class WatermarkedDecoder(nn.Module):
 
     def forward(self, z: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
         out = self.decoder(z, *args, **kwargs)
-        image = ((out.float().clamp(-1, 1) + 1) / 2).mean(dim=1, keepdim=True)
+        image = rgb_to_grey((out.float().clamp(-1, 1) + 1) / 2)  # the project's one conversion: BT.601 luma
         residual = self.head(image) - image
         return out + (2 * residual).to(out.dtype)
 

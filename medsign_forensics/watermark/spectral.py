@@ -31,7 +31,6 @@ gradients, so :meth:`SpectralExtractor.forward` serves decoder fine-tuning and v
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -376,9 +375,3 @@ class SpectralExtractor(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.read(images).logits
-
-
-def read_images(extractor: SpectralExtractor, images: Sequence[np.ndarray]) -> list[Reading]:
-    """Read (H, W) float images of any sizes one by one (no padding that would change their spectra)."""
-    with torch.no_grad():
-        return [extractor.read(torch.from_numpy(np.asarray(image, dtype=np.float32))[None]) for image in images]

@@ -793,7 +793,8 @@ def train_decoder(
     extractor_path = Path(extractor).resolve()
     extractor_info = {"path": EMBEDDED if extractor_path == DEFAULT_EXTRACTOR_DIR.resolve() else str(extractor_path),
                       "sha256": str(extractor_manifest(Path(extractor))["sha256"])}
-    items_from_config = items is None
+    if eval_items is None and items is None and config.eval_reports:
+        eval_items = split_items(config.reports, held_out=True, n=config.eval_reports, seed=config.seed)
     if items is None:
         items = split_items(config.reports, held_out=False, n=config.n_reports, seed=config.seed)
     cache = LatentCache(Path(cache_dir) if cache_dir is not None else out / "cache")
@@ -803,8 +804,12 @@ def train_decoder(
         model, items, reference_vae=reference, steps=config.sample_steps, guidance_scale=config.guidance_scale,
         batch=config.sample_batch, on_progress=on_cache,
     )
-    del reference
     cache_seconds = time.perf_counter() - started
+    eval_data = None if not eval_items else cache.build(
+        model, eval_items, reference_vae=reference, steps=config.sample_steps, guidance_scale=config.guidance_scale,
+        batch=config.sample_batch, on_progress=on_cache,
+    )
+    del reference
 
     trainer = DecoderTrainer(config, model=model, extractor=extractor_module, key=key, data=data)
     context = {
@@ -860,15 +865,7 @@ def train_decoder(
     train_seconds = time.perf_counter() - train_started
     seconds_per_step = train_seconds / steps_run if steps_run else None
 
-    held_out = None
-    if eval_items is None and items_from_config and config.eval_reports:
-        eval_items = split_items(config.reports, held_out=True, n=config.eval_reports, seed=config.seed)
-    if eval_items:
-        reference = copy.deepcopy(model.vae).to(model.device).float().eval()
-        eval_data = cache.build(model, eval_items, reference_vae=reference, steps=config.sample_steps,
-                                guidance_scale=config.guidance_scale, batch=config.sample_batch, on_progress=on_cache)
-        del reference
-        held_out = measure_held_out(trainer, eval_data, seed=config.seed)
+    held_out = None if eval_data is None else measure_held_out(trainer, eval_data, seed=config.seed)
 
     metrics: dict[str, Any] = {
         "steps": trainer.step,
