@@ -61,6 +61,7 @@ class GeneratedStudy:
     width: int
     height: int
     seconds: float
+    layers: tuple[str, ...] = ("decoder",)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -78,6 +79,7 @@ class GeneratedStudy:
             "series_instance_uid": self.study.series_instance_uid,
             "sop_instance_uid": self.study.sop_instance_uid,
             "pixel_sha256": self.study.pixel_sha256,
+            "layers": list(self.layers),
             "seconds": round(self.seconds, 3),
         }
 
@@ -218,7 +220,9 @@ def generate_study(
         path = model if model is not None else (None if base == EMBEDDED else base)
         model = load_model(path, device=device)
     vae = loaded.watermarked_vae(model)
-    result = sample(model, [text], seed=seed, steps=steps, guidance_scale=guidance_scale, output="latents")
+    noise = latent_noise(loaded, model, seed)
+    result = sample(model, [text], seed=seed, steps=steps, guidance_scale=guidance_scale, output="latents",
+                    latents=noise)
     assert result.latents is not None
     decoded = decode(model, result.latents, vae=vae)[0].detach().float().cpu().numpy()
     pixels = quantize(_grey(decoded), 8)
@@ -235,7 +239,27 @@ def generate_study(
     return GeneratedStudy(study=written, png=png_path, provenance_id=record.provenance_id,
                           deployment=record.deployment, model=f"{record.model.name} {record.model.version}",
                           seed=seed, steps=steps, guidance_scale=float(guidance_scale), width=int(pixels.shape[1]),
-                          height=int(pixels.shape[0]), seconds=time.perf_counter() - start)
+                          height=int(pixels.shape[0]), seconds=time.perf_counter() - start,
+                          layers=("decoder", "latent") if noise is not None else ("decoder",))
+
+
+def latent_noise(deployment: Deployment, model: Any, seed: int) -> Any:
+    """The watermarked initial noise z_T of a deployment with a latent layer (None without one).
+
+    The layer is read back by inverting the model it was written with, so the loaded model must be that one.
+    """
+    import torch
+
+    mark = deployment.latent_mark()
+    if mark is None:
+        return None
+    expected = str(deployment.manifest["latent"]["base_weights_sha256"])
+    if model.weights_sha256 != expected:
+        raise ModelError(f"the deployment's latent layer is read by inverting base model {expected[:16]}..., but "
+                         f"the loaded model is {model.weights_sha256[:16]}...; load the deployment's base model",
+                         path=deployment.path)
+    side = model.image_size // model.vae_scale_factor
+    return mark.initial_noise((model.latent_channels, side, side), torch.Generator().manual_seed(seed))
 
 
 def _grey(image: np.ndarray) -> np.ndarray:

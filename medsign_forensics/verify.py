@@ -66,6 +66,7 @@ from medsign_forensics.provenance.policy import Attribution, Policy, TamperActio
 from medsign_forensics.provenance.registry import Candidates, KeyStatus, Registry, VerifiedEntry
 
 if TYPE_CHECKING:  # torch and scipy load only when a Verifier is built: `medsign --help` stays fast
+    from medsign_forensics.verify_latent import LatentVerifier
     from medsign_forensics.watermark.extractor_io import Extractor
 
 DEFAULT_REGISTRY_DIR = REPO_DIR / "keys" / "demo-registry"
@@ -75,6 +76,9 @@ WORKING_SIZE = 256
 MAX_EXTRACTION_PIXELS = 2048 * 2048
 # Below this many pixels per side there is nothing a watermark could be read from.
 MIN_SIDE = 32
+DECODER_LAYER = "decoder"
+LATENT_LAYER = "latent"
+LAYERS = (DECODER_LAYER, LATENT_LAYER)
 
 
 class VerdictKind(str, Enum):
@@ -146,6 +150,7 @@ class KeyMatch:
     model: str | None = None
     presence: float | None = None  # the spectral extractor's pilot score (None for a HiDDeN extractor)
     null: str = "binomial"  # "binomial" or "calibrated": which null gave the p-values
+    layer: str = "decoder"  # which watermark layer the bits were read from: "decoder" or "latent"
 
     @property
     def bit_accuracy(self) -> float:
@@ -167,6 +172,7 @@ class KeyMatch:
             "model": self.model,
             "presence": self.presence,
             "null": self.null,
+            "layer": self.layer,
         }
 
 
@@ -180,9 +186,10 @@ class Verdict:
     width: int | None = None
     height: int | None = None
     reading: str | None = None  # the size the extractor read, e.g. "256x256 (resized from 1024x1024)"
-    match: KeyMatch | None = None
+    match: KeyMatch | None = None  # the decoder layer's best key (the closest one when nothing attributes)
     checks: tuple[VerifyCheck, ...] = ()
     notes: tuple[str, ...] = ()
+    latent: KeyMatch | None = None  # the latent layer's best key, when that layer was read
     sop_instance_uid: str | None = None
     claimed_provenance_id: str | None = None  # what DICOM tags claim (signed or not)
     policy: str | None = None
@@ -192,26 +199,37 @@ class Verdict:
     source: dict[str, Any] = field(default_factory=dict)  # e.g. PACS instance identifiers
 
     @property
+    def attributing(self) -> KeyMatch | None:
+        """The layer match that attributes the pixels (the decoder layer's first), else None."""
+        return attributing_match(self.match, self.latent)
+
+    @property
     def attributed(self) -> bool:
-        """The statistics identify a registered key (whatever the final verdict)."""
-        return self.match is not None and self.match.attribution is Attribution.ATTRIBUTED
+        """The statistics of some layer identify a registered key (whatever the final verdict)."""
+        return self.attributing is not None
 
     @property
     def provenance_id(self) -> str | None:
         """The deployment the pixels are attributed to; None unless the statistics attribute them."""
-        return self.match.provenance_id if self.attributed else None
+        match = self.attributing
+        return None if match is None else match.provenance_id
+
+    @property
+    def shown(self) -> KeyMatch | None:
+        """The match a one-line summary shows: the attributing layer's, else the decoder layer's closest key."""
+        return self.attributing or self.match or self.latent
 
     @property
     def p_value(self) -> float | None:
-        return None if self.match is None else self.match.p_value
+        return None if self.shown is None else self.shown.p_value
 
     @property
     def bit_accuracy(self) -> float | None:
-        return None if self.match is None else self.match.bit_accuracy
+        return None if self.shown is None else self.shown.bit_accuracy
 
     @property
     def matched_bits(self) -> int | None:
-        return None if self.match is None else self.match.matched_bits
+        return None if self.shown is None else self.shown.matched_bits
 
     @property
     def evidence(self) -> str | None:
@@ -226,7 +244,7 @@ class Verdict:
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON form (stable field names; see the module docstring of medsign_forensics.cli.verify)."""
-        match = self.match
+        match = self.shown
         return {
             "file": self.file,
             "verdict": self.kind.value,
@@ -242,6 +260,8 @@ class Verdict:
             "issuer": None if match is None else match.issuer,
             "model": None if match is None else match.model,
             "closest_key": None if match is None else match.to_dict(),
+            "layers": {"decoder": None if self.match is None else self.match.to_dict(),
+                       **({"latent": self.latent.to_dict()} if self.latent is not None else {})},
             "claimed_provenance_id": self.claimed_provenance_id,
             "sop_instance_uid": self.sop_instance_uid,
             "checks": [check.to_dict() for check in self.checks],
@@ -275,7 +295,8 @@ class Verifier:
 
     def __init__(self, *, registry: Registry, extractor: Extractor, policy: Policy,
                  trusted: Mapping[str, Ed25519PublicKey] | None = None, scaling: Scaling = Scaling.AUTO,
-                 working_size: int = WORKING_SIZE, max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
+                 working_size: int = WORKING_SIZE, max_pixels: int = DEFAULT_MAX_PIXELS,
+                 latent: LatentVerifier | None = None) -> None:
         from medsign_forensics.watermark.calibration import NullCalibration
         from medsign_forensics.watermark.extractor_io import bits_are_fair
 
@@ -297,6 +318,9 @@ class Verifier:
         self.trusted = None if trusted is None else dict(trusted)
         self.public_keys = dict(trusted) if trusted is not None else registry.public_keys()
         self.candidates: Candidates = registry.lookup(extractor.config.bits)
+        self.latent = latent
+        # Reading two layers gives two chances to match by luck: Bonferroni over the layers keeps the policy's rate.
+        self.layer_factor = 2 if latent is not None else 1
         self._verified: dict[str, VerifiedEntry] = {}
         self._owned: list[Registry] = []
 
@@ -304,23 +328,30 @@ class Verifier:
     def open(cls, *, registry: str | Path | None = None, extractor: str | Path | None = None,
              policy: str | Path | Policy | None = None, trust: Iterable[str | Path] = (),
              scaling: Scaling = Scaling.AUTO, working_size: int = WORKING_SIZE,
-             max_pixels: int = DEFAULT_MAX_PIXELS) -> Verifier:
+             max_pixels: int = DEFAULT_MAX_PIXELS, layers: Iterable[str] = (DECODER_LAYER,),
+             model: str | Path | Any | None = None, inversion_steps: int | None = None) -> Verifier:
         """Open from folders: ``registry`` (default: the demo registry), ``extractor`` (default: the shipped
         extractor), ``policy`` (name, TOML path or Policy; default: ``default``), ``trust`` (PEM files of issuer
-        public keys to pin; default: the registry's own issuer keys)."""
+        public keys to pin; default: the registry's own issuer keys). ``layers`` adds ``latent`` to read the
+        latent layer too, by inverting ``model`` (a loaded DiffusionModel or folder; default: mini-cxr) with
+        ``inversion_steps`` DDIM steps."""
         from medsign_forensics.watermark.extractor_io import load_extractor
 
         loaded_policy = policy if isinstance(policy, Policy) else load_policy(policy)
-        model = load_default_extractor() if extractor is None else load_extractor(Path(extractor))
+        extractor_model = load_default_extractor() if extractor is None else load_extractor(Path(extractor))
         trusted = None
         trust = list(trust)
         if trust:
             keys = [load_public_key_file(path) for path in trust]
             trusted = {key_id_of(key): key for key in keys}
+        wanted = check_layers(layers)
         opened = Registry.open(DEFAULT_REGISTRY_DIR if registry is None else registry)
         try:
-            verifier = cls(registry=opened, extractor=model, policy=loaded_policy, trusted=trusted,
-                           scaling=scaling, working_size=working_size, max_pixels=max_pixels)
+            latent = None
+            if LATENT_LAYER in wanted:
+                latent = open_latent_verifier(opened, model, inversion_steps)
+            verifier = cls(registry=opened, extractor=extractor_model, policy=loaded_policy, trusted=trusted,
+                           scaling=scaling, working_size=working_size, max_pixels=max_pixels, latent=latent)
         except BaseException:
             opened.close()
             raise
@@ -371,18 +402,25 @@ class Verifier:
         pixels, reading = self._reading(image)
         if reading:
             notes.append(reading)
-        match, checks = self._match(pixels)
+        match, checks, geometry = self._match(pixels)
+        latent = None
+        if self.latent is not None:
+            latent, latent_checks, latent_notes = self._match_latent(pixels, geometry)
+            checks += latent_checks
+            notes += latent_notes
+            checks += self._layers_agree(match, latent)
+        effective = attributing_match(match, latent) or match
         study = None
         if image.format is ImageFormat.DICOM and image.dataset is not None:
             study = check_study(image.dataset, self.public_keys)
             checks += [VerifyCheck(c.name.value, c.status, c.detail, c.event) for c in study.checks]
-            checks.append(self._tags_vs_watermark(study, match))
-        kind = self._decide(match, checks)
+            checks.append(self._tags_vs_watermark(study, effective))
+        kind = self._decide(effective, checks)
         checks = [self._annotate(check) for check in checks]
         return Verdict(
             file=label or str(image.path), kind=kind, format=image.format.value, width=image.width,
             height=image.height, reading=f"{pixels.shape[1]}x{pixels.shape[0]}", match=match,
-            checks=tuple(checks), notes=tuple(notes),
+            checks=tuple(checks), notes=tuple(notes), latent=latent,
             sop_instance_uid=None if study is None else study.sop_instance_uid,
             claimed_provenance_id=None if study is None or study.block is None else study.block.provenance_id,
             policy=self.policy.name, seconds=time.perf_counter() - start,
@@ -396,28 +434,30 @@ class Verifier:
         except InputError as error:
             raise ImageReadError(str(error), path=image.path) from None
 
-    def _match(self, pixels: np.ndarray) -> tuple[KeyMatch | None, list[VerifyCheck]]:
-        """Extract the message and find the best registered key; verify its registry row when attributed."""
+    def _match(self, pixels: np.ndarray) -> tuple[KeyMatch | None, list[VerifyCheck], tuple[float, float] | None]:
+        """Extract the message and find the best registered key; verify its registry row when attributed.
+        Also returns the geometry (rotation, scale) the pilots found, which the latent layer undoes."""
         from medsign_forensics.watermark import stats
 
-        bits, presence = self._extract(pixels)
+        bits, presence, geometry = self._extract(pixels)
         candidates = self.candidates
         k = self.extractor.config.bits
         if len(candidates) == 0:
             return None, [VerifyCheck("registry_entry", CheckStatus.SKIPPED,
-                                      f"the registry holds no {k}-bit keys, so no deployment can be attributed")]
+                                      f"the registry holds no {k}-bit keys, so no deployment can be attributed")], None
         counts, p_values = self.calibration.p_values(bits, candidates.keys)
         best = int(np.lexsort((-counts, p_values))[0])  # smallest p-value; ties: most agreeing bits
         entry = candidates.entries[best]
         matched = int(counts[best])
         p = float(p_values[best])
-        family = stats.family_p_value(p, len(candidates), stats.Correction(self.policy.correction.value))
+        family = self._family(p, len(candidates))
         attribution = self.policy.classify(family)
         checks: list[VerifyCheck] = []
         threshold = getattr(self.extractor.config, "presence_threshold", None)
         if presence is not None and threshold is not None:
             if presence < threshold:
                 attribution = Attribution.NOT_DETECTED
+                geometry = None
                 checks.append(VerifyCheck("watermark_pilot", CheckStatus.SKIPPED,
                                           f"no synchronisation pilot (score {presence:.2f} < {threshold:.2f}): the "
                                           "image carries no spectral mark, so its bits are not evidence"))
@@ -428,24 +468,77 @@ class Verifier:
                          p_value=p, family_wise_p_value=family, candidates=len(candidates), attribution=attribution,
                          presence=presence, null=self.null)
         if attribution is not Attribution.ATTRIBUTED:
-            return match, checks
-        verified = self._verify_entry(entry.provenance_id, best)
+            return match, checks, geometry
+        match, check = self._registry_check(match, entry)
+        return match, [*checks, check], geometry
+
+    def _family(self, p: float, candidates: int) -> float:
+        """Family-wise p-value over the candidates and, when two layers are read, over both layers."""
+        from medsign_forensics.watermark import stats
+
+        correction = stats.Correction(self.policy.correction.value)
+        return min(1.0, self.layer_factor * stats.family_p_value(p, candidates, correction))
+
+    def _registry_check(self, match: KeyMatch, entry: Any) -> tuple[KeyMatch, VerifyCheck]:
+        """Verify an attributed key's registry row; name its deployment; say whether it was revoked."""
+        verified = self._verify_entry(entry)
         record = verified.record
         match = replace(match, deployment=record.deployment, issuer=record.issuer, model=(
             f"{record.model.name} {record.model.version}"))
+        name = "registry_entry" if match.layer == DECODER_LAYER else "latent_registry_entry"
         if verified.status is KeyStatus.REVOKED:
             revocation = verified.revocation
             when = "" if revocation is None else f" on {revocation.revoked_at}: {revocation.reason}"
-            check = VerifyCheck("registry_entry", CheckStatus.FAIL,
-                                f"deployment {record.deployment} ({entry.provenance_id}) was revoked{when}")
-        else:
-            check = VerifyCheck("registry_entry", CheckStatus.PASS,
-                                f"signed record of {entry.provenance_id} verified: deployment {record.deployment} "
-                                f"of {record.issuer}, model {record.model.name} {record.model.version}, active")
-        return match, [*checks, check]
+            return match, VerifyCheck(name, CheckStatus.FAIL,
+                                      f"deployment {record.deployment} ({entry.provenance_id}) was revoked{when}")
+        return match, VerifyCheck(name, CheckStatus.PASS,
+                                  f"signed record of {entry.provenance_id} verified: deployment {record.deployment} "
+                                  f"of {record.issuer}, model {record.model.name} {record.model.version}, active")
 
-    def _extract(self, pixels: np.ndarray) -> tuple[np.ndarray, float | None]:
-        """The k bits the extractor reads, and the pilot score when it has a pilot."""
+    def _match_latent(self, pixels: np.ndarray, geometry: tuple[float, float] | None
+                      ) -> tuple[KeyMatch | None, list[VerifyCheck], list[str]]:
+        """Read the latent layer (see :mod:`medsign_forensics.verify_latent`)."""
+        assert self.latent is not None
+        if len(self.latent) == 0:
+            return None, [VerifyCheck("latent_layer", CheckStatus.SKIPPED,
+                                      f"the registry holds no latent-layer key for base model "
+                                      f"{self.latent.model_name}")], []
+        try:
+            best = self.latent.best(pixels, geometry=geometry)
+        except InputError as error:
+            return None, [VerifyCheck("latent_layer", CheckStatus.SKIPPED, f"not readable: {error}")], []
+        assert best is not None
+        family = self._family(best.p_value, best.candidates)
+        match = KeyMatch(provenance_id=best.entry.provenance_id, key_status=best.entry.status,
+                         matched_bits=best.matched_bits, bits=best.bits, p_value=best.p_value,
+                         family_wise_p_value=family, candidates=best.candidates,
+                         attribution=self.policy.classify(family), null="binomial", layer=LATENT_LAYER)
+        check = VerifyCheck("latent_layer", CheckStatus.PASS if match.attribution is Attribution.ATTRIBUTED
+                            else CheckStatus.SKIPPED,
+                            f"latent layer: {best.matched_bits}/{best.bits} bits of {best.entry.provenance_id}, "
+                            f"family-wise p {family:.2g} over {best.candidates} latent key(s)")
+        if match.attribution is not Attribution.ATTRIBUTED:
+            return match, [check], list(best.notes)
+        match, registry_check = self._registry_check(match, best.entry)
+        return match, [check, registry_check], list(best.notes)
+
+    @staticmethod
+    def _layers_agree(decoder: KeyMatch | None, latent: KeyMatch | None) -> list[VerifyCheck]:
+        """Both layers attributing to different deployments is a mismatch: one of them was put there."""
+        if decoder is None or latent is None or Attribution.ATTRIBUTED not in (decoder.attribution,
+                                                                                 latent.attribution):
+            return []
+        if decoder.attribution is latent.attribution and decoder.provenance_id != latent.provenance_id:
+            return [VerifyCheck("layers_agree", CheckStatus.FAIL,
+                                f"the decoder layer carries {decoder.provenance_id} but the latent layer "
+                                f"{latent.provenance_id}", TamperEvent.TAGS_DISAGREE_WITH_WATERMARK)]
+        if decoder.attribution is latent.attribution:
+            return [VerifyCheck("layers_agree", CheckStatus.PASS, f"both layers carry {decoder.provenance_id}")]
+        return []
+
+    def _extract(self, pixels: np.ndarray) -> tuple[np.ndarray, float | None, tuple[float, float] | None]:
+        """The k bits the extractor reads, the pilot score and the (rotation, scale) it found, when it has a
+        pilot."""
         import torch
 
         from medsign_forensics.watermark.extractor_io import extract_bits
@@ -454,15 +547,16 @@ class Verifier:
         if isinstance(self.extractor, SpectralExtractor):
             with torch.no_grad():
                 reading = self.extractor.read(torch.from_numpy(np.ascontiguousarray(pixels, dtype=np.float32))[None])
-            return reading.bits[0], float(reading.presence[0])
+            return (reading.bits[0], float(reading.presence[0]),
+                    (float(reading.rotation[0]), float(reading.scale[0])))
         bits, _ = extract_bits(self.extractor, [pixels])
-        return bits[0], None
+        return bits[0], None, None
 
-    def _verify_entry(self, provenance_id: str, index: int) -> VerifiedEntry:
+    def _verify_entry(self, entry: Any) -> VerifiedEntry:
         """Check the attributed row's signatures once per Verifier; a bad row is a RegistryError."""
-        if provenance_id not in self._verified:
-            self._verified[provenance_id] = self.registry.verify_entry(self.candidates.entries[index], self.trusted)
-        return self._verified[provenance_id]
+        if entry.provenance_id not in self._verified:
+            self._verified[entry.provenance_id] = self.registry.verify_entry(entry, self.trusted)
+        return self._verified[entry.provenance_id]
 
     def _tags_vs_watermark(self, study: StudyCheck, match: KeyMatch | None) -> VerifyCheck:
         """Do the DICOM provenance tags and the pixels name the same deployment?"""
@@ -520,6 +614,36 @@ class Verifier:
             return replace(check, detail=f"{check.detail} (policy {self.policy.name!r} ignores "
                                           f"{check.event.value})")
         return check
+
+
+def check_layers(layers: Iterable[str]) -> tuple[str, ...]:
+    """The layers to read, validated; the decoder layer is always read (it is fast and finds the geometry)."""
+    wanted = tuple(dict.fromkeys(str(layer).strip().lower() for layer in layers if str(layer).strip()))
+    unknown = [layer for layer in wanted if layer not in LAYERS]
+    if unknown:
+        raise InputError(f"unknown watermark layer(s) {', '.join(unknown)}; choose from {', '.join(LAYERS)}")
+    if DECODER_LAYER not in wanted:
+        raise InputError("the decoder layer is always read (it is fast and finds the image's geometry for the "
+                         "latent layer); use --layers decoder or --layers decoder,latent")
+    return wanted
+
+
+def open_latent_verifier(registry: Registry, model: str | Path | Any | None,
+                         inversion_steps: int | None) -> LatentVerifier:
+    """A :class:`LatentVerifier` over ``registry`` with ``model`` (a DiffusionModel, a folder, or None: mini-cxr)."""
+    from medsign_forensics.diffusion import load_model
+    from medsign_forensics.watermark.latent import DEFAULT_INVERSION_STEPS
+
+    loaded = model if model is not None and not isinstance(model, (str, Path)) else load_model(model)
+    return LatentVerifier(registry=registry, model=loaded, steps=inversion_steps or DEFAULT_INVERSION_STEPS)
+
+
+def attributing_match(decoder: KeyMatch | None, latent: KeyMatch | None) -> KeyMatch | None:
+    """The first layer match that attributes (decoder layer, then latent layer), else None."""
+    for match in (decoder, latent):
+        if match is not None and match.attribution is Attribution.ATTRIBUTED:
+            return match
+    return None
 
 
 def reading_pixels(pixels: np.ndarray, *, scaling: Scaling = Scaling.AUTO,

@@ -63,13 +63,16 @@ def sample(
     callback_on_step_end: Callable[..., dict[str, Any]] | None = None,
     callback_on_step_end_tensor_inputs: Sequence[str] = ("latents",),
     output: SampleOutput | str = SampleOutput.BOTH,
+    latents: torch.Tensor | None = None,
 ) -> SampleResult:
     """Generate one image per prompt with DPM-Solver++ and classifier-free guidance.
 
     ``seed`` is one seed per prompt, or one integer ``s`` meaning seeds ``s, s+1, ...``. ``guidance_scale``
     <= 1 turns guidance off. ``callback_on_step_end`` is passed to the diffusers pipeline unchanged
     (``fn(pipeline, step_index, timestep, callback_kwargs) -> callback_kwargs``), so callers can act per
-    timestep, e.g. while an attention-capturing processor is installed on the U-Net.
+    timestep, e.g. while an attention-capturing processor is installed on the U-Net. ``latents`` (B, C, h, w)
+    replaces the seeded initial noise z_T (the latent layer's watermarked noise); the seeds are then recorded
+    only, since the solver used here is deterministic.
     """
     prompts = list(prompts)
     if not prompts:
@@ -94,6 +97,7 @@ def sample(
             height=height,
             width=width,
             generator=generators,
+            latents=latents,
             output_type="latent",
             callback_on_step_end=callback_on_step_end,
             callback_on_step_end_tensor_inputs=list(callback_on_step_end_tensor_inputs),

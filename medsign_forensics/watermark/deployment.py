@@ -15,7 +15,9 @@ Folder layout::
 weights files), ``extractor`` (``path``, ``sha256``), ``decoder`` (``file``, ``sha256``, and ``kind``:
 "finetuned" (the default) or "spectral-head" with the layer's ``head`` and ``spectral`` configs), ``config``
 (the training config incl. loss weights and ablation), ``seed``, ``device``, ``wall_time_s`` and ``metrics``
-(including ``held_out``: bit accuracy per attack on held-out reports, which ``generate`` checks).
+(including ``held_out``: bit accuracy per attack on held-out reports, which ``generate`` checks), and
+``latent`` when the deployment also carries the latent layer (:mod:`.latent`): ``secret_hex``, ``config`` and
+``base_weights_sha256``, copied from the registry (the secret is registry material: keep the folder private).
 
 Use::
 
@@ -80,6 +82,7 @@ class DeploymentKey:
     key_hex: str
     bits: int
     provenance: KeyProvenance | None = None
+    latent: dict[str, Any] | None = None  # the latent layer's manifest entry (see the module docstring)
 
     def __post_init__(self) -> None:
         check_length(self.bits)
@@ -107,12 +110,14 @@ def key_from_registry(registry_dir: str | Path, provenance_id: str) -> Deploymen
 
     Refuses a revoked key and a row whose signature does not verify (RegistryError).
     """
+    from medsign_forensics.provenance.layers import latent_layers
     from medsign_forensics.provenance.registry import KeyStatus, Registry
 
     with Registry.open(registry_dir) as registry:
         entry = registry.get(provenance_id)
         registry.verify_entry(entry)
         folder = str(registry.folder)
+        layer = latent_layers(registry).get(entry.provenance_id)
     if entry.status is not KeyStatus.ACTIVE:
         raise RegistryError(
             f"provenance ID {entry.provenance_id} is {entry.status.value}; issue a new key with `medsign keys issue`",
@@ -122,7 +127,27 @@ def key_from_registry(registry_dir: str | Path, provenance_id: str) -> Deploymen
     provenance = KeyProvenance(
         provenance_id=entry.provenance_id, record=stored["record"], signature=stored["signature"], registry=folder
     )
-    return DeploymentKey(key_hex=entry.key_hex, bits=entry.bits, provenance=provenance)
+    return DeploymentKey(key_hex=entry.key_hex, bits=entry.bits, provenance=provenance,
+                         latent=None if layer is None else latent_manifest(layer))
+
+
+def latent_manifest(layer: Any) -> dict[str, Any]:
+    """The deployment manifest's ``latent`` entry for a registry's :class:`~..provenance.layers.LatentEntry`."""
+    return {"secret_hex": layer.secret.hex(), "config": dict(layer.config),
+            "base_weights_sha256": layer.base_weights_sha256}
+
+
+def add_latent_to_deployment(path: str | Path, layer: Any) -> None:
+    """Give an existing deployment its key's latent layer (rewrites ``deployment.json`` atomically)."""
+    folder = Path(path)
+    manifest = read_manifest(folder)
+    provenance = manifest.get("provenance") or {}
+    if provenance.get("provenance_id") != layer.provenance_id:
+        raise InputError(f"the deployment does not hold the key {layer.provenance_id}", path=folder)
+    if manifest.get("latent") is not None:
+        raise InputError("the deployment already carries a latent layer", path=folder)
+    manifest["latent"] = latent_manifest(layer)
+    write_json(folder / MANIFEST_FILE, manifest)
 
 
 def decoder_state(vae: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -188,6 +213,7 @@ def save_deployment(
         "base_model": dict(base_model),
         "extractor": dict(extractor),
         "decoder": decoder_entry,
+        "latent": key.latent,
         "config": config,
         "seed": seed,
         "device": device,
@@ -283,6 +309,23 @@ class Deployment:
         except RuntimeError as error:
             raise ModelError(f"the watermark layer's tensors do not fit its config: {error}", path=path) from None
         return layer.eval().requires_grad_(False)
+
+    @property
+    def has_latent(self) -> bool:
+        return self.manifest.get("latent") is not None
+
+    def latent_mark(self) -> Any:
+        """The latent layer (:class:`~.latent.LatentMark`) this deployment writes into z_T, or None."""
+        from medsign_forensics.watermark.latent import LatentConfig, LatentMark
+
+        entry = self.manifest.get("latent")
+        if entry is None:
+            return None
+        try:
+            return LatentMark(key=self.key, secret=bytes.fromhex(str(entry["secret_hex"])),
+                              config=LatentConfig.from_dict(entry["config"]))
+        except (KeyError, TypeError, ValueError, InputError) as error:
+            raise ModelError(f"the deployment's latent layer is unusable ({error})", path=self.path) from None
 
     @property
     def config(self) -> dict[str, Any]:

@@ -1,0 +1,159 @@
+"""The latent layer: a k-bit key in the diffusion model's initial noise z_T (Gaussian Shading, Yang et al. 2024).
+
+Why a second layer: the decoder layer changes pixels (a little, and away from lesions); this one changes none.
+Each watermarked z_T is an exact draw from N(0, I), the distribution the unchanged model samples from, so the
+image it produces is one the plain model could have produced with some seed. It needs no training and works on
+any SD-1.x model the day it is loaded.
+
+Writing (:meth:`LatentMark.initial_noise`):
+
+1. Layout. The latent (C, h, w) is tiled by a block of (C/fc) x (h/fs) x (w/fs) cells (``channel_factor`` fc,
+   ``spatial_factor`` fs), repeated periodically; cell j carries key bit ``j mod k``. With the defaults and a
+   48-bit key on a 4 x 32 x 32 latent every bit has 80 or 96 replicas spread over the whole image, so a crop
+   keeps part of every bit.
+2. Randomisation. A keystream m (ChaCha20 under the deployment's 32-byte secret, zero nonce) is XORed onto the
+   replicated key: s = key[layout] XOR m. Without the secret s looks like fair coins, so nothing about the key or
+   the layout can be learnt from many images' noise.
+3. Distribution-preserving sampling. Each element is z = Phi^-1((u + s) / 2) with u ~ U(0, 1) from the image's
+   seed: the half of the standard normal that its bit selects. For uniform s (step 2) z is exactly N(0, 1).
+
+Reading (:meth:`LatentMark.read`): the image is inverted back to an estimate of z_T (VAE encoder, then DDIM
+inversion: :mod:`medsign_forensics.diffusion.inversion`); each element votes z * (1 - 2 m) (positive: the bit is
+1), and each bit is the sign of the sum of its replicas' votes (soft decision: confident elements weigh more).
+
+The null is exact, not fitted: for ANY image that was not made with this secret, the votes of one bit are the
+image's fixed inverted values times independent random signs from the keystream, a symmetric sum, so each read
+bit is a fair coin independent of the others (disjoint replica sets) and the matches with the key are
+Binomial(k, 1/2). That holds over the draw of the secret, which the image cannot depend on.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
+
+from medsign_forensics.errors import InputError
+
+SECRET_BYTES = 32
+DEFAULT_INVERSION_STEPS = 10
+# u is drawn on (0, 1): Phi^-1 of exactly 0 or 1 would be infinite.
+_TINY = 2.0**-25
+
+
+@dataclass(frozen=True)
+class LatentConfig:
+    """How the key is laid out in z_T and how verification inverts an image (see the module docstring)."""
+
+    channel_factor: int = 1
+    spatial_factor: int = 4
+    inversion_steps: int = DEFAULT_INVERSION_STEPS
+
+    def __post_init__(self) -> None:
+        for name in ("channel_factor", "spatial_factor", "inversion_steps"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise InputError(f"the latent layer's {name} must be a positive integer, got {value!r}")
+
+    def to_dict(self) -> dict[str, int]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> LatentConfig:
+        unknown = sorted(set(data) - {"channel_factor", "spatial_factor", "inversion_steps"})
+        if unknown:
+            raise InputError(f"unknown latent layer settings: {', '.join(unknown)}")
+        return cls(**{name: int(value) for name, value in data.items()})
+
+
+def new_secret() -> bytes:
+    """A fresh per-deployment keystream secret (registry material: never log or print it)."""
+    return secrets.token_bytes(SECRET_BYTES)
+
+
+def keystream(secret: bytes, count: int) -> np.ndarray:
+    """``count`` pseudo-random bits (uint8 0/1) from ChaCha20 under ``secret`` with a zero nonce."""
+    if len(secret) != SECRET_BYTES:
+        raise InputError(f"a latent-layer secret is {SECRET_BYTES} bytes, got {len(secret)}")
+    encryptor = Cipher(algorithms.ChaCha20(secret, bytes(16)), mode=None).encryptor()
+    stream = encryptor.update(bytes((count + 7) // 8))
+    return np.unpackbits(np.frombuffer(stream, dtype=np.uint8))[:count]
+
+
+def layout(shape: tuple[int, int, int], bits: int, config: LatentConfig) -> np.ndarray:
+    """The key bit each latent element carries, shape (C, h, w), values in [0, bits)."""
+    channels, height, width = shape
+    fc, fs = config.channel_factor, config.spatial_factor
+    if channels % fc or height % fs or width % fs:
+        raise InputError(f"a {channels}x{height}x{width} latent cannot be tiled with channel factor {fc} and "
+                         f"spatial factor {fs}; choose factors that divide it")
+    block = (channels // fc, height // fs, width // fs)
+    cells = block[0] * block[1] * block[2]
+    if cells < bits:
+        raise InputError(f"the {block[0]}x{block[1]}x{block[2]} block holds {cells} cells, fewer than the {bits} key "
+                         "bits; use smaller repetition factors")
+    cell_bits = (np.arange(cells) % bits).reshape(block)
+    return np.tile(cell_bits, (fc, fs, fs))
+
+
+@dataclass(frozen=True)
+class LatentReading:
+    """What the latent layer reads from inverted noise: bits (k,) and each bit's summed vote."""
+
+    bits: np.ndarray
+    scores: np.ndarray
+
+
+class LatentMark:
+    """One deployment's latent layer: its key, its secret and its layout settings."""
+
+    def __init__(self, *, key: np.ndarray, secret: bytes, config: LatentConfig = LatentConfig()) -> None:
+        self.key = np.asarray(key, dtype=np.uint8).ravel()
+        if self.key.size < 1 or not np.all(self.key <= 1):
+            raise InputError("the latent layer's key must be a non-empty array of 0/1 bits")
+        keystream(secret, 1)  # checks the secret's length
+        self._secret = bytes(secret)
+        self.config = config
+        self._patterns: dict[tuple[int, int, int], tuple[np.ndarray, np.ndarray]] = {}
+
+    def __repr__(self) -> str:  # never show the secret
+        return f"LatentMark(bits={self.key.size}, config={self.config})"
+
+    def _pattern(self, shape: tuple[int, int, int]) -> tuple[np.ndarray, np.ndarray]:
+        """The layout and the keystream for a latent shape (cached: a verifier reads many images)."""
+        if shape not in self._patterns:
+            index = layout(shape, self.key.size, self.config)
+            self._patterns[shape] = (index, keystream(self._secret, index.size).reshape(shape))
+        return self._patterns[shape]
+
+    def signs(self, shape: tuple[int, int, int]) -> np.ndarray:
+        """s = key[layout] XOR keystream, (C, h, w) uint8: the half of the normal each element is drawn from."""
+        index, stream = self._pattern(shape)
+        return self.key[index] ^ stream
+
+    def initial_noise(self, shape: tuple[int, int, int], generator: torch.Generator) -> torch.Tensor:
+        """A watermarked z_T (1, C, h, w), float32, exactly N(0, I) for anyone without the secret."""
+        s = torch.from_numpy(self.signs(shape).astype(np.float32))
+        u = torch.rand(shape, generator=generator, dtype=torch.float64).clamp(_TINY, 1 - _TINY)
+        return torch.special.ndtri((u + s.double()) / 2).float()[None]
+
+    def read(self, noise: torch.Tensor | np.ndarray, mask: np.ndarray | None = None) -> LatentReading:
+        """Read the key bits from one inverted z_T estimate (C, h, w) or (1, C, h, w); only the spatial positions
+        where ``mask`` (h, w) is true vote. InputError when the mask leaves some bit without a replica."""
+        z = np.asarray(noise.detach().cpu() if isinstance(noise, torch.Tensor) else noise, dtype=np.float64)
+        z = z.reshape(z.shape[-3:])
+        shape = (int(z.shape[0]), int(z.shape[1]), int(z.shape[2]))
+        index, stream = self._pattern(shape)
+        votes = z * (1.0 - 2.0 * stream)
+        if mask is not None:
+            keep = np.broadcast_to(np.asarray(mask, dtype=bool), shape)
+            if np.unique(index[keep]).size < self.key.size:
+                raise InputError("too little of the image is usable to read every bit of the latent layer")
+            votes = np.where(keep, votes, 0.0)
+        scores = np.bincount(index.ravel(), weights=votes.ravel(), minlength=self.key.size)
+        return LatentReading(bits=(scores > 0).astype(np.uint8), scores=scores)
