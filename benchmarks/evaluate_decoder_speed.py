@@ -44,7 +44,8 @@ from medsign_forensics.fileio import write_text
 from medsign_forensics.watermark.deployment import key_from_hex
 from medsign_forensics.watermark.extractor_io import load_extractor, save_extractor
 from medsign_forensics.watermark.hidden import HiddenConfig, HiddenExtractor
-from medsign_forensics.watermark.train_decoder import DecoderTrainConfig, DecoderTrainer, LatentCache, split_items
+from medsign_forensics.localization.cache import LatentCache, split_items
+from medsign_forensics.watermark.train_decoder import DecoderTrainConfig, DecoderTrainer
 
 OUT = Path(__file__).resolve().parent / "results" / "evaluate_decoder_speed.md"
 

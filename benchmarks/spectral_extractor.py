@@ -85,7 +85,7 @@ def working(path: Path) -> np.ndarray:
 def generated(folder: Path | None) -> list[np.ndarray] | None:
     """The original decoder's images of HELD-OUT reports from a decoder cache folder (the training-split items,
     which the null calibration saw, are left out)."""
-    from medsign_forensics.watermark.train_decoder import cached_originals
+    from medsign_forensics.localization.cache import cached_originals
 
     if folder is None or not (folder / "cache.json").is_file():
         return None

@@ -74,7 +74,7 @@ def notch(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
 def genuine_images(cache: Path, count: int) -> list[np.ndarray]:
     from medsign_forensics.generate import DEFAULT_DEPLOYMENT_DIR
     from medsign_forensics.watermark.deployment import load_deployment
-    from medsign_forensics.watermark.train_decoder import cached_originals
+    from medsign_forensics.localization.cache import cached_originals
 
     originals = [image[0] for _, image in cached_originals(cache, held_out=True)]
     head = load_deployment(DEFAULT_DEPLOYMENT_DIR).head()

@@ -48,7 +48,7 @@ def phantoms(count: int) -> list[np.ndarray]:
 
 
 def generated(cache: Path) -> list[np.ndarray]:
-    from medsign_forensics.watermark.train_decoder import cached_originals
+    from medsign_forensics.localization.cache import cached_originals
 
     return [STORE.exact(image[0]) for _, image in cached_originals(cache, held_out=False)]
 

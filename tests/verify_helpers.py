@@ -204,8 +204,9 @@ def train_spectral_deployment(world: SpectralWorld, folder: Path, *, psnr: float
 
     The tiny model draws noise, not chests, so the mark needs a budget far above the shipped 43 dB to be read
     (30 dB reads all bits; 60 dB reads none: a weak deployment)."""
+    from medsign_forensics.localization.cache import CacheItem
     from medsign_forensics.watermark.deployment import key_from_registry
-    from medsign_forensics.watermark.train_decoder import CacheItem, DecoderTrainConfig, train_decoder
+    from medsign_forensics.watermark.train_decoder import DecoderTrainConfig, train_decoder
 
     info = ModelInfo(name=world.model.name, version="0.1.0", weights_sha256=world.model.weights_sha256)
     with Registry.open(world.registry_dir) as registry:
