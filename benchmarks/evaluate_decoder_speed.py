@@ -39,7 +39,7 @@ import torch
 from medsign_forensics.diffusion import load_model
 from medsign_forensics.diffusion.configs import default_config
 from medsign_forensics.diffusion.loader import DEFAULT_MODEL_DIR
-from medsign_forensics.diffusion.train_base import build_random_model
+from medsign_forensics.diffusion.export import build_random_model
 from medsign_forensics.fileio import write_text
 from medsign_forensics.watermark.deployment import key_from_hex
 from medsign_forensics.watermark.extractor_io import load_extractor, save_extractor

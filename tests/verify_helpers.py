@@ -145,7 +145,7 @@ def tiny_model_dir(tmp_path_factory) -> Path:
     """A tiny random diffusion model (64x64 greyscale), built once per test session and shared by modules."""
     if "dir" not in _TINY_MODEL:
         from medsign_forensics.diffusion.configs import tiny_config
-        from medsign_forensics.diffusion.train_base import build_random_model
+        from medsign_forensics.diffusion.export import build_random_model
 
         _TINY_MODEL["dir"] = build_random_model(tmp_path_factory.mktemp("model") / "mini-cxr-tiny",
                                                 config=tiny_config(), texts=REPORT_TEXTS)
@@ -182,7 +182,7 @@ def spectral_world(root: Path) -> SpectralWorld:
 
     from medsign_forensics.diffusion import load_model
     from medsign_forensics.diffusion.configs import tiny_config
-    from medsign_forensics.diffusion.train_base import build_random_model
+    from medsign_forensics.diffusion.export import build_random_model
     from medsign_forensics.watermark.extractor_io import save_spectral_extractor
     from medsign_forensics.watermark.spectral import SpectralConfig
 

@@ -10,6 +10,7 @@ from typing import Annotated, Optional
 import typer
 
 from medsign_forensics.cli.common import console, handle_errors, print_json
+from medsign_forensics.cli.progress import rich_progress
 from medsign_forensics.errors import InputError
 from medsign_forensics.fileio import OPEN_MODE, save_npy, save_png
 
@@ -127,16 +128,17 @@ def register(app: typer.Typer) -> None:
         command = ["medsign", "base", "train", "--config", config, "--out", str(out), "--stage", stage]
         command += (["--steps", str(steps)] if steps is not None else []) + (["--resume"] if resume else [])
         command += ["--device", device]
-        result = train(
-            load_config(config),
-            out,
-            stage=stage,
-            steps=steps,
-            resume=resume,
-            device=device,
-            progress=not json_output,
-            command=shlex.join(command),
-        )
+        with rich_progress(not json_output) as progress:
+            result = train(
+                load_config(config),
+                out,
+                stage=stage,
+                steps=steps,
+                resume=resume,
+                device=device,
+                progress=progress,
+                command=shlex.join(command),
+            )
         stages = [
             {
                 "stage": s.stage,

@@ -21,6 +21,7 @@ from medsign_forensics.training.weights import (
     load_state,
     load_tensors,
     read_json_manifest,
+    save_folder,
     save_tensors,
     verify_sha256,
 )
@@ -42,6 +43,7 @@ __all__ = [
     "read_json_manifest",
     "restore_rng",
     "save_checkpoint",
+    "save_folder",
     "save_tensors",
     "software",
     "verify_sha256",

@@ -11,7 +11,9 @@ what they record is checked here, one way.
 from __future__ import annotations
 
 import json
-from collections.abc import Collection, Mapping
+import os
+import shutil
+from collections.abc import Callable, Collection, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +43,28 @@ def save_tensors(
     with atomic_path(path) as tmp:
         save_file(tensors, str(tmp), metadata=dict(metadata) if metadata else None)
         return sha256_file(tmp)
+
+
+def save_folder(folder: str | Path, write: Callable[[Path], None]) -> Path:
+    """Have ``write`` fill a temporary folder beside ``folder``, then swap it into place: a model folder is
+    either the old one or the complete new one, never a mixture."""
+    folder = Path(folder)
+    tmp = folder.with_name(f".{folder.name}.tmp-{os.getpid()}")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    try:
+        write(tmp)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    old = folder.with_name(f".{folder.name}.old-{os.getpid()}")
+    if folder.exists():
+        os.replace(folder, old)
+    os.replace(tmp, folder)
+    if old.exists():
+        shutil.rmtree(old)
+    return folder
 
 
 def verify_sha256(path: str | Path, expected: object, *, what: str, recorded_in: str) -> str:
