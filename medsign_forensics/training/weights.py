@@ -75,9 +75,9 @@ def verify_sha256(path: str | Path, expected: object, *, what: str, recorded_in:
     actual = sha256_file(path)
     if actual != expected:
         raise ModelError(
-            f"the {what} fail their hash check (SHA-256 {actual[:16]}..., {recorded_in} records "
-            f"{str(expected)[:16]}...); the file was altered or replaced: restore it from the original training "
-            "output",
+            f"the {what} fail their hash check (SHA-256 mismatch: the file hashes to {actual[:16]}..., {recorded_in} "
+            f"records {str(expected)[:16]}...); the file was altered or replaced: restore it from the original "
+            "training output or reinstall it",
             path=path,
         )
     return actual
