@@ -50,8 +50,6 @@ MIN_SUPPORT = 20
 # Renderer seeds: training phantoms use [0, EVAL_SEED_BASE), held-out ones start here.
 EVAL_SEED_BASE = 10_000_000
 RANDOM_SEED_OFFSET = 5_000_000
-CHECKPOINT_FILE = "checkpoint.pt"
-LOG_FILE = "train_log.jsonl"
 TASK = "training classifier"
 
 
@@ -301,7 +299,7 @@ def train_classifier(
     ``command`` (the command line that started the run) is recorded in the weights' config.json. ``progress``
     receives the rendering and training events (the step's loss at log steps).
     """
-    run = RunFolder(out_dir, marker=CHECKPOINT_FILE, resume=None, log=LOG_FILE)
+    run = RunFolder(out_dir, resume=None)
     out = run.path
     torch.manual_seed(config.seed)
     train_specs, eval_specs = build_specs(config)

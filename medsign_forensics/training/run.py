@@ -15,6 +15,9 @@ from typing import Any
 from medsign_forensics.errors import InputError
 from medsign_forensics.training.log import JsonlLog
 
+CHECKPOINT_FILE = "checkpoint.pt"
+LOG_FILE = "train_log.jsonl"
+
 
 class RunFolder:
     """``path`` holding (or about to hold) one run, recognised by the file ``marker``.
@@ -23,7 +26,9 @@ class RunFolder:
     none), None continues a run if there is one and starts one otherwise. :attr:`resuming` says which.
     """
 
-    def __init__(self, path: str | Path, *, marker: str, resume: bool | None, log: str = "train_log.jsonl") -> None:
+    def __init__(
+        self, path: str | Path, *, resume: bool | None, marker: str = CHECKPOINT_FILE, log: str = LOG_FILE
+    ) -> None:
         self.path = Path(path)
         self.marker = self.path / marker
         started = self.marker.is_file()

@@ -61,7 +61,6 @@ from medsign_forensics.watermark.deployment import (
     save_deployment,
 )
 
-CHECKPOINT_FILE = "checkpoint.pt"
 CACHE_TASK = "sampling x0 + A_loc"
 TRAIN_TASK = "fine-tuning D_w"
 
@@ -135,7 +134,7 @@ def train_decoder(
     from medsign_forensics.verify import DEFAULT_EXTRACTOR_DIR
     from medsign_forensics.watermark.extractor_io import extractor_manifest, load_extractor
 
-    run = RunFolder(out_dir, marker=CHECKPOINT_FILE, resume=resume, log=LOG_FILE)
+    run = RunFolder(out_dir, resume=resume, log=LOG_FILE)
     out = run.path
     extractor_module = load_extractor(Path(extractor), device=config.device)
     extractor_path = Path(extractor).resolve()

@@ -46,8 +46,6 @@ from medsign_forensics.watermark.hidden import HiddenConfig, HiddenEncoder, Hidd
 from medsign_forensics.watermark.whitening import Whitening, whiten_extractor
 
 PHANTOM = "phantom"
-CHECKPOINT_FILE = "checkpoint.pt"
-LOG_FILE = "train_log.jsonl"
 TASK = "stage 1: extractor"
 # Disjoint phantom seed ranges: training, whitening fit, held-out evaluation.
 TRAIN_SEED_BASE = 0
@@ -318,7 +316,7 @@ def train_extractor(
 
     ``progress`` gets an event per step, with the window's means (loss, bit accuracy, s/step) at log steps.
     """
-    run = RunFolder(out, marker=CHECKPOINT_FILE, resume=resume, log=LOG_FILE)
+    run = RunFolder(out, resume=resume)
     out = run.path
     trainer = _Trainer(config, out)
     if run.resuming:
