@@ -85,15 +85,15 @@ def main() -> None:
     args = parser.parse_args()
     if (args.deployment is None) == (args.stage1 is None):
         raise SystemExit("give --deployment DIR (with --extractor) or --stage1 DIR")
+    from medsign_forensics.key import identification_threshold, threshold
     from medsign_forensics.verify import Scaling, reading_pixels
-    from medsign_forensics.watermark import stats
     from medsign_forensics.watermark.attacks import get_attack
     from medsign_forensics.watermark.extractor_io import extract_bits, load_extractor
 
     extractor = load_extractor(args.extractor or args.stage1)
     images, keys, source = from_deployment(args) if args.deployment else from_stage1(args)
     bits = extractor.config.bits
-    single, family = stats.threshold(bits, 1e-6), stats.identification_threshold(bits, 1000, 1e-6)
+    single, family = threshold(bits, 1e-6), identification_threshold(bits, 1000, 1e-6)
     rng = np.random.default_rng(1)
     rows = []
     for name in ATTACKS:

@@ -28,7 +28,6 @@ from medsign_forensics.provenance.keys import (
 )
 from medsign_forensics.provenance.policy import (
     Attribution,
-    Correction,
     Policy,
     TamperAction,
     TamperEvent,
@@ -58,7 +57,7 @@ from medsign_forensics.provenance.registry import (
 )
 
 __all__ = [
-    "PASSPHRASE_ENV", "Attribution", "Candidates", "CheckReport", "Correction", "DocumentType", "ImageStatement",
+    "PASSPHRASE_ENV", "Attribution", "Candidates", "CheckReport", "DocumentType", "ImageStatement",
     "Issuer", "IssuerKey", "KeyStatus", "ModelInfo", "Policy", "ProvenanceRecord", "Registry", "RegistryEntry",
     "Revocation", "ScryptParams", "SignatureError", "SignatureFailure", "SignedDocument", "Signer", "TamperAction",
     "TamperEvent", "VerifiedEntry", "WatermarkPayload", "create_issuer_key", "key_id_of", "load_issuer_key",

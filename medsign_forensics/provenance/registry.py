@@ -52,6 +52,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from medsign_forensics.config import DEFAULT_KEY_BITS
 from medsign_forensics.errors import InputError, RegistryError
+from medsign_forensics.key import bits_to_hex, check_length, hex_matrix, match_counts, random_key
 from medsign_forensics.provenance.canonical import from_base64, parse_canonical, to_base64
 from medsign_forensics.provenance.keys import IssuerKey, Signer, key_id_of, load_public_key_pem, public_key_pem
 from medsign_forensics.provenance.log import (
@@ -79,7 +80,6 @@ from medsign_forensics.provenance.records import (
     utc_now,
     verify,
 )
-from medsign_forensics.watermark.bits import bits_to_hex, check_length, random_key
 
 REGISTRY_FILE = "registry.sqlite"
 SCHEMA_VERSION = 2
@@ -216,11 +216,8 @@ class Candidates:
         return len(self.entries)
 
     def match_counts(self, extracted: np.ndarray) -> np.ndarray:
-        """Number of agreeing bits between ``extracted`` and every key, shape (N,), vectorised."""
-        extracted = np.asarray(extracted, dtype=np.uint8).ravel()
-        if extracted.size != self.bits:
-            raise InputError(f"cannot compare a {extracted.size}-bit message with {self.bits}-bit keys")
-        return np.count_nonzero(self.keys == extracted[None, :], axis=1)
+        """Number of agreeing bits between ``extracted`` and every key, shape (N,)."""
+        return match_counts(np.ravel(extracted), self.keys)
 
 
 @dataclass(frozen=True)
@@ -839,23 +836,18 @@ def _signature_bytes(text: str | None) -> bytes:
 
 
 def _hex_matrix(hexes: Sequence[str], bits: int) -> np.ndarray:
-    """(N, bits) uint8 0/1 matrix from hex keys, most significant bit first (as watermark.bits writes them)."""
-    if not hexes:
-        return np.zeros((0, bits), dtype=np.uint8)
+    """(N, bits) key matrix of stored hex keys; a damaged key is a registry fault, not the caller's input."""
     try:
-        raw = b"".join(bytes.fromhex(text) for text in hexes)
-    except ValueError:
-        raise RegistryError("the registry holds a key that is not hexadecimal; run `medsign keys check`") from None
-    if len(raw) != len(hexes) * bits // 8:
-        raise RegistryError(f"the registry holds a key whose length is not {bits} bits; run `medsign keys check`")
-    return np.unpackbits(np.frombuffer(raw, dtype=np.uint8).reshape(len(hexes), bits // 8), axis=1)
+        return hex_matrix(hexes, bits)
+    except InputError as error:
+        raise RegistryError(f"the registry holds a damaged key ({error}); run `medsign keys check`") from None
 
 
 def _draw_distant_key(existing: np.ndarray, bits: int, min_distance: int, rng: np.random.Generator) -> np.ndarray:
     """Rejection-sample a key at Hamming distance >= ``min_distance`` from every row of ``existing``."""
     for _ in range(MAX_KEY_DRAWS):
         key = random_key(bits, rng)
-        if existing.shape[0] == 0 or int(np.count_nonzero(existing != key, axis=1).min()) >= min_distance:
+        if existing.shape[0] == 0 or bits - int(match_counts(key, existing).max()) >= min_distance:
             return key
     raise RegistryError(f"no {bits}-bit key at distance >= {min_distance} from the {existing.shape[0]} "
                         f"registered keys was found in {MAX_KEY_DRAWS} draws; the key space is crowded: use "

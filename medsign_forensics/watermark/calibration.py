@@ -1,6 +1,6 @@
 """Empirical null for the watermark p-value.
 
-Why: :func:`medsign_forensics.watermark.stats.p_value` assumes every extracted bit of an unwatermarked image is a
+Why: :func:`medsign_forensics.key.p_value` assumes every extracted bit of an unwatermarked image is a
 fair coin. Measurement says otherwise on some image families (phantoms, images from the base generator, heavy
 JPEG): the rate of reading a 1 ranges from about 0.35 to 0.67 per bit, so a key that happens to agree with that
 bias matches unmarked images more often than Binomial(k, 1/2) predicts, and its binomial p-values are too small.
@@ -26,6 +26,7 @@ import numpy as np
 from scipy.stats import chi2
 
 from medsign_forensics.errors import InputError
+from medsign_forensics.key import match_counts
 from medsign_forensics.watermark.stats import match_probabilities, poisson_binomial_sf
 
 RATE_FLOOR = 0.01
@@ -78,7 +79,7 @@ class NullCalibration:
                 f"a {self.bits}-bit calibration cannot compare {extracted.size} extracted bits with keys of "
                 f"shape {keys.shape}; use the calibration fitted for this extractor"
             )
-        matches = (keys == extracted[None, :]).sum(axis=1)
+        matches = match_counts(extracted, keys)
         q = match_probabilities(keys, np.asarray(self.rate_one_low), np.asarray(self.rate_one_high))
         return matches, np.asarray(poisson_binomial_sf(matches, q))
 

@@ -40,7 +40,7 @@ from medsign_forensics import __version__
 from medsign_forensics.errors import InputError, ModelError, RegistryError
 from medsign_forensics.fileio import atomic_path, sha256_file, write_json
 from medsign_forensics.provenance.records import utc_now
-from medsign_forensics.watermark.bits import bits_to_hex, check_length, hex_to_bits
+from medsign_forensics.key import bits_to_hex, check_length, hex_to_bits
 
 FORMAT = "medsign-deployment"
 FORMAT_VERSION = 1

@@ -788,7 +788,7 @@ def train_decoder(
         raise InputError("this folder already holds a decoder training run; pass --resume or choose a new --out", path=out)
     out.mkdir(parents=True, exist_ok=True)
     extractor_module = load_extractor(Path(extractor), device=config.device)
-    from medsign_forensics.verify import DEFAULT_EXTRACTOR_DIR
+    from medsign_forensics.config import DEFAULT_EXTRACTOR_DIR
 
     extractor_path = Path(extractor).resolve()
     extractor_info = {"path": EMBEDDED if extractor_path == DEFAULT_EXTRACTOR_DIR.resolve() else str(extractor_path),
@@ -908,7 +908,7 @@ def train_decoder(
 def measure_held_out(trainer: DecoderTrainer, data: CachedData, *, seed: int, batch: int = 8) -> dict[str, Any]:
     """PSNR/SSIM against D_o and blind bit accuracy after each Table-1 attack (exact forms, 8-bit storage on
     both sides), on held-out items: what a deployment records about itself and ``generate`` checks."""
-    from medsign_forensics.evaluate.metrics import psnr, ssim
+    from medsign_forensics.watermark.fidelity import psnr, ssim
     from medsign_forensics.watermark.attacks import TABLE1_ATTACKS
     from medsign_forensics.watermark.extractor_io import extract_bits
 

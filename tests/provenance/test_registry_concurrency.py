@@ -12,7 +12,7 @@ import numpy as np
 from provenance_helpers import PASSPHRASE
 
 from medsign_forensics.provenance.registry import Registry
-from medsign_forensics.watermark.bits import hex_to_bits
+from medsign_forensics.key import hex_to_bits
 
 WORKER = textwrap.dedent("""
     import sys, time
