@@ -32,8 +32,10 @@ import numpy as np
 import torch
 from scipy.stats import binom, chi2, chisquare, norm
 
+from medsign_forensics.attacks.base import Attack
+from medsign_forensics.attacks.codec import quantise
+from medsign_forensics.attacks.library import TABLE1_ATTACKS
 from medsign_forensics.fileio import sha256_file, write_text
-from medsign_forensics.watermark.attacks import TABLE1_ATTACKS, Attack
 from medsign_forensics.watermark.data import FolderSource, ImageSource, PhantomSource, centre_square
 from medsign_forensics.watermark.extractor_io import extract_bits, load_encoder, load_extractor
 from medsign_forensics.watermark.train_extractor import EVAL_SEED_BASE
@@ -57,7 +59,7 @@ def robustness(model: Path, images: np.ndarray, attacks: tuple[Attack, ...], see
     for start in range(0, len(images), 32):
         batch = torch.from_numpy(images[start : start + 32, None])
         out = encoder(batch, torch.from_numpy(keys[start : start + 32].astype(np.float32)))
-        marked.append(np.rint(out[:, 0].numpy() * 255) / 255)  # stored as an 8-bit file
+        marked.append(quantise(out[:, 0].numpy()))  # stored as an 8-bit file
     marked_all = np.concatenate(marked).astype(np.float32)
     rng = np.random.default_rng(seed + 1)
     accuracy = {}

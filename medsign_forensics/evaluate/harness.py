@@ -23,15 +23,11 @@ import numpy as np
 import torch
 
 from medsign_forensics import __version__
+from medsign_forensics.attacks.base import Attack
+from medsign_forensics.attacks.codec import quantise
+from medsign_forensics.attacks.library import TABLE1_ATTACKS
 from medsign_forensics.config import REPO_DIR
 from medsign_forensics.errors import ImageReadError, InputError, ModelError
-from medsign_forensics.evaluate.metrics import (
-    Detection,
-    MeanOf,
-    kind_confidences,
-    quantise,
-    region_differences,
-)
 from medsign_forensics.evaluate.methods import (
     ABLATION_TITLES,
     BASELINE_TITLES,
@@ -43,9 +39,14 @@ from medsign_forensics.evaluate.methods import (
     build_baseline,
     extractor_detector,
 )
+from medsign_forensics.evaluate.metrics import (
+    Detection,
+    MeanOf,
+    kind_confidences,
+    region_differences,
+)
 from medsign_forensics.key import match_counts
 from medsign_forensics.provenance.records import utc_now
-from medsign_forensics.watermark.attacks import TABLE1_ATTACKS, Attack
 from medsign_forensics.watermark.deployment import EMBEDDED, Deployment, load_deployment
 from medsign_forensics.watermark.fidelity import psnr, ssim
 from medsign_forensics.watermark.train_decoder import (

@@ -21,11 +21,6 @@ import numpy as np
 from medsign_forensics.key import threshold
 
 
-def quantise(image: np.ndarray) -> np.ndarray:
-    """Round to 8-bit grey levels and back to float32 [0, 1]."""
-    return (np.clip(np.rint(np.asarray(image, np.float64) * 255.0), 0, 255) / 255.0).astype(np.float32)
-
-
 @dataclass(frozen=True)
 class MeanOf:
     """A mean over images, with how many entered it and how many were left out (e.g. infinite PSNR)."""

@@ -25,8 +25,9 @@ from pathlib import Path
 import numpy as np
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+from medsign_forensics.attacks.codec import to_uint8
 from medsign_forensics.errors import DatasetError
-from medsign_forensics.fileio import atomic_path, to_uint8, write_text
+from medsign_forensics.fileio import atomic_path, write_text
 from medsign_forensics.phantom.classifier import LABEL_INDEX, LABELS, encode_labels, label_name
 from medsign_forensics.reports.findings import Finding, FindingKind, Severity, Side, Zone
 

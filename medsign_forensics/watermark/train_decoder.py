@@ -58,10 +58,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from medsign_forensics.attacks.library import get_attack
+from medsign_forensics.attacks.storage import Requantize
 from medsign_forensics.config import LossWeights, preset
 from medsign_forensics.errors import DatasetError, InputError, ModelError
 from medsign_forensics.fileio import atomic_path, write_json, write_text
-from medsign_forensics.watermark.attacks import Requantize, get_attack
 from medsign_forensics.watermark.deployment import (
     DECODER_PREFIXES,
     EMBEDDED,
@@ -908,9 +909,9 @@ def train_decoder(
 def measure_held_out(trainer: DecoderTrainer, data: CachedData, *, seed: int, batch: int = 8) -> dict[str, Any]:
     """PSNR/SSIM against D_o and blind bit accuracy after each Table-1 attack (exact forms, 8-bit storage on
     both sides), on held-out items: what a deployment records about itself and ``generate`` checks."""
-    from medsign_forensics.watermark.fidelity import psnr, ssim
-    from medsign_forensics.watermark.attacks import TABLE1_ATTACKS
+    from medsign_forensics.attacks.library import TABLE1_ATTACKS
     from medsign_forensics.watermark.extractor_io import extract_bits
+    from medsign_forensics.watermark.fidelity import psnr, ssim
 
     key = trainer.key.cpu().numpy().astype(np.uint8)
     rng = np.random.default_rng([seed, 23])

@@ -28,9 +28,10 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
+from medsign_forensics.attacks.library import get_attack
+from medsign_forensics.attacks.storage import Requantize
 from medsign_forensics.errors import InputError, ModelError
 from medsign_forensics.fileio import atomic_path, sha256_file, write_json, write_text
-from medsign_forensics.watermark.attacks import Requantize, get_attack
 from medsign_forensics.watermark.data import (
     FolderSource,
     ImageSource,

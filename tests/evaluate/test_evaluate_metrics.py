@@ -2,11 +2,11 @@ import numpy as np
 import pytest
 from scipy.ndimage import correlate
 
+from medsign_forensics.attacks.codec import quantise
 from medsign_forensics.evaluate.metrics import (
     Detection,
     MeanOf,
     kind_confidences,
-    quantise,
     region_differences,
 )
 from medsign_forensics.key import match_counts
