@@ -37,9 +37,10 @@ from medsign_forensics.fileio import save_png
 from medsign_forensics.imageio import BT601_LUMA
 from medsign_forensics.key import family_p_value
 from medsign_forensics.provenance.canonical import from_base64
+from medsign_forensics.provenance.entries import KeyStatus
 from medsign_forensics.provenance.keys import Signer
 from medsign_forensics.provenance.records import ProvenanceRecord, SignedDocument
-from medsign_forensics.provenance.registry import KeyStatus, Registry
+from medsign_forensics.provenance.registry import Registry
 from medsign_forensics.verify import DEFAULT_REGISTRY_DIR
 from medsign_forensics.provenance.policy import Policy, load_policy
 from medsign_forensics.watermark.deployment import EMBEDDED, Deployment, load_deployment

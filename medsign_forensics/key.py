@@ -22,13 +22,14 @@ from enum import Enum
 import numpy as np
 
 from medsign_forensics.config import SUPPORTED_KEY_BITS
-from medsign_forensics.errors import InputError
+from medsign_forensics.errors import InputError, RegistryError
 
 _HEX_DIGITS = "0123456789abcdef"
 _NIBBLE = np.full(256, 255, dtype=np.uint8)  # ASCII code -> nibble value; 255 marks a non-hex character
 for _value, _char in enumerate(_HEX_DIGITS):
     _NIBBLE[ord(_char)] = _NIBBLE[ord(_char.upper())] = _value
 _SHIFTS = np.array([3, 2, 1, 0], dtype=np.uint8)
+MAX_KEY_DRAWS = 10_000
 
 
 class Correction(str, Enum):
@@ -98,6 +99,17 @@ def match_counts(bits: np.ndarray, keys: np.ndarray) -> np.ndarray:
         return np.count_nonzero(bits == keys, axis=-1)
     except ValueError:
         raise InputError(f"cannot pair bits of shape {bits.shape} with keys of shape {keys.shape}") from None
+
+
+def draw_distant_key(existing: np.ndarray, bits: int, min_distance: int, rng: np.random.Generator) -> np.ndarray:
+    """Rejection-sample a key at Hamming distance >= ``min_distance`` from every row of ``existing``."""
+    for _ in range(MAX_KEY_DRAWS):
+        key = random_key(bits, rng)
+        if existing.shape[0] == 0 or bits - int(match_counts(key, existing).max()) >= min_distance:
+            return key
+    raise RegistryError(f"no {bits}-bit key at distance >= {min_distance} from the {existing.shape[0]} "
+                        f"registered keys was found in {MAX_KEY_DRAWS} draws; the key space is crowded: use "
+                        "longer keys or a policy with a smaller keys.min_hamming_distance")
 
 
 # -- binomial statistics ---------------------------------------------------------------------------------

@@ -62,9 +62,10 @@ from medsign_forensics.dicom.reader import CheckStatus, StudyCheck, check_study
 from medsign_forensics.errors import ImageReadError, InputError, MedsignError, ModelError
 from medsign_forensics.imageio import DEFAULT_MAX_PIXELS, ImageFormat, SuspectImage, read_image
 from medsign_forensics.key import family_p_value
+from medsign_forensics.provenance.entries import Candidates, KeyStatus, VerifiedEntry
 from medsign_forensics.provenance.keys import key_id_of, load_public_key_file
 from medsign_forensics.provenance.policy import Attribution, Policy, TamperAction, TamperEvent, load_policy
-from medsign_forensics.provenance.registry import Candidates, KeyStatus, Registry, VerifiedEntry
+from medsign_forensics.provenance.registry import Registry
 
 if TYPE_CHECKING:  # torch and scipy load only when a Verifier is built: `medsign --help` stays fast
     from medsign_forensics.watermark.extractor_io import Extractor

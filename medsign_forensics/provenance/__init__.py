@@ -14,6 +14,8 @@ and by a verifier (public keys only)::
         verified = registry.verify_entry(candidates.entries[int(counts.argmax())])
 """
 
+from medsign_forensics.provenance.checks import CheckReport
+from medsign_forensics.provenance.entries import Candidates, Issuer, KeyStatus, RegistryEntry, VerifiedEntry
 from medsign_forensics.provenance.keys import (
     PASSPHRASE_ENV,
     IssuerKey,
@@ -46,15 +48,7 @@ from medsign_forensics.provenance.records import (
     sign,
     verify,
 )
-from medsign_forensics.provenance.registry import (
-    Candidates,
-    CheckReport,
-    Issuer,
-    KeyStatus,
-    Registry,
-    RegistryEntry,
-    VerifiedEntry,
-)
+from medsign_forensics.provenance.registry import Registry
 
 __all__ = [
     "PASSPHRASE_ENV", "Attribution", "Candidates", "CheckReport", "DocumentType", "ImageStatement",

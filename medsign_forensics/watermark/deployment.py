@@ -107,7 +107,8 @@ def key_from_registry(registry_dir: str | Path, provenance_id: str) -> Deploymen
 
     Refuses a revoked key and a row whose signature does not verify (RegistryError).
     """
-    from medsign_forensics.provenance.registry import KeyStatus, Registry
+    from medsign_forensics.provenance.entries import KeyStatus
+    from medsign_forensics.provenance.registry import Registry
 
     with Registry.open(registry_dir) as registry:
         entry = registry.get(provenance_id)

@@ -8,12 +8,14 @@ import pytest
 from provenance_helpers import MODEL
 
 from medsign_forensics.errors import RegistryError
+from medsign_forensics.key import hex_to_bits, match_counts
 from medsign_forensics.provenance.canonical import from_base64, to_base64
+from medsign_forensics.provenance.entries import KeyStatus
 from medsign_forensics.provenance.keys import IssuerKey
 from medsign_forensics.provenance.policy import Policy, load_policy
 from medsign_forensics.provenance.records import SignatureError, SignatureFailure
-from medsign_forensics.provenance.registry import REGISTRY_FILE, SCHEMA_VERSION, KeyStatus, Registry
-from medsign_forensics.key import hex_to_bits, match_counts
+from medsign_forensics.provenance.registry import Registry
+from medsign_forensics.provenance.schema import REGISTRY_FILE, SCHEMA_VERSION
 
 
 def _sql(registry: Registry, statement: str, *params: object) -> None:
