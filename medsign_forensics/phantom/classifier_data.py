@@ -38,9 +38,13 @@ MASK_GRID = 32
 CACHE_FORMAT = "images+labels+masks32"
 #: Modules whose source decides what a render looks like; their digest stamps every render cache.
 RENDERER_MODULES = (
+    "medsign_forensics.attacks.codec",  # quantises the rendered image to 8 bits
     "medsign_forensics.phantom.anatomy",
     "medsign_forensics.phantom.lesions",
+    "medsign_forensics.phantom.params",
+    "medsign_forensics.phantom.raster",
     "medsign_forensics.phantom.renderer",
+    "medsign_forensics.phantom.skeleton",
 )
 
 # How many findings a random study gets: normals and single findings dominate, as in real reports.

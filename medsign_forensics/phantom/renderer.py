@@ -23,8 +23,10 @@ import numpy as np
 
 from medsign_forensics.attacks.codec import to_uint8
 from medsign_forensics.errors import InputError, ReportError
-from medsign_forensics.phantom.anatomy import STREAM_NOISE, Anatomy, AnatomyParams, sample_anatomy, smooth, stream
+from medsign_forensics.phantom.anatomy import Anatomy
 from medsign_forensics.phantom.lesions import Lesion, draw_findings
+from medsign_forensics.phantom.params import STREAM_NOISE, AnatomyParams, sample_anatomy, stream
+from medsign_forensics.phantom.raster import smooth
 from medsign_forensics.reports.findings import Finding
 
 SIZES = (256, 512)
