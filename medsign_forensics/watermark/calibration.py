@@ -23,10 +23,10 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 import numpy as np
-from scipy.stats import chi2
 
 from medsign_forensics.errors import InputError
 from medsign_forensics.key import match_counts
+from medsign_forensics.watermark.fairness import bit_mean_chi2
 from medsign_forensics.watermark.stats import match_probabilities, poisson_binomial_sf
 
 RATE_FLOOR = 0.01
@@ -123,16 +123,15 @@ class NullCalibration:
 
 def _summary(name: str, bits: np.ndarray) -> dict[str, Any]:
     """Per-set evidence of bias: chi-square of the per-bit means against a fair coin (k degrees of freedom)."""
-    n, k = bits.shape
     means = bits.mean(axis=0)
-    stat = float((((means - 0.5) / np.sqrt(0.25 / n)) ** 2).sum())
+    stat, p = bit_mean_chi2(bits)
     return {
         "name": name,
-        "n": int(n),
+        "n": len(bits),
         "mean_min": float(means.min()),
         "mean_max": float(means.max()),
         "chi2": stat,
-        "chi2_p": float(chi2.sf(stat, k)),
+        "chi2_p": p,
     }
 
 
