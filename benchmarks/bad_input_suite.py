@@ -320,7 +320,7 @@ def main() -> None:
         tmp_path = Path(tmp)
         extractor = args.extractor
         if extractor is None:
-            from verify_helpers import build_extractor
+            from helpers.verify import build_extractor
 
             extractor = build_extractor(tmp_path / "extractor")
         suite = write_suite(tmp_path / "suite")

@@ -15,7 +15,6 @@ import argparse
 import os
 import platform
 import statistics
-import sys
 import tempfile
 import time
 from datetime import datetime, timezone
@@ -28,7 +27,6 @@ from PIL import Image
 from medsign_forensics.attacks.codec import to_uint8
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tests"))
 
 
 def chest_like(size: int, seed: int) -> np.ndarray:

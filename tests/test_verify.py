@@ -10,7 +10,7 @@ import pydicom
 import pytest
 from PIL import Image
 
-from verify_helpers import MODEL, SIZE, World, build_extractor, build_world, read_bits, sample_image, save_png
+from helpers.verify import MODEL, SIZE, World, build_extractor, build_world, read_bits, sample_image, save_png
 
 from medsign_forensics.dicom.private import PRIVATE_CREATOR, Element, find_block
 from medsign_forensics.errors import ImageReadError, ModelError, RegistryError

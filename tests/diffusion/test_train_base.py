@@ -14,7 +14,7 @@ from medsign_forensics.diffusion.tokenizer import train_tokenizer
 from medsign_forensics.diffusion.train_base import Stage, UNetTrainer, VaeTrainer, train
 from medsign_forensics.errors import InputError
 
-from diffusion_helpers import REPORT_TEXTS, StandInSource
+from helpers.diffusion import REPORT_TEXTS, StandInSource
 
 
 def _images(count: int = 2, size: int = 32) -> torch.Tensor:

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from provenance_helpers import MODEL
+from helpers.provenance import MODEL
 
 from medsign_forensics.errors import RegistryError
 from medsign_forensics.key import hex_to_bits, match_counts

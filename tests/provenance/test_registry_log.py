@@ -7,7 +7,7 @@ import sqlite3
 from pathlib import Path
 
 import pytest
-from provenance_helpers import MODEL
+from helpers.provenance import MODEL
 
 from medsign_forensics.config import REPO_DIR
 from medsign_forensics.errors import InputError, RegistryError
