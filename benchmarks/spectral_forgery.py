@@ -35,11 +35,11 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from medsign_forensics.evaluate.metrics import psnr  # noqa: E402
+from medsign_forensics.attacks.storage import Requantize  # noqa: E402
 from medsign_forensics.fileio import save_png, write_text  # noqa: E402
 from medsign_forensics.imageio import read_image  # noqa: E402
 from medsign_forensics.verify import Verifier, load_default_extractor, reading_pixels  # noqa: E402
-from medsign_forensics.watermark.attacks import Requantize  # noqa: E402
+from medsign_forensics.watermark.fidelity import psnr  # noqa: E402
 from medsign_forensics.watermark.spectral import embed_image, layout  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]

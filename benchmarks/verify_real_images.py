@@ -85,7 +85,7 @@ def write_generated(cache: Path, folder: Path) -> tuple[list[Path], int]:
 def write_jpegs(paths: list[Path], folder: Path) -> tuple[list[Path], list[str]]:
     """Each file again as a Pillow JPEG (quality JPEG_QUALITY); files that cannot be read are listed instead."""
     from medsign_forensics.errors import MedsignError
-    from medsign_forensics.fileio import to_uint8
+    from medsign_forensics.attacks.codec import to_uint8
     from medsign_forensics.imageio import read_image
 
     folder.mkdir(parents=True, exist_ok=True)

@@ -57,19 +57,20 @@ import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from PIL import Image
 
-from medsign_forensics.config import REPO_DIR, WEIGHTS_DIR
+from medsign_forensics.config import DEFAULT_EXTRACTOR_DIR, REPO_DIR
 from medsign_forensics.dicom.reader import CheckStatus, StudyCheck, check_study
 from medsign_forensics.errors import ImageReadError, InputError, MedsignError, ModelError
 from medsign_forensics.imageio import DEFAULT_MAX_PIXELS, ImageFormat, SuspectImage, read_image
+from medsign_forensics.key import family_p_value
+from medsign_forensics.provenance.entries import Candidates, KeyStatus, VerifiedEntry
 from medsign_forensics.provenance.keys import key_id_of, load_public_key_file
 from medsign_forensics.provenance.policy import Attribution, Policy, TamperAction, TamperEvent, load_policy
-from medsign_forensics.provenance.registry import Candidates, KeyStatus, Registry, VerifiedEntry
+from medsign_forensics.provenance.registry import Registry
 
 if TYPE_CHECKING:  # torch and scipy load only when a Verifier is built: `medsign --help` stays fast
     from medsign_forensics.watermark.extractor_io import Extractor
 
 DEFAULT_REGISTRY_DIR = REPO_DIR / "keys" / "demo-registry"
-DEFAULT_EXTRACTOR_DIR = WEIGHTS_DIR / "extractor"
 WORKING_SIZE = 256
 # Largest image the extractor runs on (2048 x 2048): its first feature map is then 128 MiB.
 MAX_EXTRACTION_PIXELS = 2048 * 2048
@@ -398,8 +399,6 @@ class Verifier:
 
     def _match(self, pixels: np.ndarray) -> tuple[KeyMatch | None, list[VerifyCheck]]:
         """Extract the message and find the best registered key; verify its registry row when attributed."""
-        from medsign_forensics.watermark import stats
-
         bits, presence = self._extract(pixels)
         candidates = self.candidates
         k = self.extractor.config.bits
@@ -411,7 +410,7 @@ class Verifier:
         entry = candidates.entries[best]
         matched = int(counts[best])
         p = float(p_values[best])
-        family = stats.family_p_value(p, len(candidates), stats.Correction(self.policy.correction.value))
+        family = family_p_value(p, len(candidates), self.policy.correction)
         attribution = self.policy.classify(family)
         checks: list[VerifyCheck] = []
         threshold = getattr(self.extractor.config, "presence_threshold", None)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from verify_helpers import spectral_world, train_spectral_deployment
+from helpers.verify import spectral_world, train_spectral_deployment
 
 from medsign_forensics.cli.main import app
 from medsign_forensics.errors import ModelError

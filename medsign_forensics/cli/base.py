@@ -171,9 +171,4 @@ def register(app: typer.Typer) -> None:
 
 
 def _write_png(path: Path, image) -> None:  # image: (C, H, W) float in [0, 1]
-    import numpy as np
-
-    # Quantised here in the image's own precision (float32), not by fileio.to_uint8 (float64), so the
-    # pixels stay as this command has always written them.
-    pixels = np.clip(np.rint(image * 255.0), 0, 255).astype(np.uint8)
-    save_png(path, pixels[0] if pixels.shape[0] == 1 else pixels.transpose(1, 2, 0), mode=OPEN_MODE)
+    save_png(path, image[0] if image.shape[0] == 1 else image.transpose(1, 2, 0), mode=OPEN_MODE)

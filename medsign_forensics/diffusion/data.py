@@ -21,6 +21,7 @@ from typing import Protocol
 
 import numpy as np
 
+from medsign_forensics.attacks.codec import to_uint8
 from medsign_forensics.diffusion.configs import DataConfig
 from medsign_forensics.errors import DatasetError
 from medsign_forensics.fileio import write_text
@@ -167,7 +168,7 @@ class RenderCache:
             for row in range(start, stop):
                 index, render = divmod(row, renders_per_report)
                 image = source.render(index, seed=render_seed(seed, index, render), size=self.size)
-                images[row] = np.clip(np.rint(image * 255.0), 0, 255).astype(np.uint8)
+                images[row] = to_uint8(image)
             images.flush()
             _write_json(self.index_path, {**meta, "done": stop})
             notify(progress, task, stop, self.count)

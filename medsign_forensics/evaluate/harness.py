@@ -23,18 +23,11 @@ import numpy as np
 import torch
 
 from medsign_forensics import __version__
+from medsign_forensics.attacks.base import Attack
+from medsign_forensics.attacks.codec import quantise
+from medsign_forensics.attacks.library import TABLE1_ATTACKS
 from medsign_forensics.config import REPO_DIR
 from medsign_forensics.errors import ImageReadError, InputError, ModelError
-from medsign_forensics.evaluate.metrics import (
-    Detection,
-    MeanOf,
-    kind_confidences,
-    matches,
-    psnr,
-    quantise,
-    region_differences,
-    ssim,
-)
 from medsign_forensics.evaluate.methods import (
     ABLATION_TITLES,
     BASELINE_TITLES,
@@ -46,11 +39,18 @@ from medsign_forensics.evaluate.methods import (
     build_baseline,
     extractor_detector,
 )
+from medsign_forensics.evaluate.metrics import (
+    Detection,
+    MeanOf,
+    kind_confidences,
+    region_differences,
+)
+from medsign_forensics.key import match_counts
 from medsign_forensics.localization.cache import DEFAULT_REPORTS, CachedData, LatentCache, MapVariant, split_items
 from medsign_forensics.provenance.records import utc_now
 from medsign_forensics.training.progress import ProgressFn, notify
-from medsign_forensics.watermark.attacks import TABLE1_ATTACKS, Attack
 from medsign_forensics.watermark.deployment import EMBEDDED, Deployment, load_deployment
+from medsign_forensics.watermark.fidelity import psnr, ssim
 
 REAL_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".dcm", ".dicom")
 LESION_LEVEL = 0.5
@@ -193,11 +193,11 @@ def _score(method: Method, ctx: Context, progress: ProgressFn | None) -> dict[st
         attacked = [
             attack.exact(image, np.random.default_rng([ctx.seed, a_index, i])) for i, image in enumerate(method.images)
         ]
-        counts = matches(method.detector(attacked), method.key)
+        counts = match_counts(method.detector(attacked), method.key)
         accuracy[attack.name] = [float(c) / k for c in counts]
         detection[attack.name] = Detection.of(counts, k, ctx.fpr).to_dict()
         notify(progress, method.name, a_index + 1, len(ctx.attacks) + 1)
-    false_positives = Detection.of(matches(method.detector(ctx.originals), method.key), k, ctx.fpr)
+    false_positives = Detection.of(match_counts(method.detector(ctx.originals), method.key), k, ctx.fpr)
     regions = [
         r for r in (region_differences(o, w, m, level=LESION_LEVEL) for o, w, m in zip(ctx.originals, method.images, ctx.maps)) if r
     ]
@@ -289,7 +289,7 @@ def _real_false_positives(
         for method in methods:
             if method.kind is MethodKind.POST_GENERATION and len(counts[method.name]) >= config.real_baseline_max:
                 continue
-            counts[method.name].append(int(matches(method.detector([pixels]), method.key)[0]))
+            counts[method.name].append(int(match_counts(method.detector([pixels]), method.key)[0]))
         notify(progress, "real radiographs", index + 1, len(files))
     return {
         "folder": str(folder),

@@ -24,8 +24,9 @@ from pathlib import Path
 
 import numpy as np
 
+from medsign_forensics.attacks.codec import to_uint8
 from medsign_forensics.errors import DatasetError
-from medsign_forensics.fileio import atomic_path, to_uint8, write_text
+from medsign_forensics.fileio import atomic_path, write_text
 from medsign_forensics.phantom.classifier import LABEL_INDEX, LABELS, encode_labels, label_name
 from medsign_forensics.reports.findings import Finding, FindingKind, Severity, Side, Zone
 from medsign_forensics.training.progress import ProgressFn, notify
@@ -37,9 +38,13 @@ MASK_GRID = 32
 CACHE_FORMAT = "images+labels+masks32"
 #: Modules whose source decides what a render looks like; their digest stamps every render cache.
 RENDERER_MODULES = (
+    "medsign_forensics.attacks.codec",  # quantises the rendered image to 8 bits
     "medsign_forensics.phantom.anatomy",
     "medsign_forensics.phantom.lesions",
+    "medsign_forensics.phantom.params",
+    "medsign_forensics.phantom.raster",
     "medsign_forensics.phantom.renderer",
+    "medsign_forensics.phantom.skeleton",
 )
 
 # How many findings a random study gets: normals and single findings dominate, as in real reports.

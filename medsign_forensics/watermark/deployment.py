@@ -39,8 +39,8 @@ from medsign_forensics import __version__
 from medsign_forensics.errors import InputError, ModelError, RegistryError
 from medsign_forensics.fileio import write_json
 from medsign_forensics.provenance.records import utc_now
+from medsign_forensics.key import bits_to_hex, check_length, hex_to_bits
 from medsign_forensics.training.weights import check_state, load_state, load_tensors, save_tensors
-from medsign_forensics.watermark.bits import bits_to_hex, check_length, hex_to_bits
 
 FORMAT = "medsign-deployment"
 FORMAT_VERSION = 1
@@ -107,7 +107,8 @@ def key_from_registry(registry_dir: str | Path, provenance_id: str) -> Deploymen
 
     Refuses a revoked key and a row whose signature does not verify (RegistryError).
     """
-    from medsign_forensics.provenance.registry import KeyStatus, Registry
+    from medsign_forensics.provenance.entries import KeyStatus
+    from medsign_forensics.provenance.registry import Registry
 
     with Registry.open(registry_dir) as registry:
         entry = registry.get(provenance_id)

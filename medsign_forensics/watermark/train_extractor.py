@@ -26,6 +26,8 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
+from medsign_forensics.attacks.library import get_attack
+from medsign_forensics.attacks.storage import Requantize
 from medsign_forensics.errors import InputError
 from medsign_forensics.fileio import sha256_file, write_json, write_text
 from medsign_forensics.training.checkpoint import load_checkpoint, restore_rng, save_checkpoint
@@ -33,7 +35,6 @@ from medsign_forensics.training.environment import environment
 from medsign_forensics.training.progress import ProgressFn, notify
 from medsign_forensics.training.run import RunFolder
 from medsign_forensics.training.schedule import WarmupCosine
-from medsign_forensics.watermark.attacks import Requantize, get_attack
 from medsign_forensics.watermark.data import (
     FolderSource,
     ImageSource,

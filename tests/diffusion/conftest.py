@@ -17,7 +17,7 @@ from medsign_forensics.diffusion.configs import (
 from medsign_forensics.diffusion.tokenizer import train_tokenizer
 from medsign_forensics.diffusion.export import build_random_model
 
-from diffusion_helpers import REPORT_TEXTS
+from helpers.diffusion import REPORT_TEXTS
 
 @pytest.fixture(scope="session")
 def grey_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:

@@ -15,7 +15,7 @@ from medsign_forensics.diffusion.base_trainers import UNetTrainer, VaeTrainer
 from medsign_forensics.diffusion.train_base import Stage, train
 from medsign_forensics.errors import InputError
 
-from diffusion_helpers import REPORT_TEXTS, StandInSource
+from helpers.diffusion import REPORT_TEXTS, StandInSource
 
 
 def _images(count: int = 2, size: int = 32) -> torch.Tensor:

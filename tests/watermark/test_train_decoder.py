@@ -1,23 +1,20 @@
 import copy
 import json
-import sys
 from dataclasses import replace
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "evaluate"))
-from tiny_world import REPORTS, build_extractor, build_model  # noqa: E402
+from helpers.tiny_world import REPORTS, build_extractor, build_model
 
-from medsign_forensics.config import LossWeights  # noqa: E402
-from medsign_forensics.errors import DatasetError, InputError  # noqa: E402
-from medsign_forensics.reports import Report  # noqa: E402
-from medsign_forensics.localization import cache as cache_module  # noqa: E402
-from medsign_forensics.localization.cache import LatentCache, MapVariant, select_items  # noqa: E402
-from medsign_forensics.watermark.deployment import key_from_hex, load_deployment  # noqa: E402
-from medsign_forensics.watermark.train_decoder import (  # noqa: E402
+from medsign_forensics.config import LossWeights
+from medsign_forensics.errors import DatasetError, InputError
+from medsign_forensics.reports import Report
+from medsign_forensics.localization import cache as cache_module
+from medsign_forensics.localization.cache import LatentCache, MapVariant, select_items
+from medsign_forensics.watermark.deployment import key_from_hex, load_deployment
+from medsign_forensics.watermark.train_decoder import (
     Ablation,
     DecoderTrainConfig,
     DecoderTrainer,
