@@ -38,6 +38,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from medsign_forensics.attacks.codec import to_uint8
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -154,7 +156,7 @@ def write_suite(folder: Path) -> list[BadInput]:
     """Write the suite into ``folder`` (created) and return what each file is."""
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(2024)
-    grey = np.rint(np.clip(rng.normal(0.5, 0.15, (96, 96)), 0, 1) * 255).astype(np.uint8)
+    grey = to_uint8(rng.normal(0.5, 0.15, (96, 96)))
     items: list[BadInput] = []
 
     def add(name: str, data: bytes, category: str, readable: bool = False) -> None:
@@ -318,7 +320,7 @@ def main() -> None:
         tmp_path = Path(tmp)
         extractor = args.extractor
         if extractor is None:
-            from verify_helpers import build_extractor
+            from helpers.verify import build_extractor
 
             extractor = build_extractor(tmp_path / "extractor")
         suite = write_suite(tmp_path / "suite")

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import io
 import platform
 import shlex
 import sys
@@ -25,9 +24,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 from sklearn.metrics import roc_auc_score
 
+from medsign_forensics.attacks.codec import jpeg_round_trip
 from medsign_forensics.fileio import write_text
 from medsign_forensics.phantom.classifier import (
     DEFAULT_CLASSIFIER_DIR,
@@ -49,13 +48,7 @@ def _auroc(truth: np.ndarray, scores: np.ndarray) -> float | None:
 
 
 def _jpeg(images: np.ndarray, quality: int) -> np.ndarray:
-    out = np.empty_like(images)
-    for i, image in enumerate(images):
-        buffer = io.BytesIO()
-        Image.fromarray(image).save(buffer, format="JPEG", quality=quality)
-        buffer.seek(0)
-        out[i] = np.asarray(Image.open(buffer))
-    return out
+    return np.stack([jpeg_round_trip(image, quality) for image in images])
 
 
 def _fmt(value: float | None) -> str:

@@ -39,12 +39,13 @@ import torch
 from medsign_forensics.diffusion import load_model
 from medsign_forensics.diffusion.configs import default_config
 from medsign_forensics.diffusion.loader import DEFAULT_MODEL_DIR
-from medsign_forensics.diffusion.train_base import build_random_model
+from medsign_forensics.diffusion.export import build_random_model
 from medsign_forensics.fileio import write_text
 from medsign_forensics.watermark.deployment import key_from_hex
 from medsign_forensics.watermark.extractor_io import load_extractor, save_extractor
 from medsign_forensics.watermark.hidden import HiddenConfig, HiddenExtractor
-from medsign_forensics.watermark.train_decoder import DecoderTrainConfig, DecoderTrainer, LatentCache, split_items
+from medsign_forensics.localization.cache import LatentCache, split_items
+from medsign_forensics.watermark.train_decoder import DecoderTrainConfig, DecoderTrainer
 
 OUT = Path(__file__).resolve().parent / "results" / "evaluate_decoder_speed.md"
 

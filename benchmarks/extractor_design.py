@@ -23,6 +23,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from medsign_forensics.attacks.storage import Requantize
 from medsign_forensics.phantom.classifier_data import random_findings
 from medsign_forensics.phantom.renderer import render_study
 from medsign_forensics.watermark import hidden
@@ -91,7 +92,7 @@ def main() -> None:
                               antialias=True)
         keys = torch.from_numpy(rng.integers(0, 2, (16, config.bits))).float()
         marked = encoder(batch, keys)
-        marked = marked + (torch.round(marked * 255) / 255 - marked).detach()
+        marked = Requantize(8).differentiable(marked)  # stored as 8 bits, straight-through
         logits = extractor.raw_logits(marked)
         loss = F.binary_cross_entropy_with_logits(logits, keys)
         optimizer.zero_grad()

@@ -30,12 +30,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from scipy.stats import binom, chi2, chisquare, norm
 
+from medsign_forensics.attacks.base import Attack
+from medsign_forensics.attacks.codec import quantise
+from medsign_forensics.attacks.library import TABLE1_ATTACKS
 from medsign_forensics.fileio import sha256_file, write_text
-from medsign_forensics.watermark.attacks import TABLE1_ATTACKS, Attack
 from medsign_forensics.watermark.data import FolderSource, ImageSource, PhantomSource, centre_square
 from medsign_forensics.watermark.extractor_io import extract_bits, load_encoder, load_extractor
+from medsign_forensics.watermark.fairness import bit_fairness
 from medsign_forensics.watermark.train_extractor import EVAL_SEED_BASE
 
 RESULTS = Path(__file__).resolve().parent / "results" / "extractor_eval.md"
@@ -57,7 +59,7 @@ def robustness(model: Path, images: np.ndarray, attacks: tuple[Attack, ...], see
     for start in range(0, len(images), 32):
         batch = torch.from_numpy(images[start : start + 32, None])
         out = encoder(batch, torch.from_numpy(keys[start : start + 32].astype(np.float32)))
-        marked.append(np.rint(out[:, 0].numpy() * 255) / 255)  # stored as an 8-bit file
+        marked.append(quantise(out[:, 0].numpy()))  # stored as an 8-bit file
     marked_all = np.concatenate(marked).astype(np.float32)
     rng = np.random.default_rng(seed + 1)
     accuracy = {}
@@ -68,75 +70,10 @@ def robustness(model: Path, images: np.ndarray, attacks: tuple[Attack, ...], see
     return accuracy
 
 
-def binned_chisquare(counts: np.ndarray, bits: int) -> tuple[float, float, int]:
-    """Chi-square GOF of match counts vs Binomial(bits, 1/2); tails pooled to expected >= 5."""
-    n = len(counts)
-    observed = np.bincount(counts, minlength=bits + 1).astype(float)
-    expected = binom.pmf(np.arange(bits + 1), bits, 0.5) * n
-    edges = [0]
-    acc = 0.0
-    for m in range(bits + 1):  # grow bins left to right until each holds >= 5 expected
-        acc += expected[m]
-        if acc >= 5:
-            edges.append(m + 1)
-            acc = 0.0
-    edges[-1] = bits + 1  # the remainder joins the last bin
-    obs = np.array([observed[a:b].sum() for a, b in zip(edges[:-1], edges[1:])])
-    exp = np.array([expected[a:b].sum() for a, b in zip(edges[:-1], edges[1:])])
-    stat, p = chisquare(obs, exp * obs.sum() / exp.sum())
-    return float(stat), float(p), len(obs)
-
-
-def fair_coin_pass_probability(n: int, k: int, tolerance: float = 0.05) -> float:
-    """P(all k fair, independent coins' means over n images lie within 0.5 +/- tolerance), normal approximation.
-
-    Small values mean the +/- tolerance bound cannot tell a fair extractor from a biased one at this n.
-    """
-    z = tolerance / np.sqrt(0.25 / n)
-    return float((2 * norm.cdf(z) - 1) ** k)
-
-
-def bit_mean_test(bits: np.ndarray) -> float:
-    """p-value of the per-bit means under fair, independent coins: sum of squared z-scores vs chi-square(k)."""
-    n, k = bits.shape
-    z2 = float((((bits.mean(axis=0) - 0.5) / np.sqrt(0.25 / n)) ** 2).sum())
-    return float(chi2.sf(z2, k))
-
-
 def fairness(model: Path, images: np.ndarray, n_keys: int, seed: int) -> dict[str, object]:
     """Fair-coin statistics of the whitened bits the extractor at ``model`` reads from ``images``."""
     bits_out, _ = extract_bits(load_extractor(model), list(images))
     return bit_fairness(bits_out, n_keys, seed)
-
-
-def bit_fairness(bits_out: np.ndarray, n_keys: int, seed: int) -> dict[str, object]:
-    """Fair-coin statistics of (N, k) bits: per-bit means, their test, and match counts against fixed keys."""
-    k = bits_out.shape[1]
-    keys = np.random.default_rng(seed).integers(0, 2, size=(n_keys, k), dtype=np.uint8)
-    counts = (bits_out[:, None, :] == keys[None, :, :]).sum(axis=2)  # (images, keys)
-    stat, p, bins = binned_chisquare(counts.ravel(), k)
-    per_key_p = [binned_chisquare(counts[:, j], k)[1] for j in range(n_keys)]
-    bit_means = bits_out.mean(axis=0)
-    corr = np.corrcoef(bits_out.T.astype(float)) if bits_out.std(axis=0).min() > 0 else None
-    off_diag = None if corr is None else float(np.abs(corr[~np.eye(k, dtype=bool)]).mean())
-    return {
-        "images": len(bits_out),
-        "bits": k,
-        "bit_mean_min": float(bit_means.min()),
-        "bit_mean_max": float(bit_means.max()),
-        "worst_bit_deviation": float(np.abs(bit_means - 0.5).max()),
-        "bits_within_0.05": int((np.abs(bit_means - 0.5) <= 0.05).sum()),
-        "fair_coin_pass_probability": fair_coin_pass_probability(len(bits_out), k),
-        "bit_mean_p": bit_mean_test(bits_out),
-        "mean_abs_bit_correlation": off_diag,
-        "count_mean": float(counts.mean()),
-        "count_var": float(counts.var()),
-        "chi2": stat,
-        "chi2_p": p,
-        "chi2_bins": bins,
-        "keys_p_below_0.05": float(np.mean(np.array(per_key_p) < 0.05)),
-        "max_count": int(counts.max()),
-    }
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from medsign_forensics.attacks.codec import to_uint8
 from medsign_forensics.fileio import sha256_file, write_text
 from medsign_forensics.imageio import read_image
 from medsign_forensics.watermark.extractor_io import extract_bits, load_extractor
@@ -41,7 +42,7 @@ def write_pngs(folder: Path, count: int, size: int) -> list[Path]:
         picture = 0.45 + 0.25 * np.sin(rng.uniform(4, 20) * xx) * np.cos(rng.uniform(4, 20) * yy)
         picture = np.clip(picture + rng.normal(0, 0.03, picture.shape), 0, 1)
         path = folder / f"{i:04d}.png"
-        Image.fromarray(np.rint(picture * 255).astype(np.uint8)).save(path)
+        Image.fromarray(to_uint8(picture)).save(path)
         paths.append(path)
     return paths
 

@@ -60,7 +60,7 @@ class Genuine:
 
 
 def _planted(tmp: Path) -> Genuine:
-    from verify_helpers import build_extractor, build_world
+    from helpers.verify import build_extractor, build_world
 
     world = build_world(tmp / "world", build_extractor(tmp / "extractor"))
     study = world.write_study(tmp / "genuine.dcm")

@@ -43,8 +43,8 @@ import torch  # noqa: E402
 from scipy import stats as scipy_stats  # noqa: E402
 
 from medsign_forensics.diffusion import decode, load_model, sample  # noqa: E402
-from medsign_forensics.watermark import stats  # noqa: E402
-from medsign_forensics.watermark.attacks import get_attack  # noqa: E402
+from medsign_forensics.attacks.library import get_attack  # noqa: E402
+from medsign_forensics.key import family_p_value, identification_threshold, p_value  # noqa: E402
 from medsign_forensics.watermark.latent import LatentConfig, LatentMark  # noqa: E402
 from medsign_forensics.watermark.latent_reader import LatentReader  # noqa: E402
 
@@ -99,7 +99,7 @@ def part_held_out(model, items, sets, mark, reader, args, report, results) -> No
 
     vae = load_default_deployment().watermarked_vae(model)
     extractor = load_default_extractor()
-    needed = stats.identification_threshold(mark.key.size, args.keys, FPR)
+    needed = identification_threshold(mark.key.size, args.keys, FPR)
     variants = {"latent only": None, "both layers (demo deployment)": vae}
     rows = []
     table: dict[str, dict[str, list[float]]] = {}
@@ -204,7 +204,7 @@ def part_unmarked(sets, reader, args, report, results) -> None:
     for n, (family, pixels) in enumerate(images):
         z, mask, _ = reader.noise(pixels)
         best = max(int((m.read(z, mask).bits == m.key).sum()) for m in marks)
-        family_p = stats.family_p_value(stats.p_value(best, 48), len(marks))
+        family_p = family_p_value(p_value(best, 48), len(marks))
         tallies.setdefault(family, []).append(family_p)
         if (n + 1) % 50 == 0:
             print(f"unmarked: {n + 1}/{len(images)} ({time.perf_counter() - start:.0f} s)", flush=True)
@@ -250,7 +250,7 @@ def main() -> None:
     parser.add_argument("--parts", default="held-out,distribution,unmarked,cost")
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results" / "latent_layer.md")
     args = parser.parse_args()
-    from medsign_forensics.watermark.train_decoder import split_items
+    from medsign_forensics.localization.cache import split_items
 
     torch.set_num_threads(2)
     args.work.mkdir(parents=True, exist_ok=True)

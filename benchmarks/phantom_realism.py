@@ -31,6 +31,8 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
+from medsign_forensics.attacks.codec import to_uint8
+
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_REAL = REPO.parent / "shared" / "data" / "real-cxr-covid19-repo" / "png"
 RESULTS = REPO / "benchmarks" / "results"
@@ -116,7 +118,7 @@ def compare(a: list[np.ndarray], b: list[np.ndarray]) -> dict[str, float]:
 
 def montage(real: list[np.ndarray], phantoms: list[np.ndarray], path: Path, columns: int = 6) -> None:
     rows = [np.concatenate(real[:columns], 1), np.concatenate(phantoms[:columns], 1)]
-    Image.fromarray(np.round(np.concatenate(rows, 0) * 255).astype(np.uint8)).save(path, optimize=True)
+    Image.fromarray(to_uint8(np.concatenate(rows, 0))).save(path, optimize=True)
 
 
 def measure(n: int, seed: int, real_dir: Path) -> tuple[dict, list[np.ndarray], list[np.ndarray]]:

@@ -23,7 +23,7 @@ import numpy as np
 from medsign_forensics.fileio import write_atomic
 from medsign_forensics.provenance import ModelInfo, Registry, ScryptParams, create_issuer_key, load_issuer_key
 from medsign_forensics.provenance.policy import load_policy
-from medsign_forensics.watermark.bits import hex_to_bits
+from medsign_forensics.key import hex_to_bits
 
 PASSPHRASE = "benchmark passphrase, not a secret"
 RESULTS = Path(__file__).resolve().parent / "results" / "registry_concurrency.md"

@@ -41,7 +41,8 @@ from medsign_forensics.diffusion import load_model, sample
 from medsign_forensics.diffusion.configs import MiniCxrConfig, UNetConfig, VaeConfig, default_config
 from medsign_forensics.diffusion.loader import DEFAULT_MODEL_DIR
 from medsign_forensics.diffusion.tokenizer import train_tokenizer
-from medsign_forensics.diffusion.train_base import UNetTrainer, VaeTrainer, build_random_model
+from medsign_forensics.diffusion.base_trainers import UNetTrainer, VaeTrainer
+from medsign_forensics.diffusion.export import build_random_model
 
 PROMPT = "Moderate cardiomegaly. Small left pleural effusion with adjacent basilar atelectasis. No pneumothorax."
 FALLBACK_TEXTS = [

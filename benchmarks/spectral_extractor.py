@@ -37,12 +37,14 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from scipy.stats import binom, chi2  # noqa: E402
 
+from medsign_forensics.attacks.base import Attack  # noqa: E402
+from medsign_forensics.attacks.geometric import Resize, Rotate  # noqa: E402
+from medsign_forensics.attacks.library import TABLE1_ATTACKS, get_attack  # noqa: E402
+from medsign_forensics.attacks.storage import Requantize  # noqa: E402
 from medsign_forensics.fileio import write_text  # noqa: E402
 from medsign_forensics.imageio import read_image  # noqa: E402
 from medsign_forensics.phantom.renderer import render_report  # noqa: E402
 from medsign_forensics.verify import load_default_extractor, reading_pixels  # noqa: E402
-from medsign_forensics.watermark.attacks import (  # noqa: E402
-    TABLE1_ATTACKS, Attack, Requantize, Resize, Rotate, get_attack)
 from medsign_forensics.watermark.spectral import Reading, SpectralExtractor, embed_image  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -85,7 +87,7 @@ def working(path: Path) -> np.ndarray:
 def generated(folder: Path | None) -> list[np.ndarray] | None:
     """The original decoder's images of HELD-OUT reports from a decoder cache folder (the training-split items,
     which the null calibration saw, are left out)."""
-    from medsign_forensics.watermark.train_decoder import cached_originals
+    from medsign_forensics.localization.cache import cached_originals
 
     if folder is None or not (folder / "cache.json").is_file():
         return None

@@ -35,11 +35,11 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from medsign_forensics.evaluate.metrics import psnr  # noqa: E402
+from medsign_forensics.attacks.storage import Requantize  # noqa: E402
 from medsign_forensics.fileio import save_png, write_text  # noqa: E402
 from medsign_forensics.imageio import read_image  # noqa: E402
 from medsign_forensics.verify import Verifier, load_default_extractor, reading_pixels  # noqa: E402
-from medsign_forensics.watermark.attacks import Requantize  # noqa: E402
+from medsign_forensics.watermark.fidelity import psnr  # noqa: E402
 from medsign_forensics.watermark.spectral import embed_image, layout  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -74,7 +74,7 @@ def notch(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
 def genuine_images(cache: Path, count: int) -> list[np.ndarray]:
     from medsign_forensics.generate import DEFAULT_DEPLOYMENT_DIR
     from medsign_forensics.watermark.deployment import load_deployment
-    from medsign_forensics.watermark.train_decoder import cached_originals
+    from medsign_forensics.localization.cache import cached_originals
 
     originals = [image[0] for _, image in cached_originals(cache, held_out=True)]
     head = load_deployment(DEFAULT_DEPLOYMENT_DIR).head()

@@ -7,7 +7,7 @@ None of these images carries a registered watermark, so none may be attributed. 
   every training, whitening and evaluation range), written as 8-bit PNGs;
 - generated: with --generated DIR, the images I_o of a decoder-training latent cache (``cache.json`` +
   ``shard-*.npz``, made by the ORIGINAL mini-cxr decoder, no watermark) whose report is in the held-out split of
-  open-i (TEST_FRACTION and SPLIT_SEED of medsign_forensics.watermark.train_decoder), written as 8-bit PNGs;
+  open-i (TEST_FRACTION and SPLIT_SEED of medsign_forensics.localization.cache), written as 8-bit PNGs;
 - each of them again after JPEG 50: every image written as a real JPEG file by Pillow at quality 50 (8-bit
   greyscale PNGs as they are; DICOMs and other PNGs from the pixels read_image decodes, quantised to 8 bits).
 
@@ -71,7 +71,7 @@ def write_phantoms(count: int, folder: Path) -> list[Path]:
 def write_generated(cache: Path, folder: Path) -> tuple[list[Path], int]:
     """The held-out items of a decoder latent cache as 8-bit PNGs in ``folder``; also how many were left out."""
     from medsign_forensics.fileio import save_png
-    from medsign_forensics.watermark.train_decoder import cached_originals
+    from medsign_forensics.localization.cache import cached_originals
 
     paths: list[Path] = []
     for item, image in cached_originals(cache, held_out=True):
@@ -85,7 +85,7 @@ def write_generated(cache: Path, folder: Path) -> tuple[list[Path], int]:
 def write_jpegs(paths: list[Path], folder: Path) -> tuple[list[Path], list[str]]:
     """Each file again as a Pillow JPEG (quality JPEG_QUALITY); files that cannot be read are listed instead."""
     from medsign_forensics.errors import MedsignError
-    from medsign_forensics.fileio import to_uint8
+    from medsign_forensics.attacks.codec import to_uint8
     from medsign_forensics.imageio import read_image
 
     folder.mkdir(parents=True, exist_ok=True)

@@ -29,6 +29,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from medsign_forensics.attacks.codec import quantise
+
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
 
@@ -54,7 +56,7 @@ def from_deployment(args: argparse.Namespace) -> tuple[list[np.ndarray], list[np
         result = sample(model, [REPORTS[index % len(REPORTS)]], seed=1000 + index, output="latents")
         decoded = decode(model, result.latents, vae=vae)[0].float().cpu().numpy()
         grey = decoded[0] if decoded.shape[0] == 1 else np.tensordot(BT601_LUMA, decoded, axes=1)
-        images.append(np.rint(np.clip(grey, 0, 1) * 255).astype(np.float32) / 255.0)  # stored as 8 bits
+        images.append(quantise(grey))  # stored as 8 bits
     return images, [deployment.key] * len(images), f"deployment {deployment.name} ({args.n} generated images)"
 
 
@@ -69,7 +71,7 @@ def from_stage1(args: argparse.Namespace) -> tuple[list[np.ndarray], list[np.nda
             key = rng.integers(0, 2, encoder.config.bits).astype(np.uint8)
             cover = torch.from_numpy(chest_like(256, 70_000 + index).astype(np.float32) / 255.0)[None, None]
             marked = encoder(cover, torch.from_numpy(key[None].astype(np.float32)))[0, 0].numpy()
-            images.append(np.rint(marked * 255).astype(np.float32) / 255.0)
+            images.append(quantise(marked))
             keys.append(key)
     return images, keys, f"stage-1 encoder {args.stage1} ({args.n} chest-like covers, random keys)"
 
@@ -85,15 +87,15 @@ def main() -> None:
     args = parser.parse_args()
     if (args.deployment is None) == (args.stage1 is None):
         raise SystemExit("give --deployment DIR (with --extractor) or --stage1 DIR")
+    from medsign_forensics.attacks.library import get_attack
+    from medsign_forensics.key import identification_threshold, threshold
     from medsign_forensics.verify import Scaling, reading_pixels
-    from medsign_forensics.watermark import stats
-    from medsign_forensics.watermark.attacks import get_attack
     from medsign_forensics.watermark.extractor_io import extract_bits, load_extractor
 
     extractor = load_extractor(args.extractor or args.stage1)
     images, keys, source = from_deployment(args) if args.deployment else from_stage1(args)
     bits = extractor.config.bits
-    single, family = stats.threshold(bits, 1e-6), stats.identification_threshold(bits, 1000, 1e-6)
+    single, family = threshold(bits, 1e-6), identification_threshold(bits, 1000, 1e-6)
     rng = np.random.default_rng(1)
     rows = []
     for name in ATTACKS:

@@ -15,7 +15,6 @@ import argparse
 import os
 import platform
 import statistics
-import sys
 import tempfile
 import time
 from datetime import datetime, timezone
@@ -25,8 +24,9 @@ import numpy as np
 import torch
 from PIL import Image
 
+from medsign_forensics.attacks.codec import to_uint8
+
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tests"))
 
 
 def chest_like(size: int, seed: int) -> np.ndarray:
@@ -38,7 +38,7 @@ def chest_like(size: int, seed: int) -> np.ndarray:
         lung = ((xx - cx) / 0.16) ** 2 + ((yy - 0.5) / 0.3) ** 2 < 1
         body = np.where(lung, 0.2 + 0.05 * np.sin(40 * xx + 25 * yy + rng.uniform(0, 6)), body)
     body = body + 0.25 * np.exp(-((xx - 0.5) ** 2) / 0.002)
-    return np.rint(np.clip(body + rng.normal(0, 0.02, body.shape), 0, 1) * 255).astype(np.uint8)
+    return to_uint8(body + rng.normal(0, 0.02, body.shape))
 
 
 def default_extractor(folder: Path) -> Path:

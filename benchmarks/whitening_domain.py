@@ -18,7 +18,7 @@ Evaluated on 300 held-out phantoms and on the other half of the real radiographs
 - a test of the bit means themselves: sum over bits of z^2, z = (mean - 0.5) / sqrt(0.25 / n), against
   chi-square(k) (bits assumed independent);
 - match counts against 16 fixed keys vs Binomial(k, 1/2) (binned chi-square); all three from
-  extractor_eval.bit_fairness, so both benchmarks compute them one way.
+  medsign_forensics.watermark.fairness.bit_fairness, so both benchmarks compute them one way.
 
     python benchmarks/whitening_domain.py [--model DIR] [--real DIR]
 """
@@ -40,11 +40,12 @@ import torch
 from medsign_forensics.fileio import sha256_file, write_text
 from medsign_forensics.watermark.data import FolderSource, ImageSource, PhantomSource
 from medsign_forensics.watermark.extractor_io import extract_bits, load_extractor
+from medsign_forensics.watermark.fairness import bit_fairness
 from medsign_forensics.watermark.train_extractor import EVAL_SEED_BASE
 from medsign_forensics.watermark.whitening import fit_whitening
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from extractor_eval import REAL_DEFAULT, bit_fairness, load_images  # noqa: E402
+from extractor_eval import REAL_DEFAULT, load_images  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "whitening_domain.md"
 MODEL_DEFAULT = Path(__file__).resolve().parents[1] / "medsign_forensics" / "weights" / "extractor"

@@ -9,6 +9,7 @@ from medsign_forensics.errors import InputError
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 WEIGHTS_DIR = PACKAGE_DIR / "weights"
+DEFAULT_EXTRACTOR_DIR = WEIGHTS_DIR / "extractor"  # the shipped extractor: what verify reads and decoders train against
 REPO_DIR = PACKAGE_DIR.parent
 DEFAULT_KEY_BITS = 48
 SUPPORTED_KEY_BITS = (32, 48, 64)

@@ -159,8 +159,8 @@ def _extractor(path: str | Path | None) -> Path | None:
 
 
 def _handled_copies(out: Path, png: Path) -> list[Path]:
+    from medsign_forensics.attacks.library import get_attack
     from medsign_forensics.imageio import read_image
-    from medsign_forensics.watermark.attacks import get_attack
 
     pixels = read_image(png).pixels
     copies = []
@@ -178,7 +178,8 @@ def _handled_copies(out: Path, png: Path) -> list[Path]:
 def _save_jpeg(path: Path, image: np.ndarray, *, quality: int) -> None:
     from PIL import Image
 
-    from medsign_forensics.fileio import atomic_path, to_uint8
+    from medsign_forensics.attacks.codec import to_uint8
+    from medsign_forensics.fileio import atomic_path
 
     with atomic_path(path) as tmp:
         Image.fromarray(to_uint8(image)).save(tmp, format="JPEG", quality=quality)

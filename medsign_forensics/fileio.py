@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from medsign_forensics.attacks.codec import to_uint8
 from medsign_forensics.errors import InputError
 
 # Creation modes (the umask still applies). Outputs are created like a plain open() would (OPEN_MODE); secrets
@@ -117,14 +118,6 @@ def write_text(target: str | Path, text: str, *, mode: int = OPEN_MODE) -> None:
 
 def write_json(target: str | Path, data: Any) -> None:
     write_text(target, json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
-
-
-def to_uint8(image: np.ndarray) -> np.ndarray:
-    """Quantise a float image in [0, 1] (or pass a uint8 one through) to 8 bits, rounding to nearest."""
-    image = np.asarray(image)
-    if image.dtype == np.uint8:
-        return image
-    return np.clip(np.rint(np.asarray(image, dtype=np.float64) * 255.0), 0, 255).astype(np.uint8)
 
 
 def save_png(target: str | Path, image: np.ndarray, *, mode: int = OPEN_MODE) -> None:

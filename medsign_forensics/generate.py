@@ -35,10 +35,12 @@ from medsign_forensics.dicom.writer import WrittenStudy, write_synthetic_study
 from medsign_forensics.errors import InputError, ModelError, RegistryError
 from medsign_forensics.fileio import save_png
 from medsign_forensics.imageio import BT601_LUMA
+from medsign_forensics.key import family_p_value
 from medsign_forensics.provenance.canonical import from_base64
+from medsign_forensics.provenance.entries import KeyStatus
 from medsign_forensics.provenance.keys import Signer
 from medsign_forensics.provenance.records import ProvenanceRecord, SignedDocument
-from medsign_forensics.provenance.registry import KeyStatus, Registry
+from medsign_forensics.provenance.registry import Registry
 from medsign_forensics.verify import DEFAULT_REGISTRY_DIR
 from medsign_forensics.provenance.policy import Policy, load_policy
 from medsign_forensics.watermark.deployment import EMBEDDED, Deployment, load_deployment
@@ -137,9 +139,8 @@ def required_accuracy(deployment: Deployment, *, n_keys: int, policy: Policy) ->
                                   np.asarray(calibration.rate_one_high))  # (1, k): the same for any bits read
     counts = np.arange(deployment.bits + 1)
     tails = np.asarray(stats.poisson_binomial_sf(counts, np.repeat(q, len(counts), axis=0)))
-    correction = stats.Correction(policy.correction.value)
     for matched, p in zip(counts, tails):
-        if stats.family_p_value(float(p), max(1, n_keys), correction) <= policy.family_wise_fpr:
+        if family_p_value(float(p), max(1, n_keys), policy.correction) <= policy.family_wise_fpr:
             return int(matched) / deployment.bits
     return float("inf")
 

@@ -57,20 +57,21 @@ import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from PIL import Image
 
-from medsign_forensics.config import REPO_DIR, WEIGHTS_DIR
+from medsign_forensics.config import DEFAULT_EXTRACTOR_DIR, REPO_DIR
 from medsign_forensics.dicom.reader import CheckStatus, StudyCheck, check_study
 from medsign_forensics.errors import ImageReadError, InputError, MedsignError, ModelError
 from medsign_forensics.imageio import DEFAULT_MAX_PIXELS, ImageFormat, SuspectImage, read_image
+from medsign_forensics.key import family_p_value
+from medsign_forensics.provenance.entries import Candidates, KeyStatus, VerifiedEntry
 from medsign_forensics.provenance.keys import key_id_of, load_public_key_file
 from medsign_forensics.provenance.policy import Attribution, Policy, TamperAction, TamperEvent, load_policy
-from medsign_forensics.provenance.registry import Candidates, KeyStatus, Registry, VerifiedEntry
+from medsign_forensics.provenance.registry import Registry
 
 if TYPE_CHECKING:  # torch and scipy load only when a Verifier is built: `medsign --help` stays fast
     from medsign_forensics.verify_latent import LatentVerifier
     from medsign_forensics.watermark.extractor_io import Extractor
 
 DEFAULT_REGISTRY_DIR = REPO_DIR / "keys" / "demo-registry"
-DEFAULT_EXTRACTOR_DIR = WEIGHTS_DIR / "extractor"
 WORKING_SIZE = 256
 # Largest image the extractor runs on (2048 x 2048): its first feature map is then 128 MiB.
 MAX_EXTRACTION_PIXELS = 2048 * 2048
@@ -437,8 +438,6 @@ class Verifier:
     def _match(self, pixels: np.ndarray) -> tuple[KeyMatch | None, list[VerifyCheck], tuple[float, float] | None]:
         """Extract the message and find the best registered key; verify its registry row when attributed.
         Also returns the geometry (rotation, scale) the pilots found, which the latent layer undoes."""
-        from medsign_forensics.watermark import stats
-
         bits, presence, geometry = self._extract(pixels)
         candidates = self.candidates
         k = self.extractor.config.bits
@@ -474,10 +473,7 @@ class Verifier:
 
     def _family(self, p: float, candidates: int) -> float:
         """Family-wise p-value over the candidates and, when two layers are read, over both layers."""
-        from medsign_forensics.watermark import stats
-
-        correction = stats.Correction(self.policy.correction.value)
-        return min(1.0, self.layer_factor * stats.family_p_value(p, candidates, correction))
+        return min(1.0, self.layer_factor * family_p_value(p, candidates, self.policy.correction))
 
     def _registry_check(self, match: KeyMatch, entry: Any) -> tuple[KeyMatch, VerifyCheck]:
         """Verify an attributed key's registry row; name its deployment; say whether it was revoked."""

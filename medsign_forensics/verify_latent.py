@@ -14,8 +14,10 @@ from typing import Any
 
 import numpy as np
 
+from medsign_forensics.key import p_value
+from medsign_forensics.provenance.entries import RegistryEntry
 from medsign_forensics.provenance.layers import latent_layers
-from medsign_forensics.provenance.registry import Registry, RegistryEntry
+from medsign_forensics.provenance.registry import Registry
 
 
 @dataclass(frozen=True)
@@ -55,13 +57,11 @@ class LatentVerifier:
 
     def best(self, pixels: np.ndarray, *, geometry: tuple[float, float] | None = None) -> LatentBest | None:
         """Invert ``pixels`` (H, W) and return the best candidate (None when there are no candidates)."""
-        from medsign_forensics.watermark import stats
-
         if not self.entries:
             return None
         z, mask, notes = self.reader.noise(pixels, geometry=geometry)
         counts = np.array([int((mark.read(z, mask).bits == mark.key).sum()) for mark in self.marks])
-        p_values = np.array([stats.p_value(int(c), int(mark.key.size)) for c, mark in zip(counts, self.marks)])
+        p_values = np.array([p_value(int(c), int(mark.key.size)) for c, mark in zip(counts, self.marks)])
         best = int(np.lexsort((-counts, p_values))[0])
         return LatentBest(entry=self.entries[best], matched_bits=int(counts[best]),
                           bits=int(self.marks[best].key.size), p_value=float(p_values[best]),

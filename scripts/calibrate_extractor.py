@@ -25,10 +25,11 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from medsign_forensics.attacks.library import get_attack  # noqa: E402
+from medsign_forensics.attacks.storage import Requantize  # noqa: E402
 from medsign_forensics.imageio import read_image  # noqa: E402
 from medsign_forensics.phantom.renderer import render_report  # noqa: E402
 from medsign_forensics.verify import reading_pixels  # noqa: E402
-from medsign_forensics.watermark.attacks import Requantize, get_attack  # noqa: E402
 from medsign_forensics.watermark.calibration import fit_null  # noqa: E402
 from medsign_forensics.watermark.extractor_io import extract_bits, save_spectral_extractor  # noqa: E402
 from medsign_forensics.watermark.spectral import SpectralConfig, SpectralExtractor  # noqa: E402
@@ -48,7 +49,7 @@ def phantoms(count: int) -> list[np.ndarray]:
 
 
 def generated(cache: Path) -> list[np.ndarray]:
-    from medsign_forensics.watermark.train_decoder import cached_originals
+    from medsign_forensics.localization.cache import cached_originals
 
     return [STORE.exact(image[0]) for _, image in cached_originals(cache, held_out=False)]
 

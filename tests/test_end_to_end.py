@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from verify_helpers import spectral_world, train_spectral_deployment
+from helpers.verify import spectral_world, train_spectral_deployment
 
 from medsign_forensics.cli.main import app
 from medsign_forensics.errors import ModelError
@@ -108,7 +108,7 @@ def test_demo_generates_and_attributes_its_study(world, strong, tmp_path):
 
 
 def test_cached_originals_are_split_like_the_corpus(world, strong):
-    from medsign_forensics.watermark.train_decoder import cached_originals
+    from medsign_forensics.localization.cache import cached_originals
 
     training_side = cached_originals(world.root / "cache", held_out=False)  # ids outside Open-i's held-out 10 %
     assert {item.report_id for item, _ in training_side} == {"train-0", "train-1", "test-0", "test-1", "test-2",

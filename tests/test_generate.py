@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from verify_helpers import REPORT, World, build_extractor, build_world, deployment_for, tiny_model_dir
+from helpers.verify import REPORT, World, build_extractor, build_world, deployment_for, tiny_model_dir
 
 from medsign_forensics.diffusion import load_model
 from medsign_forensics.errors import InputError, ModelError, RegistryError

@@ -11,16 +11,20 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections import Counter
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
-from verify_helpers import CrashingSettings, World, build_extractor, build_world, sample_image, save_png
+from helpers.pacs import FakePacs
+from helpers.verify import CrashingSettings, World, build_extractor, build_world, sample_image, save_png
 
 from medsign_forensics.cli.main import app
+from medsign_forensics.pacs import pacs_config
 from medsign_forensics.scan import VerifierSettings, read_jsonl, scan_folder, scan_pacs
 from medsign_forensics.verify import Verifier
 
@@ -210,16 +214,14 @@ def test_the_scheduler_going_away_ends_the_scan_with_one_line_and_a_resumable_re
 
 
 def test_scan_pacs_on_the_cluster(cluster, world, tmp_path):
-    import test_scan
-
     study = world.write_study(tmp_path / "study.dcm")
-    test_scan.FakePacs.files = {"a-study": study.path.read_bytes(), "b-junk": b"not dicom at all"}
-    server = test_scan.ThreadingHTTPServer(("127.0.0.1", 0), test_scan.FakePacs)
-    thread = test_scan.threading.Thread(target=server.serve_forever, daemon=True)
+    FakePacs.files = {"a-study": study.path.read_bytes(), "b-junk": b"not dicom at all"}
+    server = ThreadingHTTPServer(("127.0.0.1", 0), FakePacs)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
         url = f"http://u:p@127.0.0.1:{server.server_address[1]}/dicom-web"
-        config = test_scan.pacs_config(url)
+        config = pacs_config(url)
         local = scan_pacs(config, settings=settings(world), jsonl=tmp_path / "local.jsonl")
         pooled = scan_pacs(config, settings=settings(world), jsonl=tmp_path / "dask.jsonl", engine=engine(cluster))
     finally:

@@ -10,7 +10,7 @@ import pydicom
 import pytest
 from PIL import Image
 
-from verify_helpers import MODEL, SIZE, World, build_extractor, build_world, read_bits, sample_image, save_png
+from helpers.verify import MODEL, SIZE, World, build_extractor, build_world, read_bits, sample_image, save_png
 
 from medsign_forensics.dicom.private import PRIVATE_CREATOR, Element, find_block
 from medsign_forensics.errors import ImageReadError, ModelError, RegistryError
@@ -21,7 +21,7 @@ from medsign_forensics.verify import (
     Verifier,
     verify_file,
 )
-from medsign_forensics.watermark import stats
+from medsign_forensics.key import p_value
 from medsign_forensics.watermark.extractor_io import load_extractor
 from medsign_forensics.watermark.hidden import HiddenExtractor
 
@@ -68,7 +68,7 @@ def test_unwatermarked_images_are_not_detected(world, verifier, tmp_path):
     assert all(v.provenance_id is None and v.match.matched_bits < 41 for v in verdicts)
     # the reported p-value is the exact binomial tail of the reported match count
     v = verdicts[0]
-    assert v.p_value == pytest.approx(stats.p_value(v.matched_bits, 48))
+    assert v.p_value == pytest.approx(p_value(v.matched_bits, 48))
 
 
 def test_inconclusive_band(world, extractor_dir, tmp_path):

@@ -10,6 +10,7 @@ from typing import Annotated, Optional
 import typer
 
 from medsign_forensics.cli.common import console, handle_errors, print_json
+from medsign_forensics.cli.progress import rich_progress
 from medsign_forensics.errors import InputError
 from medsign_forensics.fileio import OPEN_MODE, save_npy, save_png
 
@@ -127,16 +128,17 @@ def register(app: typer.Typer) -> None:
         command = ["medsign", "base", "train", "--config", config, "--out", str(out), "--stage", stage]
         command += (["--steps", str(steps)] if steps is not None else []) + (["--resume"] if resume else [])
         command += ["--device", device]
-        result = train(
-            load_config(config),
-            out,
-            stage=stage,
-            steps=steps,
-            resume=resume,
-            device=device,
-            progress=not json_output,
-            command=shlex.join(command),
-        )
+        with rich_progress(not json_output) as progress:
+            result = train(
+                load_config(config),
+                out,
+                stage=stage,
+                steps=steps,
+                resume=resume,
+                device=device,
+                progress=progress,
+                command=shlex.join(command),
+            )
         stages = [
             {
                 "stage": s.stage,
@@ -169,9 +171,4 @@ def register(app: typer.Typer) -> None:
 
 
 def _write_png(path: Path, image) -> None:  # image: (C, H, W) float in [0, 1]
-    import numpy as np
-
-    # Quantised here in the image's own precision (float32), not by fileio.to_uint8 (float64), so the
-    # pixels stay as this command has always written them.
-    pixels = np.clip(np.rint(image * 255.0), 0, 255).astype(np.uint8)
-    save_png(path, pixels[0] if pixels.shape[0] == 1 else pixels.transpose(1, 2, 0), mode=OPEN_MODE)
+    save_png(path, image[0] if image.shape[0] == 1 else image.transpose(1, 2, 0), mode=OPEN_MODE)

@@ -13,6 +13,7 @@ import typer
 from rich.table import Table
 
 from medsign_forensics.cli.common import console, handle_errors, print_json
+from medsign_forensics.cli.progress import rich_progress
 from medsign_forensics.errors import InputError
 
 if TYPE_CHECKING:
@@ -81,11 +82,12 @@ def register(app: typer.Typer) -> None:
         json_output: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
     ) -> None:
         """Render phantoms, train the classifier, report held-out AUROC per label."""
-        from medsign_forensics.phantom.classifier_train import TrainConfig, train_classifier, with_overrides
+        from medsign_forensics.phantom.classifier_train import TrainConfig, train_classifier
 
-        config = with_overrides(
-            TrainConfig.tiny() if tiny else TrainConfig(), steps=steps, batch_size=batch_size, n_random=n_random,
-            report_repeats=report_repeats, n_random_eval=n_random_eval, workers=workers, seed=seed,
+        given = {"steps": steps, "batch_size": batch_size, "n_random": n_random, "report_repeats": report_repeats,
+                 "n_random_eval": n_random_eval, "workers": workers, "seed": seed}
+        config = replace(
+            TrainConfig.tiny() if tiny else TrainConfig(), **{k: v for k, v in given.items() if v is not None}
         )
         if reports is not None:
             config = replace(config, reports=None if reports.strip().lower() == "none" else reports)
@@ -94,7 +96,8 @@ def register(app: typer.Typer) -> None:
             "report_repeats": report_repeats, "n_random_eval": n_random_eval, "reports": reports, "workers": workers,
             "seed": seed, "device": None if device == "cpu" else device, "tiny": tiny, "export": export,
         })
-        result = train_classifier(config, out, device=device, show_progress=not json_output, command=command)
+        with rich_progress(not json_output) as progress:
+            result = train_classifier(config, out, device=device, progress=progress, command=command)
         if export is not None:
             if export.exists() and not export.is_dir():
                 raise InputError("export target exists and is not a folder; give a folder path", path=export)
@@ -134,7 +137,9 @@ def register(app: typer.Typer) -> None:
             message = "classifier config.json records no training config, so its held-out set is unknown"
             raise InputError(message, path=folder)
         config = TrainConfig.from_dict(meta["train_config"])
-        scores = evaluate(model, held_out_data(config, cache, workers=workers, show_progress=not json_output))
+        with rich_progress(not json_output) as progress:
+            data = held_out_data(config, cache, workers=workers, progress=progress)
+        scores = evaluate(model, data)
         if json_output:
             print_json([_score_dict(s) for s in scores])
             return

@@ -7,10 +7,10 @@ from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from medsign_forensics.cli.common import console, handle_errors, print_json
+from medsign_forensics.cli.progress import rich_progress
 from medsign_forensics.errors import InputError
 
 
@@ -86,20 +86,10 @@ def register(app: typer.Typer) -> None:
             n=n, reports=reports, seed=seed, baselines=parse_baselines(baselines), fpr=fpr, real_data=real,
             real_max=real_max, device=device,
         )
-        with Progress(
-            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-            console=console, disable=json_output, transient=False,
-        ) as progress:
-            tasks: dict[str, TaskID] = {}
-
-            def on_progress(stage: str, done: int, total: int) -> None:
-                if stage not in tasks:
-                    tasks[stage] = progress.add_task(stage, total=total)
-                progress.update(tasks[stage], completed=done, total=total)
-
+        with rich_progress(not json_output) as progress:
             result = evaluate(
                 config, deployment=deployment, out_dir=out, stable_signature=stable_signature, ablations=ablations or (),
-                model_path=model, extractor=extractor, classifier=classifier, cache_dir=cache, on_progress=on_progress,
+                model_path=model, extractor=extractor, classifier=classifier, cache_dir=cache, progress=progress,
             )
         paths = {"markdown": str(result.markdown), "json": str(result.json), "figure": str(result.figure)}
         if json_output:

@@ -20,6 +20,8 @@ from rich.table import Table
 from medsign_forensics.cli.common import console, handle_errors, passphrase_prompt, print_json
 from medsign_forensics.errors import InputError
 from medsign_forensics.fileio import sha256_file, write_atomic
+from medsign_forensics.provenance.checks import CheckReport
+from medsign_forensics.provenance.entries import KeyStatus, RegistryEntry
 from medsign_forensics.provenance.keys import (
     IssuerKey,
     create_issuer_key,
@@ -27,10 +29,10 @@ from medsign_forensics.provenance.keys import (
     load_issuer_key,
     load_public_key_file,
 )
-from medsign_forensics.provenance.policy import load_policy
 from medsign_forensics.provenance.log import CheckpointPin, checkpoint_file_bytes, load_checkpoint_file, parse_pin
+from medsign_forensics.provenance.policy import load_policy
 from medsign_forensics.provenance.records import Checkpoint, ModelInfo, SignatureError, verify
-from medsign_forensics.provenance.registry import CheckReport, KeyStatus, Registry, RegistryEntry
+from medsign_forensics.provenance.registry import Registry
 
 keys_app = typer.Typer(
     name="keys",

@@ -13,10 +13,10 @@ from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
 from medsign_forensics.cli.common import console, handle_errors, print_json
+from medsign_forensics.cli.progress import rich_progress
 from medsign_forensics.errors import InputError
 
 
@@ -58,30 +58,8 @@ def _train_extractor(options: dict[str, Any]) -> dict[str, Any]:
         model=model,
         **overrides,
     )
-    quiet = options["json"]
-    with Progress(
-        TextColumn("[bold]stage 1[/] extractor"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("loss {task.fields[loss]}  bit acc {task.fields[acc]}  {task.fields[sps]} s/step"),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-        console=console,
-        disable=quiet,
-        transient=False,
-    ) as progress:
-        task = progress.add_task("train", total=config.steps, loss="-", acc="-", sps="-")
-
-        def on_log(record: Any) -> None:
-            progress.update(
-                task,
-                completed=record.step,
-                loss=f"{record.loss:.4f}",
-                acc=f"{record.bit_accuracy:.3f}",
-                sps=f"{record.seconds_per_step:.2f}",
-            )
-
-        result = train_extractor(config, Path(options["out"]), resume=options["resume"], on_log=on_log)
+    with rich_progress(not options["json"]) as progress:
+        result = train_extractor(config, Path(options["out"]), resume=options["resume"], progress=progress)
     last = result.last
     return {
         "stage": TrainStage.EXTRACTOR.value,
@@ -172,37 +150,10 @@ def _train_decoder(options: dict[str, Any], *, extractor: Path | None = None) ->
     )
     model = load_model(options["model"], device=options["device"])
     out = Path(options["out"])
-    quiet = options["json"]
-    with Progress(
-        TextColumn("[bold]{task.description}[/]"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[info]}"),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-        console=console,
-        disable=quiet,
-        transient=False,
-    ) as progress:
-        cache_task = progress.add_task("sampling x0 + A_loc", total=None, info="")
-        train_task = progress.add_task("fine-tuning D_w", total=None, info="")
-
-        def on_cache(done: int, total: int) -> None:
-            progress.update(cache_task, completed=done, total=total)
-
-        def on_step(step: int, total: int) -> None:
-            progress.update(train_task, completed=step, total=total)
-
-        def on_log(record: Any) -> None:
-            progress.update(
-                train_task,
-                info=f"loss {record.loss['total']:.3f}  bit acc {record.bit_accuracy:.3f}  PSNR {record.psnr:.1f}  "
-                f"{record.seconds_per_step:.2f} s/step",
-            )
-
+    with rich_progress(not options["json"]) as progress:
         result = train_decoder(
             config, model=model, extractor=Path(extractor), key=key, out_dir=out,
-            cache_dir=options["cache"], resume=options["resume"], on_cache=on_cache, on_step=on_step, on_log=on_log,
+            cache_dir=options["cache"], resume=options["resume"], progress=progress,
         )
     last = result.last
     return {

@@ -18,6 +18,7 @@ import hashlib
 
 import numpy as np
 
+from medsign_forensics.attacks.codec import levels
 from medsign_forensics.errors import InputError
 
 PIXEL_HASH_HEADER = b"medsign-pixels-v1\n"
@@ -56,5 +57,4 @@ def quantize(image: np.ndarray, bits: int = 8) -> np.ndarray:
     image = np.asarray(image, dtype=np.float64)
     if image.ndim != 2 or not np.all(np.isfinite(image)):
         raise InputError(f"expected a finite greyscale image of shape (H, W); got shape {image.shape}")
-    top = (1 << bits) - 1
-    return np.rint(np.clip(image, 0.0, 1.0) * top).astype(np.uint8 if bits == 8 else np.uint16)
+    return levels(image, bits).astype(np.uint8 if bits == 8 else np.uint16)

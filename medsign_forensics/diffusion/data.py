@@ -21,9 +21,11 @@ from typing import Protocol
 
 import numpy as np
 
+from medsign_forensics.attacks.codec import to_uint8
 from medsign_forensics.diffusion.configs import DataConfig
 from medsign_forensics.errors import DatasetError
 from medsign_forensics.fileio import write_text
+from medsign_forensics.training.progress import ProgressFn, notify
 
 RENDER_SIZE = 256  # the smallest size the phantom renderer draws
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
@@ -143,7 +145,8 @@ class RenderCache:
         renders_per_report: int,
         seed: int,
         chunk: int = 256,
-        on_progress: Callable[[int, int], None] | None = None,
+        progress: ProgressFn | None = None,
+        task: str = "rendering phantoms",
     ) -> None:
         """Render what is missing; a finished cache whose ids or settings differ is an error, not reused."""
         ids = [source.report_id(i) for i in range(len(source))]
@@ -159,18 +162,16 @@ class RenderCache:
             done = int(stored["done"])
         mode = "r+" if self.path.is_file() else "w+"
         images = np.memmap(self.path, dtype=np.uint8, mode=mode, shape=(self.count, self.size, self.size))
-        if on_progress is not None:
-            on_progress(done, self.count)
+        notify(progress, task, done, self.count)
         for start in range(done, self.count, chunk):
             stop = min(start + chunk, self.count)
             for row in range(start, stop):
                 index, render = divmod(row, renders_per_report)
                 image = source.render(index, seed=render_seed(seed, index, render), size=self.size)
-                images[row] = np.clip(np.rint(image * 255.0), 0, 255).astype(np.uint8)
+                images[row] = to_uint8(image)
             images.flush()
             _write_json(self.index_path, {**meta, "done": stop})
-            if on_progress is not None:
-                on_progress(stop, self.count)
+            notify(progress, task, stop, self.count)
         if self.count == 0 or done >= self.count:
             _write_json(self.index_path, {**meta, "done": self.count})
 

@@ -12,7 +12,8 @@ depth U-Nets (extra input channels). The safety checker is never loaded. Nothing
 Every folder is checked before any weights are read (layout, classes, dimensions that must agree), every
 weights file is hashed (the hashes go into provenance records), a ``SHA256SUMS`` manifest is checked when
 present (the shipped default must have one), and every weights file must match its model's parameters key
-for key.
+for key (the checks of :mod:`medsign_forensics.training.weights`; the folder itself is read by diffusers'
+``from_pretrained``).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ import torch  # noqa: E402
 from medsign_forensics.config import WEIGHTS_DIR  # noqa: E402
 from medsign_forensics.errors import ModelError  # noqa: E402
 from medsign_forensics.fileio import sha256_file  # noqa: E402
+from medsign_forensics.training.weights import check_state, verify_sha256  # noqa: E402
 
 DEFAULT_MODEL_NAME = "mini-cxr"
 DEFAULT_MODEL_DIR = WEIGHTS_DIR / DEFAULT_MODEL_NAME
@@ -241,16 +243,7 @@ def verify_manifest(folder: Path) -> dict[str, str]:
     manifest = folder / MANIFEST_NAME
     expected = read_manifest(manifest)
     for name, digest in expected.items():
-        file = folder / name
-        if not file.is_file():
-            raise ModelError(f"the file {name} listed in {MANIFEST_NAME} is missing", path=file)
-        actual = sha256_file(file)
-        if actual != digest:
-            raise ModelError(
-                f"SHA-256 mismatch: {MANIFEST_NAME} records {digest[:16]}... but the file hashes to "
-                f"{actual[:16]}...; the weights were altered or corrupted, reinstall or re-export them",
-                path=file,
-            )
+        verify_sha256(folder / name, digest, what=f"contents of {name}", recorded_in=MANIFEST_NAME)
     return expected
 
 
@@ -361,18 +354,7 @@ def _check_keys(folder: Path, pipeline: Any, weights: list[str]) -> None:
         model_keys = set(getattr(pipeline, component).state_dict())
         file_keys = {_normalise_key(k, model_keys) for k in file_keys if not k.endswith(_BENIGN_KEY_SUFFIXES)}
         model_keys = {k for k in model_keys if not k.endswith(_BENIGN_KEY_SUFFIXES)}
-        missing = sorted(model_keys - file_keys)
-        unexpected = sorted(file_keys - model_keys)
-        if missing or unexpected:
-            detail = []
-            if missing:
-                detail.append(f"{len(missing)} missing (e.g. {missing[0]})")
-            if unexpected:
-                detail.append(f"{len(unexpected)} unexpected (e.g. {unexpected[0]})")
-            raise ModelError(
-                f"the {component} weights do not match its config: {', '.join(detail)} parameter(s)",
-                path=files[0],
-            )
+        check_state(file_keys, model_keys, what=f"{component} weights", target="its config", path=files[0])
 
 
 def _file_keys(file: Path) -> set[str]:

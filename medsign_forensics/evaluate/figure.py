@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import numpy as np
 from PIL import Image, ImageDraw
 
-from medsign_forensics.fileio import to_uint8
+from medsign_forensics.attacks.codec import to_uint8
 
 OVERLAY_ALPHA = 0.6
 DIFFERENCE_GAIN = 10.0

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import copy
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,18 +23,11 @@ import numpy as np
 import torch
 
 from medsign_forensics import __version__
+from medsign_forensics.attacks.base import Attack
+from medsign_forensics.attacks.codec import quantise
+from medsign_forensics.attacks.library import TABLE1_ATTACKS
 from medsign_forensics.config import REPO_DIR
 from medsign_forensics.errors import ImageReadError, InputError, ModelError
-from medsign_forensics.evaluate.metrics import (
-    Detection,
-    MeanOf,
-    kind_confidences,
-    matches,
-    psnr,
-    quantise,
-    region_differences,
-    ssim,
-)
 from medsign_forensics.evaluate.methods import (
     ABLATION_TITLES,
     BASELINE_TITLES,
@@ -46,18 +39,19 @@ from medsign_forensics.evaluate.methods import (
     build_baseline,
     extractor_detector,
 )
-from medsign_forensics.provenance.records import utc_now
-from medsign_forensics.watermark.attacks import TABLE1_ATTACKS, Attack
-from medsign_forensics.watermark.deployment import EMBEDDED, Deployment, load_deployment
-from medsign_forensics.watermark.train_decoder import (
-    DEFAULT_REPORTS,
-    CachedData,
-    LatentCache,
-    MapVariant,
-    split_items,
+from medsign_forensics.evaluate.metrics import (
+    Detection,
+    MeanOf,
+    kind_confidences,
+    region_differences,
 )
+from medsign_forensics.key import match_counts
+from medsign_forensics.localization.cache import DEFAULT_REPORTS, CachedData, LatentCache, MapVariant, split_items
+from medsign_forensics.provenance.records import utc_now
+from medsign_forensics.training.progress import ProgressFn, notify
+from medsign_forensics.watermark.deployment import EMBEDDED, Deployment, load_deployment
+from medsign_forensics.watermark.fidelity import psnr, ssim
 
-ProgressFn = Callable[[str, int, int], None]
 REAL_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".dcm", ".dicom")
 LESION_LEVEL = 0.5
 
@@ -199,12 +193,11 @@ def _score(method: Method, ctx: Context, progress: ProgressFn | None) -> dict[st
         attacked = [
             attack.exact(image, np.random.default_rng([ctx.seed, a_index, i])) for i, image in enumerate(method.images)
         ]
-        counts = matches(method.detector(attacked), method.key)
+        counts = match_counts(method.detector(attacked), method.key)
         accuracy[attack.name] = [float(c) / k for c in counts]
         detection[attack.name] = Detection.of(counts, k, ctx.fpr).to_dict()
-        if progress is not None:
-            progress(method.name, a_index + 1, len(ctx.attacks) + 1)
-    false_positives = Detection.of(matches(method.detector(ctx.originals), method.key), k, ctx.fpr)
+        notify(progress, method.name, a_index + 1, len(ctx.attacks) + 1)
+    false_positives = Detection.of(match_counts(method.detector(ctx.originals), method.key), k, ctx.fpr)
     regions = [
         r for r in (region_differences(o, w, m, level=LESION_LEVEL) for o, w, m in zip(ctx.originals, method.images, ctx.maps)) if r
     ]
@@ -238,8 +231,7 @@ def _score(method: Method, ctx: Context, progress: ProgressFn | None) -> dict[st
     }
     result["confidence"] = _confidence(method, ctx)
     result["seconds"] = round(time.perf_counter() - started, 3)
-    if progress is not None:
-        progress(method.name, len(ctx.attacks) + 1, len(ctx.attacks) + 1)
+    notify(progress, method.name, len(ctx.attacks) + 1, len(ctx.attacks) + 1)
     return result
 
 
@@ -297,9 +289,8 @@ def _real_false_positives(
         for method in methods:
             if method.kind is MethodKind.POST_GENERATION and len(counts[method.name]) >= config.real_baseline_max:
                 continue
-            counts[method.name].append(int(matches(method.detector([pixels]), method.key)[0]))
-        if progress is not None:
-            progress("real radiographs", index + 1, len(files))
+            counts[method.name].append(int(match_counts(method.detector([pixels]), method.key)[0]))
+        notify(progress, "real radiographs", index + 1, len(files))
     return {
         "folder": str(folder),
         "files": len(files),
@@ -322,7 +313,7 @@ def evaluate(
     extractor: str | Path | None = None,
     classifier: str | Path | None = None,
     cache_dir: str | Path | None = None,
-    on_progress: ProgressFn | None = None,
+    progress: ProgressFn | None = None,
 ) -> EvaluationResult:
     """Evaluate a MedSign deployment (and the given comparisons); write ``evaluation.md``, ``evaluation.json``
     and ``fig3.png`` into ``out_dir``."""
@@ -374,7 +365,7 @@ def evaluate(
     cache = LatentCache(Path(cache_dir) if cache_dir is not None else out / "cache")
     data = cache.build(
         model, items, reference_vae=reference, steps=sample_steps, guidance_scale=guidance, batch=config.batch,
-        on_progress=None if on_progress is None else (lambda d, t: on_progress("sampling held-out reports", d, t)),
+        progress=progress, task="sampling held-out reports",
     )
     originals = _grey_8bit(data.images.float())
     maps = data.maps[MapVariant.MEDSIGN].astype(np.float32) / 255.0
@@ -418,8 +409,7 @@ def evaluate(
         images = []
         for index, image in enumerate(originals):
             images.append(quantise(baseline.embed(image, key)))
-            if on_progress is not None:
-                on_progress(f"embedding {BASELINE_TITLES[name]}", index + 1, len(originals))
+            notify(progress, f"embedding {BASELINE_TITLES[name]}", index + 1, len(originals))
         methods.append(
             Method(
                 name=BASELINE_TITLES[name], kind=MethodKind.POST_GENERATION, role=Role.BASELINE, key=key, images=images,
@@ -427,9 +417,9 @@ def evaluate(
             )
         )
 
-    results = [_score(method, ctx, on_progress) for method in methods]
+    results = [_score(method, ctx, progress) for method in methods]
     real_folder = config.real_data
-    real = None if real_folder is None else _real_false_positives(methods, real_folder, config, on_progress)
+    real = None if real_folder is None else _real_false_positives(methods, real_folder, config, progress)
     if real is None:
         notes.append("False positives on real radiographs not measured: no real-data folder was given or found.")
 

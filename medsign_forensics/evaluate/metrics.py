@@ -3,16 +3,12 @@
 Conventions (the Markdown report repeats them):
 
 * Images are greyscale float32 (H, W) in [0, 1], QUANTISED TO 8 BITS first (a PNG/JPEG export stores them so);
-  PSNR and SSIM compare each watermarked image with the original decode of the same latent, and the tables
-  give the mean over images of the per-image values.
-* PSNR = 10 log10(1 / MSE) with data range 1. Identical images have infinite PSNR; such images are counted
-  and left out of the mean (reported as ``identical``).
-* SSIM: Wang et al. (2004) with an 11 x 11 Gaussian window (sigma 1.5), K1 = 0.01, K2 = 0.03, data range 1,
-  averaged over the VALID region (no padding), as ``kornia.metrics.ssim(..., padding="valid")`` computes it;
-  this equals scikit-image's ``structural_similarity(gaussian_weights=True, sigma=1.5,
-  use_sample_covariance=False, data_range=1)``.
+  PSNR and SSIM (:mod:`medsign_forensics.watermark.fidelity` defines both) compare each watermarked image
+  with the original decode of the same latent, and the tables give the mean over images of the per-image
+  values. Identical images have infinite PSNR; such images are counted and left out of the mean (reported as
+  ``identical``).
 * Bit accuracy: matching bits / key length. Detection: an image is detected when its matching bits reach the
-  threshold of :func:`medsign_forensics.watermark.stats.threshold` for the target false-positive rate.
+  threshold of :func:`medsign_forensics.key.threshold` for the target false-positive rate.
 """
 
 from __future__ import annotations
@@ -20,31 +16,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import kornia
 import numpy as np
-import torch
 
-from medsign_forensics.watermark.stats import threshold
-
-SSIM_WINDOW = 11
-
-
-def psnr(reference: np.ndarray, image: np.ndarray) -> float:
-    """PSNR in dB for images in [0, 1]; ``inf`` when they are identical."""
-    mse = float(np.mean((np.asarray(reference, np.float64) - np.asarray(image, np.float64)) ** 2))
-    return float("inf") if mse == 0 else float(10.0 * np.log10(1.0 / mse))
-
-
-def ssim(reference: np.ndarray, image: np.ndarray) -> float:
-    """Gaussian SSIM over the valid region (module docstring); needs images of at least 11 x 11 pixels."""
-    a = torch.from_numpy(np.ascontiguousarray(reference, dtype=np.float32))[None, None]
-    b = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None, None]
-    return float(kornia.metrics.ssim(a, b, SSIM_WINDOW, max_val=1.0, padding="valid").mean())
-
-
-def quantise(image: np.ndarray) -> np.ndarray:
-    """Round to 8-bit grey levels and back to float32 [0, 1]."""
-    return (np.clip(np.rint(np.asarray(image, np.float64) * 255.0), 0, 255) / 255.0).astype(np.float32)
+from medsign_forensics.key import threshold
 
 
 @dataclass(frozen=True)
@@ -62,11 +36,6 @@ class MeanOf:
 
     def to_dict(self) -> dict[str, float | int | None]:
         return {"mean": self.mean, "count": self.count, "excluded": self.excluded}
-
-
-def matches(bits: np.ndarray, key: np.ndarray) -> np.ndarray:
-    """Matching bits per row of ``bits`` (N, k) against one key (k,)."""
-    return (np.asarray(bits, np.uint8) == np.asarray(key, np.uint8)[None, :]).sum(axis=1)
 
 
 @dataclass(frozen=True)

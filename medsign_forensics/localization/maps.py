@@ -203,10 +203,30 @@ def localize_captured(
     options: MapOptions = MapOptions(),
 ) -> Localization:
     """Build every word's maps from one capture and combine them into the report's A_loc."""
+    return localize_variants(captured, words, image_size, dropped=dropped, item=item, variants=(options,))[0]
+
+
+def localize_variants(
+    captured: CapturedAttention | None,
+    words: Sequence[WordTokens],
+    image_size: tuple[int, int],
+    *,
+    dropped: Sequence[MedicalWord] = (),
+    item: int = 0,
+    variants: Sequence[MapOptions],
+) -> tuple[Localization, ...]:
+    """One Localization per entry of ``variants`` from one capture.
+
+    Each word's token maps are computed once and shared, since the variants (the paper's ablations) differ
+    only in what CAS and AAS do with them.
+    """
     if words and captured is None:
         raise ValueError("medical words were given but no attention was captured")
-    maps = tuple(
-        word_map(tokens, token_maps(captured, tokens.positions, image_size, item=item), options)  # type: ignore
-        for tokens in words
-    )
-    return Localization(a_loc=combine(maps, image_size), words=maps, dropped=tuple(dropped), options=options)
+    per_token = [token_maps(captured, tokens.positions, image_size, item=item) for tokens in words]  # type: ignore
+    localizations = []
+    for options in variants:
+        maps = tuple(word_map(tokens, found, options) for tokens, found in zip(words, per_token))
+        localizations.append(
+            Localization(a_loc=combine(maps, image_size), words=maps, dropped=tuple(dropped), options=options)
+        )
+    return tuple(localizations)

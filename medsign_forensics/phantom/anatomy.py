@@ -1,4 +1,4 @@
-"""The chest of the phantom world: per-patient anatomy parameters and the density layers they draw.
+"""The chest of the phantom world: the density layers one patient's parameters (:mod:`.params`) draw.
 
 Everything is drawn as *density* (a line integral of attenuation, arbitrary units): the body's soft tissue
 adds, the air in the lungs and the trachea subtracts, bones, heart and vessels add. The renderer turns the
@@ -9,7 +9,7 @@ the heart or the lungs and domes; the unchanged layers are shared).
 
 Geometry lives in normalised image coordinates: ``x`` from 0 (image left, the PATIENT'S RIGHT) to 1, ``y``
 from 0 (top) to 1. A lung's *lateral distance* ``d`` is measured from the midline towards its own side, so
-one shape function serves both lungs. The whole chest may be slightly rotated: shapes are evaluated on a
+one shape function serves both lungs (:mod:`.params`). The skeleton is drawn by :mod:`.skeleton`. The whole chest may be slightly rotated: shapes are evaluated on a
 rotated coordinate grid.
 """
 
@@ -17,251 +17,30 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
 from functools import cached_property
 
 import numpy as np
 from scipy import ndimage
 
+from medsign_forensics.phantom.params import (
+    FIELD_OF_VIEW_MM,
+    IMAGE_SIGN,
+    STREAM_TEXTURE,
+    STREAM_VESSELS,
+    AnatomyParams,
+    LungChange,
+    stream,
+)
+from medsign_forensics.phantom.raster import band_noise, smoothstep, splat_lines
+from medsign_forensics.phantom.skeleton import draw_bones
 from medsign_forensics.reports.findings import Side
-
-#: Sides in image terms: the patient's right lung lies on the image left (-1), the left lung on the right (+1).
-IMAGE_SIGN = {Side.RIGHT: -1.0, Side.LEFT: 1.0}
-
-#: Width of the displayed chest in millimetres, used to size lesions given in mm (a typical adult thorax
-#: spans about 300 mm and the lungs about 80 % of the image width).
-FIELD_OF_VIEW_MM = 380.0
-
-# Seed streams: each random aspect has its own stream so that changing one never shifts another.
-STREAM_ANATOMY = 0
-STREAM_VESSELS = 1
-STREAM_TEXTURE = 2
-STREAM_NOISE = 3
 
 #: Density removed by a lung's full air thickness, and the strength of the fine parenchymal texture.
 AIR_DENSITY = 0.42
 TEXTURE_GAIN = 0.012
 
-
-def stream(seed: int, *keys: int) -> np.random.Generator:
-    """An independent random generator for one aspect of one study."""
-    return np.random.default_rng(np.random.SeedSequence([int(seed) & 0xFFFFFFFF, int(seed) >> 32, *keys]))
-
-
-@dataclass(frozen=True)
-class AnatomyParams:
-    """One patient: shape and position of every structure, and the acquisition (exposure, noise, blur).
-
-    All lengths are fractions of the image side. Drawn by :func:`sample_anatomy` from the study seed and
-    recorded with every study so that a render can be reproduced and audited.
-    """
-
-    midline: float
-    rotation_deg: float
-    body_half_width: float
-    soft_tissue: float
-    apex_y: float
-    dome_y_right: float
-    dome_y_left: float
-    costophrenic_depth: float
-    lung_half_width_right: float
-    lung_half_width_left: float
-    mediastinum_half_width: float
-    heart_top_y: float
-    heart_left: float
-    heart_right: float
-    aortic_knob_radius: float
-    hilum_y_right: float
-    hilum_y_left: float
-    carina_y: float
-    rib_top_y: float
-    rib_spacing: float
-    clavicle_y: float
-    scapula: float
-    breast: float
-    arms: bool
-    gastric_bubble: float
-    vessel_density: float
-    # acquisition
-    window_low_pct: float
-    window_high_pct: float
-    #: How far below the darkest lung the window starts, as a fraction of the window: a wider margin gives
-    #: greyer lungs and a softer film.
-    window_margin: float
-    black_level: float
-    white_level: float
-    gamma: float
-    #: Shoulder of the tone curve: how strongly it compresses the brightest (densest) parts, as film does.
-    shoulder: float
-    edge_gain: float
-    range_compression: float
-    noise: float
-    blur_px: float
-    #: Collimated (unexposed, dark) margins: top, bottom, left, right, as fractions of the image side.
-    collimation: tuple[float, float, float, float]
-
-    def to_dict(self) -> dict[str, object]:
-        return asdict(self)
-
-    def dome_y(self, side: Side) -> float:
-        return self.dome_y_right if side is Side.RIGHT else self.dome_y_left
-
-    def lung_half_width(self, side: Side) -> float:
-        return self.lung_half_width_right if side is Side.RIGHT else self.lung_half_width_left
-
-    def hilum(self, side: Side) -> tuple[float, float]:
-        """Hilum position (x, y) in the unrotated frame."""
-        if side is Side.RIGHT:
-            return self.midline - 0.105 * self.scale, self.hilum_y_right
-        return self.midline + 0.095 * self.scale, self.hilum_y_left
-
-    @property
-    def scale(self) -> float:
-        """Thorax size relative to an average patient (derived from the right lung's width)."""
-        return self.lung_half_width_right / 0.41
-
-
-def sample_anatomy(seed: int) -> AnatomyParams:
-    """Draw one patient and one acquisition from the study seed."""
-    rng = stream(seed, STREAM_ANATOMY)
-    u = rng.uniform
-    s = u(0.93, 1.05)
-    apex = u(0.12, 0.18)
-    dome_r = apex + s * u(0.56, 0.64)
-    return AnatomyParams(
-        midline=0.5 + u(-0.02, 0.02),
-        rotation_deg=u(-3.0, 3.0),
-        body_half_width=s * u(0.47, 0.56),
-        soft_tissue=u(0.85, 1.2),
-        apex_y=apex,
-        dome_y_right=dome_r,
-        dome_y_left=dome_r + u(0.01, 0.04),
-        costophrenic_depth=s * u(0.06, 0.10),
-        lung_half_width_right=0.41 * s,
-        lung_half_width_left=0.41 * s * u(0.95, 1.01),
-        mediastinum_half_width=s * u(0.06, 0.075),
-        heart_top_y=dome_r - s * u(0.25, 0.3),
-        heart_left=s * u(0.19, 0.24),
-        heart_right=s * u(0.09, 0.125),
-        aortic_knob_radius=s * u(0.028, 0.04),
-        hilum_y_right=apex + s * u(0.27, 0.31),
-        hilum_y_left=apex + s * u(0.25, 0.29),
-        carina_y=apex + s * u(0.19, 0.23),
-        rib_top_y=apex - s * u(0.03, 0.05),
-        rib_spacing=s * u(0.053, 0.062),
-        clavicle_y=apex + s * u(0.03, 0.07),
-        scapula=u(0.0, 1.0),
-        breast=float(u(0.0, 1.0)) if rng.uniform() < 0.5 else 0.0,
-        arms=bool(rng.uniform() < 0.45),
-        gastric_bubble=float(u(0.3, 1.0)) if rng.uniform() < 0.6 else 0.0,
-        vessel_density=u(0.8, 1.2),
-        window_low_pct=u(0.5, 3.0),
-        window_high_pct=u(99.0, 99.9),
-        window_margin=u(0.2, 0.95),
-        black_level=u(0.0, 0.1),
-        white_level=u(0.66, 0.95),
-        gamma=u(1.0, 1.9),
-        shoulder=u(0.2, 1.0),
-        edge_gain=u(0.6, 1.4),
-        range_compression=u(0.45, 0.75),
-        noise=u(0.6, 1.4),
-        blur_px=u(0.5, 0.9),
-        collimation=tuple(float(u(0.005, 0.035)) if rng.uniform() < 0.15 else 0.0 for _ in range(4)),
-    )
-
-
-@dataclass(frozen=True)
-class LungChange:
-    """A change of one lung's shape or content, used by findings that redraw the lung (emphysema)."""
-
-    dome_drop: float = 0.0  # the dome moves down by this much (image fraction)
-    dome_flatten: float = 0.0  # 0 keeps the dome's curvature, 1 makes it flat
-    air_gain: float = 1.0  # more air: a hyperlucent lung
-    marking_loss: float = 0.0  # fraction of peripheral vessel markings lost
-
-
-def _smoothstep(t: np.ndarray) -> np.ndarray:
-    t = np.clip(t, 0.0, 1.0)
-    return t * t * (3.0 - 2.0 * t)
-
-
-def smooth(image: np.ndarray, sigma: float) -> np.ndarray:
-    """Gaussian blur. Wide kernels use three passes of a box filter (a close, linear approximation whose cost
-    does not grow with the width)."""
-    if sigma <= 0:
-        return image
-    if sigma < 6.0:
-        return ndimage.gaussian_filter(image, sigma, mode="nearest", truncate=3.0)
-    # A box of odd width w has variance (w^2 - 1) / 12: mix the two odd widths around the ideal one so that
-    # the three passes add up to sigma^2 as closely as odd widths allow.
-    narrow = int(math.sqrt(4.0 * sigma * sigma + 1.0))
-    narrow -= 1 - narrow % 2
-    wide_passes = min(range(4), key=lambda k: abs(k * (narrow + 2) ** 2 + (3 - k) * narrow**2 - 3 - 12 * sigma**2))
-    out = image
-    for width in [narrow + 2] * wide_passes + [narrow] * (3 - wide_passes):
-        out = ndimage.uniform_filter(out, size=width, mode="nearest")
-    return out
-
-
-def band_noise(rng: np.random.Generator, shape: tuple[int, int], fine: float, coarse: float) -> np.ndarray:
-    """Zero-mean, unit-variance band-pass noise between two blur widths (pixels)."""
-    white = rng.standard_normal(shape).astype(np.float32)
-    field = smooth(white, fine) - smooth(white, coarse)
-    return (field / (field.std() + 1e-8)).astype(np.float32)
-
-
-def splat_lines(
-    shape: tuple[int, int],
-    starts: np.ndarray,
-    ends: np.ndarray,
-    widths: np.ndarray,
-    amplitudes: np.ndarray,
-) -> np.ndarray:
-    """Draw many soft tubes (vessels, bronchi, septal lines) at once.
-
-    Points sampled every half pixel along each segment are splatted bilinearly into one image per width class,
-    and each class is blurred once with its width: the result is a tube whose peak density follows
-    ``amplitudes`` (a projected cylinder is as dense as it is thick). ``starts``/``ends`` are (N, 2) pixel
-    coordinates (x, y); ``widths`` are diameters in pixels.
-    """
-    h, w = shape
-    out = np.zeros(shape, np.float32)
-    if len(starts) == 0:
-        return out
-    lengths = np.hypot(*(ends - starts).T)
-    counts = np.maximum(2, np.ceil(lengths / 0.5).astype(int) + 1)
-    seg = np.repeat(np.arange(len(starts)), counts)
-    offsets = np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)
-    t = offsets / np.repeat(counts - 1, counts)
-    pts = starts[seg] + (ends[seg] - starts[seg]) * t[:, None]
-    step = lengths[seg] / np.maximum(1, counts[seg] - 1)
-    sigmas = np.maximum(0.7, widths[seg] / 2.3)
-    classes = np.array([0.7, 1.1, 1.7, 2.6, 4.0])
-    cls = np.abs(np.log(sigmas[:, None] / classes[None, :])).argmin(1)
-    x, y = pts[:, 0], pts[:, 1]
-    ok = (x >= 0) & (x < w - 1) & (y >= 0) & (y < h - 1)
-    x, y, cls, step = x[ok], y[ok], cls[ok], step[ok]
-    amp = amplitudes[seg][ok]
-    x0 = np.floor(x).astype(int)
-    y0 = np.floor(y).astype(int)
-    fx, fy = x - x0, y - y0
-    # Weight so that the blurred line's peak equals the amplitude: a line of unit linear density blurred by
-    # sigma peaks at 1 / (sqrt(2 pi) sigma).
-    weight = amp * step * math.sqrt(2 * math.pi) * classes[cls]
-    base = cls * (h * w) + y0 * w + x0
-    index = np.concatenate([base, base + 1, base + w, base + w + 1])
-    weights = np.concatenate(
-        [weight * (1 - fx) * (1 - fy), weight * fx * (1 - fy), weight * (1 - fx) * fy, weight * fx * fy]
-    )
-    layers = np.bincount(index, weights=weights, minlength=len(classes) * h * w).reshape(len(classes), h, w)
-    for c, sigma in enumerate(classes):
-        if layers[c].any():
-            out += ndimage.gaussian_filter(layers[c].astype(np.float32), sigma, truncate=3.0)
-    return out
-
-
 #: Layers that no finding redraws: an altered chest shares them with the normal one.
-STATIC_LAYERS = ("bones", "trachea", "vessel_tree", "texture", "bowel", "gastric_bubble", "_base_dome_map")
+STATIC_LAYERS = ("bones", "trachea", "vessel_tree", "texture", "bowel", "gastric_bubble", "base_dome_map")
 
 
 class Anatomy:
@@ -294,17 +73,24 @@ class Anatomy:
         # Anatomical frame: rotate image coordinates about the centre.
         self.x = (0.5 + c * (xi - 0.5) + s * (yi - 0.5)).astype(np.float32)
         self.y = (0.5 - s * (xi - 0.5) + c * (yi - 0.5)).astype(np.float32)
-        self._rot = (c, s)
+        self.rotation = (c, s)  # cos and sin of the chest's rotation
 
     # -- coordinates -----------------------------------------------------------------------------------
 
     def to_pixels(self, xy: np.ndarray) -> np.ndarray:
         """Anatomical-frame points (N, 2) -> image pixel coordinates (column, row)."""
-        c, s = self._rot
+        c, s = self.rotation
         ax, ay = xy[:, 0] - 0.5, xy[:, 1] - 0.5
         ix = 0.5 + c * ax - s * ay
         iy = 0.5 + s * ax + c * ay
         return np.stack([ix * self.size - 0.5, iy * self.size - 0.5], axis=1)
+
+    def rows(self, y0: float, y1: float) -> slice:
+        """Image rows that can hold anatomical-frame heights y0..y1 (allowing for the rotation)."""
+        margin = abs(self.rotation[1]) * 0.75 + 2 * self.px
+        r0 = max(0, int((y0 - margin) * self.size))
+        r1 = min(self.size, int(math.ceil((y1 + margin) * self.size)))
+        return slice(r0, max(r0, r1))
 
     def lateral(self, side: Side) -> np.ndarray:
         """Distance from the midline towards ``side`` (negative on the other side)."""
@@ -373,7 +159,7 @@ class Anatomy:
         return self._dome_map
 
     @cached_property
-    def _base_dome_map(self) -> np.ndarray:
+    def base_dome_map(self) -> np.ndarray:
         """The domes before any finding moved them: what the heart, ribs and bowel are placed against."""
         return self.dome_map({})
 
@@ -477,9 +263,9 @@ class Anatomy:
         # Below the domes: liver, spleen and the thick abdomen, as dense as the heart.
         # The edge is sharp only where lung lies above it; lateral to the lungs the chest wall hides it.
         sharp = np.clip(0.5 + (y - self._dome_map) / (1.5 * self.px), 0.0, 1.0)
-        soft = _smoothstep((y - self._base_dome_map) / 0.08)
+        soft = smoothstep((y - self.base_dome_map) / 0.08)
         width = np.where(x < p.midline, p.lung_half_width_right, p.lung_half_width_left)
-        under_lung = _smoothstep((0.97 * width - np.abs(x - p.midline)) / 0.03)
+        under_lung = smoothstep((0.97 * width - np.abs(x - p.midline)) / 0.03)
         tissue = tissue + 0.3 * (under_lung * sharp + (1.0 - under_lung) * soft) * trunk
         if p.arms:
             for sgn in (-1.0, 1.0):
@@ -492,148 +278,14 @@ class Anatomy:
                 by = p.dome_y_right - 0.07
                 r2 = ((x - bx) / (0.2 * p.scale)) ** 2 + ((y - by) / (0.14 * p.scale)) ** 2
                 # Thickest low down, fading upwards into the chest wall; the lower edge stays fairly sharp.
-                cap = np.clip(1.0 - r2, 0.0, 1.0) ** 0.35 * _smoothstep((y - by + 0.14) / 0.2)
+                cap = np.clip(1.0 - r2, 0.0, 1.0) ** 0.35 * smoothstep((y - by + 0.14) / 0.2)
                 tissue = tissue + 0.18 * p.breast * cap
         return tissue.astype(np.float32)
-
-    def _bone_band(self, dn: np.ndarray, half: np.ndarray | float, marrow: float, cortex: float) -> np.ndarray:
-        """Cross-section of a tubular bone seen side-on: faint marrow, bright cortical edges."""
-        t = np.abs(dn) / half
-        shell = np.sqrt(np.clip(1.0 - t * t, 0.0, 1.0))
-        edge = np.exp(-(((t - 0.9) / 0.08) ** 2)) * (t < 1.1)
-        return marrow * shell + cortex * edge
-
-    def _window(self, y0: float, y1: float) -> slice:
-        """Image rows that can hold anatomical-frame heights y0..y1 (allowing for the rotation)."""
-        margin = abs(self._rot[1]) * 0.75 + 2 * self.px
-        r0 = max(0, int((y0 - margin) * self.size))
-        r1 = min(self.size, int(math.ceil((y1 + margin) * self.size)))
-        return slice(r0, max(r0, r1))
-
-    def _columns(self, side: Side, d0: float, d1: float) -> slice:
-        """Image columns that can hold lateral distances d0..d1 on ``side`` (allowing for the rotation)."""
-        margin = abs(self._rot[1]) * 0.75 + 2 * self.px
-        xs = (self.params.midline + IMAGE_SIGN[side] * d0, self.params.midline + IMAGE_SIGN[side] * d1)
-        c0 = max(0, int((min(xs) - margin) * self.size))
-        c1 = min(self.size, int(math.ceil((max(xs) + margin) * self.size)))
-        return slice(c0, max(c0, c1))
-
-    def _curve_bone(
-        self,
-        side: Side,
-        d0: float,
-        d1: float,
-        centre_y,
-        half_height: float,
-        marrow: float,
-        cortex: float,
-        fade: float = 0.08,
-        out: np.ndarray | None = None,
-    ) -> np.ndarray:
-        """Add a curved band bone (rib, clavicle), given as y = centre_y(u) with u in [0, 1] from d0 to d1."""
-        out = np.zeros_like(self.x) if out is None else out
-        ys = centre_y(np.linspace(0.0, 1.0, 33))
-        rows = self._window(float(ys.min()) - 2 * half_height, float(ys.max()) + 2 * half_height)
-        span = 0.05 * (d1 - d0)
-        cols = self._columns(side, d0 - span, d1 + span)
-        d = IMAGE_SIGN[side] * (self.x[rows, cols] - self.params.midline)
-        u = (d - d0) / (d1 - d0)
-        inside = (u > -0.05) & (u < 1.05)
-        if not inside.any():
-            return out
-        uu = u[inside]
-        yc = centre_y(uu)
-        eps = 1e-3
-        slope = (centre_y(uu + eps) - centre_y(uu - eps)) / (2 * eps * (d1 - d0))
-        dn = (self.y[rows, cols][inside] - yc) / np.sqrt(1.0 + slope * slope)
-        near = np.abs(dn) < 1.3 * half_height
-        ends = _smoothstep(uu[near] / fade) * _smoothstep((1.0 - uu[near]) / fade)
-        block = np.zeros(d.shape, np.float32)
-        block.flat[np.flatnonzero(inside)[near]] = self._bone_band(dn[near], half_height, marrow, cortex) * ends
-        out[rows, cols] += block
-        return out
 
     @cached_property
     def bones(self) -> np.ndarray:
         """Posterior and anterior ribs, clavicles, scapulae, humeral heads and the thoracic spine."""
-        p = self.params
-        rng = stream(self.seed, STREAM_ANATOMY, 7)
-        ribs = np.zeros_like(self.x)
-        other = np.zeros_like(self.x)
-        for side in (Side.RIGHT, Side.LEFT):
-            width = p.lung_half_width(side)
-            for i in range(11):
-                y0 = p.rib_top_y + i * p.rib_spacing * (1.0 + 0.03 * i) + rng.uniform(-0.004, 0.004)
-                reach = width * (0.55 + 0.48 * min(1.0, i / 4.0)) + 0.025
-                length = reach - 0.03
-                bend = 0.7 - 0.02 * i + rng.uniform(-0.06, 0.06)
-                half = p.rib_spacing * (0.17 + 0.01 * i)
-
-                def post(u, y0=y0, length=length, bend=bend, i=i):
-                    if i == 0:  # the first rib is a tight arc around the apex
-                        return y0 - 0.35 * length * u + 0.75 * length * u * u
-                    return y0 - 0.12 * length * u + bend * length * np.abs(u) ** 1.8
-
-                self._curve_bone(side, 0.03, reach, post, half, 0.045, 0.13, out=ribs)
-                y_end = post(1.0)
-
-                def ant(u, y_end=y_end, reach=reach):
-                    # from the lateral end (u=1) medially (u=0) and downwards
-                    return y_end + 0.55 * np.abs(1.0 - u) ** 1.2 * (reach - 0.12)
-
-                if i >= 1:
-                    self._curve_bone(side, 0.12, reach, ant, 0.8 * half, 0.035, 0.05, fade=0.3, out=ribs)
-
-            def clav(u):
-                return p.clavicle_y - 0.08 * np.abs(u) ** 1.3 + 0.012 * np.sin(2 * np.pi * u)
-
-            self._curve_bone(side, 0.03, 0.36 * p.scale, clav, 0.015 * p.scale, 0.1, 0.09, fade=0.06, out=other)
-            # Humeral head in the upper corner.
-            hx = p.midline + IMAGE_SIGN[side] * (p.body_half_width - 0.02)
-            hy = p.clavicle_y - 0.02
-            r = np.hypot(self.x - hx, self.y - hy) / (0.085 * p.scale)
-            other += self._bone_band(np.minimum(r, 1.2), 1.0, 0.2, 0.05)
-            # Scapula: its medial border crosses the upper lateral lung.
-            if p.scapula > 0.3:
-                d = self.lateral(side)
-                border = 0.30 * p.scale + 0.10 * np.clip((self.y - p.apex_y) / 0.35, 0, 1) ** 2
-                below = (self.y > p.apex_y - 0.04) & (self.y < p.apex_y + 0.34)
-                fade = _smoothstep((p.apex_y + 0.34 - self.y) / 0.12)
-                blade = _smoothstep((d - border) / (2 * self.px)) * below * fade
-                rim = np.exp(-(((d - border) / (1.5 * self.px)) ** 2)) * below * fade
-                other += p.scapula * (0.06 * blade + 0.05 * rim)
-        # Below the domes the ribs run in front of and behind the thick abdomen: barely visible there.
-        ribs *= 1.0 - 0.6 * _smoothstep((self.y - self._base_dome_map) / 0.06)
-        lungs = self.lung_field(Side.RIGHT) + self.lung_field(Side.LEFT)
-        lungs = smooth(lungs * (1.0 - 0.8 * self.heart()), 3.0 * self.px_scale)
-        ribs *= 0.4 + 0.6 * np.clip(lungs, 0.0, 1.0)
-        spine = self._spine() * (1.0 - 0.7 * _smoothstep((self.y - self._base_dome_map) / 0.08))
-        return (ribs + other + spine).astype(np.float32)
-
-    def _spine(self) -> np.ndarray:
-        p = self.params
-        half = 0.036 * p.scale
-        # Only the columns near the midline can hold the spine (allowing for the rotation).
-        reach = half + abs(self._rot[1]) * 0.6 + 2 * self.px
-        c0 = max(0, int((p.midline - reach) * self.size))
-        c1 = min(self.size, int(math.ceil((p.midline + reach) * self.size)))
-        x, y = self.x[:, c0:c1], self.y[:, c0:c1]
-        dx = (x - p.midline) / half
-        period = p.rib_spacing * 1.02
-        phase = np.mod((y - p.rib_top_y + 0.01) / period, 1.0)
-        body = 0.045 * np.sqrt(np.clip(1.0 - dx * dx, 0.0, 1.0)) + 0.02 * np.exp(-(((np.abs(dx) - 0.9) / 0.12) ** 2))
-        disc = 1.0 - 0.3 * np.exp(-(((phase - 0.92) / 0.05) ** 2))
-        endplate = 0.02 * (np.exp(-(((phase - 0.84) / 0.03) ** 2)) + np.exp(-(((phase - 0.02) / 0.03) ** 2)))
-        column = body * disc + endplate * (np.abs(dx) < 1.0)
-        # Pedicles: small rings on both sides of each vertebra; spinous process in the middle.
-        ped = np.zeros_like(x)
-        for sgn in (-1.0, 1.0):
-            r = np.hypot((x - p.midline - sgn * 0.72 * half) / (0.2 * half), (phase - 0.35) / 0.13)
-            ped += 0.025 * np.exp(-(((r - 0.9) / 0.3) ** 2))
-        spinous = 0.025 * np.exp(-((dx / 0.18) ** 2 + ((phase - 0.62) / 0.12) ** 2))
-        out = np.zeros_like(self.x)
-        out[:, c0:c1] = column + ped + spinous
-        return out
+        return draw_bones(self)
 
     @cached_property
     def trachea(self) -> np.ndarray:
@@ -649,8 +301,8 @@ class Anatomy:
             ]
         )
         widths = np.array([0.024, 0.016, 0.014]) * p.scale
-        rows = self._window(0.0, cy + 0.09)
-        reach = 0.1 + abs(self._rot[1]) * 0.5
+        rows = self.rows(0.0, cy + 0.09)
+        reach = 0.1 + abs(self.rotation[1]) * 0.5
         cols = slice(max(0, int((tx - reach) * self.size)), min(self.size, int((tx + reach) * self.size) + 1))
         x, y = self.x[rows, cols], self.y[rows, cols]
         part = np.zeros(x.shape, np.float32)
@@ -732,7 +384,7 @@ class Anatomy:
         """Mottled bowel gas and stool below the domes (a negative density), faint and coarse."""
         rng = stream(self.seed, STREAM_TEXTURE, 1)
         mottle = band_noise(rng, (self.size, self.size), 4.0 * self.px_scale, 14.0 * self.px_scale)
-        below = _smoothstep((self.y - self._base_dome_map - 0.04) / 0.08)
+        below = smoothstep((self.y - self.base_dome_map - 0.04) / 0.08)
         return (np.clip(mottle, 0.0, None) * below).astype(np.float32)
 
     @cached_property
@@ -763,7 +415,7 @@ class Anatomy:
             # Lower zones are deeper front-to-back; the apices are thin and crowded by bones and muscle, and
             # the bases overlap the posterior recesses and the breasts.
             height = np.clip((self.y - p.apex_y) / (p.dome_y(side) - p.apex_y), 0.0, 1.0)
-            vertical = (0.72 + 0.28 * _smoothstep(height * 2.2)) * (1.0 - 0.18 * _smoothstep((height - 0.7) / 0.4))
+            vertical = (0.72 + 0.28 * smoothstep(height * 2.2)) * (1.0 - 0.18 * smoothstep((height - 0.7) / 0.4))
             change = self.changes.get(side)
             gain = change.air_gain if change else 1.0
             out[side] = (field * depth * vertical * cover * gain).astype(np.float32)
@@ -788,7 +440,7 @@ class Anatomy:
             if change is not None and change.marking_loss > 0:
                 hx, hy = self.params.hilum(side)
                 r = np.hypot(self.x - hx, self.y - hy) / 0.28
-                vessels = vessels * (1.0 - change.marking_loss * _smoothstep(r))
+                vessels = vessels * (1.0 - change.marking_loss * smoothstep(r))
             out[side] = (vessels * self.lung_field(side) * behind_heart).astype(np.float32)
         return out
 
@@ -800,9 +452,9 @@ class Anatomy:
         total = total - 0.07 * self.trachea - 0.12 * self.gastric_bubble
         total = total + 0.03 * self.heart_thickness() * self.heart()
         # Great vessels, oesophagus and thymus make the upper mediastinum as dense as the heart.
-        band = _smoothstep((p.mediastinum_half_width + 0.01 - np.abs(self.x - p.midline)) / 0.03)
-        below_heart = _smoothstep((self.y - self._dome_map + 0.02) / 0.04)
-        total = total + 0.12 * band * _smoothstep((self.y - p.apex_y + 0.05) / 0.1) * (1.0 - below_heart)
+        band = smoothstep((p.mediastinum_half_width + 0.01 - np.abs(self.x - p.midline)) / 0.03)
+        below_heart = smoothstep((self.y - self._dome_map + 0.02) / 0.04)
+        total = total + 0.12 * band * smoothstep((self.y - p.apex_y + 0.05) / 0.1) * (1.0 - below_heart)
         # The aortic knob: the lung border already bulges around it.
         kx, ky = p.midline + 0.035 * p.scale, p.carina_y - 0.05
         knob = np.clip(1.0 - ((self.x - kx) ** 2 + (self.y - ky) ** 2) / (1.8 * p.aortic_knob_radius) ** 2, 0, 1)

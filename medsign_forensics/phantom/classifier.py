@@ -11,7 +11,6 @@ Labels are multi-label over (finding kind x patient side) plus side-less cardiom
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -19,16 +18,15 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
 from torch import nn
 from torch.nn import functional as F
 
 from medsign_forensics import __version__
 from medsign_forensics.config import WEIGHTS_DIR
 from medsign_forensics.errors import InputError, ModelError
-from medsign_forensics.fileio import atomic_path, sha256_file, write_json
+from medsign_forensics.fileio import write_json
 from medsign_forensics.reports.findings import Finding, FindingKind, Side
+from medsign_forensics.training.weights import load_state, load_tensors, read_json_manifest, save_tensors
 
 DEFAULT_CLASSIFIER_DIR = WEIGHTS_DIR / "classifier"
 WEIGHTS_FILE = "model.safetensors"
@@ -291,12 +289,8 @@ def save_classifier(
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    state = {name: tensor.detach().to("cpu", torch.float16).contiguous() for name, tensor in model.state_dict().items()}
-    with atomic_path(out_dir / WEIGHTS_FILE) as tmp:
-        # One metadata key only: safetensors writes a map in arbitrary order, which would make equal weights
-        # hash differently (the version is recorded in config.json instead).
-        save_file(state, str(tmp), metadata={"format": "pt"})
-    digest = sha256_file(out_dir / WEIGHTS_FILE)
+    # One metadata key only, so that equal weights hash equally (the version is recorded in config.json).
+    digest = save_tensors(out_dir / WEIGHTS_FILE, model.state_dict(), dtype=torch.float16, metadata={"format": "pt"})
     write_json(
         out_dir / CONFIG_FILE,
         {
@@ -314,18 +308,12 @@ def save_classifier(
 
 def read_classifier_config(path: str | Path) -> dict[str, Any]:
     """The parsed ``config.json`` of a classifier folder (ModelError if missing or unreadable)."""
-    config_path = Path(path) / CONFIG_FILE
-    if not config_path.is_file():
-        raise ModelError(
-            "classifier config.json is missing; train one with `medsign classifier train` or pass the folder "
-            "that holds model.safetensors and config.json",
-            path=config_path,
-        )
-    try:
-        return json.loads(config_path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        message = f"classifier config cannot be read ({error}); restore or retrain it"
-        raise ModelError(message, path=config_path) from None
+    return read_json_manifest(
+        Path(path) / CONFIG_FILE,
+        what="classifier config.json",
+        hint="train one with `medsign classifier train` or pass the folder that holds model.safetensors and "
+        "config.json",
+    )
 
 
 def load_classifier(path: str | Path | None = None, *, device: str | torch.device = "cpu") -> FindingClassifier:
@@ -337,16 +325,8 @@ def load_classifier(path: str | Path | None = None, *, device: str | torch.devic
     folder = Path(path) if path is not None else DEFAULT_CLASSIFIER_DIR
     meta = read_classifier_config(folder)
     weights_path = folder / str(meta.get("weights_file", WEIGHTS_FILE))
-    if not weights_path.is_file():
-        raise ModelError("classifier weights are missing; retrain or restore model.safetensors", path=weights_path)
-    expected = meta.get("weights_sha256")
-    actual = sha256_file(weights_path)
-    if actual != expected:
-        raise ModelError(
-            f"classifier weights fail their hash check (SHA-256 {actual[:16]}..., config records "
-            f"{str(expected)[:16]}...); the file was altered or belongs to another config: restore or retrain it",
-            path=weights_path,
-        )
+    state = load_tensors(weights_path, sha256=meta.get("weights_sha256"), what="classifier weights",
+                         recorded_in=CONFIG_FILE)
     try:
         config = ClassifierConfig.from_dict(meta["config"])
     except (KeyError, TypeError, ValueError) as error:
@@ -356,15 +336,5 @@ def load_classifier(path: str | Path | None = None, *, device: str | torch.devic
             "classifier was trained on a different label set than this version's LABELS; retrain it", path=folder
         )
     model = FindingClassifier(config)
-    try:
-        state = load_file(str(weights_path))
-    except (SafetensorError, OSError) as error:
-        message = f"classifier weights cannot be read ({error}); restore or retrain them"
-        raise ModelError(message, path=weights_path) from None
-    try:
-        model.load_state_dict({k: v.float() for k, v in state.items()}, strict=True)
-    except RuntimeError as error:
-        first_line = str(error).splitlines()[0] if str(error) else "mismatch"
-        message = f"classifier weights do not fit the architecture in config.json ({first_line})"
-        raise ModelError(message, path=weights_path) from None
+    load_state(model, state, what="classifier weights", target="the architecture in config.json", path=weights_path)
     return model.to(device).eval()

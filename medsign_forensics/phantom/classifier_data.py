@@ -23,12 +23,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+from medsign_forensics.attacks.codec import to_uint8
 from medsign_forensics.errors import DatasetError
-from medsign_forensics.fileio import atomic_path, to_uint8, write_text
+from medsign_forensics.fileio import atomic_path, write_text
 from medsign_forensics.phantom.classifier import LABEL_INDEX, LABELS, encode_labels, label_name
 from medsign_forensics.reports.findings import Finding, FindingKind, Severity, Side, Zone
+from medsign_forensics.training.progress import ProgressFn, notify
 
 SHARD_SIZE = 256
 #: Label masks are stored at MASK_GRID x MASK_GRID cells (8x8 pixels each at 256): enough to say where a
@@ -37,9 +38,13 @@ MASK_GRID = 32
 CACHE_FORMAT = "images+labels+masks32"
 #: Modules whose source decides what a render looks like; their digest stamps every render cache.
 RENDERER_MODULES = (
+    "medsign_forensics.attacks.codec",  # quantises the rendered image to 8 bits
     "medsign_forensics.phantom.anatomy",
     "medsign_forensics.phantom.lesions",
+    "medsign_forensics.phantom.params",
+    "medsign_forensics.phantom.raster",
     "medsign_forensics.phantom.renderer",
+    "medsign_forensics.phantom.skeleton",
 )
 
 # How many findings a random study gets: normals and single findings dominate, as in real reports.
@@ -251,14 +256,15 @@ def render_cached(
     size: int,
     workers: int = 2,
     pool: multiprocessing.pool.Pool | None = None,
-    show_progress: bool = True,
-    description: str = "rendering phantoms",
+    progress: ProgressFn | None = None,
+    task: str = "rendering phantoms",
 ) -> PhantomArrays:
     """Render ``specs`` into uint8 shards under ``cache_dir`` (resuming finished shards) and load them all.
 
     Raises DatasetError when the folder holds shards of a different spec list or of another renderer version
     (so a changed renderer never silently reuses stale phantoms), or when a worker's imported renderer code
     is not the version the cache was stamped with. ``pool`` (see :func:`render_pool`) overrides ``workers``.
+    ``progress`` receives events of ``task`` counting the rendered phantoms.
     """
     cache = Path(cache_dir)
     cache.mkdir(parents=True, exist_ok=True)
@@ -278,34 +284,27 @@ def render_cached(
     todo = [i for i, path in enumerate(paths) if not path.exists()]
     render_cpu_seconds = 0.0
     if todo:
-        with Progress(
-            TextColumn("{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            TimeRemainingColumn(),
-            disable=not show_progress,
-        ) as progress:
-            remaining = sum(len(chunks[i]) for i in todo)
-            task = progress.add_task(description, total=len(specs), completed=len(specs) - remaining)
-            jobs = [(chunks[i], size) for i in todo]
-            owned = pool is None and workers > 1
-            active = render_pool(workers) if owned else pool
-            try:
-                results = active.imap(_render_shard, jobs) if active is not None else map(_render_shard, jobs)
-                for i, (arrays, seconds, digest) in zip(todo, results):
-                    if digest != renderer_stamp:
-                        raise DatasetError(
-                            "the renderer's code changed after this cache was started, so it would mix two "
-                            "versions; delete the folder and render again once the renderer is stable",
-                            path=cache,
-                        )
-                    _save_shard(paths[i], arrays)
-                    render_cpu_seconds += seconds
-                    progress.advance(task, len(arrays["images"]))
-            finally:
-                if owned and active is not None:
-                    active.terminate()
+        done = len(specs) - sum(len(chunks[i]) for i in todo)
+        notify(progress, task, done, len(specs))
+        jobs = [(chunks[i], size) for i in todo]
+        owned = pool is None and workers > 1
+        active = render_pool(workers) if owned else pool
+        try:
+            results = active.imap(_render_shard, jobs) if active is not None else map(_render_shard, jobs)
+            for i, (arrays, seconds, digest) in zip(todo, results):
+                if digest != renderer_stamp:
+                    raise DatasetError(
+                        "the renderer's code changed after this cache was started, so it would mix two "
+                        "versions; delete the folder and render again once the renderer is stable",
+                        path=cache,
+                    )
+                _save_shard(paths[i], arrays)
+                render_cpu_seconds += seconds
+                done += len(arrays["images"])
+                notify(progress, task, done, len(specs))
+        finally:
+            if owned and active is not None:
+                active.terminate()
     loaded: dict[str, list[np.ndarray]] = {"images": [], "labels": [], "masks": []}
     for path in paths:
         with np.load(path) as shard:

@@ -1,34 +1,29 @@
 """Training and held-out evaluation of the finding classifier on phantom renders.
 
-The run is seeded and resumable: renders are cached as shards, a checkpoint (model, optimiser, schedule,
-step) is written atomically every ``checkpoint_every`` steps, the batch order and augmentation of step ``s``
-depend only on (seed, s), and every logged line goes to ``train_log.jsonl``. Held-out phantoms come from the
+The run is seeded and resumable (:mod:`medsign_forensics.training`): renders are cached as shards, a checkpoint
+(model, optimiser, step, random generators) is written atomically every ``checkpoint_every`` steps, the batch
+order and augmentation of step ``s`` depend only on (seed, s), and every logged line goes to
+``train_log.jsonl``. Held-out phantoms come from the
 TEST split of the report corpus plus random findings whose renderer seeds are disjoint from training.
 """
 
 from __future__ import annotations
 
 import io
-import json
 import math
-import os
-import platform
 import time
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from PIL import Image
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from sklearn.metrics import roc_auc_score
 from torch.nn import functional as F
 
-from medsign_forensics import __version__
-from medsign_forensics.errors import InputError, ModelError
-from medsign_forensics.fileio import atomic_path, write_json
+from medsign_forensics.errors import InputError
+from medsign_forensics.fileio import write_json
 from medsign_forensics.phantom.classifier import (
     LABELS,
     ClassifierConfig,
@@ -44,12 +39,18 @@ from medsign_forensics.phantom.classifier_data import (
     render_pool,
     report_specs,
 )
+from medsign_forensics.training.checkpoint import load_checkpoint, restore_rng, save_checkpoint
+from medsign_forensics.training.environment import environment
+from medsign_forensics.training.progress import ProgressFn, notify
+from medsign_forensics.training.run import RunFolder
+from medsign_forensics.training.schedule import WarmupCosine
 
 #: Labels with fewer held-out positives than this get an AUROC but are not held to the 0.95 target.
 MIN_SUPPORT = 20
 # Renderer seeds: training phantoms use [0, EVAL_SEED_BASE), held-out ones start here.
 EVAL_SEED_BASE = 10_000_000
 RANDOM_SEED_OFFSET = 5_000_000
+TASK = "training classifier"
 
 
 @dataclass(frozen=True)
@@ -167,12 +168,9 @@ def _batch_indices(n: int, step: int, batch_size: int, seed: int) -> np.ndarray:
     return order[position * batch_size : (position + 1) * batch_size]
 
 
-def _lr_factor(step: int, config: TrainConfig) -> float:
+def schedule(config: TrainConfig) -> WarmupCosine:
     """Linear warm-up then cosine decay to 5% of the peak rate."""
-    if step < config.warmup_steps:
-        return (step + 1) / config.warmup_steps
-    progress = (step - config.warmup_steps) / max(1, config.steps - config.warmup_steps)
-    return 0.05 + 0.95 * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+    return WarmupCosine(total=config.steps, warmup=config.warmup_steps, floor=0.05)
 
 
 def train_step(
@@ -260,13 +258,13 @@ def evaluate(model: FindingClassifier, data: PhantomArrays, *, batch_size: int =
 
 
 def held_out_data(
-    config: TrainConfig, cache_dir: str | Path, *, workers: int | None = None, show_progress: bool = True
+    config: TrainConfig, cache_dir: str | Path, *, workers: int | None = None, progress: ProgressFn | None = None
 ) -> PhantomArrays:
     """The held-out phantoms of ``config`` (rendered into, or read back from, ``cache_dir``)."""
     _, eval_specs = build_specs(config)
     return render_cached(
         eval_specs, cache_dir, size=config.size, workers=config.workers if workers is None else workers,
-        show_progress=show_progress, description="rendering held-out phantoms",
+        progress=progress, task="rendering held-out phantoms",
     )
 
 
@@ -285,35 +283,12 @@ class TrainResult:
     train_cpu_seconds: float  # CPU time of the training loop (all threads)
 
 
-def _write_checkpoint(
-    path: Path,
-    model: FindingClassifier,
-    optimizer: torch.optim.Optimizer,
-    step: int,
-    config: TrainConfig,
-    elapsed: float,
-    cpu_elapsed: float,
-) -> None:
-    with atomic_path(path) as tmp:
-        torch.save(
-            {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step, "config": config.to_dict(),
-             "elapsed": elapsed, "cpu_elapsed": cpu_elapsed, "torch_rng": torch.get_rng_state()},
-            tmp,
-        )
-
-
-def _log(path: Path, record: dict[str, Any]) -> None:
-    with open(path, "a", encoding="utf-8") as handle:
-        handle.write(json.dumps(record, sort_keys=True) + "\n")
-
-
 def train_classifier(
     config: TrainConfig,
     out_dir: str | Path,
     *,
     device: str | torch.device = "cpu",
-    show_progress: bool = True,
-    on_step: Callable[[int, float], None] | None = None,
+    progress: ProgressFn | None = None,
     command: str | None = None,
 ) -> TrainResult:
     """Render (cached), train, evaluate and save a classifier under ``out_dir``.
@@ -321,10 +296,11 @@ def train_classifier(
     ``out_dir`` receives ``cache/train``, ``cache/eval`` (uint8 render shards), ``checkpoint.pt``,
     ``train_log.jsonl``, ``eval.json`` and ``weights/`` (``model.safetensors`` fp16 + ``config.json``).
     Running again with the same config resumes from the last checkpoint; a different config is refused.
-    ``command`` (the command line that started the run) is recorded in the weights' config.json.
+    ``command`` (the command line that started the run) is recorded in the weights' config.json. ``progress``
+    receives the rendering and training events (the step's loss at log steps).
     """
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    run = RunFolder(out_dir, resume=None)
+    out = run.path
     torch.manual_seed(config.seed)
     train_specs, eval_specs = build_specs(config)
     # One pool for both sets: every phantom of the run comes from the same imported renderer code (a worker
@@ -333,11 +309,11 @@ def train_classifier(
     try:
         train_data = render_cached(
             train_specs, out / "cache" / "train", size=config.size, workers=config.workers, pool=pool,
-            show_progress=show_progress, description="rendering training phantoms",
+            progress=progress, task="rendering training phantoms",
         )
         eval_data = render_cached(
             eval_specs, out / "cache" / "eval", size=config.size, workers=config.workers, pool=pool,
-            show_progress=show_progress, description="rendering held-out phantoms",
+            progress=progress, task="rendering held-out phantoms",
         )
     finally:
         if pool is not None:
@@ -349,70 +325,59 @@ def train_classifier(
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     start_step = 0
     previous_seconds = previous_cpu_seconds = 0.0  # wall and CPU seconds of earlier, interrupted calls
-    checkpoint_path = out / "checkpoint.pt"
-    log_path = out / "train_log.jsonl"
-    if checkpoint_path.exists():
-        state = torch.load(checkpoint_path, map_location=device, weights_only=True)
-        if state["config"] != config.to_dict():
-            raise ModelError(
-                "checkpoint was written by a different training config; use another output folder or the same config",
-                path=checkpoint_path,
-            )
+    if run.resuming:
+        state = load_checkpoint(run.marker, device=device)
+        run.check_config(state["config"], config.to_dict())
         model.load_state_dict(state["model"], strict=True)
         optimizer.load_state_dict(state["optimizer"])
         start_step = int(state["step"])
         previous_seconds = float(state["elapsed"])
         previous_cpu_seconds = float(state["cpu_elapsed"])
-        torch.set_rng_state(state["torch_rng"])  # dropout continues exactly as an uninterrupted run would
-    elif log_path.exists():
-        log_path.unlink()  # a log without a checkpoint belongs to a run that never saved; start it afresh
-    _log(log_path, {
+        restore_rng(state["rng"])  # dropout continues exactly as an uninterrupted run would
+    run.restart_log(start_step)
+    run.log.append({
         "event": "start", "step": start_step, "config": config.to_dict(), "train_images": len(train_data.images),
         "eval_images": len(eval_data.images), "render_cpu_seconds": round(render_cpu_seconds, 1),
-        "version": __version__, "torch": torch.__version__, "machine": platform.machine(), "cpus": os.cpu_count(),
+        "environment": environment(device),
     })
 
     images = torch.from_numpy(train_data.images)
     targets = torch.from_numpy(train_data.labels)
+    rates = schedule(config)
     loss_value = map_value = float("nan")
     started = time.perf_counter()
     cpu_started = time.process_time()
     window: list[tuple[float, float]] = []
-    with Progress(
-        TextColumn("training classifier"), BarColumn(), MofNCompleteColumn(), TextColumn("loss {task.fields[loss]}"),
-        TimeElapsedColumn(), TimeRemainingColumn(), disable=not show_progress,
-    ) as progress:
-        task = progress.add_task("train", total=config.steps, completed=start_step, loss="-")
-        for step in range(start_step, config.steps):
-            for group in optimizer.param_groups:
-                group["lr"] = config.lr * _lr_factor(step, config)
-            index = torch.from_numpy(_batch_indices(len(images), step, config.batch_size, config.seed))
-            generator = torch.Generator().manual_seed(config.seed * 1_000_003 + step)
-            batch = augment(images[index].float().div_(255.0)[:, None], config.augmentation, generator)
-            masks = torch.from_numpy(train_data.label_masks(index.numpy())) if config.mask_weight > 0 else None
-            loss_value, map_value = train_step(
-                model, optimizer, batch.to(device), targets[index].to(device),
-                None if masks is None else masks.to(device),
-                mask_weight=config.mask_weight, mask_pos_weight=config.mask_pos_weight,
-            )
-            window.append((loss_value, map_value))
-            if on_step is not None:
-                on_step(step, loss_value)
-            done = step + 1
-            if done % config.log_every == 0 or done == config.steps:
-                label_mean = sum(w[0] for w in window) / len(window)
-                map_mean = sum(w[1] for w in window) / len(window)
-                _log(log_path, {"event": "step", "step": done, "loss": round(label_mean, 5),
-                                "map_loss": round(map_mean, 5),
-                                "lr": optimizer.param_groups[0]["lr"],
-                                "seconds": round(previous_seconds + time.perf_counter() - started, 1)})
-                progress.update(task, loss=f"{label_mean:.4f}")
-                window.clear()
-            if done % config.checkpoint_every == 0 or done == config.steps:
-                elapsed = previous_seconds + time.perf_counter() - started
-                cpu_elapsed = previous_cpu_seconds + time.process_time() - cpu_started
-                _write_checkpoint(checkpoint_path, model, optimizer, done, config, elapsed, cpu_elapsed)
-            progress.advance(task)
+    notify(progress, TASK, start_step, config.steps)
+    for step in range(start_step, config.steps):
+        lr = rates.apply(optimizer, config.lr, step)
+        index = torch.from_numpy(_batch_indices(len(images), step, config.batch_size, config.seed))
+        generator = torch.Generator().manual_seed(config.seed * 1_000_003 + step)
+        batch = augment(images[index].float().div_(255.0)[:, None], config.augmentation, generator)
+        masks = torch.from_numpy(train_data.label_masks(index.numpy())) if config.mask_weight > 0 else None
+        loss_value, map_value = train_step(
+            model, optimizer, batch.to(device), targets[index].to(device),
+            None if masks is None else masks.to(device),
+            mask_weight=config.mask_weight, mask_pos_weight=config.mask_pos_weight,
+        )
+        window.append((loss_value, map_value))
+        done = step + 1
+        metrics: dict[str, float] = {}
+        if done % config.log_every == 0 or done == config.steps:
+            label_mean = sum(w[0] for w in window) / len(window)
+            map_mean = sum(w[1] for w in window) / len(window)
+            run.log.append({"event": "step", "step": done, "loss": round(label_mean, 5),
+                            "map_loss": round(map_mean, 5), "lr": lr,
+                            "seconds": round(previous_seconds + time.perf_counter() - started, 1)})
+            metrics = {"loss": label_mean}
+            window.clear()
+        notify(progress, TASK, done, config.steps, metrics)
+        if done % config.checkpoint_every == 0 or done == config.steps:
+            elapsed = previous_seconds + time.perf_counter() - started
+            cpu_elapsed = previous_cpu_seconds + time.process_time() - cpu_started
+            save_checkpoint(run.marker, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                                         "step": done, "config": config.to_dict(), "elapsed": elapsed,
+                                         "cpu_elapsed": cpu_elapsed})
     train_seconds = previous_seconds + time.perf_counter() - started
     train_cpu_seconds = previous_cpu_seconds + time.process_time() - cpu_started
 
@@ -433,10 +398,11 @@ def train_classifier(
         "renderer_sha256": renderer_sha256,
         "torch_version": torch.__version__,
         "device": str(device),
+        "environment": environment(device),
         "held_out_auroc": {s.label: s.auroc for s in scores},
         "held_out_positives": {s.label: s.positives for s in scores},
     })
-    _log(log_path, {
+    run.log.append({
         "event": "done", "step": config.steps, "train_seconds": round(train_seconds, 1),
         "train_cpu_seconds": round(train_cpu_seconds, 1), "weights_sha256": digest,
     })
@@ -445,8 +411,3 @@ def train_classifier(
         train_images=len(train_data.images), eval_images=len(eval_data.images),
         render_cpu_seconds=render_cpu_seconds, train_seconds=train_seconds, train_cpu_seconds=train_cpu_seconds,
     )
-
-
-def with_overrides(config: TrainConfig, **changes: Any) -> TrainConfig:
-    """``config`` with the given top-level fields replaced (None values are left as they are)."""
-    return replace(config, **{k: v for k, v in changes.items() if v is not None})

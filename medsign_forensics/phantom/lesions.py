@@ -27,15 +27,9 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from medsign_forensics.phantom.anatomy import (
-    AIR_DENSITY,
-    IMAGE_SIGN,
-    Anatomy,
-    LungChange,
-    band_noise,
-    splat_lines,
-    stream,
-)
+from medsign_forensics.phantom.anatomy import AIR_DENSITY, Anatomy
+from medsign_forensics.phantom.params import IMAGE_SIGN, LungChange, stream
+from medsign_forensics.phantom.raster import band_noise, splat_lines
 from medsign_forensics.reports.findings import Finding, FindingKind, Severity, Side, Zone
 
 STREAM_FINDINGS = 100

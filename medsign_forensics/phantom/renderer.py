@@ -21,9 +21,12 @@ from typing import NamedTuple
 
 import numpy as np
 
+from medsign_forensics.attacks.codec import to_uint8
 from medsign_forensics.errors import InputError, ReportError
-from medsign_forensics.phantom.anatomy import STREAM_NOISE, Anatomy, AnatomyParams, sample_anatomy, smooth, stream
+from medsign_forensics.phantom.anatomy import Anatomy
 from medsign_forensics.phantom.lesions import Lesion, draw_findings
+from medsign_forensics.phantom.params import STREAM_NOISE, AnatomyParams, sample_anatomy, stream
+from medsign_forensics.phantom.raster import smooth
 from medsign_forensics.reports.findings import Finding
 
 SIZES = (256, 512)
@@ -54,7 +57,7 @@ class PhantomStudy:
 
     @property
     def image_u8(self) -> np.ndarray:
-        return np.round(self.image * 255.0).astype(np.uint8)
+        return to_uint8(self.image)
 
     @property
     def lesion_mask(self) -> np.ndarray:

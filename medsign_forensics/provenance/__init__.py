@@ -14,6 +14,8 @@ and by a verifier (public keys only)::
         verified = registry.verify_entry(candidates.entries[int(counts.argmax())])
 """
 
+from medsign_forensics.provenance.checks import CheckReport
+from medsign_forensics.provenance.entries import Candidates, Issuer, KeyStatus, RegistryEntry, VerifiedEntry
 from medsign_forensics.provenance.keys import (
     PASSPHRASE_ENV,
     IssuerKey,
@@ -28,7 +30,6 @@ from medsign_forensics.provenance.keys import (
 )
 from medsign_forensics.provenance.policy import (
     Attribution,
-    Correction,
     Policy,
     TamperAction,
     TamperEvent,
@@ -47,18 +48,10 @@ from medsign_forensics.provenance.records import (
     sign,
     verify,
 )
-from medsign_forensics.provenance.registry import (
-    Candidates,
-    CheckReport,
-    Issuer,
-    KeyStatus,
-    Registry,
-    RegistryEntry,
-    VerifiedEntry,
-)
+from medsign_forensics.provenance.registry import Registry
 
 __all__ = [
-    "PASSPHRASE_ENV", "Attribution", "Candidates", "CheckReport", "Correction", "DocumentType", "ImageStatement",
+    "PASSPHRASE_ENV", "Attribution", "Candidates", "CheckReport", "DocumentType", "ImageStatement",
     "Issuer", "IssuerKey", "KeyStatus", "ModelInfo", "Policy", "ProvenanceRecord", "Registry", "RegistryEntry",
     "Revocation", "ScryptParams", "SignatureError", "SignatureFailure", "SignedDocument", "Signer", "TamperAction",
     "TamperEvent", "VerifiedEntry", "WatermarkPayload", "create_issuer_key", "key_id_of", "load_issuer_key",

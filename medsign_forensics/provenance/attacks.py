@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from medsign_forensics.provenance.canonical import to_base64
+from medsign_forensics.provenance.checks import CheckReport
 from medsign_forensics.provenance.keys import IssuerKey
 from medsign_forensics.provenance.log import (
     GENESIS_HASH,
@@ -35,7 +36,8 @@ from medsign_forensics.provenance.records import (
     sign,
     utc_now,
 )
-from medsign_forensics.provenance.registry import REGISTRY_FILE, CheckReport, Registry
+from medsign_forensics.provenance.registry import Registry
+from medsign_forensics.provenance.schema import REGISTRY_FILE
 
 MODEL = ModelInfo(name="mini-cxr", version="0.1.0", weights_sha256="ab" * 32)
 

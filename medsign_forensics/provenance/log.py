@@ -41,12 +41,13 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from medsign_forensics.errors import InputError
 from medsign_forensics.provenance.canonical import canonical_json, from_base64, sha256_hex, to_base64
+from medsign_forensics.provenance.entries import RegistryEntry
 from medsign_forensics.provenance.keys import key_id_of, load_public_key_pem
 from medsign_forensics.provenance.records import (
     Checkpoint,
@@ -56,9 +57,6 @@ from medsign_forensics.provenance.records import (
     SignedDocument,
     verify,
 )
-
-if TYPE_CHECKING:
-    from medsign_forensics.provenance.registry import RegistryEntry
 
 GENESIS_HASH = "0" * 64
 ENTRY_TYPE = "medsign.log-entry"

@@ -18,18 +18,11 @@ from typing import Any
 
 from medsign_forensics.config import REPO_DIR
 from medsign_forensics.errors import InputError
-from medsign_forensics.watermark.bits import check_length
+from medsign_forensics.key import Correction, check_length
 
 POLICIES_DIR = REPO_DIR / "policies"
 DEFAULT_POLICY = "default"
 POLICY_FORMAT_VERSION = 1
-
-
-class Correction(str, Enum):
-    """How per-key p-values become one family-wise p-value over the N registered keys."""
-
-    BONFERRONI = "bonferroni"  # min(1, N p): valid under any dependence between keys
-    SIDAK = "sidak"  # 1 - (1 - p)^N: exact for independent keys, marginally less conservative
 
 
 class Attribution(str, Enum):

@@ -36,7 +36,7 @@ from medsign_forensics import __version__
 from medsign_forensics.errors import InputError, RegistryError
 from medsign_forensics.provenance.canonical import canonical_json, parse_canonical, sha256_hex
 from medsign_forensics.provenance.keys import SIGNATURE_ALGORITHM, Signer, signature_is_valid
-from medsign_forensics.watermark.bits import check_length
+from medsign_forensics.key import check_length
 
 DOCUMENT_VERSION = 1
 WATERMARK_ALGORITHM = "medsign-v1"

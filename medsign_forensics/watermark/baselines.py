@@ -22,6 +22,7 @@ from typing import ClassVar
 import cv2
 import numpy as np
 
+from medsign_forensics.attacks.codec import to_uint8
 from medsign_forensics.errors import InputError
 
 MIN_PIXELS = 256 * 256  # imwatermark refuses smaller images
@@ -33,7 +34,7 @@ def _grey_to_bgr(image: np.ndarray) -> np.ndarray:
         raise InputError(f"baselines take a greyscale (H, W) image, got shape {image.shape}")
     if image.size < MIN_PIXELS:
         raise InputError(f"invisible-watermark needs at least 256x256 pixels, got {image.shape[0]}x{image.shape[1]}")
-    pixels = np.clip(np.rint(image * 255.0), 0, 255).astype(np.uint8)
+    pixels = to_uint8(image)
     return np.repeat(pixels[:, :, None], 3, axis=2)
 
 

@@ -1,6 +1,6 @@
 """Empirical null for the watermark p-value.
 
-Why: :func:`medsign_forensics.watermark.stats.p_value` assumes every extracted bit of an unwatermarked image is a
+Why: :func:`medsign_forensics.key.p_value` assumes every extracted bit of an unwatermarked image is a
 fair coin. Measurement says otherwise on some image families (phantoms, images from the base generator, heavy
 JPEG): the rate of reading a 1 ranges from about 0.35 to 0.67 per bit, so a key that happens to agree with that
 bias matches unmarked images more often than Binomial(k, 1/2) predicts, and its binomial p-values are too small.
@@ -23,9 +23,10 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 import numpy as np
-from scipy.stats import chi2
 
 from medsign_forensics.errors import InputError
+from medsign_forensics.key import match_counts
+from medsign_forensics.watermark.fairness import bit_mean_chi2
 from medsign_forensics.watermark.stats import match_probabilities, poisson_binomial_sf
 
 RATE_FLOOR = 0.01
@@ -78,7 +79,7 @@ class NullCalibration:
                 f"a {self.bits}-bit calibration cannot compare {extracted.size} extracted bits with keys of "
                 f"shape {keys.shape}; use the calibration fitted for this extractor"
             )
-        matches = (keys == extracted[None, :]).sum(axis=1)
+        matches = match_counts(extracted, keys)
         q = match_probabilities(keys, np.asarray(self.rate_one_low), np.asarray(self.rate_one_high))
         return matches, np.asarray(poisson_binomial_sf(matches, q))
 
@@ -122,16 +123,15 @@ class NullCalibration:
 
 def _summary(name: str, bits: np.ndarray) -> dict[str, Any]:
     """Per-set evidence of bias: chi-square of the per-bit means against a fair coin (k degrees of freedom)."""
-    n, k = bits.shape
     means = bits.mean(axis=0)
-    stat = float((((means - 0.5) / np.sqrt(0.25 / n)) ** 2).sum())
+    stat, p = bit_mean_chi2(bits)
     return {
         "name": name,
-        "n": int(n),
+        "n": len(bits),
         "mean_min": float(means.min()),
         "mean_max": float(means.max()),
         "chi2": stat,
-        "chi2_p": float(chi2.sf(stat, k)),
+        "chi2_p": p,
     }
 
 

@@ -36,13 +36,13 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
 
 from medsign_forensics import __version__
 from medsign_forensics.errors import InputError, ModelError, RegistryError
-from medsign_forensics.fileio import atomic_path, sha256_file, write_json
+from medsign_forensics.fileio import write_json
 from medsign_forensics.provenance.records import utc_now
-from medsign_forensics.watermark.bits import bits_to_hex, check_length, hex_to_bits
+from medsign_forensics.key import bits_to_hex, check_length, hex_to_bits
+from medsign_forensics.training.weights import check_state, load_state, load_tensors, save_tensors
 
 FORMAT = "medsign-deployment"
 FORMAT_VERSION = 1
@@ -110,8 +110,9 @@ def key_from_registry(registry_dir: str | Path, provenance_id: str) -> Deploymen
 
     Refuses a revoked key and a row whose signature does not verify (RegistryError).
     """
+    from medsign_forensics.provenance.entries import KeyStatus
     from medsign_forensics.provenance.layers import latent_layers
-    from medsign_forensics.provenance.registry import KeyStatus, Registry
+    from medsign_forensics.provenance.registry import Registry
 
     with Registry.open(registry_dir) as registry:
         entry = registry.get(provenance_id)
@@ -192,11 +193,9 @@ def save_deployment(
     if (vae is None) == (head is None):
         raise InputError("a deployment stores either a fine-tuned decoder or a watermark layer; give exactly one")
     file = DECODER_FILE if head is None else HEAD_FILE
-    state = decoder_state(vae) if head is None else {
-        name: tensor.detach().to("cpu", torch.float32).contiguous() for name, tensor in head.state_dict().items()}
-    with atomic_path(out_dir / file) as tmp:
-        save_file(state, str(tmp), metadata={"format": FORMAT, "software": __version__})
-        decoder_sha = sha256_file(tmp)
+    state = decoder_state(vae) if head is None else head.state_dict()
+    decoder_sha = save_tensors(out_dir / file, state, dtype=torch.float32,
+                               metadata={"format": FORMAT, "software": __version__})
     decoder_entry: dict[str, Any] = {"file": file, "sha256": decoder_sha, "kind": FINETUNED}
     if head is not None:
         decoder_entry.update(kind=SPECTRAL_HEAD, head=head.config.to_dict(), spectral=head.spectral.to_dict())
@@ -304,10 +303,7 @@ class Deployment:
                                   config=HeadConfig.from_dict(entry["head"]))
         except (KeyError, TypeError, InputError) as error:
             raise ModelError(f"the watermark layer's config is unusable ({error})", path=path) from None
-        try:
-            layer.load_state_dict(self.state, strict=True)
-        except RuntimeError as error:
-            raise ModelError(f"the watermark layer's tensors do not fit its config: {error}", path=path) from None
+        load_state(layer, self.state, what="watermark layer's tensors", target="its config", path=path)
         return layer.eval().requires_grad_(False)
 
     @property
@@ -365,21 +361,8 @@ class Deployment:
 def load_decoder_state(vae: torch.nn.Module, state: dict[str, torch.Tensor], *, path: Path | None = None) -> None:
     """Load decoder-side tensors into an AutoencoderKL with strict key and shape checking (ModelError)."""
     current = vae.state_dict()
-    expected = {name for name in current if name.startswith(DECODER_PREFIXES)}
-    missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
-    if missing or unexpected:
-        raise ModelError(
-            f"decoder weights do not fit the base model's VAE: {len(missing)} missing (e.g. {missing[:2]}), "
-            f"{len(unexpected)} unexpected (e.g. {unexpected[:2]}); the deployment belongs to another architecture",
-            path=path,
-        )
-    for name in expected:
-        if tuple(state[name].shape) != tuple(current[name].shape):
-            raise ModelError(
-                f"decoder tensor {name} has shape {tuple(state[name].shape)} but the base VAE expects "
-                f"{tuple(current[name].shape)}; the deployment belongs to another architecture",
-                path=path,
-            )
+    expected = {name: tensor for name, tensor in current.items() if name.startswith(DECODER_PREFIXES)}
+    check_state(state, expected, what="decoder weights", target="the base model's VAE", path=path)
     merged = {**current, **{name: state[name].to(current[name].dtype) for name in expected}}
     vae.load_state_dict(merged, strict=True)
 
@@ -426,20 +409,7 @@ def load_deployment(path: str | Path) -> Deployment:
     manifest = read_manifest(folder)
     decoder = manifest["decoder"]
     weights = folder / str(decoder.get("file", DECODER_FILE))
-    if not weights.is_file():
-        raise ModelError("the deployment's decoder weights file is missing", path=weights)
-    actual = sha256_file(weights)
-    if actual != decoder.get("sha256"):
-        raise ModelError(
-            f"decoder weights fail their hash check (SHA-256 {actual[:16]}..., deployment.json records "
-            f"{str(decoder.get('sha256'))[:16]}...); the file was altered or replaced: restore it from the training "
-            "output",
-            path=weights,
-        )
-    try:
-        state = load_file(str(weights))
-    except Exception as error:  # safetensors raises several error types for a damaged header
-        raise ModelError(f"the decoder weights cannot be read ({error})", path=weights) from None
+    state = load_tensors(weights, sha256=decoder.get("sha256"), what="decoder weights", recorded_in=MANIFEST_FILE)
     if decoder.get("kind", FINETUNED) not in (FINETUNED, SPECTRAL_HEAD):
         raise ModelError(f"unknown decoder kind {decoder.get('kind')!r}; use the software version that wrote it",
                          path=folder / MANIFEST_FILE)

@@ -8,8 +8,8 @@ which deployments record as "the extractor's hash".
 A model folder holds ``extractor.safetensors`` and ``extractor.json`` (and the same pair for ``encoder``). The
 JSON manifest records the architecture config, the SHA-256 of the weights file, the whitening fit if any, and
 the software version. Loading rebuilds the module from the config, checks the hash, and loads with strict key
-checking, so a truncated, swapped or mismatched file fails loudly (ModelError) instead of running with random
-weights.
+checking (:mod:`medsign_forensics.training.weights`), so a truncated, swapped or mismatched file fails loudly
+(ModelError) instead of running with random weights.
 """
 
 from __future__ import annotations
@@ -21,11 +21,11 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
 
 from medsign_forensics import __version__
 from medsign_forensics.errors import InputError, ModelError
-from medsign_forensics.fileio import atomic_path, sha256_file, write_json
+from medsign_forensics.fileio import write_json
+from medsign_forensics.training.weights import load_state, load_tensors, read_json_manifest, save_tensors
 from medsign_forensics.watermark.calibration import NullCalibration
 from medsign_forensics.watermark.hidden import HiddenConfig, HiddenEncoder, HiddenExtractor
 from medsign_forensics.watermark.spectral import SpectralConfig, SpectralExtractor
@@ -70,10 +70,7 @@ def _save_module(module: torch.nn.Module, folder: Path, stem: str, manifest: dic
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     weights = folder / f"{stem}.safetensors"
-    state = {name: tensor.detach().cpu().contiguous() for name, tensor in module.state_dict().items()}
-    with atomic_path(weights) as tmp:
-        save_file(state, str(tmp), metadata={"format": f"medsign-hidden-{stem}"})
-        sha = sha256_file(tmp)
+    sha = save_tensors(weights, module.state_dict(), metadata={"format": f"medsign-hidden-{stem}"})
     manifest = {
         "format": f"medsign-hidden-{stem}",
         "format_version": FORMAT_VERSION,
@@ -91,14 +88,8 @@ def _read_manifest(path: Path, stem: str) -> tuple[Path, dict[str, Any]]:
     path = Path(path)
     folder = path if path.is_dir() else path.parent
     manifest_path = folder / f"{stem}.json"
-    if not manifest_path.is_file():
-        raise ModelError(f"no {stem}.json manifest found; point to a folder written by save_{stem}", path=folder)
-    try:
-        manifest = json.loads(manifest_path.read_text())
-    except (OSError, json.JSONDecodeError) as error:
-        raise ModelError(f"the manifest cannot be read ({error}); re-save the model", path=manifest_path) from None
-    if not isinstance(manifest, dict):
-        raise ModelError("the manifest is not a JSON object; re-save the model", path=manifest_path)
+    manifest = read_json_manifest(manifest_path, what=f"{stem}.json manifest",
+                                  hint=f"point to a folder written by save_{stem}")
     if stem == EXTRACTOR_STEM and manifest.get("format") == SPECTRAL_FORMAT:
         if manifest.get("format_version") != FORMAT_VERSION:
             raise ModelError(f"this is not a version-{FORMAT_VERSION} spectral extractor manifest", path=manifest_path)
@@ -111,33 +102,11 @@ def _read_manifest(path: Path, stem: str) -> tuple[Path, dict[str, Any]]:
     return folder, manifest
 
 
-def _load_state(module: torch.nn.Module, folder: Path, manifest: dict[str, Any]) -> None:
+def _load_state(module: torch.nn.Module, folder: Path, manifest: dict[str, Any], stem: str) -> None:
     weights = folder / str(manifest.get("weights", ""))
-    if not weights.is_file():
-        raise ModelError("the weights file named in the manifest is missing", path=weights)
-    sha = sha256_file(weights)
-    if sha != manifest.get("sha256"):
-        raise ModelError(
-            f"SHA-256 {sha[:16]}... does not match the recorded {str(manifest.get('sha256'))[:16]}...; "
-            "the file is corrupt or was replaced: restore it from the original training output",
-            path=weights,
-        )
-    try:
-        state = load_file(str(weights))
-    except Exception as error:  # safetensors raises several types for a bad header
-        raise ModelError(f"the weights cannot be read ({error})", path=weights) from None
-    expected = set(module.state_dict())
-    missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
-    if missing or unexpected:
-        raise ModelError(
-            f"weights do not fit the recorded architecture (missing {missing[:5]}, unexpected {unexpected[:5]}); "
-            "the manifest and weights come from different models",
-            path=weights,
-        )
-    try:
-        module.load_state_dict(state, strict=True)
-    except RuntimeError as error:
-        raise ModelError(f"weights do not fit the recorded architecture: {error}", path=weights) from None
+    state = load_tensors(weights, sha256=manifest.get("sha256"), what=f"{stem} weights",
+                         recorded_in=f"{stem}.json")
+    load_state(module, state, what=f"{stem} weights", target="the recorded architecture", path=weights)
 
 
 def save_extractor(
@@ -162,7 +131,7 @@ def load_extractor(path: Path, *, device: str | torch.device = "cpu") -> Extract
     extractor = _build(HiddenExtractor, manifest, folder)
     if manifest.get("whitening") is not None:
         extractor.add_empty_whitening()
-    _load_state(extractor, folder, manifest)
+    _load_state(extractor, folder, manifest, EXTRACTOR_STEM)
     return extractor.to(device).eval()
 
 
@@ -179,7 +148,7 @@ def save_encoder(encoder: HiddenEncoder, folder: Path, **extra: Any) -> Path:
 def load_encoder(path: Path, *, device: str | torch.device = "cpu") -> HiddenEncoder:
     folder, manifest = _read_manifest(Path(path), ENCODER_STEM)
     encoder = _build(HiddenEncoder, manifest, folder)
-    _load_state(encoder, folder, manifest)
+    _load_state(encoder, folder, manifest, ENCODER_STEM)
     return encoder.to(device).eval()
 
 

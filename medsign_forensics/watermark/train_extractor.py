@@ -6,8 +6,9 @@ batch (its differentiable form), and the extractor's raw logits are scored with 
 ``BCE(logits / temperature, keys)``, with the temperature an explicit setting (1.0 by default). No image loss:
 the encoder is thrown away after training.
 
-Everything random comes from one numpy Generator and torch's seeded generator, both saved in the checkpoint,
-so an interrupted run resumed from its last checkpoint continues exactly as if it had not stopped.
+Everything random comes from one numpy Generator and torch's seeded generator, both saved in the checkpoint
+(:mod:`medsign_forensics.training`), so an interrupted run resumed from its last checkpoint continues exactly as
+if it had not stopped.
 
 Output folder: ``extractor.safetensors``/``.json`` (with the whitening layer if fitted), ``encoder.*``,
 ``config.json``, ``SHA256SUMS``, ``train_log.jsonl``, ``checkpoint.pt``.
@@ -15,12 +16,9 @@ Output folder: ``extractor.safetensors``/``.json`` (with the whitening layer if 
 
 from __future__ import annotations
 
-import json
-import math
 import time
 from collections import defaultdict
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -28,9 +26,15 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from medsign_forensics.errors import InputError, ModelError
-from medsign_forensics.fileio import atomic_path, sha256_file, write_json, write_text
-from medsign_forensics.watermark.attacks import Requantize, get_attack
+from medsign_forensics.attacks.library import get_attack
+from medsign_forensics.attacks.storage import Requantize
+from medsign_forensics.errors import InputError
+from medsign_forensics.fileio import sha256_file, write_json, write_text
+from medsign_forensics.training.checkpoint import load_checkpoint, restore_rng, save_checkpoint
+from medsign_forensics.training.environment import environment
+from medsign_forensics.training.progress import ProgressFn, notify
+from medsign_forensics.training.run import RunFolder
+from medsign_forensics.training.schedule import WarmupCosine
 from medsign_forensics.watermark.data import (
     FolderSource,
     ImageSource,
@@ -43,6 +47,7 @@ from medsign_forensics.watermark.hidden import HiddenConfig, HiddenEncoder, Hidd
 from medsign_forensics.watermark.whitening import Whitening, whiten_extractor
 
 PHANTOM = "phantom"
+TASK = "stage 1: extractor"
 # Disjoint phantom seed ranges: training, whitening fit, held-out evaluation.
 TRAIN_SEED_BASE = 0
 WHITEN_SEED_BASE = 500_000
@@ -156,14 +161,10 @@ class TrainResult:
     whitening: dict[str, object] | None
 
 
-def _lr_factor(step: int, config: ExtractorTrainConfig) -> float:
+def schedule(config: ExtractorTrainConfig) -> WarmupCosine:
     """Linear warm-up (at most a tenth of the run), then cosine decay to ``min_lr_ratio``."""
-    warmup = min(config.warmup_steps, config.steps // 10)
-    if step < warmup:
-        return (step + 1) / warmup
-    span = max(1, config.steps - warmup)
-    progress = min(1.0, (step - warmup) / span)
-    return config.min_lr_ratio + (1 - config.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+    return WarmupCosine(total=config.steps, warmup=min(config.warmup_steps, config.steps // 10),
+                        floor=config.min_lr_ratio)
 
 
 def make_source(config: ExtractorTrainConfig) -> ImageSource:
@@ -189,57 +190,37 @@ class _Trainer:
         self.extractor = HiddenExtractor(config.model).to(self.device)
         params = list(self.encoder.parameters()) + list(self.extractor.parameters())
         self.optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: _lr_factor(s, config))
+        self.schedule = schedule(config)
         self.attacks = [get_attack(name) for name in config.attacks]
         self.store = Requantize(8)
         self.identity = get_attack("none")
         self.step = 0
 
     # --- checkpoints -------------------------------------------------------------------------------------
-    def save_checkpoint(self) -> None:
+    def save_checkpoint(self, path: Path) -> None:
         state = {
             "config": self.config.to_dict(),
             "step": self.step,
             "encoder": self.encoder.state_dict(),
             "extractor": self.extractor.state_dict(),
             "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
-            "numpy_rng": self.rng.bit_generator.state,
-            "torch_rng": torch.get_rng_state(),
         }
-        with atomic_path(self.out / "checkpoint.pt") as tmp:
-            torch.save(state, tmp)
+        save_checkpoint(path, state, numpy_rngs={"data": self.rng})
 
-    def load_checkpoint(self) -> None:
-        path = self.out / "checkpoint.pt"
-        if not path.is_file():
-            raise InputError("--resume was given but there is no checkpoint.pt; start without --resume", path=path)
-        try:
-            state = torch.load(path, map_location=self.device, weights_only=True)
-            saved = ExtractorTrainConfig.from_dict(state["config"])
-        except Exception as error:
-            raise ModelError(f"the checkpoint cannot be read ({error}); start a fresh run", path=path) from None
-        changed = {
-            f.name for f in fields(ExtractorTrainConfig) if getattr(saved, f.name) != getattr(self.config, f.name)
-        }
-        if changed - _RESUMABLE_CHANGES:
-            raise InputError(
-                f"the checkpoint was trained with different settings ({', '.join(sorted(changed))}); "
-                "resume with the same settings or use a new --out folder",
-                path=path,
-            )
+    def load_checkpoint(self, run: RunFolder) -> None:
+        state = load_checkpoint(run.marker, device=self.device)
+        run.check_config(state["config"], self.config.to_dict(), resumable=_RESUMABLE_CHANGES)
         self.encoder.load_state_dict(state["encoder"], strict=True)
         self.extractor.load_state_dict(state["extractor"], strict=True)
         self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        self.rng.bit_generator.state = state["numpy_rng"]
-        torch.set_rng_state(state["torch_rng"].cpu())
+        restore_rng(state["rng"], numpy_rngs={"data": self.rng})
         self.step = int(state["step"])
 
     # --- training ----------------------------------------------------------------------------------------
     def train_step(self, images: torch.Tensor) -> tuple[float, float, str]:
         self.encoder.train()
         self.extractor.train()
+        self.schedule.apply(self.optimizer, self.config.lr, self.step)
         keys_np = self.rng.integers(0, 2, size=(images.shape[0], self.config.model.bits))
         keys = torch.from_numpy(keys_np.astype(np.float32)).to(self.device)
         attack = self.attacks[int(self.rng.integers(len(self.attacks)))]
@@ -251,17 +232,8 @@ class _Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
-        self.scheduler.step()
         accuracy = ((logits.detach() > 0).float() == keys).float().mean().item()
         return loss.item(), accuracy, attack.name
-
-
-def _trim_log(path: Path, last_step: int) -> None:
-    """Drop log lines written after the checkpoint a resumed run restarts from."""
-    if not path.is_file():
-        return
-    kept = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= last_step]
-    write_text(path, "".join(line + "\n" for line in kept))
 
 
 def recalibrate_batchnorm(trainer: _Trainer, source: ImageSource) -> None:
@@ -325,7 +297,8 @@ def fit_and_save_whitening(
 
 
 def _provenance(config: ExtractorTrainConfig) -> dict[str, Any]:
-    return {"stage": "extractor", "steps": config.steps, "data": config.data, "seed": config.seed}
+    return {"stage": "extractor", "steps": config.steps, "data": config.data, "seed": config.seed,
+            "environment": environment(config.device)}
 
 
 def _write_sums(out: Path) -> None:
@@ -338,18 +311,18 @@ def train_extractor(
     out: Path,
     *,
     resume: bool = False,
-    on_log: Callable[[StepRecord], None] | None = None,
+    progress: ProgressFn | None = None,
 ) -> TrainResult:
-    """Run (or resume) stage-1 training into ``out``; fit whitening afterwards if ``config.whiten_images``."""
-    out = Path(out)
-    if not resume and (out / "checkpoint.pt").exists():
-        raise InputError("this folder already holds a training run; pass --resume or choose a new --out", path=out)
-    out.mkdir(parents=True, exist_ok=True)
+    """Run (or resume) stage-1 training into ``out``; fit whitening afterwards if ``config.whiten_images``.
+
+    ``progress`` gets an event per step, with the window's means (loss, bit accuracy, s/step) at log steps.
+    """
+    run = RunFolder(out, resume=resume)
+    out = run.path
     trainer = _Trainer(config, out)
-    if resume:
-        trainer.load_checkpoint()
-    log_path = out / "train_log.jsonl"
-    _trim_log(log_path, trainer.step)
+    if run.resuming:
+        trainer.load_checkpoint(run)
+    run.restart_log(trainer.step)
     write_json(out / "config.json", config.to_dict())
     source = make_source(config)
     batches = TrainingBatches(source, size=config.size, batch=config.batch, rng=trainer.rng)
@@ -364,25 +337,25 @@ def train_extractor(
         window["loss"].append(loss)
         window["acc"].append(accuracy)
         per_attack[attack].append(accuracy)
+        metrics: dict[str, float] = {}
         if trainer.step % config.log_every == 0 or trainer.step == config.steps:
             elapsed = time.perf_counter() - started
             last = StepRecord(
                 step=trainer.step,
-                lr=trainer.scheduler.get_last_lr()[0],
+                lr=float(trainer.optimizer.param_groups[0]["lr"]),
                 loss=float(np.mean(window["loss"])),
                 bit_accuracy=float(np.mean(window["acc"])),
                 seconds_per_step=elapsed / len(window["loss"]),
                 per_attack_accuracy={k: float(np.mean(v)) for k, v in sorted(per_attack.items())},
             )
-            with open(log_path, "a") as handle:
-                handle.write(json.dumps(asdict(last), sort_keys=True) + "\n")
-            if on_log is not None:
-                on_log(last)
+            run.log.append(asdict(last))
+            metrics = {"loss": last.loss, "bit_accuracy": last.bit_accuracy, "seconds_per_step": last.seconds_per_step}
             window.clear()
             per_attack.clear()
             started = time.perf_counter()
+        notify(progress, TASK, trainer.step, config.steps, metrics)
         if trainer.step % config.checkpoint_every == 0 or trainer.step == config.steps:
-            trainer.save_checkpoint()
+            trainer.save_checkpoint(run.marker)
 
     recalibrate_batchnorm(trainer, source)
     extractor = trainer.extractor.cpu().eval()
@@ -397,8 +370,3 @@ def train_extractor(
         extractor_sha256=sha256_file(out / "extractor.safetensors"),
         whitening=None if fit is None else fit.summary(),
     )
-
-
-def with_overrides(config: ExtractorTrainConfig, **changes: Any) -> ExtractorTrainConfig:
-    """A copy of ``config`` with fields replaced (None values ignored): the CLI's option handling."""
-    return replace(config, **{k: v for k, v in changes.items() if v is not None})

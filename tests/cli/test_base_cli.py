@@ -15,7 +15,7 @@ from medsign_forensics.cli.main import app
 from medsign_forensics.diffusion import data as data_module
 from medsign_forensics.diffusion import loader
 from medsign_forensics.diffusion.configs import tiny_config
-from medsign_forensics.diffusion.train_base import build_random_model
+from medsign_forensics.diffusion.export import build_random_model
 
 runner = CliRunner()
 TEXTS = ["Left pleural effusion.", "Cardiomegaly with atelectasis.", "No acute abnormality."] * 20

@@ -1,7 +1,6 @@
 """`medsign train --dataset` (decoder stage) and `medsign evaluate` end to end on a tiny random world."""
 
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -9,10 +8,9 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "evaluate"))
-from tiny_world import evaluation_world  # noqa: E402
+from helpers.tiny_world import evaluation_world
 
-from medsign_forensics.cli.main import app  # noqa: E402
+from medsign_forensics.cli.main import app
 
 runner = CliRunner()
 

@@ -3,18 +3,16 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from verify_helpers import REPORT, World, build_extractor, build_world, deployment_for, tiny_model_dir  # noqa: E402
+from helpers.verify import REPORT, World, build_extractor, build_world, deployment_for, tiny_model_dir
 
-from medsign_forensics.cli.main import app  # noqa: E402
-from medsign_forensics.diffusion import load_model  # noqa: E402
-from medsign_forensics.provenance.keys import ScryptParams, save_issuer_key  # noqa: E402
+from medsign_forensics.cli.main import app
+from medsign_forensics.diffusion import load_model
+from medsign_forensics.provenance.keys import ScryptParams, save_issuer_key
 
 runner = CliRunner()
 PASSPHRASE = "generate cli passphrase"

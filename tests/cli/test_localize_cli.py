@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -11,8 +10,7 @@ from typer.testing import CliRunner
 
 from medsign_forensics.cli.main import app
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "localization"))
-from localization_helpers import build_model_folder  # noqa: E402
+from helpers.localization import build_model_folder
 
 runner = CliRunner()
 

@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from verify_helpers import World, build_extractor, build_world, sample_image, save_png  # noqa: E402
+from helpers.verify import World, build_extractor, build_world, sample_image, save_png
 
-from medsign_forensics.cli.main import app  # noqa: E402
+from medsign_forensics.cli.main import app
 
 runner = CliRunner()
 ENV = {"COLUMNS": "160"}

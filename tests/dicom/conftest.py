@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dicom_helpers import MODEL, Deployment
+from helpers.dicom import MODEL, Deployment
 
 from medsign_forensics.provenance import IssuerKey, Registry, load_policy
 

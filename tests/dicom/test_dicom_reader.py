@@ -5,7 +5,7 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
-from dicom_helpers import Deployment
+from helpers.dicom import Deployment
 from pydicom.uid import ImplicitVRLittleEndian, RLELossless
 
 from medsign_forensics.dicom import PRIVATE_CREATOR, CheckName, CheckStatus, check_study, read_provenance_block

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
-from dicom_helpers import Deployment
+from helpers.dicom import Deployment
 from PIL import Image
 
 from medsign_forensics.dicom import Modality, check_study

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
-from dicom_helpers import MODEL, Deployment
+from helpers.dicom import MODEL, Deployment
 from pydicom.uid import ExplicitVRLittleEndian
 
 from medsign_forensics.dicom import PRIVATE_CREATOR, Modality, write_synthetic_study

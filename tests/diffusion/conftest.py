@@ -15,9 +15,9 @@ from medsign_forensics.diffusion.configs import (
     tiny_config,
 )
 from medsign_forensics.diffusion.tokenizer import train_tokenizer
-from medsign_forensics.diffusion.train_base import build_random_model
+from medsign_forensics.diffusion.export import build_random_model
 
-from diffusion_helpers import REPORT_TEXTS
+from helpers.diffusion import REPORT_TEXTS
 
 @pytest.fixture(scope="session")
 def grey_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:

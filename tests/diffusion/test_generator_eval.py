@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from benchmark_helpers import load_benchmark
+from helpers.benchmarks import load_benchmark
 
 from medsign_forensics.phantom.classifier import (
     LABEL_INDEX,

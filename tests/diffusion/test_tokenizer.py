@@ -12,7 +12,7 @@ from medsign_forensics.diffusion.tokenizer import (
 )
 from medsign_forensics.errors import InputError
 
-from diffusion_helpers import REPORT_TEXTS
+from helpers.diffusion import REPORT_TEXTS
 
 
 @pytest.fixture(scope="module")

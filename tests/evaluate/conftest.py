@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tiny_world import evaluation_world
+from helpers.tiny_world import evaluation_world
 
 
 @pytest.fixture(scope="session")

@@ -2,16 +2,15 @@ import numpy as np
 import pytest
 from scipy.ndimage import correlate
 
+from medsign_forensics.attacks.codec import quantise
 from medsign_forensics.evaluate.metrics import (
     Detection,
     MeanOf,
     kind_confidences,
-    matches,
-    psnr,
-    quantise,
     region_differences,
-    ssim,
 )
+from medsign_forensics.key import match_counts
+from medsign_forensics.watermark.fidelity import psnr, ssim
 
 
 def _reference_ssim(a: np.ndarray, b: np.ndarray) -> float:
@@ -54,7 +53,7 @@ def test_detection_uses_the_binomial_threshold():
     bits[1, :7] = 1  # 41 matches: the threshold at FPR 1e-6
     bits[2, :8] = 1  # 40 matches: not enough
     bits[3] = 1
-    counts = matches(bits, key)
+    counts = match_counts(bits, key)
     assert counts.tolist() == [48, 41, 40, 0]
     detection = Detection.of(counts, 48, 1e-6)
     assert detection.threshold == 41 and detection.detected == 2 and detection.rate == 0.5

@@ -5,10 +5,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from medsign_forensics.attacks.library import TABLE1_ATTACKS
 from medsign_forensics.errors import InputError, ModelError
 from medsign_forensics.evaluate import EvaluationConfig, evaluate
 from medsign_forensics.evaluate.methods import baseline_key, build_baseline
-from medsign_forensics.watermark.attacks import TABLE1_ATTACKS
 
 
 def _run(world, out, **changes):

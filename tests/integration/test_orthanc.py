@@ -15,7 +15,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -25,14 +24,13 @@ import pydicom
 import pytest
 from typer.testing import CliRunner
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from verify_helpers import World, build_extractor, build_world, sample_image  # noqa: E402
+from helpers.verify import World, build_extractor, build_world, sample_image
 
-from medsign_forensics.cli.main import app  # noqa: E402
-from medsign_forensics.dicom import check_study  # noqa: E402
-from medsign_forensics.dicom.private import VR, Element, find_block  # noqa: E402
-from medsign_forensics.pacs import PacsClient, pacs_config  # noqa: E402
-from medsign_forensics.scan import VerifierSettings, read_jsonl, scan_pacs  # noqa: E402
+from medsign_forensics.cli.main import app
+from medsign_forensics.dicom import check_study
+from medsign_forensics.dicom.private import VR, Element, find_block
+from medsign_forensics.pacs import PacsClient, pacs_config
+from medsign_forensics.scan import VerifierSettings, read_jsonl, scan_pacs
 
 ORTHANC = shutil.which("Orthanc")
 DICOMWEB_PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")

@@ -9,7 +9,7 @@ import torch
 from diffusers import StableDiffusionPipeline, UNet2DConditionModel
 from transformers import CLIPTokenizer
 
-from localization_helpers import build_model_folder, tiny_pipeline, tiny_tokenizer, tiny_unet
+from helpers.localization import build_model_folder, tiny_pipeline, tiny_tokenizer, tiny_unet
 
 
 @pytest.fixture(scope="session")

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from localization_helpers import keyword_parser
+from helpers.localization import keyword_parser
 
 from medsign_forensics.errors import InputError
 from medsign_forensics.localization.inversion import capture_image, localize_image, working_size

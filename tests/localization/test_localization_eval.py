@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from benchmark_helpers import load_benchmark
+from helpers.benchmarks import load_benchmark
 
 REPORTS = [
     "Small left pleural effusion.",

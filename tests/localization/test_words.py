@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from localization_helpers import keyword_parser, tiny_tokenizer
+from helpers.localization import keyword_parser, tiny_tokenizer
 
 from medsign_forensics.localization.words import WordRole, medical_words, sentence_spans, word_tokens
 from medsign_forensics.reports.findings import FindingKind

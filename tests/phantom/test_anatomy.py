@@ -6,7 +6,9 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from medsign_forensics.phantom.anatomy import Anatomy, LungChange, sample_anatomy, smooth, splat_lines
+from medsign_forensics.phantom.anatomy import Anatomy
+from medsign_forensics.phantom.params import LungChange, sample_anatomy
+from medsign_forensics.phantom.raster import smooth, splat_lines
 from medsign_forensics.reports.findings import Side
 
 SEEDS = range(8)

@@ -22,7 +22,7 @@ def test_normal_study_is_a_valid_image_with_no_masks(normal) -> None:
     assert 0.0 <= normal.image.min() and normal.image.max() <= 1.0
     assert normal.normal and normal.masks == () and not normal.lesion_mask.any()
     assert normal.image_u8.dtype == np.uint8
-    assert np.array_equal(normal.image_u8, np.round(normal.image * 255).astype(np.uint8))
+    assert np.abs(normal.image_u8 - normal.image.astype(np.float64) * 255).max() <= 0.5  # nearest grey level
 
 
 def test_normal_chest_looks_like_a_chest(normal) -> None:
@@ -134,7 +134,7 @@ def test_empty_report_is_a_report_error(text: str) -> None:
 
 
 def test_collimated_margins_are_dark_and_never_part_of_a_mask() -> None:
-    from medsign_forensics.phantom.anatomy import sample_anatomy
+    from medsign_forensics.phantom.params import sample_anatomy
     from medsign_forensics.phantom.renderer import collimated
 
     seed = next(s for s in range(200) if sample_anatomy(s).collimation[2] > 0)  # a left margin

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from provenance_helpers import FAST_SCRYPT, PASSPHRASE
+from helpers.provenance import FAST_SCRYPT, PASSPHRASE
 
 from medsign_forensics.provenance.keys import IssuerKey, create_issuer_key
 from medsign_forensics.provenance.policy import load_policy

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives import serialization
 
-from provenance_helpers import FAST_SCRYPT, PASSPHRASE
+from helpers.provenance import FAST_SCRYPT, PASSPHRASE
 from medsign_forensics.errors import InputError, RegistryError
 from medsign_forensics.provenance.keys import (
     IssuerKey,

@@ -3,7 +3,7 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
-from provenance_helpers import MODEL
+from helpers.provenance import MODEL
 
 from medsign_forensics.errors import InputError, RegistryError
 from medsign_forensics.provenance.canonical import canonical_json

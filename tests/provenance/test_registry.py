@@ -5,15 +5,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from provenance_helpers import MODEL
+from helpers.provenance import MODEL
 
 from medsign_forensics.errors import RegistryError
+from medsign_forensics.key import hex_to_bits, match_counts
 from medsign_forensics.provenance.canonical import from_base64, to_base64
+from medsign_forensics.provenance.entries import KeyStatus
 from medsign_forensics.provenance.keys import IssuerKey
 from medsign_forensics.provenance.policy import Policy, load_policy
 from medsign_forensics.provenance.records import SignatureError, SignatureFailure
-from medsign_forensics.provenance.registry import REGISTRY_FILE, SCHEMA_VERSION, KeyStatus, Registry
-from medsign_forensics.watermark.bits import hex_to_bits, matches
+from medsign_forensics.provenance.registry import Registry
+from medsign_forensics.provenance.schema import REGISTRY_FILE, SCHEMA_VERSION
 
 
 def _sql(registry: Registry, statement: str, *params: object) -> None:
@@ -101,7 +103,7 @@ def test_lookup_returns_active_and_revoked_with_vectorised_matches(registry: Reg
     extracted = hex_to_bits(entries[2].key_hex)
     extracted[:3] ^= 1
     counts = candidates.match_counts(extracted)
-    assert counts.tolist() == [matches(extracted, hex_to_bits(e.key_hex)) for e in candidates.entries]
+    assert counts.tolist() == [int(match_counts(extracted, hex_to_bits(e.key_hex))) for e in candidates.entries]
     assert candidates.entries[int(counts.argmax())].provenance_id == entries[2].provenance_id
     assert counts.max() == 45
 

@@ -9,10 +9,10 @@ import time
 from pathlib import Path
 
 import numpy as np
-from provenance_helpers import PASSPHRASE
+from helpers.provenance import PASSPHRASE
 
 from medsign_forensics.provenance.registry import Registry
-from medsign_forensics.watermark.bits import hex_to_bits
+from medsign_forensics.key import hex_to_bits
 
 WORKER = textwrap.dedent("""
     import sys, time

@@ -7,15 +7,17 @@ import sqlite3
 from pathlib import Path
 
 import pytest
-from provenance_helpers import MODEL
+from helpers.provenance import MODEL
 
 from medsign_forensics.config import REPO_DIR
 from medsign_forensics.errors import InputError, RegistryError
 from medsign_forensics.provenance.attacks import SCENARIOS, Scenario, run_scenario
+from medsign_forensics.provenance.entries import KeyStatus
 from medsign_forensics.provenance.keys import IssuerKey
 from medsign_forensics.provenance.log import GENESIS_HASH, chain_heads, entry_hash, parse_pin
 from medsign_forensics.provenance.policy import Policy
-from medsign_forensics.provenance.registry import REGISTRY_FILE, KeyStatus, Registry
+from medsign_forensics.provenance.registry import Registry
+from medsign_forensics.provenance.schema import REGISTRY_FILE
 
 
 def _issue(registry: Registry, issuer: IssuerKey, policy: Policy, n: int = 1):

@@ -6,8 +6,9 @@ import pytest
 from scipy.stats import binom
 
 from medsign_forensics.errors import InputError
+from medsign_forensics.key import p_value
 from medsign_forensics.watermark.calibration import NullCalibration, fit_null
-from medsign_forensics.watermark.stats import match_probabilities, p_value, poisson_binomial_sf
+from medsign_forensics.watermark.stats import match_probabilities, poisson_binomial_sf
 
 K = 48
 

@@ -60,7 +60,7 @@ def test_attached_layer_marks_what_the_decoder_decodes() -> None:
 
 
 def test_deployment_with_a_layer_round_trips_and_detects_tampering(tmp_path) -> None:
-    from medsign_forensics.watermark.bits import bits_to_hex
+    from medsign_forensics.key import bits_to_hex
     from medsign_forensics.watermark.deployment import HEAD_FILE, key_from_hex, load_deployment, save_deployment
 
     head = WatermarkHead(spectral=SpectralConfig(), key=KEY)

@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 import torch
 
+from medsign_forensics.attacks.library import get_attack
+from medsign_forensics.attacks.storage import Requantize
 from medsign_forensics.errors import InputError, ModelError
-from medsign_forensics.watermark.attacks import Requantize, get_attack
 from medsign_forensics.watermark.extractor_io import extract_bits, load_extractor, save_spectral_extractor
 from medsign_forensics.watermark.spectral import (
     SpectralConfig,

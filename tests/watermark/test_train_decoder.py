@@ -1,30 +1,25 @@
 import copy
 import json
-import sys
 from dataclasses import replace
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "evaluate"))
-from tiny_world import REPORTS, build_extractor, build_model  # noqa: E402
+from helpers.tiny_world import REPORTS, build_extractor, build_model
 
-from medsign_forensics.config import LossWeights  # noqa: E402
-from medsign_forensics.errors import DatasetError, InputError  # noqa: E402
-from medsign_forensics.reports import Report  # noqa: E402
-from medsign_forensics.watermark import train_decoder as td  # noqa: E402
-from medsign_forensics.watermark.deployment import key_from_hex, load_deployment  # noqa: E402
-from medsign_forensics.watermark.train_decoder import (  # noqa: E402
+from medsign_forensics.config import LossWeights
+from medsign_forensics.errors import DatasetError, InputError
+from medsign_forensics.reports import Report
+from medsign_forensics.localization import cache as cache_module
+from medsign_forensics.localization.cache import LatentCache, MapVariant, select_items
+from medsign_forensics.watermark.deployment import key_from_hex, load_deployment
+from medsign_forensics.watermark.train_decoder import (
     Ablation,
     DecoderTrainConfig,
     DecoderTrainer,
-    LatentCache,
-    MapVariant,
     batch_indices,
     lr_factor,
-    select_items,
     train_decoder,
 )
 
@@ -82,7 +77,7 @@ def test_cache_is_reused_and_refuses_other_settings(world, monkeypatch):
     def no_sampling(*args, **kwargs):
         raise AssertionError("a cached item was sampled again")
 
-    monkeypatch.setattr(td, "_sample_with_maps", no_sampling)
+    monkeypatch.setattr(cache_module, "_sample_batch", no_sampling)
     cache = LatentCache(world["root"] / "cache")
     reference = copy.deepcopy(world["model"].vae).float()
     again = cache.build(world["model"], world["items"][::-1], reference_vae=reference, steps=2, guidance_scale=4.0, batch=3)
@@ -170,12 +165,12 @@ def test_train_decoder_writes_a_deployment_and_resumes_exactly(world, tmp_path):
     class Stop(Exception):
         pass
 
-    def stop_after_two(step, total):
-        if step == 2:
+    def stop_after_two(event):
+        if event.task == "fine-tuning D_w" and event.done == 2:
             raise Stop
 
     with pytest.raises(Stop):
-        train_decoder(config, out_dir=tmp_path / "resumed", on_step=stop_after_two, **common)
+        train_decoder(config, out_dir=tmp_path / "resumed", progress=stop_after_two, **common)
     with pytest.raises(InputError, match="--resume"):
         train_decoder(config, out_dir=tmp_path / "resumed", **common)
     with pytest.raises(InputError, match="different settings"):

@@ -24,9 +24,10 @@ def tiny_config(data, **changes):
 
 def test_training_writes_a_complete_run_folder(image_folder, tmp_path):
     out = tmp_path / "run"
-    records = []
-    result = train_extractor(tiny_config(image_folder), out, on_log=records.append)
-    assert result.steps == 4 and [r.step for r in records] == [1, 2, 3, 4]
+    events = []
+    result = train_extractor(tiny_config(image_folder), out, progress=events.append)
+    assert result.steps == 4 and [e.done for e in events if e.metrics] == [1, 2, 3, 4]
+    assert all(0 <= e.metrics["bit_accuracy"] <= 1 and e.total == 4 for e in events)
     for name in ("extractor.safetensors", "extractor.json", "encoder.safetensors", "encoder.json",
                  "config.json", "SHA256SUMS", "train_log.jsonl", "checkpoint.pt"):
         assert (out / name).is_file(), name
@@ -58,13 +59,13 @@ def test_interrupted_run_resumes_exactly(image_folder, tmp_path):
     class Stop(Exception):
         pass
 
-    def crash_at_step_3(record):
-        if record.step == 3:
+    def crash_at_step_3(event):
+        if event.done == 3:
             raise Stop
 
     broken = tmp_path / "broken"
     with pytest.raises(Stop):
-        train_extractor(tiny_config(image_folder), broken, on_log=crash_at_step_3)
+        train_extractor(tiny_config(image_folder), broken, progress=crash_at_step_3)
     with pytest.raises(InputError, match="--resume"):
         train_extractor(tiny_config(image_folder), broken)
     train_extractor(tiny_config(image_folder), broken, resume=True)

@@ -4,8 +4,13 @@ import numpy as np
 import pytest
 
 from medsign_forensics.errors import InputError
-from medsign_forensics.watermark.stats import (
+from medsign_forensics.key import (
     Correction,
+    bits_to_hex,
+    hex_matrix,
+    hex_to_bits,
+    match_counts,
+    random_key,
     family_p_value,
     identification_threshold,
     identify,
@@ -72,3 +77,56 @@ def test_bad_arguments():
         per_key_fpr(1e-6, 0)
     with pytest.raises(InputError):
         identify(np.zeros(48), np.zeros((3, 32)), 1e-6)
+
+
+def test_hex_round_trip_msb_first():
+    key = np.array([1, 0, 0, 0] + [0, 0, 0, 1] + [1] * 40, dtype=np.uint8)
+    text = bits_to_hex(key)
+    assert text.startswith("81") and len(text) == 12
+    assert np.array_equal(hex_to_bits(text), key)
+
+
+def test_random_key_and_matches():
+    rng = np.random.default_rng(0)
+    key = random_key(48, rng)
+    assert key.shape == (48,) and set(np.unique(key)) <= {0, 1}
+    assert match_counts(key, key) == 48
+    assert match_counts(1 - key, key) == 0
+
+
+@pytest.mark.parametrize("bad", ["", "xyz", "0g"])
+def test_bad_hex(bad):
+    with pytest.raises(InputError):
+        hex_to_bits(bad)
+
+
+def test_unsupported_length():
+    with pytest.raises(InputError):
+        random_key(40, np.random.default_rng(0))
+
+
+def test_hex_matrix_reads_many_keys_at_once_and_refuses_damage():
+    rng = np.random.default_rng(1)
+    keys = np.stack([random_key(32, rng) for _ in range(5)])
+    hexes = [bits_to_hex(k) for k in keys]
+    assert np.array_equal(hex_matrix(hexes, 32), keys)
+    assert np.array_equal(hex_matrix([h.upper() for h in hexes], 32), keys)
+    assert hex_matrix([], 48).shape == (0, 48)
+    for damaged in (hexes[:4] + [hexes[4][:-1]], hexes[:4] + ["z" + hexes[4][1:]], hexes[:4] + ["é" * 8]):
+        with pytest.raises(InputError):
+            hex_matrix(damaged, 32)
+
+
+def test_match_counts_broadcasts_one_message_against_many_keys_and_back():
+    rng = np.random.default_rng(2)
+    keys = rng.integers(0, 2, size=(4, 48), dtype=np.uint8)
+    message = keys[2].copy()
+    message[:5] ^= 1
+    counts = match_counts(message, keys)
+    assert counts.shape == (4,) and counts[2] == 43
+    assert counts.tolist() == [int(np.sum(message == k)) for k in keys]
+    assert match_counts(keys, keys[0]).tolist() == [int(np.sum(k == keys[0])) for k in keys]
+    with pytest.raises(InputError):
+        match_counts(message[:32], keys)
+    with pytest.raises(InputError):
+        match_counts(keys[:3], keys)

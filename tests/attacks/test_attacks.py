@@ -2,16 +2,11 @@ import numpy as np
 import pytest
 import torch
 
+from medsign_forensics.attacks.base import Compose
+from medsign_forensics.attacks.geometric import Measure
+from medsign_forensics.attacks.library import TABLE1_ATTACKS, get_attack, parse_attack, parse_attack_list
+from medsign_forensics.attacks.storage import DicomWindow
 from medsign_forensics.errors import InputError
-from medsign_forensics.watermark.attacks import (
-    TABLE1_ATTACKS,
-    Compose,
-    DicomWindow,
-    Measure,
-    get_attack,
-    parse_attack,
-    parse_attack_list,
-)
 
 ALL_NAMES = [
     "none", "brightness_x2", "brightness_x0.6", "contrast_x0.5", "contrast_x1.5", "gamma_0.7", "gamma_1.5",

@@ -21,7 +21,7 @@ REPORTS = [
 
 def build_model(folder: Path, *, image_size: int = 64, seed: int = 0) -> Path:
     from medsign_forensics.diffusion.configs import tiny_config
-    from medsign_forensics.diffusion.train_base import build_random_model
+    from medsign_forensics.diffusion.export import build_random_model
 
     config = replace(tiny_config(), image_size=image_size)
     return build_random_model(folder, config=config, texts=REPORTS * 10, seed=seed)

@@ -145,7 +145,7 @@ def tiny_model_dir(tmp_path_factory) -> Path:
     """A tiny random diffusion model (64x64 greyscale), built once per test session and shared by modules."""
     if "dir" not in _TINY_MODEL:
         from medsign_forensics.diffusion.configs import tiny_config
-        from medsign_forensics.diffusion.train_base import build_random_model
+        from medsign_forensics.diffusion.export import build_random_model
 
         _TINY_MODEL["dir"] = build_random_model(tmp_path_factory.mktemp("model") / "mini-cxr-tiny",
                                                 config=tiny_config(), texts=REPORT_TEXTS)
@@ -182,7 +182,7 @@ def spectral_world(root: Path) -> SpectralWorld:
 
     from medsign_forensics.diffusion import load_model
     from medsign_forensics.diffusion.configs import tiny_config
-    from medsign_forensics.diffusion.train_base import build_random_model
+    from medsign_forensics.diffusion.export import build_random_model
     from medsign_forensics.watermark.extractor_io import save_spectral_extractor
     from medsign_forensics.watermark.spectral import SpectralConfig
 
@@ -204,8 +204,9 @@ def train_spectral_deployment(world: SpectralWorld, folder: Path, *, psnr: float
 
     The tiny model draws noise, not chests, so the mark needs a budget far above the shipped 43 dB to be read
     (30 dB reads all bits; 60 dB reads none: a weak deployment)."""
+    from medsign_forensics.localization.cache import CacheItem
     from medsign_forensics.watermark.deployment import key_from_registry
-    from medsign_forensics.watermark.train_decoder import CacheItem, DecoderTrainConfig, train_decoder
+    from medsign_forensics.watermark.train_decoder import DecoderTrainConfig, train_decoder
 
     info = ModelInfo(name=world.model.name, version="0.1.0", weights_sha256=world.model.weights_sha256)
     with Registry.open(world.registry_dir) as registry:

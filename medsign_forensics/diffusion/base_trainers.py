@@ -1,0 +1,231 @@
+"""The two trainers of mini-cxr: one optimizer update of the VAE (stage A) or of text encoder + U-Net (stage B).
+
+Stage A (:class:`VaeTrainer`): an AutoencoderKL on random crops of rendered phantoms, with a loss that needs no
+pretrained network: L1 + SSIM + an L1 distance of Fourier amplitudes (keeps the fine texture that L1 alone
+blurs) + a small KL term.
+
+Stage B (:class:`UNetTrainer`): a CLIP text encoder and the U-Net trained jointly on VAE latents with
+v-prediction (the target is v = alpha*eps - sigma*x0; it keeps the loss informative at high noise, where a small
+epsilon model tends to wash out), min-SNR loss weighting and an EMA of the weights.
+
+Both warm the learning rate up linearly, then hold it (:class:`~medsign_forensics.training.schedule.WarmupCosine`
+with floor 1). The initial weights depend on the config alone.
+"""
+
+from __future__ import annotations
+
+import copy
+from contextlib import AbstractContextManager, nullcontext
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from medsign_forensics.diffusion.configs import (
+    MiniCxrConfig,
+    PredictionType,
+    build_text_encoder,
+    build_training_scheduler,
+    build_unet,
+    build_vae,
+)
+from medsign_forensics.errors import ModelError
+from medsign_forensics.training.schedule import WarmupCosine
+
+
+class VaeTrainer:
+    """The VAE, its optimizer and its loss; one :meth:`step` is one optimizer update."""
+
+    def __init__(self, config: MiniCxrConfig, *, device: torch.device) -> None:
+        self.config = config
+        self.device = device
+        with torch.random.fork_rng():
+            torch.manual_seed(config.seed)  # the initial weights depend on the config alone
+            self.vae = build_vae(config).to(device)
+        train = config.vae_train
+        self.optimizer = torch.optim.AdamW(self.vae.parameters(), lr=train.learning_rate, betas=(0.9, 0.99))
+        self.schedule = WarmupCosine(total=train.steps, warmup=train.warmup_steps, floor=1.0)
+        self.step_count = 0
+
+    def loss(
+        self, images: torch.Tensor, generator: torch.Generator | None = None
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        """``images`` (B, C, H, W) in [0, 1]. Returns the loss and its parts."""
+        from kornia.losses import ssim_loss
+
+        train = self.config.vae_train
+        x = images.to(self.device) * 2 - 1
+        posterior = self.vae.encode(x).latent_dist
+        z = posterior.sample(generator=generator) if generator is not None else posterior.sample()
+        recon = self.vae.decode(z).sample
+        l1 = (recon - x).abs().mean()
+        ssim = ssim_loss((recon + 1) / 2, (x + 1) / 2, window_size=7, max_val=1.0) * 2  # = 1 - SSIM
+        freq = (torch.fft.rfft2(recon, norm="ortho").abs() - torch.fft.rfft2(x, norm="ortho").abs()).abs().mean()
+        kl = posterior.kl().mean() / x[0].numel()
+        loss = l1 + train.ssim_weight * ssim + train.frequency_weight * freq + train.kl_weight * kl
+        parts = {"l1": l1.item(), "one_minus_ssim": ssim.item(), "frequency": freq.item(), "kl": kl.item()}
+        return loss, parts
+
+    def step(self, images: torch.Tensor, generator: torch.Generator | None = None) -> dict[str, float]:
+        self.vae.train()
+        self.schedule.apply(self.optimizer, self.config.vae_train.learning_rate, self.step_count)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss, parts = self.loss(images, generator)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.vae.parameters(), 1.0)
+        self.optimizer.step()
+        self.step_count += 1
+        return {"loss": loss.item(), **parts}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"vae": self.vae.state_dict(), "optimizer": self.optimizer.state_dict(), "step": self.step_count}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.vae.load_state_dict(state["vae"], strict=True)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.step_count = int(state["step"])
+
+
+class Ema:
+    """Exponential moving average of parameters, kept in fp32."""
+
+    def __init__(self, modules: dict[str, torch.nn.Module], decay: float) -> None:
+        self.decay = decay
+        self.shadow = {
+            f"{name}.{key}": p.detach().float().clone()
+            for name, module in modules.items()
+            for key, p in module.named_parameters()
+        }
+
+    @torch.no_grad()
+    def update(self, modules: dict[str, torch.nn.Module]) -> None:
+        for name, module in modules.items():
+            for key, p in module.named_parameters():
+                self.shadow[f"{name}.{key}"].lerp_(p.detach().float(), 1 - self.decay)
+
+    @torch.no_grad()
+    def copy_to(self, modules: dict[str, torch.nn.Module]) -> None:
+        for name, module in modules.items():
+            for key, p in module.named_parameters():
+                p.copy_(self.shadow[f"{name}.{key}"].to(p.dtype))
+
+
+class UNetTrainer:
+    """Text encoder + U-Net trained jointly from scratch on latents; one :meth:`step` is one update."""
+
+    def __init__(self, config: MiniCxrConfig, tokenizer: Any, *, device: torch.device) -> None:
+        self.config = config
+        self.device = device
+        self.tokenizer = tokenizer
+        with torch.random.fork_rng():
+            torch.manual_seed(config.seed + 1)  # the initial weights depend on the config alone
+            self.text_encoder = build_text_encoder(
+                config,
+                vocab_size=len(tokenizer),
+                bos_token_id=tokenizer.bos_token_id,
+                eos_token_id=tokenizer.eos_token_id,
+            ).to(device)
+            self.unet = build_unet(config).to(device)
+        self.scheduler = build_training_scheduler(config)
+        self._alphas = self.scheduler.alphas_cumprod.to(device)
+        train = config.unet_train
+        params = list(self.text_encoder.parameters()) + list(self.unet.parameters())
+        self.optimizer = torch.optim.AdamW(params, lr=train.learning_rate, betas=(0.9, 0.99), weight_decay=0.01)
+        self.ema = Ema(self.modules, train.ema_decay) if train.ema_decay else None
+        self.schedule = WarmupCosine(total=train.steps, warmup=train.warmup_steps, floor=1.0)
+        self.step_count = 0
+
+    @property
+    def modules(self) -> dict[str, torch.nn.Module]:
+        return {"text_encoder": self.text_encoder, "unet": self.unet}
+
+    def encode_captions(self, captions: list[str]) -> torch.Tensor:
+        ids = self.tokenizer(
+            captions,
+            padding="max_length",
+            truncation=True,
+            max_length=self.tokenizer.model_max_length,
+            return_tensors="pt",
+        ).input_ids.to(self.device)
+        return self.text_encoder(ids)[0]
+
+    def loss(
+        self, latents: torch.Tensor, captions: list[str], generator: torch.Generator
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        """``latents``: scaled VAE latents (as the U-Net sees them). Noise and timesteps come from ``generator``."""
+        batch = latents.shape[0]
+        noise = torch.randn(latents.shape, generator=generator).to(self.device)
+        timesteps = torch.randint(0, self.scheduler.config.num_train_timesteps, (batch,), generator=generator).to(
+            self.device
+        )
+        latents = latents.to(self.device)
+        noisy = self.scheduler.add_noise(latents, noise, timesteps)
+        if self.config.scheduler.prediction_type is PredictionType.V:
+            target = self.scheduler.get_velocity(latents, noise, timesteps)
+        else:
+            target = noise
+        with _autocast(self.device):
+            states = self.encode_captions(captions)
+            prediction = self.unet(noisy, timesteps, states).sample
+        per_sample = F.mse_loss(prediction.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
+        weights = self._snr_weights(timesteps)
+        loss = (per_sample * weights).mean()
+        return loss, {"mse": per_sample.mean().item()}
+
+    def _snr_weights(self, timesteps: torch.Tensor) -> torch.Tensor:
+        """Min-SNR-gamma weighting (Hang et al. 2023), in the form for the prediction type in use."""
+        gamma = self.config.unet_train.min_snr_gamma
+        if gamma is None:
+            return torch.ones(timesteps.shape, device=self.device)
+        alpha = self._alphas[timesteps]
+        snr = alpha / (1 - alpha)
+        clipped = torch.clamp(snr, max=gamma)
+        if self.config.scheduler.prediction_type is PredictionType.V:
+            return clipped / (snr + 1)
+        return clipped / snr
+
+    def step(self, latents: torch.Tensor, captions: list[str], generator: torch.Generator) -> dict[str, float]:
+        train = self.config.unet_train
+        self.text_encoder.train()
+        self.unet.train()
+        self.schedule.apply(self.optimizer, train.learning_rate, self.step_count)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss, parts = self.loss(latents, captions, generator)
+        loss.backward()
+        params = [p for m in self.modules.values() for p in m.parameters()]
+        torch.nn.utils.clip_grad_norm_(params, train.grad_clip)
+        self.optimizer.step()
+        if self.ema is not None:
+            self.ema.update(self.modules)
+        self.step_count += 1
+        return {"loss": loss.item(), **parts}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "text_encoder": self.text_encoder.state_dict(),
+            "unet": self.unet.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "ema": None if self.ema is None else self.ema.shadow,
+            "step": self.step_count,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.text_encoder.load_state_dict(state["text_encoder"], strict=True)
+        self.unet.load_state_dict(state["unet"], strict=True)
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.ema is not None:
+            if state["ema"] is None:
+                raise ModelError("the checkpoint has no EMA weights but the config asks for them")
+            self.ema.shadow = {k: v.to(self.device) for k, v in state["ema"].items()}
+        self.step_count = int(state["step"])
+
+    def export_modules(self) -> tuple[torch.nn.Module, torch.nn.Module]:
+        """Copies of the text encoder and U-Net carrying the EMA weights when EMA is on."""
+        text_encoder, unet = copy.deepcopy(self.text_encoder), copy.deepcopy(self.unet)
+        if self.ema is not None:
+            self.ema.copy_to({"text_encoder": text_encoder, "unet": unet})
+        return text_encoder, unet
+
+
+def _autocast(device: torch.device) -> AbstractContextManager[Any]:
+    return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
