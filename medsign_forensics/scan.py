@@ -58,10 +58,14 @@ class VerifierSettings:
     policy: str | None = None
     trust: tuple[Path, ...] = ()
     scaling: Scaling = Scaling.AUTO
+    layers: tuple[str, ...] = ("decoder",)
+    model: Path | None = None
+    inversion_steps: int | None = None
 
     def open(self) -> Verifier:
         return Verifier.open(registry=self.registry, extractor=self.extractor, policy=self.policy, trust=self.trust,
-                             scaling=self.scaling)
+                             scaling=self.scaling, layers=self.layers, model=self.model,
+                             inversion_steps=self.inversion_steps)
 
 
 @dataclass(frozen=True)

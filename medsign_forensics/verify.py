@@ -29,6 +29,13 @@ signatures are by an issuer the verifier does not know, and whose pixels carry n
 *unverifiable* (an unknown key proves nothing either way); everything else is what the statistics say. Copying a genuine block onto a real image is thus a mismatch,
 while editing a generated image is tampering (its watermark still attributes it).
 
+With ``layers=("decoder", "latent")`` the latent layer (a key in the initial noise z_T, read by DDIM inversion
+through the base model: :mod:`medsign_forensics.verify_latent`) is read too, after undoing the rotation and
+scale the decoder layer's pilots found. Each layer gets its own best key and family-wise p-value, and both
+p-values are multiplied by 2 (Bonferroni over the two layers) so that reading two layers keeps the policy's
+false-positive rate. Either layer attributing attributes; the two naming different deployments is a
+*mismatch* (``layers_agree`` fails).
+
 Working resolution: both extractors read images at any size (the spectral one measures frequencies in
 cycles per pixel and finds the scale itself; the HiDDeN one is fully convolutional), so images no larger than
 the working size (256, the generated size) are read as they are, and larger ones are first resized so that
@@ -48,7 +55,7 @@ import math
 import time
 import warnings
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -66,6 +73,17 @@ from medsign_forensics.provenance.entries import Candidates, KeyStatus, Verified
 from medsign_forensics.provenance.keys import key_id_of, load_public_key_file
 from medsign_forensics.provenance.policy import Attribution, Policy, TamperAction, TamperEvent, load_policy
 from medsign_forensics.provenance.registry import Registry
+from medsign_forensics.verdict import (
+    DECODER_LAYER,
+    LATENT_LAYER,
+    KeyMatch,
+    Verdict,
+    VerdictKind,
+    VerifyCheck,
+    attributing_match,
+    check_layers,
+    layers_agree,
+)
 
 if TYPE_CHECKING:  # torch and scipy load only when a Verifier is built: `medsign --help` stays fast
     from medsign_forensics.verify_latent import LatentVerifier
@@ -77,27 +95,6 @@ WORKING_SIZE = 256
 MAX_EXTRACTION_PIXELS = 2048 * 2048
 # Below this many pixels per side there is nothing a watermark could be read from.
 MIN_SIDE = 32
-DECODER_LAYER = "decoder"
-LATENT_LAYER = "latent"
-LAYERS = (DECODER_LAYER, LATENT_LAYER)
-
-
-class VerdictKind(str, Enum):
-    """What verification concludes about one file."""
-
-    ATTRIBUTED = "attributed"
-    NOT_DETECTED = "not detected"
-    INCONCLUSIVE = "inconclusive"
-    REVOKED = "revoked"
-    TAMPERED = "tampered"
-    MISMATCH = "mismatch"
-    UNVERIFIABLE = "unverifiable"  # signed by an issuer this registry does not know; no registered watermark
-    ERROR = "error"
-
-    @property
-    def is_alarm(self) -> bool:
-        """Verdicts that should stop a workflow: the file's provenance is false, altered or withdrawn."""
-        return self in (VerdictKind.REVOKED, VerdictKind.TAMPERED, VerdictKind.MISMATCH)
 
 
 class Scaling(str, Enum):
@@ -119,172 +116,6 @@ EVENT_ORDER: tuple[TamperEvent, ...] = (
     TamperEvent.REPORT_HASH_MISMATCH,
 )
 assert set(EVENT_ORDER) == set(TamperEvent), "every tamper event needs a place in EVENT_ORDER"
-
-
-@dataclass(frozen=True)
-class VerifyCheck:
-    """One named check of a verification, as shown in reports and JSON."""
-
-    name: str
-    status: CheckStatus
-    detail: str
-    event: TamperEvent | None = None  # the policy event a failure stands for
-
-    def to_dict(self) -> dict[str, str]:
-        return {"name": self.name, "status": self.status.value, "detail": self.detail}
-
-
-@dataclass(frozen=True)
-class KeyMatch:
-    """The registered key that best matches the extracted message, and the evidence for it."""
-
-    provenance_id: str
-    key_status: KeyStatus
-    matched_bits: int
-    bits: int
-    p_value: float  # per key: P(X >= matched_bits) under the extractor's null (Binomial(bits, 1/2) if uncalibrated)
-    family_wise_p_value: float  # over all candidates (and readings), with the policy's correction
-    candidates: int
-    attribution: Attribution
-    deployment: str | None = None  # from the verified record; None when the match was not attributed
-    issuer: str | None = None
-    model: str | None = None
-    presence: float | None = None  # the spectral extractor's pilot score (None for a HiDDeN extractor)
-    null: str = "binomial"  # "binomial" or "calibrated": which null gave the p-values
-    layer: str = "decoder"  # which watermark layer the bits were read from: "decoder" or "latent"
-
-    @property
-    def bit_accuracy(self) -> float:
-        return self.matched_bits / self.bits
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "provenance_id": self.provenance_id,
-            "key_status": self.key_status.value,
-            "matched_bits": self.matched_bits,
-            "bits": self.bits,
-            "bit_accuracy": self.bit_accuracy,
-            "p_value": self.p_value,
-            "family_wise_p_value": self.family_wise_p_value,
-            "candidates": self.candidates,
-            "attribution": self.attribution.value,
-            "deployment": self.deployment,
-            "issuer": self.issuer,
-            "model": self.model,
-            "presence": self.presence,
-            "null": self.null,
-            "layer": self.layer,
-        }
-
-
-@dataclass(frozen=True)
-class Verdict:
-    """Everything verification concluded about one file. ``match`` is None when no key could be compared."""
-
-    file: str
-    kind: VerdictKind
-    format: str | None = None
-    width: int | None = None
-    height: int | None = None
-    reading: str | None = None  # the size the extractor read, e.g. "256x256 (resized from 1024x1024)"
-    match: KeyMatch | None = None  # the decoder layer's best key (the closest one when nothing attributes)
-    checks: tuple[VerifyCheck, ...] = ()
-    notes: tuple[str, ...] = ()
-    latent: KeyMatch | None = None  # the latent layer's best key, when that layer was read
-    sop_instance_uid: str | None = None
-    claimed_provenance_id: str | None = None  # what DICOM tags claim (signed or not)
-    policy: str | None = None
-    error: str | None = None
-    error_code: int | None = None
-    seconds: float = 0.0
-    source: dict[str, Any] = field(default_factory=dict)  # e.g. PACS instance identifiers
-
-    @property
-    def attributing(self) -> KeyMatch | None:
-        """The layer match that attributes the pixels (the decoder layer's first), else None."""
-        return attributing_match(self.match, self.latent)
-
-    @property
-    def attributed(self) -> bool:
-        """The statistics of some layer identify a registered key (whatever the final verdict)."""
-        return self.attributing is not None
-
-    @property
-    def provenance_id(self) -> str | None:
-        """The deployment the pixels are attributed to; None unless the statistics attribute them."""
-        match = self.attributing
-        return None if match is None else match.provenance_id
-
-    @property
-    def shown(self) -> KeyMatch | None:
-        """The match a one-line summary shows: the attributing layer's, else the decoder layer's closest key."""
-        return self.attributing or self.match or self.latent
-
-    @property
-    def p_value(self) -> float | None:
-        return None if self.shown is None else self.shown.p_value
-
-    @property
-    def bit_accuracy(self) -> float | None:
-        return None if self.shown is None else self.shown.bit_accuracy
-
-    @property
-    def matched_bits(self) -> int | None:
-        return None if self.shown is None else self.shown.matched_bits
-
-    @property
-    def evidence(self) -> str | None:
-        """What the verdict rests on. "signature": the pixels carry a valid statement signed by an issuer the
-        verifier trusts (proof of origin, unless that issuer's private key leaked). "watermark": only the
-        pixels match a registered key, which anyone holding that key can imitate (evidence, not proof).
-        None: neither."""
-        passed = {check.name for check in self.checks if check.status is CheckStatus.PASS}
-        if {"statement_signature", "pixel_hash"} <= passed:
-            return "signature"
-        return "watermark" if self.attributed else None
-
-    def to_dict(self) -> dict[str, Any]:
-        """The JSON form (stable field names; see the module docstring of medsign_forensics.cli.verify)."""
-        match = self.shown
-        return {
-            "file": self.file,
-            "verdict": self.kind.value,
-            "evidence": self.evidence,
-            "provenance_id": self.provenance_id,
-            "p_value": self.p_value,
-            "family_wise_p_value": None if match is None else match.family_wise_p_value,
-            "bit_accuracy": self.bit_accuracy,
-            "matched_bits": self.matched_bits,
-            "bits": None if match is None else match.bits,
-            "key_status": None if match is None or not self.attributed else match.key_status.value,
-            "deployment": None if match is None else match.deployment,
-            "issuer": None if match is None else match.issuer,
-            "model": None if match is None else match.model,
-            "closest_key": None if match is None else match.to_dict(),
-            "layers": {"decoder": None if self.match is None else self.match.to_dict(),
-                       **({"latent": self.latent.to_dict()} if self.latent is not None else {})},
-            "claimed_provenance_id": self.claimed_provenance_id,
-            "sop_instance_uid": self.sop_instance_uid,
-            "checks": [check.to_dict() for check in self.checks],
-            "notes": list(self.notes),
-            "format": self.format,
-            "width": self.width,
-            "height": self.height,
-            "reading": self.reading,
-            "policy": self.policy,
-            "error": self.error,
-            "error_code": self.error_code,
-            "seconds": round(self.seconds, 4),
-            **({"source": self.source} if self.source else {}),
-        }
-
-    @classmethod
-    def from_error(cls, file: str | Path, error: MedsignError, *, seconds: float = 0.0,
-                   source: Mapping[str, Any] | None = None) -> Verdict:
-        """The verdict recorded for a file that could not be analysed: the error's one-line message."""
-        message = " ".join(str(error).split())  # one line, whatever the message held
-        return cls(file=str(file), kind=VerdictKind.ERROR, error=message, error_code=error.exit_code,
-                   seconds=seconds, source=dict(source or {}))
 
 
 class Verifier:
@@ -350,6 +181,8 @@ class Verifier:
         try:
             latent = None
             if LATENT_LAYER in wanted:
+                from medsign_forensics.verify_latent import open_latent_verifier
+
                 latent = open_latent_verifier(opened, model, inversion_steps)
             verifier = cls(registry=opened, extractor=extractor_model, policy=loaded_policy, trusted=trusted,
                            scaling=scaling, working_size=working_size, max_pixels=max_pixels, latent=latent)
@@ -409,7 +242,7 @@ class Verifier:
             latent, latent_checks, latent_notes = self._match_latent(pixels, geometry)
             checks += latent_checks
             notes += latent_notes
-            checks += self._layers_agree(match, latent)
+            checks += layers_agree(match, latent)
         effective = attributing_match(match, latent) or match
         study = None
         if image.format is ImageFormat.DICOM and image.dataset is not None:
@@ -518,20 +351,6 @@ class Verifier:
         match, registry_check = self._registry_check(match, best.entry)
         return match, [check, registry_check], list(best.notes)
 
-    @staticmethod
-    def _layers_agree(decoder: KeyMatch | None, latent: KeyMatch | None) -> list[VerifyCheck]:
-        """Both layers attributing to different deployments is a mismatch: one of them was put there."""
-        if decoder is None or latent is None or Attribution.ATTRIBUTED not in (decoder.attribution,
-                                                                                 latent.attribution):
-            return []
-        if decoder.attribution is latent.attribution and decoder.provenance_id != latent.provenance_id:
-            return [VerifyCheck("layers_agree", CheckStatus.FAIL,
-                                f"the decoder layer carries {decoder.provenance_id} but the latent layer "
-                                f"{latent.provenance_id}", TamperEvent.TAGS_DISAGREE_WITH_WATERMARK)]
-        if decoder.attribution is latent.attribution:
-            return [VerifyCheck("layers_agree", CheckStatus.PASS, f"both layers carry {decoder.provenance_id}")]
-        return []
-
     def _extract(self, pixels: np.ndarray) -> tuple[np.ndarray, float | None, tuple[float, float] | None]:
         """The k bits the extractor reads, the pilot score and the (rotation, scale) it found, when it has a
         pilot."""
@@ -610,36 +429,6 @@ class Verifier:
             return replace(check, detail=f"{check.detail} (policy {self.policy.name!r} ignores "
                                           f"{check.event.value})")
         return check
-
-
-def check_layers(layers: Iterable[str]) -> tuple[str, ...]:
-    """The layers to read, validated; the decoder layer is always read (it is fast and finds the geometry)."""
-    wanted = tuple(dict.fromkeys(str(layer).strip().lower() for layer in layers if str(layer).strip()))
-    unknown = [layer for layer in wanted if layer not in LAYERS]
-    if unknown:
-        raise InputError(f"unknown watermark layer(s) {', '.join(unknown)}; choose from {', '.join(LAYERS)}")
-    if DECODER_LAYER not in wanted:
-        raise InputError("the decoder layer is always read (it is fast and finds the image's geometry for the "
-                         "latent layer); use --layers decoder or --layers decoder,latent")
-    return wanted
-
-
-def open_latent_verifier(registry: Registry, model: str | Path | Any | None,
-                         inversion_steps: int | None) -> LatentVerifier:
-    """A :class:`LatentVerifier` over ``registry`` with ``model`` (a DiffusionModel, a folder, or None: mini-cxr)."""
-    from medsign_forensics.diffusion import load_model
-    from medsign_forensics.watermark.latent import DEFAULT_INVERSION_STEPS
-
-    loaded = model if model is not None and not isinstance(model, (str, Path)) else load_model(model)
-    return LatentVerifier(registry=registry, model=loaded, steps=inversion_steps or DEFAULT_INVERSION_STEPS)
-
-
-def attributing_match(decoder: KeyMatch | None, latent: KeyMatch | None) -> KeyMatch | None:
-    """The first layer match that attributes (decoder layer, then latent layer), else None."""
-    for match in (decoder, latent):
-        if match is not None and match.attribution is Attribution.ATTRIBUTED:
-            return match
-    return None
 
 
 def reading_pixels(pixels: np.ndarray, *, scaling: Scaling = Scaling.AUTO,

@@ -10,6 +10,7 @@ of candidates with the policy's family-wise correction, exactly as the decoder l
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -66,3 +67,13 @@ class LatentVerifier:
         return LatentBest(entry=self.entries[best], matched_bits=int(counts[best]),
                           bits=int(self.marks[best].key.size), p_value=float(p_values[best]),
                           candidates=len(self.entries), notes=notes)
+
+
+def open_latent_verifier(registry: Registry, model: str | Path | Any | None,
+                         inversion_steps: int | None) -> LatentVerifier:
+    """A :class:`LatentVerifier` over ``registry`` with ``model`` (a DiffusionModel, a folder, or None: mini-cxr)."""
+    from medsign_forensics.diffusion import load_model
+    from medsign_forensics.watermark.latent import DEFAULT_INVERSION_STEPS
+
+    loaded = model if model is not None and not isinstance(model, (str, Path)) else load_model(model)
+    return LatentVerifier(registry=registry, model=loaded, steps=inversion_steps or DEFAULT_INVERSION_STEPS)

@@ -33,6 +33,7 @@ from medsign_forensics.provenance.log import CheckpointPin, checkpoint_file_byte
 from medsign_forensics.provenance.policy import load_policy
 from medsign_forensics.provenance.records import Checkpoint, ModelInfo, SignatureError, verify
 from medsign_forensics.provenance.registry import Registry
+from medsign_forensics.verify import LATENT_LAYER, check_layers
 
 keys_app = typer.Typer(
     name="keys",
@@ -46,6 +47,9 @@ RegistryOption = Annotated[Path, typer.Option("--registry", envvar="MEDSIGN_REGI
 IssuerKeyOption = Annotated[Path, typer.Option("--issuer-key", envvar="MEDSIGN_ISSUER_KEY", dir_okay=False,
                                                help="Encrypted issuer key file (from `keys init`).")]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON for machines instead of tables.")]
+BaseModelOption = Annotated[Optional[Path], typer.Option(
+    "--base-model", file_okay=False, help="Diffusion model folder whose initial noise carries the latent layer; "
+                                          "default: the shipped mini-cxr.")]
 
 
 def _load_issuer(path: Path) -> IssuerKey:
@@ -111,6 +115,10 @@ def issue_command(
     policy: Annotated[Optional[str], typer.Option(
         "--policy", help="Policy name (default, strict) or TOML file: sets the minimum key distance.")] = None,
     bits: Annotated[Optional[int], typer.Option("--bits", help="Key length (default: the policy's).")] = None,
+    layers: Annotated[str, typer.Option(
+        "--layers", help="Watermark layers the key is for: decoder, or decoder,latent (also a latent-layer secret "
+                         "in the initial noise of --base-model).")] = "decoder",
+    base_model: BaseModelOption = None,
     json_output: JsonOption = False,
 ) -> None:
     """Issue a new key for a deployment: a random k-bit key at least the policy's minimum Hamming distance
@@ -118,15 +126,69 @@ def issue_command(
     digest = _weights_digest(weights_sha256, weights)
     model = ModelInfo(name=model_name, version=model_version, weights_sha256=digest)
     loaded_policy = load_policy(policy)
+    wanted = check_layers(layers.split(","))
+    base_sha = _base_sha256(base_model) if LATENT_LAYER in wanted else None
     issuer = _load_issuer(issuer_key)
     with Registry.open(registry) as opened:
         entry = opened.issue(issuer, model=model, deployment=deployment, policy=loaded_policy, bits=bits)
+        if base_sha is not None:
+            _add_latent(opened, entry.provenance_id, base_sha)
     if json_output:
-        print_json(entry.to_dict())
+        print_json({**entry.to_dict(), "layers": list(wanted)})
         return
-    console.print(f"[green]Issued[/] {entry.provenance_id}  key {entry.key_hex} ({entry.bits} bits)")
+    console.print(f"[green]Issued[/] {entry.provenance_id}  key {entry.key_hex} ({entry.bits} bits), layers "
+                  f"{', '.join(wanted)}")
     console.print(f"deployment {deployment}, model {model_name} {model_version}, policy {loaded_policy.name} "
                   f"(min distance {loaded_policy.min_hamming_distance})")
+
+
+@keys_app.command("add-latent")
+@handle_errors
+def add_latent_command(
+    provenance_id: Annotated[str, typer.Argument(help="Provenance ID of an issued key.")],
+    registry: RegistryOption,
+    base_model: BaseModelOption = None,
+    deployment: Annotated[Optional[Path], typer.Option(
+        "--deployment", file_okay=False, help="Also give this deployment folder (which holds the key) the layer, "
+                                              "so that `medsign generate` writes it.")] = None,
+    json_output: JsonOption = False,
+) -> None:
+    """Give an issued key a latent layer: a fresh keystream secret for the initial noise of --base-model.
+
+    The secret is stored in the registry (readers of the registry need it to verify) and, with --deployment, in
+    the deployment folder. A key keeps its secret for life: a second call is refused."""
+    from medsign_forensics.provenance.layers import latent_layers
+    from medsign_forensics.watermark.deployment import add_latent_to_deployment
+
+    base_sha = _base_sha256(base_model)
+    with Registry.open(registry) as opened:
+        entry = opened.get(provenance_id)
+        _add_latent(opened, entry.provenance_id, base_sha)
+        layer = latent_layers(opened)[entry.provenance_id]
+    if deployment is not None:
+        add_latent_to_deployment(deployment, layer)
+    if json_output:
+        print_json({"provenance_id": entry.provenance_id, "layers": ["decoder", "latent"],
+                    "base_weights_sha256": base_sha, "deployment": None if deployment is None else str(deployment)})
+        return
+    where = f" and deployment {deployment}" if deployment is not None else ""
+    console.print(f"[green]Latent layer added[/] to {entry.provenance_id} (base model {base_sha[:16]}...) in the "
+                  f"registry{where}")
+
+
+def _base_sha256(base_model: Path | None) -> str:
+    """The combined weights digest of the base model the latent layer is read with (loads it)."""
+    from medsign_forensics.diffusion import load_model
+
+    return str(load_model(base_model).weights_sha256)
+
+
+def _add_latent(registry: Registry, provenance_id: str, base_sha: str) -> None:
+    from medsign_forensics.provenance.layers import add_latent_layer
+    from medsign_forensics.watermark.latent import LatentConfig, new_secret
+
+    add_latent_layer(registry, provenance_id, secret=new_secret(), config=LatentConfig().to_dict(),
+                     base_weights_sha256=base_sha)
 
 
 def _weights_digest(weights_sha256: str | None, weights: Path | None) -> str:

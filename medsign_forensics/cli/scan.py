@@ -25,6 +25,9 @@ from rich.table import Table
 from medsign_forensics.cli.common import console, err_console, handle_errors, print_json
 from medsign_forensics.cli.verify import (
     ExtractorOption,
+    InversionStepsOption,
+    LayersOption,
+    ModelOption,
     PolicyOption,
     RegistryOption,
     ScalingOption,
@@ -94,6 +97,9 @@ def register(app: typer.Typer) -> None:
         extractor: ExtractorOption = None,
         trust: TrustOption = None,
         scaling: ScalingOption = Scaling.AUTO,
+        layers: LayersOption = "decoder",
+        model: ModelOption = None,
+        inversion_steps: InversionStepsOption = None,
     ) -> None:
         """Verify every file under a folder, or every instance in a PACS, and report each verdict.
 
@@ -107,7 +113,8 @@ def register(app: typer.Typer) -> None:
         chosen = _engine(engine, cluster=cluster, dask_workers=dask_workers, files_per_task=files_per_task,
                          workers=workers)
         settings = VerifierSettings(registry=registry, extractor=extractor, policy=policy,
-                                    trust=tuple(trust or ()), scaling=scaling)
+                                    trust=tuple(trust or ()), scaling=scaling,
+                                    layers=tuple(layers.split(",")), model=model, inversion_steps=inversion_steps)
         settings.open().close()  # fail fast (one clear line) on a bad extractor, registry or policy
         with Progress(TextColumn("[progress.description]{task.description}"), BarColumn(), MofNCompleteColumn(),
                       TextColumn("{task.fields[last]}"), TimeRemainingColumn(), console=err_console,

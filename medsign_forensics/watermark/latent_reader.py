@@ -8,9 +8,10 @@ model's pixel grid at the model's intensity levels. What verification does befor
   crop back exactly where it was; the latent positions the crop does not cover are left out of the vote.
 - Geometry. When the decoder layer's synchronisation found a rotation and scale (``geometry``), they are undone
   first; the corners that rotation filled are left out of the vote too.
-- Levels. Clipped pixels (a brightness change saturates them) are left out, and an affine map sends the 1st and
-  50th percentiles of the remaining pixels to the model's reference levels: both percentiles sit below the
-  clipping a brightness increase causes, so a global gain or offset is undone.
+- Levels. Clipped pixels (a brightness change saturates them) do not vote, and an affine map sends the image's
+  1st and 50th percentiles to the model's reference levels: clipping keeps the rank of the clipped pixels, so
+  both percentiles survive a brightness gain that clips less than half the image, and a global gain or
+  offset is undone.
 
 Leaving positions out never biases the statistics: which positions vote does not depend on the keystream, so
 each bit stays a fair coin for an unmarked image (the module docstring of :mod:`.latent`).
@@ -52,10 +53,10 @@ def prepare(pixels: np.ndarray, *, native: int, geometry: tuple[float, float] | 
     reference = REFERENCE_LEVELS if reference is None else reference
     image = np.asarray(pixels, dtype=np.float32)
     notes: list[str] = []
-    valid = (image > _CLIP) & (image < 1 - _CLIP)
+    inside = np.ones(image.shape, dtype=bool)  # pixels that belong to the image (not padding or rotated-in fill)
     if geometry is not None and (abs(geometry[0]) > 0.5 or abs(geometry[1] - 1) > 0.01):
         rotation, scale = geometry
-        image, valid = _undo_geometry(image, valid, rotation, scale)
+        image, inside = _undo_geometry(image, inside, rotation, scale)
         notes.append(f"latent layer: undid rotation {rotation:.1f} deg and scale {scale:.3f} found by the "
                      "decoder layer's pilots")
     height, width = image.shape
@@ -63,13 +64,17 @@ def prepare(pixels: np.ndarray, *, native: int, geometry: tuple[float, float] | 
         if (height, width) != (native, native):
             notes.append(f"latent layer: {width}x{height} resized to {native}x{native}")
         image = _resize(image, native, native)
-        valid = _resize(valid.astype(np.float32), native, native) > 0.5
+        inside = _resize(inside.astype(np.float32), native, native) > 0.5
     else:
-        image, valid = _centre(image, valid, native)
+        image, inside = _centre(image, inside, native)
         notes.append(f"latent layer: {width}x{height} placed at the centre of {native}x{native} (a centre crop)")
+    valid = inside & (image > _CLIP) & (image < 1 - _CLIP)
     if valid.mean() < 0.1:
         raise InputError("fewer than 10 % of the pixels are usable for the latent layer (clipped or outside)")
-    low, mid = np.percentile(image[valid], (1, 50))
+    # Percentiles over every pixel of the image, clipped ones included: clipping moves values past the end of
+    # the range but keeps their rank, so the 1st and 50th percentiles survive a brightness gain that clips
+    # less than half of the image.
+    low, mid = np.percentile(image[inside], (1, 50))
     if mid - low > 1e-3:
         image = (image - low) / (mid - low) * (reference[1] - reference[0]) + reference[0]
     image = np.where(valid, np.clip(image, 0.0, 1.0), reference[1]).astype(np.float32)
