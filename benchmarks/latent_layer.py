@@ -15,6 +15,7 @@ Parts (``--parts``, default all), each appending its section to ``--out`` (markd
 - ``unmarked``: every real file under ``--data``, the N plain images and ``--phantoms`` phantoms, read against
   ``--keys`` random keys with random secrets: how many are attributed, and the smallest family-wise p-value.
 - ``cost``: seconds per 256 x 256 image on one thread (median of 5) for several inversion step counts.
+- ``steps``: bit accuracy against the number of inversion steps (how the default was chosen).
 
 Command of the issue's run::
 
@@ -238,6 +239,26 @@ def part_cost(model, items, sets, report, results) -> None:
                *rows, ""]
 
 
+def part_steps(model, sets, mark, args, report, results) -> None:
+    """Bit accuracy against inversion steps on the first ``--steps-images`` marked images (plain decoder)."""
+    rows = []
+    count = min(args.steps_images, len(sets["marked_x0"]))
+    images = [quantised(decode(model, torch.from_numpy(x)[None])[0].mean(0).detach().numpy())
+              for x in sets["marked_x0"][:count]]
+    for steps in (5, 10, 25):
+        reader = LatentReader(model, steps=steps)
+        for name in ("none", "jpeg_q50", "brightness_x2"):
+            accs = []
+            for i, image in enumerate(images):
+                attacked = quantised(get_attack(name).exact(image, np.random.default_rng(i)))
+                z, mask, _ = reader.noise(attacked)
+                accs.append(float(np.mean(mark.read(z, mask).bits == mark.key)))
+            rows.append(f"| {steps} | {name} | {np.mean(accs):.4f} | {np.min(accs):.3f} |")
+            results.setdefault("steps", {}).setdefault(str(steps), {})[name] = float(np.mean(accs))
+    report += [f"## Bit accuracy against inversion steps (first {count} held-out images, latent layer only)", "",
+               "| inversion steps | attack | bit accuracy (mean) | lowest |", "| --- | --- | --- | --- |", *rows, ""]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--reports", type=int, default=200)
@@ -247,7 +268,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--data", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "data")
     parser.add_argument("--work", type=Path, default=Path("/tmp/latent-bench"))
-    parser.add_argument("--parts", default="held-out,distribution,unmarked,cost")
+    parser.add_argument("--parts", default="held-out,distribution,unmarked,cost,steps")
+    parser.add_argument("--steps-images", type=int, default=40)
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results" / "latent_layer.md")
     args = parser.parse_args()
     from medsign_forensics.localization.cache import split_items
@@ -273,6 +295,8 @@ def main() -> None:
         part_unmarked(sets, reader, args, report, results)
     if "cost" in parts:
         part_cost(model, items, sets, report, results)
+    if "steps" in parts:
+        part_steps(model, sets, mark, args, report, results)
     report.append(f"Total wall time {time.perf_counter() - started:.0f} s.")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text("\n".join(report) + "\n", encoding="utf-8")

@@ -4,7 +4,8 @@
 2. The finding classifier reads those phantoms (when its shipped weights are present).
 3. The provider's side: the demo deployment generates a DICOM study (and a PNG export) for a report.
 4. The auditor's side: `verify` judges the study, the PNG, and copies handled the ordinary way (JPEG 75, a
-   70% resize, an 8-bit window/level round trip), plus a real radiograph when ../shared/data is present.
+   70% resize, an 8-bit window/level round trip), plus a real radiograph when ../shared/data is present; both
+   watermark layers are read when the deployment carries the latent layer (the shipped one does).
 
 A step whose ingredients are missing in this installation (untrained weights) is reported as skipped with the
 reason, never faked. Steps 3-4 need a signer for the per-image statements; the demo issuer's private key is not
@@ -142,11 +143,20 @@ def _generate_and_verify(out: Path, report: str, seed: int, deployment: str | Pa
     files = [out / "study.dcm", out / "study.png", *_handled_copies(out, out / "study.png")]
     if real_image is not None and Path(real_image).is_file():
         files.append(Path(real_image))
-    with Verifier.open(registry=local_registry, extractor=verifier_extractor) as verifier:
+    layers = ("decoder", "latent") if loaded.has_latent else ("decoder",)
+    with Verifier.open(registry=local_registry, extractor=verifier_extractor, layers=layers) as verifier:
         verdicts = [verifier.try_verify_file(path).to_dict() for path in files]
-    rows = [{key: verdict.get(key) for key in ("file", "verdict", "provenance_id", "matched_bits", "bits",
-                                                "family_wise_p_value")} for verdict in verdicts]
-    return [generate, DemoStep("verify", StepStatus.DONE, "verdicts against the local registry copy", rows)]
+    rows = [{**{key: verdict.get(key) for key in ("file", "verdict", "provenance_id")},
+             **{f"{layer} bits": _layer_bits(verdict, layer) for layer in layers},
+             "family_wise_p_value": verdict.get("family_wise_p_value")} for verdict in verdicts]
+    return [generate, DemoStep("verify", StepStatus.DONE,
+                               f"verdicts against the local registry copy, layers {', '.join(layers)}", rows)]
+
+
+def _layer_bits(verdict: dict[str, Any], layer: str) -> str | None:
+    """"46/48" for one layer's best key, or None when the layer was not read."""
+    match = (verdict.get("layers") or {}).get(layer)
+    return None if not match else f"{match['matched_bits']}/{match['bits']}"
 
 
 def _extractor(path: str | Path | None) -> Path | None:
