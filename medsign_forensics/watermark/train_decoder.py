@@ -131,7 +131,7 @@ def train_decoder(
     none when ``items`` is given). ``cache_dir`` defaults to ``out_dir/cache``; give several runs (ablations)
     the same one so that sampling happens once. ``progress`` receives the cache's and the steps' events.
     """
-    from medsign_forensics.verify import DEFAULT_EXTRACTOR_DIR
+    from medsign_forensics.config import DEFAULT_EXTRACTOR_DIR
     from medsign_forensics.watermark.extractor_io import extractor_manifest, load_extractor
 
     run = RunFolder(out_dir, resume=resume, log=LOG_FILE)

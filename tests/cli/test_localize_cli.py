@@ -8,6 +8,7 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
+from medsign_forensics.attacks.codec import to_uint8
 from medsign_forensics.cli.main import app
 
 from helpers.localization import build_model_folder
@@ -34,7 +35,7 @@ def test_generate_and_localize_writes_map_overlay_array_and_image(model_dir, tmp
     assert data["normal"] is False and data["cas"] and data["aas"]
     array = np.load(tmp_path / "maps" / "map.npy")
     assert array.shape == (64, 64) and array.dtype == np.float32
-    assert np.array_equal(np.asarray(Image.open(out)), np.clip(np.rint(array * 255), 0, 255).astype(np.uint8))
+    assert np.array_equal(np.asarray(Image.open(out)), to_uint8(array))
     assert np.asarray(Image.open(tmp_path / "maps" / "map_overlay.png")).shape == (64, 64, 3)
     assert np.asarray(Image.open(tmp_path / "maps" / "map_image.png")).shape == (64, 64)
     assert not list((tmp_path / "maps").glob("*.tmp"))
