@@ -72,6 +72,10 @@ def register(app: typer.Typer) -> None:
         seed: Annotated[int, typer.Option(help="Seed of the held-out subset and its sampling seeds.")] = 0,
         fpr: Annotated[float, typer.Option(help="Target false-positive rate of detection.")] = 1e-6,
         device: Annotated[str, typer.Option(help="torch device: cpu or cuda.")] = "cpu",
+        latent: Annotated[Optional[bool], typer.Option(
+            "--latent/--no-latent", help="Rows Gaussian Shading and MedSign + Gaussian Shading (the latent layer) "
+                                         "[default: when the deployment carries the latent layer].",
+            show_default=False)] = None,
         json_output: Annotated[bool, typer.Option("--json", help="Print a JSON summary, no progress bars.")] = False,
     ) -> None:
         """Evaluate a deployment: Table 1, detection, false positives, Table 2, ablations and Fig. 3."""
@@ -84,7 +88,7 @@ def register(app: typer.Typer) -> None:
         real = None if no_real_data else (real_data if real_data is not None else default_real_data())
         config = EvaluationConfig(
             n=n, reports=reports, seed=seed, baselines=parse_baselines(baselines), fpr=fpr, real_data=real,
-            real_max=real_max, device=device,
+            real_max=real_max, device=device, latent=latent,
         )
         with rich_progress(not json_output) as progress:
             result = evaluate(

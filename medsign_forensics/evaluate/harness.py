@@ -79,6 +79,7 @@ class EvaluationConfig:
     figure_rows: int = 3
     batch: int = 8  # reports sampled together and images decoded together
     device: str = "cpu"
+    latent: bool | None = None  # the latent layer's rows; None: when the deployment carries the layer
 
     def __post_init__(self) -> None:
         if self.n < 1:
@@ -185,8 +186,11 @@ class Context:
 def _score(method: Method, ctx: Context, progress: ProgressFn | None) -> dict[str, Any]:
     started = time.perf_counter()
     k = method.bits
-    psnrs = [psnr(o, w) for o, w in zip(ctx.originals, method.images)]
-    ssims = [ssim(o, w) for o, w in zip(ctx.originals, method.images)]
+    fpr = ctx.fpr / method.layers
+    reference = ctx.originals if method.reference is None else method.reference
+    pairs = list(zip(reference, method.images)) if method.same_sample else []
+    psnrs = [psnr(o, w) for o, w in pairs] or [float("nan")] * len(method.images)
+    ssims = [ssim(o, w) for o, w in pairs] or [float("nan")] * len(method.images)
     accuracy: dict[str, list[float]] = {}
     detection: dict[str, dict[str, Any]] = {}
     for a_index, attack in enumerate(ctx.attacks):
@@ -195,18 +199,19 @@ def _score(method: Method, ctx: Context, progress: ProgressFn | None) -> dict[st
         ]
         counts = match_counts(method.detector(attacked), method.key)
         accuracy[attack.name] = [float(c) / k for c in counts]
-        detection[attack.name] = Detection.of(counts, k, ctx.fpr).to_dict()
+        detection[attack.name] = Detection.of(counts, k, fpr).to_dict()
         notify(progress, method.name, a_index + 1, len(ctx.attacks) + 1)
-    false_positives = Detection.of(match_counts(method.detector(ctx.originals), method.key), k, ctx.fpr)
-    regions = [
-        r for r in (region_differences(o, w, m, level=LESION_LEVEL) for o, w, m in zip(ctx.originals, method.images, ctx.maps)) if r
-    ]
+    false_positives = Detection.of(match_counts(method.detector(ctx.originals), method.key), k, fpr)
+    maps = ctx.maps if method.reference is None and method.same_sample else []  # A_loc belongs to the originals
+    regions = [r for r in (region_differences(o, w, m, level=LESION_LEVEL) for o, w, m in zip(reference, method.images, maps)) if r]
     result: dict[str, Any] = {
         "name": method.name,
         "kind": method.kind.value,
         "role": method.role.value,
         "source": method.source,
         "bits": k,
+        "layers": method.layers,
+        "same_sample": method.same_sample,
         "psnr": MeanOf.of(psnrs).to_dict(),
         "ssim": MeanOf.of(ssims).to_dict(),
         "bit_accuracy": {name: float(np.mean(values)) for name, values in accuracy.items()},
@@ -223,7 +228,7 @@ def _score(method: Method, ctx: Context, progress: ProgressFn | None) -> dict[st
                 "report_id": item.report_id,
                 "seed": item.seed,
                 "psnr": None if not np.isfinite(p) else p,
-                "ssim": s,
+                "ssim": None if not np.isfinite(s) else s,
                 "bit_accuracy": {name: values[i] for name, values in accuracy.items()},
             }
             for i, (item, p, s) in enumerate(zip(ctx.data.items, psnrs, ssims))
@@ -403,6 +408,17 @@ def evaluate(
             )
         )
         del vae
+    if config.latent or (config.latent is None and main.has_latent):
+        from medsign_forensics.evaluate.latent_rows import latent_methods
+
+        medsign = methods[0]
+        methods += latent_methods(model=model, main=main, items=data.items, decoder_detector=medsign.detector,
+                                  extractor=_load_extractor(main, override, config.device, extractors),
+                                  decode_all=_decode_all, steps=sample_steps, guidance=guidance,
+                                  batch=config.batch, seed=config.seed, progress=progress)
+        notes.append("Gaussian Shading rows: new samples of the same reports and seeds (the latent layer changes "
+                     "the initial noise), so no pixel fidelity against the originals; Table 2 compares them with "
+                     "the originals of the same reports and so includes the model's seed-to-seed variation.")
     for name in config.baselines:
         baseline = build_baseline(name, main.key)
         key = baseline_key(name, main.key)

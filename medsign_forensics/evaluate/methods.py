@@ -36,6 +36,7 @@ class Role(str, Enum):
     STABLE_SIGNATURE = "stable-signature"
     ABLATION = "ablation"
     BASELINE = "baseline"
+    LATENT = "latent"  # the latent layer's rows (evaluate/latent_rows.py)
 
 
 BASELINE_TITLES = {"dwtdct": "DWT-DCT", "rivagan": "RivaGAN"}
@@ -60,6 +61,11 @@ class Method:
     images: list[np.ndarray]
     detector: Detector
     source: str  # deployment folder or baseline package
+    # Fidelity is measured against ``reference`` (default: the cached originals); ``same_sample=False``: the
+    # images are other samples of the same reports, so there is no pixel fidelity to measure at all.
+    reference: list[np.ndarray] | None = None
+    same_sample: bool = True
+    layers: int = 1  # watermark layers the detector chooses between (the FPR is split between them)
 
     @property
     def bits(self) -> int:

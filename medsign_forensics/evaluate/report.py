@@ -83,7 +83,8 @@ def render_markdown(data: dict[str, Any]) -> str:
         for m in methods
     ]
     lines += _table(header, rows)
-    identical = [f"{m['name']}: {m['psnr']['excluded']}" for m in methods if m["psnr"]["excluded"]]
+    identical = [f"{m['name']}: {m['psnr']['excluded']}" for m in methods
+                 if m["psnr"]["excluded"] and m.get("same_sample", True)]
     if identical:
         lines += [f"Images identical to their original (infinite PSNR, left out of the mean): {', '.join(identical)}.", ""]
 
@@ -94,6 +95,9 @@ def render_markdown(data: dict[str, Any]) -> str:
         for m in methods
     ]
     lines += _table(header, rows)
+    split = [m["name"] for m in methods if m.get("layers", 1) > 1]
+    if split:
+        lines += [f"{', '.join(split)}: two layers read, each judged at FPR {fpr / 2:g} (Bonferroni).", ""]
 
     lines += [f"## Measured false positives (threshold for FPR {fpr:g})", ""]
     real = data.get("real_data")

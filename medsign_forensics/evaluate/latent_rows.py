@@ -1,0 +1,101 @@
+"""The rows "Gaussian Shading" and "MedSign + Gaussian Shading": the latent layer in Table 1 and Table 2.
+
+The latent layer changes the initial noise, so its images are NEW samples of the same held-out reports with the
+same seeds: they are not compared pixel for pixel with the cached originals (no PSNR, no lesion-region change for
+"Gaussian Shading"; "MedSign + Gaussian Shading" is measured against its own plain-decoded sample, i.e. the
+decoder layer's change). Table 2 compares their finding confidences with the originals of the same reports, which
+includes the model's seed-to-seed variation (benchmarks/latent_layer.py measures that floor).
+
+Detection: "Gaussian Shading" reads the latent layer only (no pilots: geometry is not undone). "MedSign +
+Gaussian Shading" reads both layers, as ``verify --layers decoder,latent`` does (the pilots' rotation and scale
+undone before inversion), counts the layer that matches the key better, and is judged at half the target
+false-positive rate (Bonferroni over the two layers).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from medsign_forensics.evaluate.methods import Detector, Method, MethodKind, Role
+from medsign_forensics.key import match_counts
+from medsign_forensics.training.progress import ProgressFn, notify
+from medsign_forensics.watermark.deployment import Deployment
+
+GS_TITLE = "Gaussian Shading"
+BOTH_TITLE = "MedSign + Gaussian Shading"
+
+
+def latent_mark(deployment: Deployment, seed: int) -> Any:
+    """The deployment's own latent layer, or (without one) its key under a secret drawn from ``seed``."""
+    from medsign_forensics.watermark.latent import LatentMark
+
+    mark = deployment.latent_mark()
+    if mark is None:
+        mark = LatentMark(key=deployment.key, secret=np.random.default_rng([seed, 13]).bytes(32))
+    return mark
+
+
+def latent_detector(reader: Any, mark: Any, extractor: Any | None = None) -> Detector:
+    """Latent-layer bits; with a spectral ``extractor``, its pilots' geometry is undone first."""
+    from medsign_forensics.watermark.spectral import SpectralExtractor
+
+    def detect(images: Sequence[np.ndarray]) -> np.ndarray:
+        rows = []
+        for image in images:
+            geometry = None
+            if isinstance(extractor, SpectralExtractor):
+                with torch.no_grad():
+                    found = extractor.read(torch.from_numpy(np.ascontiguousarray(image, np.float32))[None, None])
+                geometry = (float(found.rotation[0]), float(found.scale[0]))
+            z, mask, _ = reader.noise(image, geometry=geometry)
+            rows.append(mark.read(z, mask).bits)
+        return np.stack(rows).astype(np.uint8)
+
+    return detect
+
+
+def both_layers_detector(decoder: Detector, latent: Detector, key: np.ndarray) -> Detector:
+    """Per image, the bits of whichever layer matches ``key`` better (the layer a verdict would rest on)."""
+
+    def detect(images: Sequence[np.ndarray]) -> np.ndarray:
+        a, b = decoder(images), latent(images)
+        better = match_counts(b, key) > match_counts(a, key)
+        return np.where(better[:, None], b, a).astype(np.uint8)
+
+    return detect
+
+
+def latent_methods(*, model: Any, main: Deployment, items: Sequence[Any], extractor: Any, decoder_detector: Detector,
+                   decode_all: Any, steps: int, guidance: float, batch: int, seed: int,
+                   progress: ProgressFn | None) -> list[Method]:
+    """Sample the held-out reports with the latent layer and build both rows."""
+    from medsign_forensics.diffusion import sample
+    from medsign_forensics.watermark.latent_reader import LatentReader
+
+    mark = latent_mark(main, seed)
+    reader = LatentReader(model, steps=mark.config.inversion_steps)
+    side = model.image_size // model.vae_scale_factor
+    shape = (model.latent_channels, side, side)
+    latents = []
+    for index, item in enumerate(items):
+        noise = mark.initial_noise(shape, torch.Generator().manual_seed(item.seed))
+        result = sample(model, [item.text], seed=item.seed, latents=noise, steps=steps, guidance_scale=guidance,
+                        output="latents")
+        latents.append(result.latents)
+        notify(progress, "sampling with the latent layer", index + 1, len(items))
+    x0 = torch.cat(latents)
+    plain = decode_all(model, None, x0, batch)
+    both = decode_all(model, main.watermarked_vae(model).to(model.device), x0, batch)
+    latent = latent_detector(reader, mark)
+    source = f"{main.path} (latent layer{'' if main.has_latent else ', evaluation secret'})"
+    return [
+        Method(name=GS_TITLE, kind=MethodKind.IN_GENERATION, role=Role.LATENT, key=mark.key, images=plain,
+               detector=latent, source=source, same_sample=False),
+        Method(name=BOTH_TITLE, kind=MethodKind.IN_GENERATION, role=Role.LATENT, key=mark.key, images=both,
+               detector=both_layers_detector(decoder_detector, latent_detector(reader, mark, extractor), mark.key),
+               source=source, reference=plain, layers=2),
+    ]
