@@ -98,6 +98,15 @@ def test_cli_issues_a_latent_key_and_verify_reads_both_layers(tmp_path, mini, ex
     assert verdict["layers"]["latent"]["attribution"] == "attributed" and secret not in result.output
     bad = runner.invoke(app, ["verify", str(study.png), "--registry", str(world.registry_dir), "--layers", "latent"])
     assert bad.exit_code == 2 and "decoder layer is always read" in bad.output
+    folder_to_scan = tmp_path / "archive"
+    folder_to_scan.mkdir()
+    (folder_to_scan / "study.png").write_bytes(study.png.read_bytes())
+    scan = runner.invoke(app, ["scan", str(folder_to_scan), "--registry", str(world.registry_dir), "--extractor",
+                               str(world.extractor_dir), "--layers", "decoder,latent", "--jsonl",
+                               str(tmp_path / "scan.jsonl"), "--json"])
+    assert scan.exit_code == 0, scan.output
+    [row] = [json.loads(line) for line in (tmp_path / "scan.jsonl").read_text().splitlines() if line.strip()]
+    assert row["verdict"] == "attributed" and row["provenance_id"] == deployment.provenance_id
 
 
 def test_layers_naming_different_deployments_are_a_mismatch():
