@@ -229,3 +229,26 @@ def test_list_is_readable_in_an_80_column_terminal():
     assert max(len(line) for line in result.output.splitlines()) <= 80
     assert "…" not in result.output  # nothing that matters is cut
     assert "msp-ti4ip3qo2neohdv5" in result.output and "b227cf7f82a2" in result.output and "revoked" in result.output
+
+
+def test_issue_with_the_latent_layer_stores_a_secret_the_output_never_shows(setup: tuple[Path, Path]) -> None:
+    from medsign_forensics.diffusion import load_model
+    from medsign_forensics.provenance.layers import latent_layers
+    from medsign_forensics.provenance.registry import Registry
+
+    key, registry = setup
+    result = _invoke("issue", "--registry", str(registry), "--issuer-key", str(key), "--deployment", "site-l",
+                     "--model-name", "mini-cxr", "--model-version", "0.1.0", "--weights-sha256", "ab" * 32,
+                     "--layers", "decoder,latent", "--json")
+    data = _json(result)
+    assert data["layers"] == ["decoder", "latent"]
+    with Registry.open(registry) as opened:
+        layer = latent_layers(opened)[data["provenance_id"]]
+    assert layer.base_weights_sha256 == load_model().weights_sha256 and len(layer.secret) == 32
+    assert layer.secret.hex() not in result.output
+    plain = _issue(key, registry, "site-p")
+    with Registry.open(registry) as opened:
+        assert plain["provenance_id"] not in latent_layers(opened)
+    unknown = _invoke("issue", "--registry", str(registry), "--issuer-key", str(key), "--deployment", "x",
+                      "--model-name", "m", "--model-version", "1", "--weights-sha256", "ab" * 32, "--layers", "pixels")
+    assert unknown.exit_code == 2 and "unknown watermark layer" in unknown.stderr
