@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from medsign_forensics.attacks.codec import to_uint8
 from medsign_forensics.errors import DatasetError
 from medsign_forensics.fileio import atomic_path, write_json
 from medsign_forensics.localization.maps import MapOptions
@@ -144,7 +145,7 @@ def _sample_batch(
         variant: np.stack([found.a_loc for found in generated.variants[variant.options()]])
         for variant in MAP_VARIANTS
     }
-    quantised = {v: np.clip(np.rint(m * 255.0), 0, 255).astype(np.uint8) for v, m in maps.items()}
+    quantised = {v: to_uint8(m) for v, m in maps.items()}
     assert generated.sample.latents is not None
     return generated.sample.latents, quantised
 

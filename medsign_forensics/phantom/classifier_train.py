@@ -9,7 +9,6 @@ TEST split of the report corpus plus random findings whose renderer seeds are di
 
 from __future__ import annotations
 
-import io
 import math
 import time
 from dataclasses import asdict, dataclass, field
@@ -18,10 +17,10 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
 from sklearn.metrics import roc_auc_score
 from torch.nn import functional as F
 
+from medsign_forensics.attacks.codec import jpeg_round_trip
 from medsign_forensics.errors import InputError
 from medsign_forensics.fileio import write_json
 from medsign_forensics.phantom.classifier import (
@@ -148,16 +147,8 @@ def augment(images: torch.Tensor, aug: Augmentation, generator: torch.Generator)
     jpeg = torch.rand(b, generator=generator) < aug.jpeg_p
     qualities = torch.randint(aug.jpeg_quality[0], aug.jpeg_quality[1] + 1, (b,), generator=generator)
     for i in torch.nonzero(jpeg).flatten().tolist():
-        x[i, 0] = _jpeg_round_trip(x[i, 0], int(qualities[i]))
+        x[i, 0] = torch.from_numpy(jpeg_round_trip(x[i, 0].numpy(), int(qualities[i])).astype(np.float32) / 255.0)
     return x
-
-
-def _jpeg_round_trip(image: torch.Tensor, quality: int) -> torch.Tensor:
-    pixels = (image.numpy() * 255.0 + 0.5).astype(np.uint8)
-    buffer = io.BytesIO()
-    Image.fromarray(pixels).save(buffer, format="JPEG", quality=quality)
-    buffer.seek(0)
-    return torch.from_numpy(np.asarray(Image.open(buffer), dtype=np.float32) / 255.0)
 
 
 def _batch_indices(n: int, step: int, batch_size: int, seed: int) -> np.ndarray:
