@@ -40,7 +40,9 @@ def latent_mark(deployment: Deployment, seed: int) -> Any:
 
 
 def latent_detector(reader: Any, mark: Any, extractor: Any | None = None) -> Detector:
-    """Latent-layer bits; with a spectral ``extractor``, its pilots' geometry is undone first."""
+    """Latent-layer bits; with a spectral ``extractor``, its pilots' geometry is undone first. An image the layer
+    cannot read (almost all of it clipped) reads as the key's complement: 0 matching bits, never detected."""
+    from medsign_forensics.errors import InputError
     from medsign_forensics.watermark.spectral import SpectralExtractor
 
     def detect(images: Sequence[np.ndarray]) -> np.ndarray:
@@ -51,7 +53,11 @@ def latent_detector(reader: Any, mark: Any, extractor: Any | None = None) -> Det
                 with torch.no_grad():
                     found = extractor.read(torch.from_numpy(np.ascontiguousarray(image, np.float32))[None, None])
                 geometry = (float(found.rotation[0]), float(found.scale[0]))
-            z, mask, _ = reader.noise(image, geometry=geometry)
+            try:
+                z, mask, _ = reader.noise(image, geometry=geometry)
+            except InputError:
+                rows.append(1 - mark.key)
+                continue
             rows.append(mark.read(z, mask).bits)
         return np.stack(rows).astype(np.uint8)
 
