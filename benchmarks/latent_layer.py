@@ -94,17 +94,6 @@ def quantised(image: np.ndarray) -> np.ndarray:
     return (np.rint(np.clip(image, 0, 1) * 255) / 255).astype(np.float32)
 
 
-def read_matches(reader, mark, pixels, geometry=None) -> int:
-    """Matching bits of ``mark`` read from ``pixels``; -1 when the latent layer cannot read the image."""
-    from medsign_forensics.errors import InputError
-
-    try:
-        z, mask, _ = reader.noise(pixels, geometry=geometry)
-        return int((mark.read(z, mask).bits == mark.key).sum())
-    except InputError:
-        return -1
-
-
 def part_held_out(model, items, sets, mark, reader, args, report, results) -> None:
     from medsign_forensics.generate import load_default_deployment
     from medsign_forensics.verify import load_default_extractor
@@ -117,12 +106,12 @@ def part_held_out(model, items, sets, mark, reader, args, report, results) -> No
     table: dict[str, dict[str, list[int]]] = {}
     unreadable: dict[tuple[str, str], int] = {}
     start = time.perf_counter()
-    for variant, decoder in variants.items():
-        for i in range(len(items)):
-            x0 = torch.from_numpy(sets["marked_x0"][i])[None]
+    for i in range(len(items)):
+        x0 = torch.from_numpy(sets["marked_x0"][i])[None]
+        batch, geometries, keys = [], [], []
+        for variant, decoder in variants.items():
             with torch.no_grad():
-                image = decode(model, x0, vae=decoder)[0].mean(0).numpy()
-            image = quantised(image)
+                image = quantised(decode(model, x0, vae=decoder)[0].mean(0).numpy())
             for name in ATTACKS:
                 attacked = quantised(get_attack(name).exact(image, np.random.default_rng(i)))
                 geometry = None
@@ -130,11 +119,15 @@ def part_held_out(model, items, sets, mark, reader, args, report, results) -> No
                     with torch.no_grad():
                         found = extractor.read(torch.from_numpy(attacked)[None, None])
                     geometry = (float(found.rotation[0]), float(found.scale[0]))
-                matched = read_matches(reader, mark, attacked, geometry)
-                table.setdefault(variant, {}).setdefault(name, []).append(matched)
-                if matched < 0:
-                    unreadable[(variant, name)] = unreadable.get((variant, name), 0) + 1
-            print(f"{variant}: read {i + 1}/{len(items)} ({time.perf_counter() - start:.0f} s)", flush=True)
+                batch.append(attacked)
+                geometries.append(geometry)
+                keys.append((variant, name))
+        for (variant, name), read in zip(keys, reader.noise_batch(batch, geometries)):
+            matched = -1 if read is None else int((mark.read(read[0], read[1]).bits == mark.key).sum())
+            table.setdefault(variant, {}).setdefault(name, []).append(matched)
+            if matched < 0:
+                unreadable[(variant, name)] = unreadable.get((variant, name), 0) + 1
+        print(f"read {i + 1}/{len(items)} ({time.perf_counter() - start:.0f} s)", flush=True)
     for variant, per_attack in table.items():
         for name, counts in per_attack.items():
             # an unreadable image (too much of it clipped) counts as chance for accuracy, never as detected
@@ -226,19 +219,15 @@ def part_unmarked(sets, reader, args, report, results) -> None:
     tallies: dict[str, list[float]] = {}
     start = time.perf_counter()
     images = unmarked_images(args, sets)
-    from medsign_forensics.errors import InputError
-
-    for n, (family, pixels) in enumerate(images):
-        try:
-            z, mask, _ = reader.noise(pixels)
-        except InputError:  # nothing readable: cannot be attributed
-            tallies.setdefault(family, []).append(1.0)
-            continue
-        best = max(int((m.read(z, mask).bits == m.key).sum()) for m in marks)
-        family_p = family_p_value(p_value(best, 48), len(marks))
-        tallies.setdefault(family, []).append(family_p)
-        if (n + 1) % 50 == 0:
-            print(f"unmarked: {n + 1}/{len(images)} ({time.perf_counter() - start:.0f} s)", flush=True)
+    for first in range(0, len(images), 8):
+        chunk = images[first:first + 8]
+        for (family, _), read in zip(chunk, reader.noise_batch([p for _, p in chunk], [None] * len(chunk))):
+            if read is None:  # nothing readable: cannot be attributed
+                tallies.setdefault(family, []).append(1.0)
+                continue
+            best = max(int((m.read(read[0], read[1]).bits == m.key).sum()) for m in marks)
+            tallies.setdefault(family, []).append(family_p_value(p_value(best, 48), len(marks)))
+        print(f"unmarked: {first + len(chunk)}/{len(images)} ({time.perf_counter() - start:.0f} s)", flush=True)
     rows = []
     for family, ps in tallies.items():
         attributed = int(np.sum(np.asarray(ps) <= needed_p))
@@ -278,11 +267,10 @@ def part_steps(model, sets, mark, args, report, results) -> None:
     for steps in (5, 10, 25):
         reader = LatentReader(model, steps=steps)
         for name in ("none", "jpeg_q50", "brightness_x2"):
-            accs = []
-            for i, image in enumerate(images):
-                attacked = quantised(get_attack(name).exact(image, np.random.default_rng(i)))
-                matched = read_matches(reader, mark, attacked)
-                accs.append(0.5 if matched < 0 else matched / mark.key.size)
+            attacked = [quantised(get_attack(name).exact(image, np.random.default_rng(i)))
+                        for i, image in enumerate(images)]
+            accs = [0.5 if read is None else float(np.mean(mark.read(read[0], read[1]).bits == mark.key))
+                    for read in reader.noise_batch(attacked, [None] * len(attacked))]
             rows.append(f"| {steps} | {name} | {np.mean(accs):.4f} | {np.min(accs):.3f} |")
             results.setdefault("steps", {}).setdefault(str(steps), {})[name] = float(np.mean(accs))
     report += [f"## Bit accuracy against inversion steps (first {count} held-out images, latent layer only)", "",

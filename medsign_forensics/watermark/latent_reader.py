@@ -139,8 +139,25 @@ class LatentReader:
 
     def noise(self, pixels: np.ndarray, *,
               geometry: tuple[float, float] | None = None) -> tuple[torch.Tensor, np.ndarray, tuple[str, ...]]:
-        """The inverted z_T (C, h, w), the (h, w) mask of positions that vote, and notes for the report."""
-        prepared = prepare(pixels, native=self.model.image_size, geometry=geometry)
-        z = invert(self.model, prepared.pixels, steps=self.steps, embedding=self.embedding)
-        mask = latent_mask(prepared.valid, int(self.model.vae_scale_factor))
-        return z[0], mask, prepared.notes
+        """The inverted z_T (C, h, w), the (h, w) mask of positions that vote, and notes for the report
+        (InputError when too little of the image is usable)."""
+        return self._invert([prepare(pixels, native=self.model.image_size, geometry=geometry)])[0]
+
+    def noise_batch(self, images: list[np.ndarray], geometries: list[tuple[float, float] | None]
+                    ) -> list[tuple[torch.Tensor, np.ndarray, tuple[str, ...]] | None]:
+        """:meth:`noise` for several images inverted as one batch (several times cheaper per image on a CPU);
+        None in place of an image that cannot be read."""
+        prepared: list[PreparedImage | None] = []
+        for image, geometry in zip(images, geometries):
+            try:
+                prepared.append(prepare(image, native=self.model.image_size, geometry=geometry))
+            except InputError:
+                prepared.append(None)
+        readable = [p for p in prepared if p is not None]
+        results = iter(self._invert(readable) if readable else [])
+        return [None if p is None else next(results) for p in prepared]
+
+    def _invert(self, prepared: list[PreparedImage]) -> list[tuple[torch.Tensor, np.ndarray, tuple[str, ...]]]:
+        z = invert(self.model, [p.pixels for p in prepared], steps=self.steps, embedding=self.embedding)
+        factor = int(self.model.vae_scale_factor)
+        return [(z[i], latent_mask(p.valid, factor), p.notes) for i, p in enumerate(prepared)]
