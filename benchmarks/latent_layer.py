@@ -94,6 +94,19 @@ def quantised(image: np.ndarray) -> np.ndarray:
     return (np.rint(np.clip(image, 0, 1) * 255) / 255).astype(np.float32)
 
 
+def matches(mark: LatentMark, read) -> int:
+    """Bits of ``mark`` read from one :meth:`LatentReader.noise_batch` result; -1 when the image is unreadable
+    (refused by the reader, or too little of it left to hold every bit)."""
+    from medsign_forensics.errors import InputError
+
+    if read is None:
+        return -1
+    try:
+        return int((mark.read(read[0], read[1]).bits == mark.key).sum())
+    except InputError:
+        return -1
+
+
 def part_held_out(model, items, sets, mark, reader, args, report, results) -> None:
     from medsign_forensics.generate import load_default_deployment
     from medsign_forensics.verify import load_default_extractor
@@ -123,7 +136,7 @@ def part_held_out(model, items, sets, mark, reader, args, report, results) -> No
                 geometries.append(geometry)
                 keys.append((variant, name))
         for (variant, name), read in zip(keys, reader.noise_batch(batch, geometries)):
-            matched = -1 if read is None else int((mark.read(read[0], read[1]).bits == mark.key).sum())
+            matched = matches(mark, read)
             table.setdefault(variant, {}).setdefault(name, []).append(matched)
             if matched < 0:
                 unreadable[(variant, name)] = unreadable.get((variant, name), 0) + 1
@@ -222,11 +235,9 @@ def part_unmarked(sets, reader, args, report, results) -> None:
     for first in range(0, len(images), 8):
         chunk = images[first:first + 8]
         for (family, _), read in zip(chunk, reader.noise_batch([p for _, p in chunk], [None] * len(chunk))):
-            if read is None:  # nothing readable: cannot be attributed
-                tallies.setdefault(family, []).append(1.0)
-                continue
-            best = max(int((m.read(read[0], read[1]).bits == m.key).sum()) for m in marks)
-            tallies.setdefault(family, []).append(family_p_value(p_value(best, 48), len(marks)))
+            best = max(matches(m, read) for m in marks)
+            # nothing readable (-1): cannot be attributed
+            tallies.setdefault(family, []).append(1.0 if best < 0 else family_p_value(p_value(best, 48), len(marks)))
         print(f"unmarked: {first + len(chunk)}/{len(images)} ({time.perf_counter() - start:.0f} s)", flush=True)
     rows = []
     for family, ps in tallies.items():
@@ -269,8 +280,8 @@ def part_steps(model, sets, mark, args, report, results) -> None:
         for name in ("none", "jpeg_q50", "brightness_x2"):
             attacked = [quantised(get_attack(name).exact(image, np.random.default_rng(i)))
                         for i, image in enumerate(images)]
-            accs = [0.5 if read is None else float(np.mean(mark.read(read[0], read[1]).bits == mark.key))
-                    for read in reader.noise_batch(attacked, [None] * len(attacked))]
+            counts = [matches(mark, read) for read in reader.noise_batch(attacked, [None] * len(attacked))]
+            accs = [0.5 if c < 0 else c / mark.key.size for c in counts]
             rows.append(f"| {steps} | {name} | {np.mean(accs):.4f} | {np.min(accs):.3f} |")
             results.setdefault("steps", {}).setdefault(str(steps), {})[name] = float(np.mean(accs))
     report += [f"## Bit accuracy against inversion steps (first {count} held-out images, latent layer only)", "",

@@ -57,10 +57,22 @@ def latent_detector(reader: Any, mark: Any, extractor: Any | None = None) -> Det
         rows = []
         for first in range(0, len(images), BATCH):
             reads = reader.noise_batch(list(images[first:first + BATCH]), geometries[first:first + BATCH])
-            rows += [1 - mark.key if read is None else mark.read(read[0], read[1]).bits for read in reads]
+            rows += [_bits(mark, read) for read in reads]
         return np.stack(rows).astype(np.uint8)
 
     return detect
+
+
+def _bits(mark: Any, read: Any) -> np.ndarray:
+    """The bits read, or the key's complement (0 matches) when the image is unreadable."""
+    from medsign_forensics.errors import InputError
+
+    if read is not None:
+        try:
+            return np.asarray(mark.read(read[0], read[1]).bits)
+        except InputError:
+            pass
+    return np.asarray(1 - mark.key)
 
 
 def both_layers_detector(decoder: Detector, latent: Detector, key: np.ndarray) -> Detector:
