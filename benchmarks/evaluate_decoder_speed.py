@@ -38,13 +38,13 @@ import torch
 
 from medsign_forensics.diffusion import load_model
 from medsign_forensics.diffusion.configs import default_config
-from medsign_forensics.diffusion.loader import DEFAULT_MODEL_DIR
 from medsign_forensics.diffusion.export import build_random_model
+from medsign_forensics.diffusion.loader import DEFAULT_MODEL_DIR
 from medsign_forensics.fileio import write_text
+from medsign_forensics.localization.cache import LatentCache, split_items
 from medsign_forensics.watermark.deployment import key_from_hex
 from medsign_forensics.watermark.extractor_io import load_extractor, save_extractor
 from medsign_forensics.watermark.hidden import HiddenConfig, HiddenExtractor
-from medsign_forensics.localization.cache import LatentCache, split_items
 from medsign_forensics.watermark.train_decoder import DecoderTrainConfig, DecoderTrainer
 
 OUT = Path(__file__).resolve().parent / "results" / "evaluate_decoder_speed.md"
@@ -117,7 +117,7 @@ def main() -> None:
     lines = [
         "# Decoder fine-tuning cost on CPU",
         "",
-        f"- Date: {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC",
+        f"- Date: {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC",
         f"- Machine: 2-core CPU VM, no GPU ({platform.machine()}), torch {torch.__version__}, 2 threads",
         f"- Command: `python {' '.join(shlex.quote(a) for a in sys.argv)}`",
         f"- Model: {model_note}; images {size}x{size}, latents {model.latent_channels}x{size // model.vae_scale_factor}"

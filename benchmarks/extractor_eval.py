@@ -119,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
         "# Extractor evaluation (stage 1)",
         "",
         *([f"**{args.note}**", ""] if args.note else []),
-        f"- Date: {dt.datetime.now(dt.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}",
+        f"- Date: {dt.datetime.now(dt.UTC).strftime('%Y-%m-%d %H:%M UTC')}",
         "- Machine: 2-core CPU VM, no GPU (shared; 1-minute load average at the end "
         f"{os.getloadavg()[0]:.1f})",
         f"- Command: `{command}`",

@@ -38,11 +38,11 @@ from pathlib import Path
 import torch
 
 from medsign_forensics.diffusion import load_model, sample
+from medsign_forensics.diffusion.base_trainers import UNetTrainer, VaeTrainer
 from medsign_forensics.diffusion.configs import MiniCxrConfig, UNetConfig, VaeConfig, default_config
+from medsign_forensics.diffusion.export import build_random_model
 from medsign_forensics.diffusion.loader import DEFAULT_MODEL_DIR
 from medsign_forensics.diffusion.tokenizer import train_tokenizer
-from medsign_forensics.diffusion.base_trainers import UNetTrainer, VaeTrainer
-from medsign_forensics.diffusion.export import build_random_model
 
 PROMPT = "Moderate cardiomegaly. Small left pleural effusion with adjacent basilar atelectasis. No pneumothorax."
 FALLBACK_TEXTS = [
@@ -177,7 +177,7 @@ def main() -> None:
     args = parser.parse_args()
     model_dir = args.model or (DEFAULT_MODEL_DIR if DEFAULT_MODEL_DIR.is_dir() else None)
     texts = report_texts()
-    started = dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
+    started = dt.datetime.now(dt.UTC).replace(microsecond=0)
     sampling, _ = time_sampling(model_dir, args.runs, texts)
     training = [] if args.skip_training else time_training(args.train_runs, texts)
     report = [

@@ -102,7 +102,7 @@ class Anatomy:
 
     # -- lungs -----------------------------------------------------------------------------------------
 
-    def altered(self, *, heart_scale: float = 1.0, changes: Mapping[Side, LungChange] | None = None) -> "Anatomy":
+    def altered(self, *, heart_scale: float = 1.0, changes: Mapping[Side, LungChange] | None = None) -> Anatomy:
         """This patient with a redrawn heart or lungs; the unchanged layers are shared, not recomputed."""
         other = Anatomy(self.params, self.size, self.seed, heart_scale=heart_scale, changes=changes)
         for name in STATIC_LAYERS:

@@ -27,7 +27,7 @@ import numpy as np
 from medsign_forensics.attacks.codec import to_uint8
 from medsign_forensics.errors import DatasetError
 from medsign_forensics.fileio import atomic_path, write_text
-from medsign_forensics.phantom.classifier import LABEL_INDEX, LABELS, encode_labels, label_name
+from medsign_forensics.phantom.classifier import LABEL_INDEX, LABELS, label_name
 from medsign_forensics.reports.findings import Finding, FindingKind, Severity, Side, Zone
 from medsign_forensics.training.progress import ProgressFn, notify
 

@@ -12,10 +12,10 @@ from dataclasses import asdict, dataclass, fields, replace
 from enum import Enum
 from typing import Any
 
+from medsign_forensics.attacks.library import get_attack
 from medsign_forensics.config import LossWeights, preset
 from medsign_forensics.errors import InputError
 from medsign_forensics.localization.cache import DEFAULT_REPORTS, MapVariant
-from medsign_forensics.attacks.library import get_attack
 from medsign_forensics.watermark.head import HeadConfig
 
 DEFAULT_TRAIN_ATTACKS: tuple[str, ...] = (

@@ -40,8 +40,8 @@ import torch
 from medsign_forensics import __version__
 from medsign_forensics.errors import InputError, ModelError, RegistryError
 from medsign_forensics.fileio import write_json
-from medsign_forensics.provenance.records import utc_now
 from medsign_forensics.key import bits_to_hex, check_length, hex_to_bits
+from medsign_forensics.provenance.records import utc_now
 from medsign_forensics.training.weights import check_state, load_state, load_tensors, save_tensors
 
 FORMAT = "medsign-deployment"

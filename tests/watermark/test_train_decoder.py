@@ -10,9 +10,9 @@ from helpers.tiny_world import REPORTS, build_extractor, build_model
 
 from medsign_forensics.config import LossWeights
 from medsign_forensics.errors import DatasetError, InputError
-from medsign_forensics.reports import Report
 from medsign_forensics.localization import cache as cache_module
 from medsign_forensics.localization.cache import LatentCache, MapVariant, select_items
+from medsign_forensics.reports import Report
 from medsign_forensics.watermark.deployment import key_from_hex, load_deployment
 from medsign_forensics.watermark.train_decoder import (
     Ablation,
