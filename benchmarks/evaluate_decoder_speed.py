@@ -104,7 +104,9 @@ def main() -> None:
     load_cache.append(load_average())
 
     # 2. Fine-tuning steps.
-    trainer = DecoderTrainer(config, model=model, extractor=load_extractor(extractor_dir), key=key_from_hex("0" * 12), data=data)
+    trainer = DecoderTrainer(
+        config, model=model, extractor=load_extractor(extractor_dir), key=key_from_hex("0" * 12), data=data
+    )
     steps = []
     load_train = [load_average()]
     for _ in range(args.steps + 1):

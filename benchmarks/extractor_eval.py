@@ -9,8 +9,9 @@
    extracted bits (target 0.5 +/- 0.05, shown with the chance that fair coins would meet it at that n, and
    tested directly: squared z-scores of the means vs chi-square(k)), and the distribution of match counts
    against FIXED keys compared with Binomial(k, 1/2) by a chi-square goodness-of-fit test on binned counts
-   (tail bins pooled until each expected count is >= 5). Fixed keys, because against a freshly drawn random key the count is
-   Binomial(k, 1/2) whatever the extractor outputs; a fixed key (as a registry holds) tests the extractor.
+   (tail bins pooled until each expected count is >= 5). Fixed keys, because against a freshly drawn random key
+   the count is Binomial(k, 1/2) whatever the extractor outputs; a fixed key (as a registry holds) tests the
+   extractor.
    Counts for the different keys share images, so the pooled test is approximate; per-key tests are shown
    as the fraction of keys with p < 0.05.
 

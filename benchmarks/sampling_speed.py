@@ -26,6 +26,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import argparse
 import datetime as dt
+import functools
 import platform
 import shlex
 import statistics
@@ -144,12 +145,12 @@ def time_training(runs: int, texts: list[str]) -> list[str]:
         vae = VaeTrainer(config, device=device)
         crops = torch.rand(config.vae_train.batch_size, 1, config.vae_train.crop_size, config.vae_train.crop_size)
         generator = torch.Generator().manual_seed(0)
-        vae_s, _, vae_cpu = median_time(lambda: vae.step(crops, generator), runs)
+        vae_s, _, vae_cpu = median_time(functools.partial(vae.step, crops, generator), runs)
         unet = UNetTrainer(config, tokenizer, device=device)
         batch = config.unet_train.batch_size
         latents = torch.randn(batch, config.vae.latent_channels, config.latent_size, config.latent_size)
         captions = [texts[i % len(texts)] for i in range(batch)]
-        unet_s, _, unet_cpu = median_time(lambda: unet.step(latents, captions, generator), runs)
+        unet_s, _, unet_cpu = median_time(functools.partial(unet.step, latents, captions, generator), runs)
         lines.append(
             f"| {name} | {params(vae.vae):.2f} | {vae_s:.2f} ({vae_cpu:.2f}) | "
             f"{params(unet.text_encoder) + params(unet.unet):.2f} | {unet_s:.2f} ({unet_cpu:.2f}) | "
@@ -159,7 +160,8 @@ def time_training(runs: int, texts: list[str]) -> list[str]:
     config = default_config()
     lines += [
         "",
-        f"Batches: VAE {config.vae_train.batch_size} crops of {config.vae_train.crop_size}x{config.vae_train.crop_size}; "
+        f"Batches: VAE {config.vae_train.batch_size} crops of "
+        f"{config.vae_train.crop_size}x{config.vae_train.crop_size}; "
         f"U-Net {config.unet_train.batch_size} latents of {config.vae.latent_channels}x{config.latent_size}x"
         f"{config.latent_size} with 77-token captions; 2 torch threads; median of {runs} steps after one warm-up. "
         "CPU s: this process's user + system seconds (both threads together).",

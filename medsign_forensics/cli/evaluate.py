@@ -58,16 +58,26 @@ def register(app: typer.Typer) -> None:
         ] = "dwtdct,rivagan",
         real_data: Annotated[
             Path | None,
-            typer.Option(help="Folder of real radiographs for the false-positive rate (default: ../shared/data if present)."),
+            typer.Option(
+                help="Folder of real radiographs for the false-positive rate (default: ../shared/data if present)."
+            ),
         ] = None,
-        no_real_data: Annotated[bool, typer.Option("--no-real-data", help="Skip the real-radiograph false positives.")] = False,
+        no_real_data: Annotated[
+            bool, typer.Option("--no-real-data", help="Skip the real-radiograph false positives.")
+        ] = False,
         real_max: Annotated[int | None, typer.Option(help="Read at most this many real images.")] = None,
         reports: Annotated[
             str | None, typer.Option(help="Report source whose held-out split is used (default: the deployment's).")
         ] = None,
-        model: Annotated[Path | None, typer.Option(help="Base model folder, when not where the deployment says.")] = None,
-        extractor: Annotated[Path | None, typer.Option(help="Extractor folder, when not where the deployment says.")] = None,
-        classifier: Annotated[Path | None, typer.Option(help="Finding classifier folder (default: the installed one).")] = None,
+        model: Annotated[
+            Path | None, typer.Option(help="Base model folder, when not where the deployment says.")
+        ] = None,
+        extractor: Annotated[
+            Path | None, typer.Option(help="Extractor folder, when not where the deployment says.")
+        ] = None,
+        classifier: Annotated[
+            Path | None, typer.Option(help="Finding classifier folder (default: the installed one).")
+        ] = None,
         cache: Annotated[Path | None, typer.Option(help="Latent cache folder to (re)use (default: OUT/cache).")] = None,
         seed: Annotated[int, typer.Option(help="Seed of the held-out subset and its sampling seeds.")] = 0,
         fpr: Annotated[float, typer.Option(help="Target false-positive rate of detection.")] = 1e-6,
@@ -88,8 +98,9 @@ def register(app: typer.Typer) -> None:
         )
         with rich_progress(not json_output) as progress:
             result = evaluate(
-                config, deployment=deployment, out_dir=out, stable_signature=stable_signature, ablations=ablations or (),
-                model_path=model, extractor=extractor, classifier=classifier, cache_dir=cache, progress=progress,
+                config, deployment=deployment, out_dir=out, stable_signature=stable_signature,
+                ablations=ablations or (), model_path=model, extractor=extractor, classifier=classifier,
+                cache_dir=cache, progress=progress,
             )
         paths = {"markdown": str(result.markdown), "json": str(result.json), "figure": str(result.figure)}
         if json_output:
@@ -101,7 +112,9 @@ def register(app: typer.Typer) -> None:
                 }
                 for m in result.data["methods"]
             }
-            print_json({**paths, "items": result.data["reports"]["items"], "methods": methods, "notes": result.data["notes"]})
+            print_json(
+                {**paths, "items": result.data["reports"]["items"], "methods": methods, "notes": result.data["notes"]}
+            )
             return
         console.print(_summary_table(result.data))
         for note in result.data["notes"]:

@@ -3,8 +3,8 @@
 The per-image statement is signed with the issuer's private key (``--issuer-key``, passphrase from
 MEDSIGN_PASSPHRASE or a hidden prompt); see :mod:`medsign_forensics.generate` for why and for every check made
 before anything is generated. Exit codes: 0 written; 2 bad input (empty report, existing output, wrong
-suffix); 4 deployment or base model missing or failing its hash check, or too weak to be attributed; 5 registry or issuer key unusable (also:
-the deployment is revoked or unregistered); 6 the study cannot be written.
+suffix); 4 deployment or base model missing or failing its hash check, or too weak to be attributed; 5 registry
+or issuer key unusable (also: the deployment is revoked or unregistered); 6 the study cannot be written.
 """
 
 from __future__ import annotations

@@ -224,7 +224,9 @@ def register(app: typer.Typer) -> None:
     @app.command("train")
     @handle_errors
     def train_command(
-        out: Annotated[Path, typer.Option(help="Run folder: weights, config, log, checkpoint (decoder: the deployment).")],
+        out: Annotated[
+            Path, typer.Option(help="Run folder: weights, config, log, checkpoint (decoder: the deployment).")
+        ],
         stage: Annotated[
             TrainStage | None,
             typer.Option(help="What to train (default: decoder when --dataset is given).", case_sensitive=False),
@@ -248,13 +250,16 @@ def register(app: typer.Typer) -> None:
         key: Annotated[
             str | None, typer.Option(help="Explicit key in hex, for experiments: the deployment is unregistered.")
         ] = None,
-        epochs: Annotated[int | None, typer.Option(help="Decoder: passes over the training reports (default 2).")] = None,
+        epochs: Annotated[
+            int | None, typer.Option(help="Decoder: passes over the training reports (default 2).")
+        ] = None,
         n_reports: Annotated[int | None, typer.Option(help="Decoder: train on a seeded subset of N reports.")] = None,
         ablation: Annotated[
             str, typer.Option(help="Decoder: none, no-cas, no-aas, no-tv, no-pre or stable-signature.")
         ] = "none",
         cache: Annotated[
-            Path | None, typer.Option(help="Decoder: latent/map cache folder; share it between ablations (default OUT/cache).")
+            Path | None,
+            typer.Option(help="Decoder: latent/map cache folder; share it between ablations (default OUT/cache)."),
         ] = None,
         loss_weights: Annotated[
             str | None, typer.Option(help="Decoder: override preset weights, e.g. img=2.1,msg=7.5,tv=3,pre=975.")
@@ -294,7 +299,9 @@ def register(app: typer.Typer) -> None:
         whiten_images: Annotated[
             int | None, typer.Option(help="Fit PCA whitening on this many unwatermarked images after training.")
         ] = None,
-        json_output: Annotated[bool, typer.Option("--json", help="Print the summary as JSON, no progress bar.")] = False,
+        json_output: Annotated[
+            bool, typer.Option("--json", help="Print the summary as JSON, no progress bar.")
+        ] = False,
     ) -> None:
         """Train a model stage. [bold]extractor[/]: HiDDeN encoder/extractor pre-training (MedSign stage 1).
         [bold]decoder[/] (or just --dataset): fine-tune the VAE decoder into a deployment folder (stage 2).
@@ -304,8 +311,9 @@ def register(app: typer.Typer) -> None:
                 raise InputError("give --stage extractor, or --dataset cxr|fundus to fine-tune a decoder")
             stage = TrainStage.DECODER
         options = {
-            "data": data, "out": out, "phantom_count": phantoms, "steps": steps, "batch": batch, "size": size, "bits": bits,
-            "attacks": attacks, "clean_steps": clean_steps, "lr": lr, "device": device, "resume": resume, "seed": seed,
+            "data": data, "out": out, "phantom_count": phantoms, "steps": steps, "batch": batch, "size": size,
+            "bits": bits, "attacks": attacks, "clean_steps": clean_steps, "lr": lr, "device": device, "resume": resume,
+            "seed": seed,
             "whiten_images": whiten_images, "json": json_output, "dataset": dataset, "model": model,
             "reports": reports, "extractor": extractor, "registry": registry, "provenance_id": provenance_id,
             "key": key, "epochs": epochs, "n_reports": n_reports, "ablation": ablation, "cache": cache,

@@ -205,7 +205,9 @@ def build_vae(config: MiniCxrConfig):  # -> AutoencoderKL
     from diffusers import AutoencoderKL
 
     levels = len(config.vae.block_out_channels)
-    _check_divisible("vae.block_out_channels", config.vae.block_out_channels, config.vae.norm_num_groups, "vae.norm_num_groups")
+    _check_divisible(
+        "vae.block_out_channels", config.vae.block_out_channels, config.vae.norm_num_groups, "vae.norm_num_groups"
+    )
     return AutoencoderKL(
         in_channels=config.image_channels,
         out_channels=config.image_channels,

@@ -96,7 +96,9 @@ def split_items(source: str, *, held_out: bool, n: int | None, seed: int) -> lis
     chosen = test if held_out else train
     if not chosen:
         side = "held-out" if held_out else "training"
-        raise DatasetError(f"the report source {source!r} has no {side} reports after the 90/10 split; give more reports")
+        raise DatasetError(
+            f"the report source {source!r} has no {side} reports after the 90/10 split; give more reports"
+        )
     return select_items(chosen, n, seed=seed, seed_offset=EVAL_SEED_OFFSET if held_out else 0)
 
 
@@ -180,7 +182,9 @@ class LatentCache:
         try:
             manifest = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, json.JSONDecodeError) as error:
-            raise DatasetError(f"the cache manifest cannot be read ({error}); delete the cache folder", path=path) from None
+            raise DatasetError(
+                f"the cache manifest cannot be read ({error}); delete the cache folder", path=path
+            ) from None
         if manifest.get("format") != CACHE_FORMAT or manifest.get("version") != CACHE_VERSION:
             raise DatasetError("this is not a decoder cache of this software version; use another --cache", path=path)
         if manifest.get("settings") != json.loads(json.dumps(settings)):
@@ -256,7 +260,9 @@ class LatentCache:
                 where[_item_key(CacheItem(**entry))] = (shard["file"], position)
         absent = [item.report_id for item in items if _item_key(item) not in where]
         if absent:
-            raise DatasetError(f"{len(absent)} item(s) are not in the cache (e.g. {absent[0]}); build it first", path=self.folder)
+            raise DatasetError(
+                f"{len(absent)} item(s) are not in the cache (e.g. {absent[0]}); build it first", path=self.folder
+            )
         opened: dict[str, Any] = {}
         rows: list[tuple[np.ndarray, np.ndarray, dict[MapVariant, np.ndarray]]] = []
         for item in items:
@@ -266,9 +272,12 @@ class LatentCache:
                     with np.load(self.folder / file, allow_pickle=False) as data:
                         opened[file] = {key: data[key] for key in data.files}
                 except (OSError, ValueError, KeyError) as error:
-                    raise DatasetError(f"a cache shard cannot be read ({error}); delete the cache folder", path=self.folder / file) from None
+                    raise DatasetError(
+                        f"a cache shard cannot be read ({error}); delete the cache folder", path=self.folder / file
+                    ) from None
             data = opened[file]
-            rows.append((data["x0"][position], data["image"][position], {v: data[f"a_loc_{v.value}"][position] for v in MAP_VARIANTS}))
+            maps = {v: data[f"a_loc_{v.value}"][position] for v in MAP_VARIANTS}
+            rows.append((data["x0"][position], data["image"][position], maps))
         return CachedData(
             items=list(items),
             latents=torch.from_numpy(np.stack([row[0] for row in rows])),

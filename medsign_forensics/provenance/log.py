@@ -355,9 +355,11 @@ def audit(entries: Sequence[LogEntry], checkpoints: Sequence[StoredCheckpoint], 
         if latest is None or stored.log_size >= latest.log_size:
             latest = stored
     if latest is not None and latest.log_size < size:
-        result.problems.append(f"only {latest.log_size} of the log's {size} entries are covered by a signed checkpoint: "
-                               "later checkpoints were deleted and the log rewritten, or entries were appended "
-                               "outside the registry software")
+        result.problems.append(
+            f"only {latest.log_size} of the log's {size} entries are covered by a signed checkpoint: "
+            "later checkpoints were deleted and the log rewritten, or entries were appended "
+            "outside the registry software"
+        )
     if latest is None and not checkpoints and size > 0 and not (pin is not None and pin_ok):
         result.anchor_problem = (
             f"no signed checkpoint: the log's {size} entries chain and are signed, but no issuer signature vouches "

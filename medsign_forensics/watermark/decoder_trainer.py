@@ -189,9 +189,12 @@ class DecoderTrainer:
         if self.head is not None and self.config.normalise_terms:
             with torch.no_grad():
                 start = self.start_head(original)
-                start_logits = torch.cat([self.extractor(a.differentiable(self.store.differentiable(start),
-                                                                          np.random.default_rng([self.config.seed, 11, step])))
-                                          for a in self.attacks])
+                start_logits = torch.cat([
+                    self.extractor(a.differentiable(
+                        self.store.differentiable(start), np.random.default_rng([self.config.seed, 11, step])
+                    ))
+                    for a in self.attacks
+                ])
                 reference = decoder_objective(start, original, start_logits, self.key, a_loc, self.weights,
                                               temperature=self.config.msg_temperature)
             terms = self._normalised(terms, reference)

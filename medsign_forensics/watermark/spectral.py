@@ -189,7 +189,9 @@ def informed_residual(images: torch.Tensor, key: np.ndarray, config: SpectralCon
     spectrum = torch.zeros(batch, height, width, dtype=torch.complex64 if images.dtype != torch.float64
                            else torch.complex128)
     coefficients = torch.polar(amplitude.expand(batch, -1) * (height * width), phase.to(images.dtype))
-    spectrum = spectrum.index_put((torch.arange(batch)[:, None], rows[None], cols[None]), coefficients.to(spectrum.dtype))
+    spectrum = spectrum.index_put(
+        (torch.arange(batch)[:, None], rows[None], cols[None]), coefficients.to(spectrum.dtype)
+    )
     residual = torch.fft.ifft2(spectrum).real
     return residual / residual.pow(2).mean(dim=(1, 2), keepdim=True).sqrt().clamp_min(1e-12)
 
