@@ -387,8 +387,9 @@ class Verifier:
                                    TamperEvent.WATERMARK_WITHOUT_TAGS)
             return VerifyCheck(name, CheckStatus.SKIPPED, "no provenance tags and no registered watermark")
         if study.record is None:
-            if attributed and study.unverifiable and study.block.provenance_id != match.provenance_id:
-                assert match is not None  # an unknown issuer's tags on pixels that carry a registered key
+            # an unknown issuer's tags on pixels that carry a registered key
+            if (attributed and match is not None and study.unverifiable
+                    and study.block.provenance_id != match.provenance_id):
                 return VerifyCheck(name, CheckStatus.FAIL,
                                    f"the tags claim {study.block.provenance_id} (signed by an issuer unknown here) but "
                                    f"the pixels carry the key of {match.provenance_id}",

@@ -7,7 +7,7 @@ import shutil
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.table import Table
@@ -45,7 +45,7 @@ def register(app: typer.Typer) -> None:
         from medsign_forensics.phantom.classifier import LABELS, load_classifier, predict
 
         model = load_classifier(weights)
-        results = []
+        results: list[dict[str, Any]] = []
         for path in images:
             probabilities = predict(model, read_image(path).pixels)[0]
             found = [LABELS[i] for i in np.flatnonzero(probabilities >= threshold)]
@@ -55,8 +55,8 @@ def register(app: typer.Typer) -> None:
             print_json(results)
             return
         for result in results:
-            found = ", ".join(result["found"]) or "no finding"
-            console.print(f"[bold]{result['file']}[/]: {found}")
+            listed = ", ".join(result["found"]) or "no finding"
+            console.print(f"[bold]{result['file']}[/]: {listed}")
             top = sorted(result["probabilities"].items(), key=lambda item: -item[1])[:5]
             console.print("  " + "  ".join(f"{name} {p:.3f}" for name, p in top), highlight=False)
 
@@ -84,8 +84,9 @@ def register(app: typer.Typer) -> None:
         """Render phantoms, train the classifier, report held-out AUROC per label."""
         from medsign_forensics.phantom.classifier_train import TrainConfig, train_classifier
 
-        given = {"steps": steps, "batch_size": batch_size, "n_random": n_random, "report_repeats": report_repeats,
-                 "n_random_eval": n_random_eval, "workers": workers, "seed": seed}
+        given: dict[str, Any] = {"steps": steps, "batch_size": batch_size, "n_random": n_random,
+                                 "report_repeats": report_repeats, "n_random_eval": n_random_eval, "workers": workers,
+                                 "seed": seed}
         config = replace(
             TrainConfig.tiny() if tiny else TrainConfig(), **{k: v for k, v in given.items() if v is not None}
         )

@@ -373,11 +373,12 @@ def checkpoint_command(
             signed = opened.sign_checkpoint(issuer)
         else:
             size, head = opened.head()
-            signed = opened.latest_checkpoint()
-            if signed is None:
+            latest = opened.latest_checkpoint()
+            if latest is None:
                 raise InputError(f"this registry has no signed checkpoint (its log of {size} entries was built "
                                  f"without the issuer key); pin its head with `keys check --checkpoint {size}:{head}`"
                                  ", or sign one with `keys checkpoint --issuer-key KEY`", path=registry)
+            signed = latest
         keys = opened.public_keys()
         try:
             document = verify(signed, keys, Checkpoint)

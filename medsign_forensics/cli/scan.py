@@ -128,7 +128,7 @@ def register(app: typer.Typer) -> None:
             def on_verdict(record: dict[str, Any]) -> None:
                 progress.update(task, advance=1, last=record["verdict"])
 
-            kwargs = dict(settings=settings, workers=workers, jsonl=jsonl, csv_path=out,
+            kwargs: dict[str, Any] = dict(settings=settings, workers=workers, jsonl=jsonl, csv_path=out,
                           resume=resume, on_total=on_total, on_verdict=on_verdict, engine=chosen)
             if pacs is not None:
                 summary = scan_pacs(pacs_config(pacs, username=pacs_user, password=pacs_password, api=pacs_api),

@@ -338,7 +338,7 @@ def _build(cls: type[T], data: Any, where: str) -> T:
 
 def _convert(hint: Any, value: Any, where: str) -> Any:
     origin = get_origin(hint)
-    if dataclasses.is_dataclass(hint):
+    if isinstance(hint, type) and dataclasses.is_dataclass(hint):
         return _build(hint, value, where)
     if isinstance(hint, type) and issubclass(hint, Enum):
         try:

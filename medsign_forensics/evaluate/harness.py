@@ -276,7 +276,7 @@ def _asserted_kinds(items: Sequence[Any]) -> tuple[list[str], dict[str, int]]:
             continue
         for kind in found:
             support[kind] = support.get(kind, 0) + 1
-    kinds = [kind.value for kind in FindingKind if kind.value in support]
+    kinds: list[str] = [kind.value for kind in FindingKind if kind.value in support]
     return kinds, support
 
 

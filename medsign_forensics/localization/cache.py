@@ -237,7 +237,7 @@ class LatentCache:
     def _write_shard(self, manifest: dict[str, Any], rows: list[_Row]) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
         name = f"shard-{len(manifest['shards']):05d}.npz"
-        arrays = {
+        arrays: dict[str, np.ndarray] = {
             "x0": np.stack([row[1] for row in rows]).astype(np.float32),
             "image": np.stack([row[2] for row in rows]).astype(np.float16),
             "report_id": np.array([row[0].report_id for row in rows]),
@@ -247,7 +247,7 @@ class LatentCache:
             arrays[f"a_loc_{variant.value}"] = np.stack([row[3][variant] for row in rows])
         with atomic_path(self.folder / name) as tmp:
             with open(tmp, "wb") as handle:
-                np.savez_compressed(handle, **arrays)
+                np.savez_compressed(handle, **arrays)  # type: ignore[arg-type]  # numpy's stub: **arrays might name allow_pickle
         manifest["shards"].append({"file": name, "items": [asdict(row[0]) for row in rows]})
         write_json(self.folder / CACHE_MANIFEST, manifest)
 

@@ -193,7 +193,11 @@ def save_deployment(
     if (vae is None) == (head is None):
         raise InputError("a deployment stores either a fine-tuned decoder or a watermark layer; give exactly one")
     file = DECODER_FILE if head is None else HEAD_FILE
-    state = decoder_state(vae) if head is None else head.state_dict()
+    if head is None:
+        assert vae is not None  # exactly one of the two, checked above
+        state = decoder_state(vae)
+    else:
+        state = head.state_dict()
     decoder_sha = save_tensors(out_dir / file, state, dtype=torch.float32,
                                metadata={"format": FORMAT, "software": __version__})
     decoder_entry: dict[str, Any] = {"file": file, "sha256": decoder_sha, "kind": FINETUNED}
