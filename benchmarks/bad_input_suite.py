@@ -32,7 +32,7 @@ import time
 import zlib
 from collections import Counter
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -223,7 +223,7 @@ def write_suite(folder: Path) -> list[BadInput]:
             continue
         add(f"bits-16-{bits}.dcm", _dicom_valid_sized(64, 64, bits), "odd bit depth", readable=readable)
     add("signed-16.dcm", _dicom_valid_sized(64, 64, 16, PixelRepresentation=1), "odd bit depth", readable=True)
-    add("png-16-bit.png", _png_bytes((grey.astype(np.uint16) * 257)), "odd bit depth", readable=True)
+    add("png-16-bit.png", _png_bytes(grey.astype(np.uint16) * 257), "odd bit depth", readable=True)
     add("png-1-bit.png", _image_bytes((grey > 128).astype(np.uint8) * 255, "PNG"), "odd bit depth", readable=True)
     add("tiff-float-nan.tif", _image_bytes(np.full((64, 64), np.nan, np.float32), "TIFF"), "odd bit depth")
     add("tiff-float-range.tif", _image_bytes(np.linspace(-5, 5, 64 * 64, dtype=np.float32).reshape(64, 64), "TIFF"),
@@ -353,7 +353,7 @@ def main() -> None:
     lines = [
         "# Bad-input suite",
         "",
-        f"- date: {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}",
+        f"- date: {datetime.now(UTC).strftime('%Y-%m-%d %H:%M UTC')}",
         "- machine: 2-core CPU VM, no GPU",
         f"- command: `python benchmarks/bad_input_suite.py{extractor_option}"
         f" --workers {args.workers}`",

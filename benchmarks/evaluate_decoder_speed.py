@@ -38,13 +38,13 @@ import torch
 
 from medsign_forensics.diffusion import load_model
 from medsign_forensics.diffusion.configs import default_config
-from medsign_forensics.diffusion.loader import DEFAULT_MODEL_DIR
 from medsign_forensics.diffusion.export import build_random_model
+from medsign_forensics.diffusion.loader import DEFAULT_MODEL_DIR
 from medsign_forensics.fileio import write_text
+from medsign_forensics.localization.cache import LatentCache, split_items
 from medsign_forensics.watermark.deployment import key_from_hex
 from medsign_forensics.watermark.extractor_io import load_extractor, save_extractor
 from medsign_forensics.watermark.hidden import HiddenConfig, HiddenExtractor
-from medsign_forensics.localization.cache import LatentCache, split_items
 from medsign_forensics.watermark.train_decoder import DecoderTrainConfig, DecoderTrainer
 
 OUT = Path(__file__).resolve().parent / "results" / "evaluate_decoder_speed.md"
@@ -104,7 +104,9 @@ def main() -> None:
     load_cache.append(load_average())
 
     # 2. Fine-tuning steps.
-    trainer = DecoderTrainer(config, model=model, extractor=load_extractor(extractor_dir), key=key_from_hex("0" * 12), data=data)
+    trainer = DecoderTrainer(
+        config, model=model, extractor=load_extractor(extractor_dir), key=key_from_hex("0" * 12), data=data
+    )
     steps = []
     load_train = [load_average()]
     for _ in range(args.steps + 1):
@@ -117,7 +119,7 @@ def main() -> None:
     lines = [
         "# Decoder fine-tuning cost on CPU",
         "",
-        f"- Date: {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC",
+        f"- Date: {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC",
         f"- Machine: 2-core CPU VM, no GPU ({platform.machine()}), torch {torch.__version__}, 2 threads",
         f"- Command: `python {' '.join(shlex.quote(a) for a in sys.argv)}`",
         f"- Model: {model_note}; images {size}x{size}, latents {model.latent_channels}x{size // model.vae_scale_factor}"

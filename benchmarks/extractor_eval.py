@@ -9,8 +9,9 @@
    extracted bits (target 0.5 +/- 0.05, shown with the chance that fair coins would meet it at that n, and
    tested directly: squared z-scores of the means vs chi-square(k)), and the distribution of match counts
    against FIXED keys compared with Binomial(k, 1/2) by a chi-square goodness-of-fit test on binned counts
-   (tail bins pooled until each expected count is >= 5). Fixed keys, because against a freshly drawn random key the count is
-   Binomial(k, 1/2) whatever the extractor outputs; a fixed key (as a registry holds) tests the extractor.
+   (tail bins pooled until each expected count is >= 5). Fixed keys, because against a freshly drawn random key
+   the count is Binomial(k, 1/2) whatever the extractor outputs; a fixed key (as a registry holds) tests the
+   extractor.
    Counts for the different keys share images, so the pooled test is approximate; per-key tests are shown
    as the fraction of keys with p < 0.05.
 
@@ -119,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
         "# Extractor evaluation (stage 1)",
         "",
         *([f"**{args.note}**", ""] if args.note else []),
-        f"- Date: {dt.datetime.now(dt.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}",
+        f"- Date: {dt.datetime.now(dt.UTC).strftime('%Y-%m-%d %H:%M UTC')}",
         "- Machine: 2-core CPU VM, no GPU (shared; 1-minute load average at the end "
         f"{os.getloadavg()[0]:.1f})",
         f"- Command: `{command}`",

@@ -83,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     command = "python " + shlex.join([Path(sys.argv[0]).as_posix(), *(argv if argv is not None else sys.argv[1:])])
     text = f"""# Extractor speed
 
-- Date: {dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
+- Date: {dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")}
 - Machine: 2-core CPU VM, no GPU ({platform.processor() or platform.machine()}), torch {torch.__version__}, \
 {args.threads} threads
 - Command: `{command}`

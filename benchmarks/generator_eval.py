@@ -332,7 +332,7 @@ def render_markdown(
         ]
     steps_line = classifier_meta.get("steps", "no training run recorded")
     lines += [
-        f"- Date: {dt.datetime.now(dt.timezone.utc).isoformat(timespec='seconds')}; machine: {machine}.",
+        f"- Date: {dt.datetime.now(dt.UTC).isoformat(timespec='seconds')}; machine: {machine}.",
         f"- Command: `{command}`",
         f"- Model: {model.name} ({model.path}), weights SHA-256 `{model.weights_sha256}`, device {model.device}, "
         f"dtype {model.dtype}, {model.image_size}x{model.image_size}.",

@@ -36,15 +36,15 @@ import platform  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
 import warnings  # noqa: E402
-from datetime import datetime, timezone  # noqa: E402
+from datetime import UTC, datetime  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from scipy import stats as scipy_stats  # noqa: E402
 
-from medsign_forensics.diffusion import decode, load_model, sample  # noqa: E402
 from medsign_forensics.attacks.library import get_attack  # noqa: E402
+from medsign_forensics.diffusion import decode, load_model, sample  # noqa: E402
 from medsign_forensics.key import family_p_value, identification_threshold, p_value  # noqa: E402
 from medsign_forensics.watermark.latent import LatentConfig, LatentMark  # noqa: E402
 from medsign_forensics.watermark.latent_reader import LatentReader  # noqa: E402
@@ -313,7 +313,7 @@ def main() -> None:
     started = time.perf_counter()
     sets = generate_sets(model, items, mark, args.work)
     report = ["# Latent layer (Gaussian Shading) on mini-cxr", "",
-              f"- date: {datetime.now(timezone.utc).isoformat(timespec='minutes')}; machine: {machine_line()}",
+              f"- date: {datetime.now(UTC).isoformat(timespec='minutes')}; machine: {machine_line()}",
               f"- command: `python benchmarks/latent_layer.py {' '.join(sys.argv[1:])}`", ""]
     results: dict = {"reports": len(items), "steps": args.steps}
     if "held-out" in parts:

@@ -13,7 +13,7 @@ import argparse
 import platform
 import tempfile
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from medsign_forensics import __version__
@@ -64,7 +64,7 @@ def main() -> None:
     lines = [
         "# Registry attack suite",
         "",
-        f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M UTC}, medsign-forensics {__version__}, Python "
+        f"{datetime.now(UTC):%Y-%m-%d %H:%M UTC}, medsign-forensics {__version__}, Python "
         f"{platform.python_version()}, {platform.machine()}. Command: "
         f"`python benchmarks/registry_attack_suite.py --entries {args.entries}`.",
         "",

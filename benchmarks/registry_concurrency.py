@@ -15,15 +15,15 @@ import os
 import platform
 import tempfile
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
 
 from medsign_forensics.fileio import write_atomic
+from medsign_forensics.key import hex_to_bits
 from medsign_forensics.provenance import ModelInfo, Registry, ScryptParams, create_issuer_key, load_issuer_key
 from medsign_forensics.provenance.policy import load_policy
-from medsign_forensics.key import hex_to_bits
 
 PASSPHRASE = "benchmark passphrase, not a secret"
 RESULTS = Path(__file__).resolve().parent / "results" / "registry_concurrency.md"
@@ -95,7 +95,7 @@ def write_results(result: dict[str, object], command: str) -> None:
     lines = [
         "# Registry under concurrent writers",
         "",
-        f"- date: {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}",
+        f"- date: {datetime.now(UTC).strftime('%Y-%m-%d %H:%M UTC')}",
         "- machine: 2-core CPU VM, no GPU "
         f"({platform.processor() or platform.machine()}, Python {platform.python_version()})",
         f"- command: `{command}`",

@@ -26,6 +26,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import argparse
 import datetime as dt
+import functools
 import platform
 import shlex
 import statistics
@@ -38,11 +39,11 @@ from pathlib import Path
 import torch
 
 from medsign_forensics.diffusion import load_model, sample
+from medsign_forensics.diffusion.base_trainers import UNetTrainer, VaeTrainer
 from medsign_forensics.diffusion.configs import MiniCxrConfig, UNetConfig, VaeConfig, default_config
+from medsign_forensics.diffusion.export import build_random_model
 from medsign_forensics.diffusion.loader import DEFAULT_MODEL_DIR
 from medsign_forensics.diffusion.tokenizer import train_tokenizer
-from medsign_forensics.diffusion.base_trainers import UNetTrainer, VaeTrainer
-from medsign_forensics.diffusion.export import build_random_model
 
 PROMPT = "Moderate cardiomegaly. Small left pleural effusion with adjacent basilar atelectasis. No pneumothorax."
 FALLBACK_TEXTS = [
@@ -144,12 +145,12 @@ def time_training(runs: int, texts: list[str]) -> list[str]:
         vae = VaeTrainer(config, device=device)
         crops = torch.rand(config.vae_train.batch_size, 1, config.vae_train.crop_size, config.vae_train.crop_size)
         generator = torch.Generator().manual_seed(0)
-        vae_s, _, vae_cpu = median_time(lambda: vae.step(crops, generator), runs)
+        vae_s, _, vae_cpu = median_time(functools.partial(vae.step, crops, generator), runs)
         unet = UNetTrainer(config, tokenizer, device=device)
         batch = config.unet_train.batch_size
         latents = torch.randn(batch, config.vae.latent_channels, config.latent_size, config.latent_size)
         captions = [texts[i % len(texts)] for i in range(batch)]
-        unet_s, _, unet_cpu = median_time(lambda: unet.step(latents, captions, generator), runs)
+        unet_s, _, unet_cpu = median_time(functools.partial(unet.step, latents, captions, generator), runs)
         lines.append(
             f"| {name} | {params(vae.vae):.2f} | {vae_s:.2f} ({vae_cpu:.2f}) | "
             f"{params(unet.text_encoder) + params(unet.unet):.2f} | {unet_s:.2f} ({unet_cpu:.2f}) | "
@@ -159,7 +160,8 @@ def time_training(runs: int, texts: list[str]) -> list[str]:
     config = default_config()
     lines += [
         "",
-        f"Batches: VAE {config.vae_train.batch_size} crops of {config.vae_train.crop_size}x{config.vae_train.crop_size}; "
+        f"Batches: VAE {config.vae_train.batch_size} crops of "
+        f"{config.vae_train.crop_size}x{config.vae_train.crop_size}; "
         f"U-Net {config.unet_train.batch_size} latents of {config.vae.latent_channels}x{config.latent_size}x"
         f"{config.latent_size} with 77-token captions; 2 torch threads; median of {runs} steps after one warm-up. "
         "CPU s: this process's user + system seconds (both threads together).",
@@ -177,7 +179,7 @@ def main() -> None:
     args = parser.parse_args()
     model_dir = args.model or (DEFAULT_MODEL_DIR if DEFAULT_MODEL_DIR.is_dir() else None)
     texts = report_texts()
-    started = dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
+    started = dt.datetime.now(dt.UTC).replace(microsecond=0)
     sampling, _ = time_sampling(model_dir, args.runs, texts)
     training = [] if args.skip_training else time_training(args.train_runs, texts)
     report = [

@@ -27,7 +27,7 @@ import sys  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
 from concurrent.futures import ProcessPoolExecutor  # noqa: E402
-from datetime import datetime, timezone  # noqa: E402
+from datetime import UTC, datetime  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -158,7 +158,7 @@ def main() -> None:
     lines = [
         "# Scan throughput: local engine against a Dask LocalCluster",
         "",
-        f"- date: {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}",
+        f"- date: {datetime.now(UTC).strftime('%Y-%m-%d %H:%M UTC')}",
         f"- machine: {os.cpu_count()}-core CPU VM, no GPU ({platform.machine()}), python "
         f"{platform.python_version()}, torch {torch.__version__}, dask.distributed "
         f"{__import__('distributed').__version__}; every worker runs torch on 1 thread",

@@ -15,7 +15,7 @@ import argparse
 import sys
 import tempfile
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from PIL import Image
@@ -59,7 +59,7 @@ def main() -> None:
     lines = [
         "# Scan throughput",
         "",
-        f"- date: {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}",
+        f"- date: {datetime.now(UTC).strftime('%Y-%m-%d %H:%M UTC')}",
         f"- machine: {machine_line()}; every worker (workers = 1: this process) runs torch on 1 thread",
         f"- command: `python benchmarks/scan_speed.py --files {args.files} --workers {' '.join(map(str, args.workers))}"
         f" --keys {args.keys}{' --extractor ' + str(args.extractor) if args.extractor else ''}`",

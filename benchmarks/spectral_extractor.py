@@ -244,7 +244,7 @@ def main(argv: list[str] | None = None) -> int:
     need = next(m for m in range(k + 1) if N_KEYS * binom.sf(m - 1, k, 0.5) <= FWER_P)
     lines = [
         "# Spectral extractor evaluation (stage 1)", "",
-        f"- Date: {dt.datetime.now(dt.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}",
+        f"- Date: {dt.datetime.now(dt.UTC).strftime('%Y-%m-%d %H:%M UTC')}",
         f"- Machine: {machine()}; torch threads {args.threads} (speed on 1); "
         f"1-minute load average at the end {os.getloadavg()[0]:.1f}",
         f"- Command: `{command}`",

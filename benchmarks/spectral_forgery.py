@@ -27,7 +27,7 @@ import os
 import tempfile
 import time
 from collections import Counter
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
@@ -73,8 +73,8 @@ def notch(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
 
 def genuine_images(cache: Path, count: int) -> list[np.ndarray]:
     from medsign_forensics.generate import DEFAULT_DEPLOYMENT_DIR
-    from medsign_forensics.watermark.deployment import load_deployment
     from medsign_forensics.localization.cache import cached_originals
+    from medsign_forensics.watermark.deployment import load_deployment
 
     originals = [image[0] for _, image in cached_originals(cache, held_out=True)]
     head = load_deployment(DEFAULT_DEPLOYMENT_DIR).head()
@@ -133,7 +133,7 @@ def main() -> None:
             rows.append((name, len(images), kinds, evidence, cost, (time.perf_counter() - t0) / len(images)))
     lines = [
         "# Forgery and removal against the spectral watermark", "",
-        f"- date: {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC; 2-core CPU VM, 1 torch thread",
+        f"- date: {datetime.now(UTC):%Y-%m-%d %H:%M} UTC; 2-core CPU VM, 1 torch thread",
         f"- command: `python benchmarks/spectral_forgery.py --generated CACHE --n {args.n}`",
         "- verifier: shipped extractor, demo registry, default policy; images stored as 8-bit PNG",
         f"- wall time {time.perf_counter() - started:.0f} s", "",

@@ -39,7 +39,7 @@ import tempfile  # noqa: E402
 import time  # noqa: E402
 import warnings  # noqa: E402
 from collections import Counter  # noqa: E402
-from datetime import datetime, timezone  # noqa: E402
+from datetime import UTC, datetime  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
@@ -84,8 +84,8 @@ def write_generated(cache: Path, folder: Path) -> tuple[list[Path], int]:
 
 def write_jpegs(paths: list[Path], folder: Path) -> tuple[list[Path], list[str]]:
     """Each file again as a Pillow JPEG (quality JPEG_QUALITY); files that cannot be read are listed instead."""
-    from medsign_forensics.errors import MedsignError
     from medsign_forensics.attacks.codec import to_uint8
+    from medsign_forensics.errors import MedsignError
     from medsign_forensics.imageio import read_image
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -203,7 +203,7 @@ def main() -> None:
     lines = [
         "# Verify on real and unwatermarked images (false positives)",
         "",
-        f"- date: {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}",
+        f"- date: {datetime.now(UTC).strftime('%Y-%m-%d %H:%M UTC')}",
         f"- machine: {machine_line()}, OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}",
         f"- command: `python benchmarks/verify_real_images.py{options}`",
         f"- extractor: {args.label or (args.extractor or 'the shipped one')}; presence threshold "

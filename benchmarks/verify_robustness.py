@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -111,9 +111,9 @@ def main() -> None:
     lines = [
         "# Verify robustness by working resolution",
         "",
-        f"- date: {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}",
+        f"- date: {datetime.now(UTC).strftime('%Y-%m-%d %H:%M UTC')}",
         f"- machine: {machine_line()}",
-        f"- command: `python benchmarks/verify_robustness.py "
+        "- command: `python benchmarks/verify_robustness.py "
         + (f"--deployment {args.deployment} --extractor {args.extractor}" if args.deployment else
            f"--stage1 {args.stage1}") + f" --n {args.n}`",
         f"- watermarked images: {source}",

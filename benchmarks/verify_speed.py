@@ -17,7 +17,7 @@ import platform
 import statistics
 import tempfile
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -122,7 +122,7 @@ def main() -> None:
     lines = [
         "# Verify speed",
         "",
-        f"- date: {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}",
+        f"- date: {datetime.now(UTC).strftime('%Y-%m-%d %H:%M UTC')}",
         f"- machine: 2-core CPU VM, no GPU ({platform.machine()}), python {platform.python_version()}, torch "
         f"{torch.__version__} (`medsign verify` and every scan worker use 1 torch thread)",
         f"- command: `python benchmarks/verify_speed.py --keys {args.keys} --repeats {args.repeats} --threads "

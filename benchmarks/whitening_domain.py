@@ -100,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     lines = [
         "# Whitening fitted on different domains, tested on held-out images",
         "",
-        f"- Date: {dt.datetime.now(dt.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}",
+        f"- Date: {dt.datetime.now(dt.UTC).strftime('%Y-%m-%d %H:%M UTC')}",
         "- Machine: 2-core CPU VM, no GPU, one torch thread",
         f"- Command: `{command}`",
         f"- Extractor: `{args.model}`, SHA-256 `{sha256_file(args.model / 'extractor.safetensors')}`; raw "

@@ -39,10 +39,10 @@ from medsign_forensics.key import family_p_value
 from medsign_forensics.provenance.canonical import from_base64
 from medsign_forensics.provenance.entries import KeyStatus
 from medsign_forensics.provenance.keys import Signer
+from medsign_forensics.provenance.policy import Policy, load_policy
 from medsign_forensics.provenance.records import ProvenanceRecord, SignedDocument
 from medsign_forensics.provenance.registry import Registry
 from medsign_forensics.verify import DEFAULT_REGISTRY_DIR
-from medsign_forensics.provenance.policy import Policy, load_policy
 from medsign_forensics.watermark.deployment import EMBEDDED, Deployment, load_deployment
 
 DEFAULT_DEPLOYMENT_DIR = WEIGHTS_DIR / "demo-deployment"

@@ -153,8 +153,8 @@ def _read_raster(path: Path, kind: ImageFormat, *, max_pixels: int, notes: list[
                     notes.append(f"first of {frames} frames used")
                 image.seek(0)
                 image.load()
-                image = ImageOps.exif_transpose(image)
-                pixels, bits, channels = _pil_to_grey(image, notes)
+                upright = ImageOps.exif_transpose(image)
+                pixels, bits, channels = _pil_to_grey(upright, notes)
     except ImageReadError as error:
         if error.path is None:
             error.path = str(path)  # raised by _pil_to_grey, which does not know the file

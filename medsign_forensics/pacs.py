@@ -95,7 +95,7 @@ def pacs_config(url: str, *, username: str | None = None, password: str | None =
 
 
 class _NoRedirect(urllib.request.HTTPRedirectHandler):
-    def redirect_request(self, req, fp, code, msg, headers, newurl):  # type: ignore[no-untyped-def]
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
         raise urllib.error.HTTPError(req.full_url, code, f"redirect to {_without_credentials(newurl)} refused",
                                      headers, fp)
 

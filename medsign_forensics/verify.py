@@ -26,8 +26,9 @@ that disagree (the block belongs to another image, or the image carries another 
 *mismatch* by default); then statement, pixel and report digests that no longer match (a genuine image edited
 after generation: *tampered*). Otherwise a key attributed to a revoked deployment is *revoked*; a study whose
 signatures are by an issuer the verifier does not know, and whose pixels carry no registered key, is
-*unverifiable* (an unknown key proves nothing either way); everything else is what the statistics say. Copying a genuine block onto a real image is thus a mismatch,
-while editing a generated image is tampering (its watermark still attributes it).
+*unverifiable* (an unknown key proves nothing either way); everything else is what the statistics say. Copying
+a genuine block onto a real image is thus a mismatch, while editing a generated image is tampering (its
+watermark still attributes it).
 
 With ``layers=("decoder", "latent")`` the latent layer (a key in the initial noise z_T, read by DDIM inversion
 through the base model: :mod:`medsign_forensics.verify_latent`) is read too, after undoing the rotation and
@@ -386,8 +387,9 @@ class Verifier:
                                    TamperEvent.WATERMARK_WITHOUT_TAGS)
             return VerifyCheck(name, CheckStatus.SKIPPED, "no provenance tags and no registered watermark")
         if study.record is None:
-            if attributed and study.unverifiable and study.block.provenance_id != match.provenance_id:
-                assert match is not None  # an unknown issuer's tags on pixels that carry a registered key
+            # an unknown issuer's tags on pixels that carry a registered key
+            if (attributed and match is not None and study.unverifiable
+                    and study.block.provenance_id != match.provenance_id):
                 return VerifyCheck(name, CheckStatus.FAIL,
                                    f"the tags claim {study.block.provenance_id} (signed by an issuer unknown here) but "
                                    f"the pixels carry the key of {match.provenance_id}",

@@ -15,7 +15,7 @@ from medsign_forensics.cli.main import app
 from medsign_forensics.errors import ModelError
 from medsign_forensics.generate import generate_study, required_accuracy
 from medsign_forensics.provenance import load_policy
-from medsign_forensics.verify import Verifier, VerdictKind
+from medsign_forensics.verify import VerdictKind, Verifier
 from medsign_forensics.watermark.deployment import load_deployment
 
 REPORT = "Small left pleural effusion. No pneumothorax."

@@ -52,8 +52,8 @@ def test_generate_then_verify_is_attributed_for_the_study_and_the_png(world, mod
     key = extract_bits(load_extractor(world.extractor_dir), [read_image(made.study.path).pixels])[0][0]
     second = deployment_for(world, model, tmp_path / "site-second", key=key)
     study = generate_study(report=REPORT, out=tmp_path / "study.dcm", signer=world.issuer, deployment=second,
-                           registry=world.registry_dir, model=model, seed=5, png=tmp_path / "study.png", allow_weak=True,
-                           **FAST)
+                           registry=world.registry_dir, model=model, seed=5, png=tmp_path / "study.png",
+                           allow_weak=True, **FAST)
     assert study.study.pixel_sha256 == made.study.pixel_sha256  # deterministic generation
     with Verifier.open(registry=world.registry_dir, extractor=world.extractor_dir) as verifier:
         dicom = verifier.verify_file(study.study.path)

@@ -7,15 +7,15 @@ from medsign_forensics.errors import InputError
 from medsign_forensics.key import (
     Correction,
     bits_to_hex,
+    family_p_value,
     hex_matrix,
     hex_to_bits,
-    match_counts,
-    random_key,
-    family_p_value,
     identification_threshold,
     identify,
+    match_counts,
     p_value,
     per_key_fpr,
+    random_key,
     threshold,
 )
 

@@ -12,8 +12,9 @@ from PIL import Image
 
 from helpers.verify import MODEL, SIZE, World, build_extractor, build_world, read_bits, sample_image, save_png
 
-from medsign_forensics.dicom.private import PRIVATE_CREATOR, Element, find_block
+from medsign_forensics.dicom.private import Element, find_block
 from medsign_forensics.errors import ImageReadError, ModelError, RegistryError
+from medsign_forensics.key import p_value
 from medsign_forensics.provenance import IssuerKey, Registry, load_policy
 from medsign_forensics.verify import (
     Scaling,
@@ -21,7 +22,6 @@ from medsign_forensics.verify import (
     Verifier,
     verify_file,
 )
-from medsign_forensics.key import p_value
 from medsign_forensics.watermark.extractor_io import load_extractor
 from medsign_forensics.watermark.hidden import HiddenExtractor
 

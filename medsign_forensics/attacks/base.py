@@ -89,6 +89,8 @@ class Identity(Attack):
 class Compose(Attack):
     """Apply several attacks in order; the name joins theirs with '+'."""
 
+    attacks: tuple[Attack, ...]
+
     def __init__(self, attacks: Sequence[Attack]) -> None:
         flat: list[Attack] = []
         for attack in attacks:

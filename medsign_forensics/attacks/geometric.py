@@ -56,7 +56,8 @@ class _Crop(Attack):
     def _offsets(self, spare_h: int, spare_w: int, rng: np.random.Generator | None) -> tuple[int, int]: ...
 
     def _exact(self, image, rng):
-        top, left, h, w = self.window(*image.shape, rng)
+        height, width = image.shape
+        top, left, h, w = self.window(height, width, rng)
         return image[top : top + h, left : left + w].copy()
 
     def _differentiable(self, images, rng):

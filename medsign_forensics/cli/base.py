@@ -5,7 +5,7 @@ from __future__ import annotations
 import shlex
 import time
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -29,14 +29,14 @@ def register(app: typer.Typer) -> None:
         report: Annotated[str, typer.Option(help="Report text (FINDINGS/IMPRESSION) used as the prompt.")],
         out: Annotated[Path, typer.Option(help="PNG file to write (8-bit; greyscale for mini-cxr).")],
         model: Annotated[
-            Optional[Path], typer.Option(help="Local SD-1.x folder; default: the shipped mini-cxr.")
+            Path | None, typer.Option(help="Local SD-1.x folder; default: the shipped mini-cxr.")
         ] = None,
         seed: Annotated[int, typer.Option(help="Random seed of the initial noise.")] = 0,
         steps: Annotated[int, typer.Option(help="DPM-Solver++ steps.")] = 25,
         guidance: Annotated[float, typer.Option(help="Classifier-free guidance scale (<= 1: off).")] = 4.0,
-        negative: Annotated[Optional[str], typer.Option(help="Negative prompt.")] = None,
+        negative: Annotated[str | None, typer.Option(help="Negative prompt.")] = None,
         latents_out: Annotated[
-            Optional[Path], typer.Option(help="Also write x0 (the latents the VAE decodes) as a (C, h, w) .npy file.")
+            Path | None, typer.Option(help="Also write x0 (the latents the VAE decodes) as a (C, h, w) .npy file.")
         ] = None,
         device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
         json_output: Annotated[bool, typer.Option("--json", help="Print what was done as JSON.")] = False,
@@ -89,7 +89,7 @@ def register(app: typer.Typer) -> None:
     @handle_errors
     def info_command(
         model: Annotated[
-            Optional[Path], typer.Option(help="Base model folder (default: the shipped mini-cxr).")
+            Path | None, typer.Option(help="Base model folder (default: the shipped mini-cxr).")
         ] = None,
         json_output: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
     ) -> None:
@@ -111,7 +111,7 @@ def register(app: typer.Typer) -> None:
         out: Annotated[Path, typer.Option(help="Run folder: checkpoints, logs, caches, and the exported model/.")],
         config: Annotated[str, typer.Option(help="default, tiny, or a JSON file of overrides.")] = "default",
         stage: Annotated[str, typer.Option(help="vae (stage A), unet (stage B: text encoder + U-Net) or all.")] = "all",
-        steps: Annotated[Optional[int], typer.Option(help="Override the step count of each stage run.")] = None,
+        steps: Annotated[int | None, typer.Option(help="Override the step count of each stage run.")] = None,
         resume: Annotated[
             bool, typer.Option("--resume", help="Continue the run in --out from its checkpoints.")
         ] = False,

@@ -7,7 +7,7 @@ import shutil
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.table import Table
@@ -34,7 +34,7 @@ def register(app: typer.Typer) -> None:
     @handle_errors
     def predict_command(
         images: Annotated[list[Path], typer.Argument(help="Image files (PNG, JPEG, TIFF, DICOM, ...).")],
-        weights: Annotated[Optional[Path], typer.Option(help=WEIGHTS_HELP)] = None,
+        weights: Annotated[Path | None, typer.Option(help=WEIGHTS_HELP)] = None,
         threshold: Annotated[float, typer.Option(help="Probability at which a label is listed as found.")] = 0.5,
         json_output: Annotated[bool, typer.Option("--json", help="Print every probability as JSON.")] = False,
     ) -> None:
@@ -45,7 +45,7 @@ def register(app: typer.Typer) -> None:
         from medsign_forensics.phantom.classifier import LABELS, load_classifier, predict
 
         model = load_classifier(weights)
-        results = []
+        results: list[dict[str, Any]] = []
         for path in images:
             probabilities = predict(model, read_image(path).pixels)[0]
             found = [LABELS[i] for i in np.flatnonzero(probabilities >= threshold)]
@@ -55,8 +55,8 @@ def register(app: typer.Typer) -> None:
             print_json(results)
             return
         for result in results:
-            found = ", ".join(result["found"]) or "no finding"
-            console.print(f"[bold]{result['file']}[/]: {found}")
+            listed = ", ".join(result["found"]) or "no finding"
+            console.print(f"[bold]{result['file']}[/]: {listed}")
             top = sorted(result["probabilities"].items(), key=lambda item: -item[1])[:5]
             console.print("  " + "  ".join(f"{name} {p:.3f}" for name, p in top), highlight=False)
 
@@ -66,26 +66,27 @@ def register(app: typer.Typer) -> None:
         out: Annotated[
             Path, typer.Option(help="Run folder (render cache, checkpoint, log, weights); resumes if present.")
         ],
-        steps: Annotated[Optional[int], typer.Option(help="Optimiser steps.")] = None,
-        batch_size: Annotated[Optional[int], typer.Option(help="Images per step.")] = None,
-        n_random: Annotated[Optional[int], typer.Option(help="Training phantoms with random findings.")] = None,
-        report_repeats: Annotated[Optional[int], typer.Option(help="Renders per training-split report.")] = None,
-        n_random_eval: Annotated[Optional[int], typer.Option(help="Held-out phantoms with random findings.")] = None,
+        steps: Annotated[int | None, typer.Option(help="Optimiser steps.")] = None,
+        batch_size: Annotated[int | None, typer.Option(help="Images per step.")] = None,
+        n_random: Annotated[int | None, typer.Option(help="Training phantoms with random findings.")] = None,
+        report_repeats: Annotated[int | None, typer.Option(help="Renders per training-split report.")] = None,
+        n_random_eval: Annotated[int | None, typer.Option(help="Held-out phantoms with random findings.")] = None,
         reports: Annotated[
-            Optional[str], typer.Option(help="Report corpus for realistic finding lists (default open-i), or 'none'.")
+            str | None, typer.Option(help="Report corpus for realistic finding lists (default open-i), or 'none'.")
         ] = None,
-        workers: Annotated[Optional[int], typer.Option(help="Rendering processes.")] = None,
-        seed: Annotated[Optional[int], typer.Option(help="Seed of sampling, batch order and augmentation.")] = None,
+        workers: Annotated[int | None, typer.Option(help="Rendering processes.")] = None,
+        seed: Annotated[int | None, typer.Option(help="Seed of sampling, batch order and augmentation.")] = None,
         device: Annotated[str, typer.Option(help="torch device, e.g. cpu or cuda.")] = "cpu",
         tiny: Annotated[bool, typer.Option(help="Use the tiny test config (seconds on CPU; useless weights).")] = False,
-        export: Annotated[Optional[Path], typer.Option(help="Also copy the finished weights folder here.")] = None,
+        export: Annotated[Path | None, typer.Option(help="Also copy the finished weights folder here.")] = None,
         json_output: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
     ) -> None:
         """Render phantoms, train the classifier, report held-out AUROC per label."""
         from medsign_forensics.phantom.classifier_train import TrainConfig, train_classifier
 
-        given = {"steps": steps, "batch_size": batch_size, "n_random": n_random, "report_repeats": report_repeats,
-                 "n_random_eval": n_random_eval, "workers": workers, "seed": seed}
+        given: dict[str, Any] = {"steps": steps, "batch_size": batch_size, "n_random": n_random,
+                                 "report_repeats": report_repeats, "n_random_eval": n_random_eval, "workers": workers,
+                                 "seed": seed}
         config = replace(
             TrainConfig.tiny() if tiny else TrainConfig(), **{k: v for k, v in given.items() if v is not None}
         )
@@ -122,8 +123,8 @@ def register(app: typer.Typer) -> None:
     @handle_errors
     def evaluate_command(
         cache: Annotated[Path, typer.Option(help="Folder for the held-out render cache (reused when present).")],
-        weights: Annotated[Optional[Path], typer.Option(help=WEIGHTS_HELP)] = None,
-        workers: Annotated[Optional[int], typer.Option(help="Rendering processes.")] = None,
+        weights: Annotated[Path | None, typer.Option(help=WEIGHTS_HELP)] = None,
+        workers: Annotated[int | None, typer.Option(help="Rendering processes.")] = None,
         json_output: Annotated[bool, typer.Option("--json", help="Print the scores as JSON.")] = False,
     ) -> None:
         """Held-out AUROC per label on the phantoms the weights' own training config holds out."""

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.console import RenderableType
 from rich.panel import Panel
 from rich.table import Table
 
@@ -39,7 +40,7 @@ def demo(
         print_json(result.to_dict())
     else:
         for step in result.steps:
-            body: object = step.detail
+            body: RenderableType = step.detail
             if step.rows:
                 table = Table(show_header=True, header_style="bold", expand=True)
                 for column in step.rows[0]:

@@ -4,7 +4,7 @@ same held-out reports, seeds and latents; writes evaluation.md, evaluation.json 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import typer
 from rich.table import Table
@@ -47,28 +47,38 @@ def register(app: typer.Typer) -> None:
         out: Annotated[Path, typer.Option(help="Output folder: evaluation.md, evaluation.json, fig3.png, cache/.")],
         n: Annotated[int, typer.Option("--n", help="Held-out reports (images) to evaluate on.")] = 50,
         stable_signature: Annotated[
-            Optional[Path], typer.Option(help="A deployment trained with --ablation stable-signature, for comparison.")
+            Path | None, typer.Option(help="A deployment trained with --ablation stable-signature, for comparison.")
         ] = None,
         ablations: Annotated[
-            Optional[list[Path]],
+            list[Path] | None,
             typer.Option("--ablations", help="Ablation deployment folder (repeat the option for several)."),
         ] = None,
         baselines: Annotated[
             str, typer.Option(help="Post-generation baselines: comma-separated dwtdct,rivagan, or 'none'.")
         ] = "dwtdct,rivagan",
         real_data: Annotated[
-            Optional[Path],
-            typer.Option(help="Folder of real radiographs for the false-positive rate (default: ../shared/data if present)."),
+            Path | None,
+            typer.Option(
+                help="Folder of real radiographs for the false-positive rate (default: ../shared/data if present)."
+            ),
         ] = None,
-        no_real_data: Annotated[bool, typer.Option("--no-real-data", help="Skip the real-radiograph false positives.")] = False,
-        real_max: Annotated[Optional[int], typer.Option(help="Read at most this many real images.")] = None,
+        no_real_data: Annotated[
+            bool, typer.Option("--no-real-data", help="Skip the real-radiograph false positives.")
+        ] = False,
+        real_max: Annotated[int | None, typer.Option(help="Read at most this many real images.")] = None,
         reports: Annotated[
-            Optional[str], typer.Option(help="Report source whose held-out split is used (default: the deployment's).")
+            str | None, typer.Option(help="Report source whose held-out split is used (default: the deployment's).")
         ] = None,
-        model: Annotated[Optional[Path], typer.Option(help="Base model folder, when not where the deployment says.")] = None,
-        extractor: Annotated[Optional[Path], typer.Option(help="Extractor folder, when not where the deployment says.")] = None,
-        classifier: Annotated[Optional[Path], typer.Option(help="Finding classifier folder (default: the installed one).")] = None,
-        cache: Annotated[Optional[Path], typer.Option(help="Latent cache folder to (re)use (default: OUT/cache).")] = None,
+        model: Annotated[
+            Path | None, typer.Option(help="Base model folder, when not where the deployment says.")
+        ] = None,
+        extractor: Annotated[
+            Path | None, typer.Option(help="Extractor folder, when not where the deployment says.")
+        ] = None,
+        classifier: Annotated[
+            Path | None, typer.Option(help="Finding classifier folder (default: the installed one).")
+        ] = None,
+        cache: Annotated[Path | None, typer.Option(help="Latent cache folder to (re)use (default: OUT/cache).")] = None,
         seed: Annotated[int, typer.Option(help="Seed of the held-out subset and its sampling seeds.")] = 0,
         fpr: Annotated[float, typer.Option(help="Target false-positive rate of detection.")] = 1e-6,
         device: Annotated[str, typer.Option(help="torch device: cpu or cuda.")] = "cpu",
@@ -92,8 +102,9 @@ def register(app: typer.Typer) -> None:
         )
         with rich_progress(not json_output) as progress:
             result = evaluate(
-                config, deployment=deployment, out_dir=out, stable_signature=stable_signature, ablations=ablations or (),
-                model_path=model, extractor=extractor, classifier=classifier, cache_dir=cache, progress=progress,
+                config, deployment=deployment, out_dir=out, stable_signature=stable_signature,
+                ablations=ablations or (), model_path=model, extractor=extractor, classifier=classifier,
+                cache_dir=cache, progress=progress,
             )
         paths = {"markdown": str(result.markdown), "json": str(result.json), "figure": str(result.figure)}
         if json_output:
@@ -105,7 +116,9 @@ def register(app: typer.Typer) -> None:
                 }
                 for m in result.data["methods"]
             }
-            print_json({**paths, "items": result.data["reports"]["items"], "methods": methods, "notes": result.data["notes"]})
+            print_json(
+                {**paths, "items": result.data["reports"]["items"], "methods": methods, "notes": result.data["notes"]}
+            )
             return
         console.print(_summary_table(result.data))
         for note in result.data["notes"]:

@@ -3,14 +3,14 @@
 The per-image statement is signed with the issuer's private key (``--issuer-key``, passphrase from
 MEDSIGN_PASSPHRASE or a hidden prompt); see :mod:`medsign_forensics.generate` for why and for every check made
 before anything is generated. Exit codes: 0 written; 2 bad input (empty report, existing output, wrong
-suffix); 4 deployment or base model missing or failing its hash check, or too weak to be attributed; 5 registry or issuer key unusable (also:
-the deployment is revoked or unregistered); 6 the study cannot be written.
+suffix); 4 deployment or base model missing or failing its hash check, or too weak to be attributed; 5 registry
+or issuer key unusable (also: the deployment is revoked or unregistered); 6 the study cannot be written.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -29,21 +29,21 @@ def register(app: typer.Typer) -> None:
             "--issuer-key", envvar="MEDSIGN_ISSUER_KEY", dir_okay=False,
             help="Encrypted issuer key (from `medsign keys init`) that signs the per-image statement; it must be "
                  "an issuer of the registry.")],
-        deployment: Annotated[Optional[Path], typer.Option(
+        deployment: Annotated[Path | None, typer.Option(
             "--deployment", file_okay=False,
             help="Deployment folder (watermarked decoder + key); default: the shipped demo deployment.")] = None,
         seed: Annotated[int, typer.Option("--seed", help="Random seed of the initial noise (recorded).")] = 0,
-        png: Annotated[Optional[Path], typer.Option("--png", dir_okay=False,
+        png: Annotated[Path | None, typer.Option("--png", dir_okay=False,
                                                     help="Also write the same pixels as an 8-bit PNG.")] = None,
-        registry: Annotated[Optional[Path], typer.Option(
+        registry: Annotated[Path | None, typer.Option(
             "--registry", envvar="MEDSIGN_REGISTRY", file_okay=False,
             help="Registry that issued the deployment's key; default: the demo registry.")] = None,
-        model: Annotated[Optional[Path], typer.Option(
+        model: Annotated[Path | None, typer.Option(
             "--model", file_okay=False, help="Base model folder; default: the one the deployment names.")] = None,
         steps: Annotated[int, typer.Option("--steps", min=1, help="DPM-Solver++ steps.")] = 25,
         guidance: Annotated[float, typer.Option("--guidance", help="Classifier-free guidance (<= 1: off).")] = 4.0,
         device: Annotated[str, typer.Option("--device", help="cpu or cuda.")] = "cpu",
-        policy: Annotated[Optional[str], typer.Option(
+        policy: Annotated[str | None, typer.Option(
             "--policy", help="Decision policy (name or TOML) whose attribution the deployment must reach.")] = None,
         allow_weak: Annotated[bool, typer.Option(
             "--allow-weak", help="Research only: generate even when the deployment's held-out accuracy is too "

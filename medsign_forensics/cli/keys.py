@@ -11,7 +11,7 @@ for auditors to pin; ``keys migrate`` upgrades a schema-1 registry.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import typer
 from rich import box
@@ -47,7 +47,7 @@ RegistryOption = Annotated[Path, typer.Option("--registry", envvar="MEDSIGN_REGI
 IssuerKeyOption = Annotated[Path, typer.Option("--issuer-key", envvar="MEDSIGN_ISSUER_KEY", dir_okay=False,
                                                help="Encrypted issuer key file (from `keys init`).")]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON for machines instead of tables.")]
-BaseModelOption = Annotated[Optional[Path], typer.Option(
+BaseModelOption = Annotated[Path | None, typer.Option(
     "--base-model", file_okay=False, help="Diffusion model folder whose initial noise carries the latent layer; "
                                           "default: the shipped mini-cxr.")]
 
@@ -59,9 +59,9 @@ def _load_issuer(path: Path) -> IssuerKey:
 @keys_app.command("init")
 @handle_errors
 def init_command(
-    issuer_key: Annotated[Optional[Path], typer.Option("--issuer-key", dir_okay=False,
+    issuer_key: Annotated[Path | None, typer.Option("--issuer-key", dir_okay=False,
                                                        help="Create a new encrypted issuer key here.")] = None,
-    registry: Annotated[Optional[Path], typer.Option("--registry", file_okay=False,
+    registry: Annotated[Path | None, typer.Option("--registry", file_okay=False,
                                                      help="Create (or open) a registry in this folder.")] = None,
     name: Annotated[str, typer.Option("--name", help="Issuer name written into every record.")] = "",
     json_output: JsonOption = False,
@@ -108,13 +108,13 @@ def issue_command(
     deployment: Annotated[str, typer.Option("--deployment", help="Deployment name, e.g. 'site-a-cxr'.")],
     model_name: Annotated[str, typer.Option("--model-name", help="Generator name, e.g. 'mini-cxr'.")],
     model_version: Annotated[str, typer.Option("--model-version", help="Generator version.")],
-    weights_sha256: Annotated[Optional[str], typer.Option(
+    weights_sha256: Annotated[str | None, typer.Option(
         "--weights-sha256", help="SHA-256 (hex) of the deployment's watermarked weights.")] = None,
-    weights: Annotated[Optional[Path], typer.Option(
+    weights: Annotated[Path | None, typer.Option(
         "--weights", exists=True, dir_okay=False, help="Weights file to hash instead of --weights-sha256.")] = None,
-    policy: Annotated[Optional[str], typer.Option(
+    policy: Annotated[str | None, typer.Option(
         "--policy", help="Policy name (default, strict) or TOML file: sets the minimum key distance.")] = None,
-    bits: Annotated[Optional[int], typer.Option("--bits", help="Key length (default: the policy's).")] = None,
+    bits: Annotated[int | None, typer.Option("--bits", help="Key length (default: the policy's).")] = None,
     layers: Annotated[str, typer.Option(
         "--layers", help="Watermark layers the key is for: decoder, or decoder,latent (also a latent-layer secret "
                          "in the initial noise of --base-model).")] = "decoder",
@@ -148,7 +148,7 @@ def add_latent_command(
     provenance_id: Annotated[str, typer.Argument(help="Provenance ID of an issued key.")],
     registry: RegistryOption,
     base_model: BaseModelOption = None,
-    deployment: Annotated[Optional[Path], typer.Option(
+    deployment: Annotated[Path | None, typer.Option(
         "--deployment", file_okay=False, help="Also give this deployment folder (which holds the key) the layer, "
                                               "so that `medsign generate` writes it.")] = None,
     json_output: JsonOption = False,
@@ -204,7 +204,7 @@ def _weights_digest(weights_sha256: str | None, weights: Path | None) -> str:
 @handle_errors
 def list_command(
     registry: RegistryOption,
-    status: Annotated[Optional[KeyStatus], typer.Option("--status", help="Only active or only revoked.")] = None,
+    status: Annotated[KeyStatus | None, typer.Option("--status", help="Only active or only revoked.")] = None,
     json_output: JsonOption = False,
 ) -> None:
     """List the registry's deployments (signatures are not checked here; use `keys check`)."""
@@ -291,7 +291,7 @@ def revoke_command(
 @handle_errors
 def export_public_command(
     issuer_key: IssuerKeyOption,
-    out: Annotated[Optional[Path], typer.Option("--out", dir_okay=False,
+    out: Annotated[Path | None, typer.Option("--out", dir_okay=False,
                                                 help="Write the PEM here instead of stdout.")] = None,
     json_output: JsonOption = False,
 ) -> None:
@@ -313,13 +313,13 @@ def export_public_command(
 @handle_errors
 def check_command(
     registry: RegistryOption,
-    trust: Annotated[Optional[list[Path]], typer.Option(
+    trust: Annotated[list[Path] | None, typer.Option(
         "--trust", exists=True, dir_okay=False,
         help="Pin trusted issuer public keys (PEM); repeatable. Default: the registry's own issuer keys.")] = None,
-    checkpoint: Annotated[Optional[str], typer.Option(
+    checkpoint: Annotated[str | None, typer.Option(
         "--checkpoint", help="Pin a head hash you recorded earlier (HASH, or SIZE:HASH): fail if the log no "
                              "longer contains that state.")] = None,
-    checkpoint_file: Annotated[Optional[Path], typer.Option(
+    checkpoint_file: Annotated[Path | None, typer.Option(
         "--checkpoint-file", exists=True, dir_okay=False,
         help="Pin a signed checkpoint written by `keys checkpoint --out`.")] = None,
     allow_unanchored: Annotated[bool, typer.Option(
@@ -355,9 +355,9 @@ def check_command(
 @handle_errors
 def checkpoint_command(
     registry: RegistryOption,
-    out: Annotated[Optional[Path], typer.Option("--out", dir_okay=False,
+    out: Annotated[Path | None, typer.Option("--out", dir_okay=False,
                                                 help="Write the signed checkpoint file here.")] = None,
-    issuer_key: Annotated[Optional[Path], typer.Option(
+    issuer_key: Annotated[Path | None, typer.Option(
         "--issuer-key", dir_okay=False,
         help="Sign a fresh checkpoint over the current head with this issuer key (default: export the latest).")
     ] = None,
@@ -373,11 +373,12 @@ def checkpoint_command(
             signed = opened.sign_checkpoint(issuer)
         else:
             size, head = opened.head()
-            signed = opened.latest_checkpoint()
-            if signed is None:
+            latest = opened.latest_checkpoint()
+            if latest is None:
                 raise InputError(f"this registry has no signed checkpoint (its log of {size} entries was built "
                                  f"without the issuer key); pin its head with `keys check --checkpoint {size}:{head}`"
                                  ", or sign one with `keys checkpoint --issuer-key KEY`", path=registry)
+            signed = latest
         keys = opened.public_keys()
         try:
             document = verify(signed, keys, Checkpoint)
@@ -406,7 +407,7 @@ def checkpoint_command(
 @handle_errors
 def migrate_command(
     registry: RegistryOption,
-    issuer_key: Annotated[Optional[Path], typer.Option(
+    issuer_key: Annotated[Path | None, typer.Option(
         "--issuer-key", dir_okay=False,
         help="Issuer key that signs the first checkpoint. Without it the log is built but left unsigned.")] = None,
     json_output: JsonOption = False,

@@ -10,7 +10,7 @@ generating, OUT's stem + ``_image.png`` (the generated image).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import numpy as np
 import typer
@@ -87,13 +87,13 @@ def register(app: typer.Typer) -> None:
         report: Annotated[str, typer.Option("--report", help="The report text the map is made for.")],
         out: Annotated[Path, typer.Option(
             "--out", dir_okay=False, help="The map PNG; the overlay and .npy go beside it.")],
-        image: Annotated[Optional[Path], typer.Option(
+        image: Annotated[Path | None, typer.Option(
             "--image", dir_okay=False, help="Localise on this image instead of generating one.")] = None,
-        model: Annotated[Optional[Path], typer.Option(
+        model: Annotated[Path | None, typer.Option(
             "--model", file_okay=False, help="A local SD-1.x model folder; default: the shipped mini-cxr.")] = None,
         seed: Annotated[int, typer.Option(help="Seed of the generation, or of the noise added to --image.")] = 0,
         steps: Annotated[int, typer.Option(help="Denoising steps when generating.")] = 25,
-        guidance: Annotated[Optional[float], typer.Option(
+        guidance: Annotated[float | None, typer.Option(
             help="Guidance scale when generating; default: the sampler's.")] = None,
         timesteps: Annotated[str, typer.Option(
             help="With --image: the noise timesteps whose attention is summed.")] = "200,400,600",

@@ -41,6 +41,7 @@ def main(
 
 # Command modules: one import and one register() call each, in the order `--help` lists them:
 # the end-to-end demo, the provider's and the auditor's commands, then the research and training tools.
+# isort: off
 from medsign_forensics.cli import demo as _demo  # noqa: E402
 from medsign_forensics.cli import generate as _generate  # noqa: E402
 from medsign_forensics.cli import verify as _verify  # noqa: E402
@@ -52,6 +53,7 @@ from medsign_forensics.cli import localize as _localize  # noqa: E402
 from medsign_forensics.cli import train as _train  # noqa: E402
 from medsign_forensics.cli import evaluate as _evaluate  # noqa: E402
 from medsign_forensics.cli import classifier as _classifier  # noqa: E402
+# isort: on
 
 _demo.register(app)
 _generate.register(app)

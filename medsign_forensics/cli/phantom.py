@@ -8,7 +8,7 @@ outputs atomically and renders the result as Rich tables or JSON.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import numpy as np
 import typer
@@ -98,18 +98,18 @@ def _show(study: PhantomStudy, parsed: list[Finding], out: Path, mask_out: Path 
 @handle_errors
 def phantom_command(
     ctx: typer.Context,
-    report: Annotated[Optional[str], typer.Option("--report", help="Report text to render.")] = None,
+    report: Annotated[str | None, typer.Option("--report", help="Report text to render.")] = None,
     report_file: Annotated[
-        Optional[Path], typer.Option("--report-file", dir_okay=False, help="UTF-8 file holding the report text.")
+        Path | None, typer.Option("--report-file", dir_okay=False, help="UTF-8 file holding the report text.")
     ] = None,
     seed: Annotated[int, typer.Option("--seed", min=0, help="Patient and acquisition seed.")] = 0,
-    out: Annotated[Optional[Path], typer.Option("--out", dir_okay=False, help="Output PNG (8-bit greyscale).")] = None,
+    out: Annotated[Path | None, typer.Option("--out", dir_okay=False, help="Output PNG (8-bit greyscale).")] = None,
     mask_out: Annotated[
-        Optional[Path], typer.Option("--mask-out", dir_okay=False, help="Output PNG of the union lesion mask (0/255).")
+        Path | None, typer.Option("--mask-out", dir_okay=False, help="Output PNG of the union lesion mask (0/255).")
     ] = None,
     size: SizeOption = 256,
     float_out: Annotated[
-        Optional[Path], typer.Option("--float-out", dir_okay=False, help="Also save the float32 image as .npy.")
+        Path | None, typer.Option("--float-out", dir_okay=False, help="Also save the float32 image as .npy.")
     ] = None,
     json_output: Annotated[bool, typer.Option("--json", help="Print JSON for machines instead of tables.")] = False,
 ) -> None:

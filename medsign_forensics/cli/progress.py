@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 from rich.progress import (
     BarColumn,
@@ -54,7 +55,7 @@ def rich_progress(enabled: bool = True) -> Iterator[ProgressFn | None]:
         def draw(event: ProgressEvent) -> None:
             if event.task not in tasks:
                 tasks[event.task] = bar.add_task(event.task, total=event.total, completed=event.done, info="")
-            info = {"info": describe(dict(event.metrics))} if event.metrics else {}
+            info: dict[str, Any] = {"info": describe(dict(event.metrics))} if event.metrics else {}
             bar.update(tasks[event.task], completed=event.done, total=event.total, **info)
 
         yield draw

@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections import Counter
 from enum import Enum
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Optional
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -55,13 +55,13 @@ def register(app: typer.Typer) -> None:
     @app.command("scan")
     @handle_errors
     def scan_command(
-        path: Annotated[Optional[Path], typer.Argument(help="Folder (scanned recursively) or file.",
+        path: Annotated[Path | None, typer.Argument(help="Folder (scanned recursively) or file.",
                                                        show_default=False)] = None,
-        pacs: Annotated[Optional[str], typer.Option(
+        pacs: Annotated[str | None, typer.Option(
             "--pacs", help="Scan a PACS instead: Orthanc REST base URL (http://host:8042) or a DICOMweb root "
                            "(.../dicom-web). Credentials may be given as user:password@host.")] = None,
-        out: Annotated[Optional[Path], typer.Option("--out", dir_okay=False, help="Write a CSV report here.")] = None,
-        jsonl: Annotated[Optional[Path], typer.Option(
+        out: Annotated[Path | None, typer.Option("--out", dir_okay=False, help="Write a CSV report here.")] = None,
+        jsonl: Annotated[Path | None, typer.Option(
             "--jsonl", dir_okay=False, help="Write one JSON line per file here as the scan goes (needed by --resume).")
         ] = None,
         workers: Annotated[int, typer.Option(
@@ -70,22 +70,22 @@ def register(app: typer.Typer) -> None:
         resume: Annotated[bool, typer.Option(
             "--resume", help="Continue the scan recorded in --jsonl: skip files whose size and time are unchanged.")
         ] = False,
-        pacs_user: Annotated[Optional[str], typer.Option("--pacs-user", help="PACS user (basic auth).")] = None,
-        pacs_password: Annotated[Optional[str], typer.Option(
+        pacs_user: Annotated[str | None, typer.Option("--pacs-user", help="PACS user (basic auth).")] = None,
+        pacs_password: Annotated[str | None, typer.Option(
             "--pacs-password", envvar="MEDSIGN_PACS_PASSWORD", help="PACS password (or MEDSIGN_PACS_PASSWORD).")
         ] = None,
         pacs_api: Annotated[PacsApi, typer.Option(
             "--pacs-api", help="auto: DICOMweb when the URL ends in /dicom-web, else Orthanc REST.")] = PacsApi.AUTO,
         json_output: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
-        engine: Annotated[Optional[ScanEngine], typer.Option(
+        engine: Annotated[ScanEngine | None, typer.Option(
             "--engine", help="local: --workers processes on this machine (default). dask: a Dask cluster, "
                              "--cluster or a local one (pip install medsign-forensics\\[cluster]).",
             show_default=False)] = None,
-        cluster: Annotated[Optional[str], typer.Option(
+        cluster: Annotated[str | None, typer.Option(
             "--cluster", help="Verify on the Dask cluster whose scheduler is here, e.g. tcp://scheduler:8786 "
                               "(implies --engine dask). Workers must see the files, registry and extractor at "
                               "the same paths.", show_default=False)] = None,
-        dask_workers: Annotated[Optional[int], typer.Option(
+        dask_workers: Annotated[int | None, typer.Option(
             "--dask-workers", min=1, help="--engine dask without --cluster: worker processes of the local Dask "
                                           "cluster, one thread each \\[default: one per CPU core].",
             show_default=False)] = None,
@@ -128,7 +128,7 @@ def register(app: typer.Typer) -> None:
             def on_verdict(record: dict[str, Any]) -> None:
                 progress.update(task, advance=1, last=record["verdict"])
 
-            kwargs = dict(settings=settings, workers=workers, jsonl=jsonl, csv_path=out,
+            kwargs: dict[str, Any] = dict(settings=settings, workers=workers, jsonl=jsonl, csv_path=out,
                           resume=resume, on_total=on_total, on_verdict=on_verdict, engine=chosen)
             if pacs is not None:
                 summary = scan_pacs(pacs_config(pacs, username=pacs_user, password=pacs_password, api=pacs_api),

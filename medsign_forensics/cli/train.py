@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import typer
 from rich.table import Table
@@ -112,10 +112,9 @@ def _loss_weights(text: str | None, dataset: str) -> Any:
 
 
 def _train_decoder(options: dict[str, Any], *, extractor: Path | None = None) -> dict[str, Any]:
+    from medsign_forensics.config import preset
     from medsign_forensics.diffusion import load_model
     from medsign_forensics.watermark.train_decoder import DEFAULT_REPORTS, DecoderTrainConfig, train_decoder
-
-    from medsign_forensics.config import preset
 
     dataset = options["dataset"]
     if dataset is None:
@@ -225,77 +224,84 @@ def register(app: typer.Typer) -> None:
     @app.command("train")
     @handle_errors
     def train_command(
-        out: Annotated[Path, typer.Option(help="Run folder: weights, config, log, checkpoint (decoder: the deployment).")],
+        out: Annotated[
+            Path, typer.Option(help="Run folder: weights, config, log, checkpoint (decoder: the deployment).")
+        ],
         stage: Annotated[
-            Optional[TrainStage],
+            TrainStage | None,
             typer.Option(help="What to train (default: decoder when --dataset is given).", case_sensitive=False),
         ] = None,
         dataset: Annotated[
-            Optional[str], typer.Option(help="Decoder fine-tuning preset (loss weights): cxr or fundus.")
+            str | None, typer.Option(help="Decoder fine-tuning preset (loss weights): cxr or fundus.")
         ] = None,
-        model: Annotated[Optional[Path], typer.Option(help="Base model folder (default: the shipped mini-cxr).")] = None,
+        model: Annotated[Path | None, typer.Option(help="Base model folder (default: the shipped mini-cxr).")] = None,
         reports: Annotated[
-            Optional[str], typer.Option(help="Training reports: 'open-i' (cxr default), a report file or folder.")
+            str | None, typer.Option(help="Training reports: 'open-i' (cxr default), a report file or folder.")
         ] = None,
-        extractor: Annotated[Optional[Path], typer.Option(
+        extractor: Annotated[Path | None, typer.Option(
             help="Extractor folder (default: the shipped spectral extractor, against which a watermark layer trains; "
                  "a whitened HiDDeN extractor fine-tunes the decoder itself).")] = None,
-        psnr: Annotated[Optional[float], typer.Option(
+        psnr: Annotated[float | None, typer.Option(
             help="Decoder, spectral extractor: the watermark layer's budget in dB (default 43).")] = None,
-        eval_reports: Annotated[Optional[int], typer.Option(
+        eval_reports: Annotated[int | None, typer.Option(
             help="Decoder: held-out reports measured at the end and stored in the deployment (default 32).")] = None,
-        registry: Annotated[Optional[Path], typer.Option(help="Key registry folder holding --provenance-id.")] = None,
-        provenance_id: Annotated[Optional[str], typer.Option(help="Provenance ID issued by `medsign keys issue`.")] = None,
+        registry: Annotated[Path | None, typer.Option(help="Key registry folder holding --provenance-id.")] = None,
+        provenance_id: Annotated[str | None, typer.Option(help="Provenance ID issued by `medsign keys issue`.")] = None,
         key: Annotated[
-            Optional[str], typer.Option(help="Explicit key in hex, for experiments: the deployment is unregistered.")
+            str | None, typer.Option(help="Explicit key in hex, for experiments: the deployment is unregistered.")
         ] = None,
-        epochs: Annotated[Optional[int], typer.Option(help="Decoder: passes over the training reports (default 2).")] = None,
-        n_reports: Annotated[Optional[int], typer.Option(help="Decoder: train on a seeded subset of N reports.")] = None,
+        epochs: Annotated[
+            int | None, typer.Option(help="Decoder: passes over the training reports (default 2).")
+        ] = None,
+        n_reports: Annotated[int | None, typer.Option(help="Decoder: train on a seeded subset of N reports.")] = None,
         ablation: Annotated[
             str, typer.Option(help="Decoder: none, no-cas, no-aas, no-tv, no-pre or stable-signature.")
         ] = "none",
         cache: Annotated[
-            Optional[Path], typer.Option(help="Decoder: latent/map cache folder; share it between ablations (default OUT/cache).")
+            Path | None,
+            typer.Option(help="Decoder: latent/map cache folder; share it between ablations (default OUT/cache)."),
         ] = None,
         loss_weights: Annotated[
-            Optional[str], typer.Option(help="Decoder: override preset weights, e.g. img=2.1,msg=7.5,tv=3,pre=975.")
+            str | None, typer.Option(help="Decoder: override preset weights, e.g. img=2.1,msg=7.5,tv=3,pre=975.")
         ] = None,
         msg_temperature: Annotated[
-            Optional[float], typer.Option(help="Decoder: BCE on logits / temperature (default 1.0).")
+            float | None, typer.Option(help="Decoder: BCE on logits / temperature (default 1.0).")
         ] = None,
         sample_steps: Annotated[
-            Optional[int], typer.Option(help="Decoder: denoising steps when sampling the cache (default 25).")
+            int | None, typer.Option(help="Decoder: denoising steps when sampling the cache (default 25).")
         ] = None,
         sample_batch: Annotated[
-            Optional[int], typer.Option(help="Decoder: reports sampled together (default 4; larger on a GPU).")
+            int | None, typer.Option(help="Decoder: reports sampled together (default 4; larger on a GPU).")
         ] = None,
         extractor_steps: Annotated[
-            Optional[int], typer.Option(help="--stage all: stage-1 steps when no --extractor is given.")
+            int | None, typer.Option(help="--stage all: stage-1 steps when no --extractor is given.")
         ] = None,
         data: Annotated[
-            Optional[str], typer.Option(help="Training images: a folder (PNG/JPEG, any size) or 'phantom'.")
+            str | None, typer.Option(help="Training images: a folder (PNG/JPEG, any size) or 'phantom'.")
         ] = None,
         phantoms: Annotated[
-            Optional[int], typer.Option(help="With --data phantom: how many distinct training phantoms to render.")
+            int | None, typer.Option(help="With --data phantom: how many distinct training phantoms to render.")
         ] = None,
-        steps: Annotated[Optional[int], typer.Option(help="Optimiser steps in total.")] = None,
-        batch: Annotated[Optional[int], typer.Option(help="Images per step.")] = None,
-        size: Annotated[Optional[int], typer.Option(help="Training crop size in pixels.")] = None,
-        bits: Annotated[Optional[int], typer.Option(help="Key length: 32, 48 or 64.")] = None,
+        steps: Annotated[int | None, typer.Option(help="Optimiser steps in total.")] = None,
+        batch: Annotated[int | None, typer.Option(help="Images per step.")] = None,
+        size: Annotated[int | None, typer.Option(help="Training crop size in pixels.")] = None,
+        bits: Annotated[int | None, typer.Option(help="Key length: 32, 48 or 64.")] = None,
         attacks: Annotated[
-            Optional[str], typer.Option(help="Comma-separated attack names, one drawn per batch (default set if omitted).")
+            str | None, typer.Option(help="Comma-separated attack names, one drawn per batch (default set if omitted).")
         ] = None,
         clean_steps: Annotated[
-            Optional[int], typer.Option(help="Steps at the start with no attack (curriculum).")
+            int | None, typer.Option(help="Steps at the start with no attack (curriculum).")
         ] = None,
-        lr: Annotated[Optional[float], typer.Option(help="Peak learning rate (AdamW).")] = None,
+        lr: Annotated[float | None, typer.Option(help="Peak learning rate (AdamW).")] = None,
         device: Annotated[str, typer.Option(help="torch device: cpu or cuda.")] = "cpu",
         resume: Annotated[bool, typer.Option(help="Continue from the run folder's checkpoint.")] = False,
-        seed: Annotated[Optional[int], typer.Option(help="Seed of data, keys, attacks and initialisation.")] = None,
+        seed: Annotated[int | None, typer.Option(help="Seed of data, keys, attacks and initialisation.")] = None,
         whiten_images: Annotated[
-            Optional[int], typer.Option(help="Fit PCA whitening on this many unwatermarked images after training.")
+            int | None, typer.Option(help="Fit PCA whitening on this many unwatermarked images after training.")
         ] = None,
-        json_output: Annotated[bool, typer.Option("--json", help="Print the summary as JSON, no progress bar.")] = False,
+        json_output: Annotated[
+            bool, typer.Option("--json", help="Print the summary as JSON, no progress bar.")
+        ] = False,
     ) -> None:
         """Train a model stage. [bold]extractor[/]: HiDDeN encoder/extractor pre-training (MedSign stage 1).
         [bold]decoder[/] (or just --dataset): fine-tune the VAE decoder into a deployment folder (stage 2).
@@ -305,8 +311,9 @@ def register(app: typer.Typer) -> None:
                 raise InputError("give --stage extractor, or --dataset cxr|fundus to fine-tune a decoder")
             stage = TrainStage.DECODER
         options = {
-            "data": data, "out": out, "phantom_count": phantoms, "steps": steps, "batch": batch, "size": size, "bits": bits,
-            "attacks": attacks, "clean_steps": clean_steps, "lr": lr, "device": device, "resume": resume, "seed": seed,
+            "data": data, "out": out, "phantom_count": phantoms, "steps": steps, "batch": batch, "size": size,
+            "bits": bits, "attacks": attacks, "clean_steps": clean_steps, "lr": lr, "device": device, "resume": resume,
+            "seed": seed,
             "whiten_images": whiten_images, "json": json_output, "dataset": dataset, "model": model,
             "reports": reports, "extractor": extractor, "registry": registry, "provenance_id": provenance_id,
             "key": key, "epochs": epochs, "n_reports": n_reports, "ablation": ablation, "cache": cache,

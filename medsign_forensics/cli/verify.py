@@ -24,7 +24,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import typer
 from rich.console import Group
@@ -58,23 +58,23 @@ EXPLAIN = {
     VerdictKind.ERROR: "the file could not be analysed",
 }
 
-RegistryOption = Annotated[Optional[Path], typer.Option(
+RegistryOption = Annotated[Path | None, typer.Option(
     "--registry", envvar="MEDSIGN_REGISTRY", file_okay=False,
     help="Registry folder (holds registry.sqlite); default: the demo registry keys/demo-registry.")]
-ExtractorOption = Annotated[Optional[Path], typer.Option(
+ExtractorOption = Annotated[Path | None, typer.Option(
     "--extractor", envvar="MEDSIGN_EXTRACTOR", file_okay=False,
     help="Extractor folder (extractor.json + .safetensors); default: the shipped medsign_forensics/weights/extractor.")]
-PolicyOption = Annotated[Optional[str], typer.Option(
+PolicyOption = Annotated[str | None, typer.Option(
     "--policy", help="Decision policy: default, strict, or a TOML file (see policies/README.md).")]
-TrustOption = Annotated[Optional[list[Path]], typer.Option(
+TrustOption = Annotated[list[Path] | None, typer.Option(
     "--trust", dir_okay=False,
     help="Pin an issuer public key (PEM, repeatable): only these keys are trusted, not the registry's own.")]
 LayersOption = Annotated[str, typer.Option(
     "--layers", help="Watermark layers to read: decoder (fast, the default) or decoder,latent (also inverts the "
                      "image through the base model to read the latent layer: about 0.3 s more per image).")]
-ModelOption = Annotated[Optional[Path], typer.Option(
+ModelOption = Annotated[Path | None, typer.Option(
     "--model", file_okay=False, help="Base diffusion model folder the latent layer is read with; default: mini-cxr.")]
-InversionStepsOption = Annotated[Optional[int], typer.Option(
+InversionStepsOption = Annotated[int | None, typer.Option(
     "--inversion-steps", min=1, help="DDIM inversion steps for the latent layer (default 10).")]
 ScalingOption = Annotated[Scaling, typer.Option(
     "--scaling", help="How images reach the extractor: auto (large ones resized to 256 on the short side), "

@@ -17,7 +17,7 @@ from __future__ import annotations
 import io
 import secrets
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from enum import Enum
 from pathlib import Path
 
@@ -98,7 +98,7 @@ def write_synthetic_study(
     report = normalise_report(report_text)
     if not report:
         raise InputError("the report text is empty; a synthetic study records the report it was generated from")
-    when = (created_at or datetime.now(timezone.utc)).astimezone(timezone.utc).replace(microsecond=0)
+    when = (created_at or datetime.now(UTC)).astimezone(UTC).replace(microsecond=0)
 
     dataset = _base_dataset(pixels, record, modality, when)
     digest = pixel_sha256(pixels)

@@ -205,7 +205,9 @@ def build_vae(config: MiniCxrConfig):  # -> AutoencoderKL
     from diffusers import AutoencoderKL
 
     levels = len(config.vae.block_out_channels)
-    _check_divisible("vae.block_out_channels", config.vae.block_out_channels, config.vae.norm_num_groups, "vae.norm_num_groups")
+    _check_divisible(
+        "vae.block_out_channels", config.vae.block_out_channels, config.vae.norm_num_groups, "vae.norm_num_groups"
+    )
     return AutoencoderKL(
         in_channels=config.image_channels,
         out_channels=config.image_channels,
@@ -336,7 +338,7 @@ def _build(cls: type[T], data: Any, where: str) -> T:
 
 def _convert(hint: Any, value: Any, where: str) -> Any:
     origin = get_origin(hint)
-    if dataclasses.is_dataclass(hint):
+    if isinstance(hint, type) and dataclasses.is_dataclass(hint):
         return _build(hint, value, where)
     if isinstance(hint, type) and issubclass(hint, Enum):
         try:

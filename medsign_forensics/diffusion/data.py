@@ -17,7 +17,7 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Literal, Protocol
 
 import numpy as np
 
@@ -160,7 +160,7 @@ class RenderCache:
                     path=self.index_path,
                 )
             done = int(stored["done"])
-        mode = "r+" if self.path.is_file() else "w+"
+        mode: Literal["r+", "w+"] = "r+" if self.path.is_file() else "w+"
         images = np.memmap(self.path, dtype=np.uint8, mode=mode, shape=(self.count, self.size, self.size))
         notify(progress, task, done, self.count)
         for start in range(done, self.count, chunk):

@@ -67,7 +67,8 @@ def export_model(
             feature_extractor=None,
             requires_safety_checker=False,
         )
-        pipeline.save_pretrained(str(tmp), safe_serialization=True)
+        # mypy resolves diffusers' lazy export to its dummy class (no save_pretrained); at run time it is the pipeline
+        pipeline.save_pretrained(str(tmp), safe_serialization=True)  # type: ignore[attr-defined]
         # transformers loads a model in the dtype its config names, diffusers in float32: name float32 so a
         # plain StableDiffusionPipeline.from_pretrained(folder) gets one dtype throughout (weights stay fp16).
         text_config = tmp / "text_encoder" / "config.json"

@@ -5,7 +5,8 @@ generation backwards: the VAE encoder's posterior mean, scaled like the pipeline
 DDIM steps from t = 0 up to t = T with the U-Net conditioned on the EMPTY prompt (the verifier does not know
 the report) and no guidance. A small model inverts imperfectly, which is why the key is replicated many times.
 
-Preparing a suspect image (size, geometry, levels) is the reader's job: :mod:`medsign_forensics.watermark.latent_reader`.
+Preparing a suspect image (size, geometry, levels) is the reader's job:
+:mod:`medsign_forensics.watermark.latent_reader`.
 """
 
 from __future__ import annotations

@@ -85,7 +85,8 @@ def train_tokenizer(
 
 
 def _clip_tokenizer(vocab: dict[str, int], merges: list[tuple[str, str]]) -> CLIPTokenizer:
-    return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=MAX_LENGTH)
+    # transformers annotates merges as list[str]; its BPE backend takes the (a, b) pairs given here
+    return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=MAX_LENGTH)  # type: ignore[arg-type]
 
 
 def _read_merges(path: Path) -> list[tuple[str, str]]:

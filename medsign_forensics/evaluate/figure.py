@@ -31,7 +31,9 @@ def overlay(image: np.ndarray, a_map: np.ndarray) -> np.ndarray:
 
 def difference(original: np.ndarray, watermarked: np.ndarray) -> np.ndarray:
     """|I_w - I_o| x 10 as an RGB grey image in [0, 1]."""
-    diff = np.clip(np.abs(np.asarray(watermarked, np.float32) - np.asarray(original, np.float32)) * DIFFERENCE_GAIN, 0, 1)
+    diff = np.clip(
+        np.abs(np.asarray(watermarked, np.float32) - np.asarray(original, np.float32)) * DIFFERENCE_GAIN, 0, 1
+    )
     return np.repeat(diff[..., None], 3, axis=-1)
 
 
@@ -55,7 +57,10 @@ def figure3(
     for r, index in enumerate(rows):
         tiles = [overlay(originals[index], maps[index])]
         for _, images in panels:
-            tiles += [np.repeat(np.asarray(images[index], np.float32)[..., None], 3, axis=-1), difference(originals[index], images[index])]
+            tiles += [
+                np.repeat(np.asarray(images[index], np.float32)[..., None], 3, axis=-1),
+                difference(originals[index], images[index]),
+            ]
         for c, tile in enumerate(tiles):
             canvas.paste(Image.fromarray(to_uint8(tile), "RGB"), (c * (width + GAP), TITLE_HEIGHT + r * (height + GAP)))
     return np.asarray(canvas)

@@ -131,12 +131,14 @@ def _load_extractor(deployment: Deployment, override: Path | None, device: str, 
     if recorded["sha256"] in loaded:
         return loaded[recorded["sha256"]]
     if not path.exists():
-        raise ModelError(f"the deployment's extractor {path} is not here; pass --extractor with its folder", path=deployment.path)
+        raise ModelError(
+            f"the deployment's extractor {path} is not here; pass --extractor with its folder", path=deployment.path
+        )
     sha = extractor_manifest(path)["sha256"]
     if sha != recorded["sha256"]:
         raise ModelError(
-            f"the extractor at {path} (SHA-256 {sha[:16]}...) is not the one deployment {deployment.name!r} was trained "
-            f"against ({recorded['sha256'][:16]}...)",
+            f"the extractor at {path} (SHA-256 {sha[:16]}...) is not the one deployment {deployment.name!r} was "
+            f"trained against ({recorded['sha256'][:16]}...)",
             path=path,
         )
     loaded[sha] = load_extractor(path, device=device)
@@ -203,7 +205,11 @@ def _score(method: Method, ctx: Context, progress: ProgressFn | None) -> dict[st
         notify(progress, method.name, a_index + 1, len(ctx.attacks) + 1)
     false_positives = Detection.of(match_counts(method.detector(ctx.originals), method.key), k, fpr)
     maps = ctx.maps if method.reference is None and method.same_sample else []  # A_loc belongs to the originals
-    regions = [r for r in (region_differences(o, w, m, level=LESION_LEVEL) for o, w, m in zip(reference, method.images, maps)) if r]
+    regions = [
+        r
+        for r in (region_differences(o, w, m, level=LESION_LEVEL) for o, w, m in zip(reference, method.images, maps))
+        if r
+    ]
     result: dict[str, Any] = {
         "name": method.name,
         "kind": method.kind.value,
@@ -248,8 +254,13 @@ def _confidence(method: Method, ctx: Context) -> dict[str, Any] | None:
 
     probabilities = predict(ctx.classifier, np.stack(method.images))
     kinds = kind_confidences(probabilities, LABELS, ctx.kinds)
-    per_kind = {kind: float(np.mean(np.abs(kinds[:, j] - ctx.original_kinds[:, j])) * 100) for j, kind in enumerate(ctx.kinds)}
-    per_label = {label: float(np.mean(np.abs(probabilities[:, j] - ctx.original_labels[:, j])) * 100) for j, label in enumerate(LABELS)}
+    per_kind = {
+        kind: float(np.mean(np.abs(kinds[:, j] - ctx.original_kinds[:, j])) * 100) for j, kind in enumerate(ctx.kinds)
+    }
+    per_label = {
+        label: float(np.mean(np.abs(probabilities[:, j] - ctx.original_labels[:, j])) * 100)
+        for j, label in enumerate(LABELS)
+    }
     return {
         "per_kind": per_kind,
         "avg": float(np.mean(list(per_kind.values()))) if per_kind else None,
@@ -270,7 +281,7 @@ def _asserted_kinds(items: Sequence[Any]) -> tuple[list[str], dict[str, int]]:
             continue
         for kind in found:
             support[kind] = support.get(kind, 0) + 1
-    kinds = [kind.value for kind in FindingKind if kind.value in support]
+    kinds: list[str] = [kind.value for kind in FindingKind if kind.value in support]
     return kinds, support
 
 
@@ -354,11 +365,15 @@ def evaluate(
 
         folder = Path(classifier) if classifier is not None else DEFAULT_CLASSIFIER_DIR
         classifier_model = load_classifier(folder, device=config.device)
-        classifier_info = {"path": str(folder), "sha256": read_classifier_config(folder).get("weights_sha256"), "note": None}
+        classifier_info = {
+            "path": str(folder), "sha256": read_classifier_config(folder).get("weights_sha256"), "note": None
+        }
     except ModelError as error:
         if classifier is not None:
             raise
-        classifier_info["note"] = f"Table 2 not computed: no finding classifier is installed ({error}); pass --classifier DIR"
+        classifier_info["note"] = (
+            f"Table 2 not computed: no finding classifier is installed ({error}); pass --classifier DIR"
+        )
         notes.append(classifier_info["note"])
 
     # Held-out reports and their latents, maps and original images (one cache for every run).
@@ -396,7 +411,9 @@ def evaluate(
         vae = dep.watermarked_vae(model).to(model.device)
         title = "MedSign" if role is Role.MEDSIGN else ABLATION_TITLES.get(dep.ablation, dep.name)
         if role is Role.STABLE_SIGNATURE and dep.ablation != "stable-signature":
-            notes.append(f"--stable-signature {dep.name!r} was trained with ablation {dep.ablation!r}, not 'stable-signature'.")
+            notes.append(
+                f"--stable-signature {dep.name!r} was trained with ablation {dep.ablation!r}, not 'stable-signature'."
+            )
         if any(m.name == title for m in methods):
             title = f"{title} ({dep.name})"
         images = _decode_all(model, vae, data.latents, config.batch)
@@ -454,11 +471,18 @@ def evaluate(
         "software": f"medsign-forensics {__version__}",
         "config": config.to_dict(),
         "reports": {"source": source, "split": "held-out 10 % (split_reports, seed 0)", "items": len(items)},
-        "sampling": {"steps": sample_steps, "guidance_scale": guidance, "seed_rule": "item_seed(report_id, seed + 1000003)"},
+        "sampling": {
+            "steps": sample_steps, "guidance_scale": guidance, "seed_rule": "item_seed(report_id, seed + 1000003)"
+        },
         "base_model": main.base_model,
-        "deployment": {"path": str(main.path), "name": main.name, "key_hex": main.key_hex, "registered": main.registered,
-                       "provenance_id": main.provenance_id},
-        "comparisons": [{"role": role.value, "path": str(dep.path), "name": dep.name, "ablation": dep.ablation} for role, dep in comparisons],
+        "deployment": {
+            "path": str(main.path), "name": main.name, "key_hex": main.key_hex, "registered": main.registered,
+            "provenance_id": main.provenance_id,
+        },
+        "comparisons": [
+            {"role": role.value, "path": str(dep.path), "name": dep.name, "ablation": dep.ablation}
+            for role, dep in comparisons
+        ],
         "attacks": [a.name for a in TABLE1_ATTACKS],
         "classifier": classifier_info,
         "finding_kinds": {"kinds": kinds, "reports_asserting": support},

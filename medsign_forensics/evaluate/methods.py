@@ -85,7 +85,9 @@ def extractor_detector(extractor: object) -> Detector:
 def _restore_size(image: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     if image.size >= MIN_PIXELS:
         return image
-    resized = Image.fromarray(np.asarray(image, np.float32), mode="F").resize((shape[1], shape[0]), Image.Resampling.BICUBIC)
+    resized = Image.fromarray(np.asarray(image, np.float32), mode="F").resize(
+        (shape[1], shape[0]), Image.Resampling.BICUBIC
+    )
     return np.clip(np.asarray(resized), 0.0, 1.0).astype(np.float32)
 
 

@@ -32,7 +32,9 @@ class MeanOf:
     @classmethod
     def of(cls, values: Sequence[float]) -> MeanOf:
         finite = [v for v in values if np.isfinite(v)]
-        return cls(mean=float(np.mean(finite)) if finite else None, count=len(finite), excluded=len(values) - len(finite))
+        return cls(
+            mean=float(np.mean(finite)) if finite else None, count=len(finite), excluded=len(values) - len(finite)
+        )
 
     def to_dict(self) -> dict[str, float | int | None]:
         return {"mean": self.mean, "count": self.count, "excluded": self.excluded}
@@ -57,7 +59,9 @@ class Detection:
     def of(cls, match_counts: np.ndarray, bits: int, fpr_target: float) -> Detection:
         m = threshold(bits, fpr_target)
         counts = np.asarray(match_counts)
-        return cls(bits=bits, fpr_target=fpr_target, threshold=m, detected=int(np.sum(counts >= m)), total=int(counts.size))
+        return cls(
+            bits=bits, fpr_target=fpr_target, threshold=m, detected=int(np.sum(counts >= m)), total=int(counts.size)
+        )
 
     def to_dict(self) -> dict[str, float | int | None]:
         return {
@@ -70,7 +74,9 @@ class Detection:
         }
 
 
-def region_differences(original: np.ndarray, watermarked: np.ndarray, a_loc: np.ndarray, *, level: float = 0.5) -> tuple[float, float] | None:
+def region_differences(
+    original: np.ndarray, watermarked: np.ndarray, a_loc: np.ndarray, *, level: float = 0.5
+) -> tuple[float, float] | None:
     """Mean |I_w - I_o| inside (A_loc > level) and outside the map's salient region; None when either is empty."""
     inside = np.asarray(a_loc) > level
     if not inside.any() or inside.all():

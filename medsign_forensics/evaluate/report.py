@@ -62,11 +62,16 @@ def render_markdown(data: dict[str, Any]) -> str:
     lines = [
         "# MedSign evaluation",
         "",
-        f"- Date: {data['created_at']}; {data['software']}; device {config['device']}; wall time {data['wall_time_s']:.1f} s",
+        f"- Date: {data['created_at']}; {data['software']}; device {config['device']}; "
+        f"wall time {data['wall_time_s']:.1f} s",
         f"- Base model: {data['base_model']['name']} ({data['base_model']['path']}, weights SHA-256 "
         f"{data['base_model']['weights_sha256'][:16]}...)",
         f"- Deployment: {dep['name']} ({dep['path']}), key {dep['key_hex']}, "
-        + (f"provenance ID {dep['provenance_id']}" if dep["registered"] else "UNREGISTERED (explicit key, no provenance record)"),
+        + (
+            f"provenance ID {dep['provenance_id']}"
+            if dep["registered"]
+            else "UNREGISTERED (explicit key, no provenance record)"
+        ),
         f"- Reports: {data['reports']['items']} held-out reports of {data['reports']['source']} "
         f"({data['reports']['split']}); sampling {data['sampling']['steps']} steps, guidance "
         f"{data['sampling']['guidance_scale']}, seed {config['seed']}",
@@ -86,12 +91,17 @@ def render_markdown(data: dict[str, Any]) -> str:
     identical = [f"{m['name']}: {m['psnr']['excluded']}" for m in methods
                  if m["psnr"]["excluded"] and m.get("same_sample", True)]
     if identical:
-        lines += [f"Images identical to their original (infinite PSNR, left out of the mean): {', '.join(identical)}.", ""]
+        lines += [
+            f"Images identical to their original (infinite PSNR, left out of the mean): {', '.join(identical)}.", ""
+        ]
 
     lines += [f"## Detection: TPR at FPR {fpr:g}", ""]
     header = ["Method", "k", "M", *[SHORT.get(a, a) for a in attacks]]
     rows = [
-        [m["name"], str(m["bits"]), str(m["detection"][attacks[0]]["threshold"]), *[_num(m["detection"][a]["rate"]) for a in attacks]]
+        [
+            m["name"], str(m["bits"]), str(m["detection"][attacks[0]]["threshold"]),
+            *[_num(m["detection"][a]["rate"]) for a in attacks],
+        ]
         for m in methods
     ]
     lines += _table(header, rows)

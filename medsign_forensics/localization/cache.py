@@ -97,7 +97,9 @@ def split_items(source: str, *, held_out: bool, n: int | None, seed: int) -> lis
     chosen = test if held_out else train
     if not chosen:
         side = "held-out" if held_out else "training"
-        raise DatasetError(f"the report source {source!r} has no {side} reports after the 90/10 split; give more reports")
+        raise DatasetError(
+            f"the report source {source!r} has no {side} reports after the 90/10 split; give more reports"
+        )
     return select_items(chosen, n, seed=seed, seed_offset=EVAL_SEED_OFFSET if held_out else 0)
 
 
@@ -181,7 +183,9 @@ class LatentCache:
         try:
             manifest = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, json.JSONDecodeError) as error:
-            raise DatasetError(f"the cache manifest cannot be read ({error}); delete the cache folder", path=path) from None
+            raise DatasetError(
+                f"the cache manifest cannot be read ({error}); delete the cache folder", path=path
+            ) from None
         if manifest.get("format") != CACHE_FORMAT or manifest.get("version") != CACHE_VERSION:
             raise DatasetError("this is not a decoder cache of this software version; use another --cache", path=path)
         if manifest.get("settings") != json.loads(json.dumps(settings)):
@@ -234,7 +238,7 @@ class LatentCache:
     def _write_shard(self, manifest: dict[str, Any], rows: list[_Row]) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
         name = f"shard-{len(manifest['shards']):05d}.npz"
-        arrays = {
+        arrays: dict[str, np.ndarray] = {
             "x0": np.stack([row[1] for row in rows]).astype(np.float32),
             "image": np.stack([row[2] for row in rows]).astype(np.float16),
             "report_id": np.array([row[0].report_id for row in rows]),
@@ -244,7 +248,7 @@ class LatentCache:
             arrays[f"a_loc_{variant.value}"] = np.stack([row[3][variant] for row in rows])
         with atomic_path(self.folder / name) as tmp:
             with open(tmp, "wb") as handle:
-                np.savez_compressed(handle, **arrays)
+                np.savez_compressed(handle, **arrays)  # type: ignore[arg-type]  # numpy's stub: **arrays might name allow_pickle
         manifest["shards"].append({"file": name, "items": [asdict(row[0]) for row in rows]})
         write_json(self.folder / CACHE_MANIFEST, manifest)
 
@@ -257,7 +261,9 @@ class LatentCache:
                 where[_item_key(CacheItem(**entry))] = (shard["file"], position)
         absent = [item.report_id for item in items if _item_key(item) not in where]
         if absent:
-            raise DatasetError(f"{len(absent)} item(s) are not in the cache (e.g. {absent[0]}); build it first", path=self.folder)
+            raise DatasetError(
+                f"{len(absent)} item(s) are not in the cache (e.g. {absent[0]}); build it first", path=self.folder
+            )
         opened: dict[str, Any] = {}
         rows: list[tuple[np.ndarray, np.ndarray, dict[MapVariant, np.ndarray]]] = []
         for item in items:
@@ -267,9 +273,12 @@ class LatentCache:
                     with np.load(self.folder / file, allow_pickle=False) as data:
                         opened[file] = {key: data[key] for key in data.files}
                 except (OSError, ValueError, KeyError) as error:
-                    raise DatasetError(f"a cache shard cannot be read ({error}); delete the cache folder", path=self.folder / file) from None
+                    raise DatasetError(
+                        f"a cache shard cannot be read ({error}); delete the cache folder", path=self.folder / file
+                    ) from None
             data = opened[file]
-            rows.append((data["x0"][position], data["image"][position], {v: data[f"a_loc_{v.value}"][position] for v in MAP_VARIANTS}))
+            maps = {v: data[f"a_loc_{v.value}"][position] for v in MAP_VARIANTS}
+            rows.append((data["x0"][position], data["image"][position], maps))
         return CachedData(
             items=list(items),
             latents=torch.from_numpy(np.stack([row[0] for row in rows])),

@@ -169,7 +169,8 @@ class CrossAttentionCapture:
     def __init__(self, unet: torch.nn.Module, *, conditional_batch: int, select: StepSelector = every_step) -> None:
         if conditional_batch < 1:
             raise ValueError(f"conditional_batch must be at least 1, not {conditional_batch}")
-        self.unet = unet
+        # a diffusers UNet2DConditionModel: attn_processors and set_attn_processor are not nn.Module's
+        self.unet: Any = unet
         self.conditional_batch = conditional_batch
         self.select = select
         self.recording = False

@@ -222,7 +222,11 @@ def localize_variants(
     """
     if words and captured is None:
         raise ValueError("medical words were given but no attention was captured")
-    per_token = [token_maps(captured, tokens.positions, image_size, item=item) for tokens in words]  # type: ignore
+    per_token = (  # no attention captured: no words either (checked above)
+        [token_maps(captured, tokens.positions, image_size, item=item) for tokens in words]
+        if captured is not None
+        else []
+    )
     localizations = []
     for options in variants:
         maps = tuple(word_map(tokens, found, options) for tokens, found in zip(words, per_token))

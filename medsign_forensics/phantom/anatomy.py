@@ -9,8 +9,8 @@ the heart or the lungs and domes; the unchanged layers are shared).
 
 Geometry lives in normalised image coordinates: ``x`` from 0 (image left, the PATIENT'S RIGHT) to 1, ``y``
 from 0 (top) to 1. A lung's *lateral distance* ``d`` is measured from the midline towards its own side, so
-one shape function serves both lungs (:mod:`.params`). The skeleton is drawn by :mod:`.skeleton`. The whole chest may be slightly rotated: shapes are evaluated on a
-rotated coordinate grid.
+one shape function serves both lungs (:mod:`.params`). The skeleton is drawn by :mod:`.skeleton`. The whole
+chest may be slightly rotated: shapes are evaluated on a rotated coordinate grid.
 """
 
 from __future__ import annotations
@@ -102,7 +102,7 @@ class Anatomy:
 
     # -- lungs -----------------------------------------------------------------------------------------
 
-    def altered(self, *, heart_scale: float = 1.0, changes: Mapping[Side, LungChange] | None = None) -> "Anatomy":
+    def altered(self, *, heart_scale: float = 1.0, changes: Mapping[Side, LungChange] | None = None) -> Anatomy:
         """This patient with a redrawn heart or lungs; the unchanged layers are shared, not recomputed."""
         other = Anatomy(self.params, self.size, self.seed, heart_scale=heart_scale, changes=changes)
         for name in STATIC_LAYERS:

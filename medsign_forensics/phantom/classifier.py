@@ -138,7 +138,7 @@ class ClassifierConfig:
         return data
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "ClassifierConfig":
+    def from_dict(cls, data: dict[str, Any]) -> ClassifierConfig:
         return cls(
             channels=tuple(int(c) for c in data["channels"]),
             max_taps=tuple(int(t) for t in data["max_taps"]),

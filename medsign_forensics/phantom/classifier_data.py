@@ -27,7 +27,7 @@ import numpy as np
 from medsign_forensics.attacks.codec import to_uint8
 from medsign_forensics.errors import DatasetError
 from medsign_forensics.fileio import atomic_path, write_text
-from medsign_forensics.phantom.classifier import LABEL_INDEX, LABELS, encode_labels, label_name
+from medsign_forensics.phantom.classifier import LABEL_INDEX, LABELS, label_name
 from medsign_forensics.reports.findings import Finding, FindingKind, Severity, Side, Zone
 from medsign_forensics.training.progress import ProgressFn, notify
 
@@ -176,7 +176,7 @@ def _block_any(mask: np.ndarray, grid: int) -> np.ndarray:
     h, w = mask.shape
     if h % grid or w % grid:
         raise DatasetError(f"a {h}x{w} mask cannot be reduced to a {grid}x{grid} grid; render at a multiple of {grid}")
-    return mask.reshape(grid, h // grid, grid, w // grid).any(axis=(1, 3))
+    return np.asarray(mask.reshape(grid, h // grid, grid, w // grid).any(axis=(1, 3)))
 
 
 def _render_one(spec: RenderSpec, size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -310,7 +310,7 @@ def render_cached(
         with np.load(path) as shard:
             for key, parts in loaded.items():
                 parts.append(shard[key])
-    empty = {
+    empty: dict[str, np.ndarray] = {
         "images": np.zeros((0, size, size), np.uint8),
         "labels": np.zeros((0, len(LABELS)), np.float32),
         "masks": np.zeros((0, len(LABELS), MASK_GRID, MASK_GRID // 8), np.uint8),
@@ -328,4 +328,4 @@ def render_cached(
 def _save_shard(path: Path, arrays: dict[str, np.ndarray]) -> None:
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as handle:
-            np.savez(handle, **arrays)
+            np.savez(handle, **arrays)  # type: ignore[arg-type]  # numpy's stub: **arrays might name allow_pickle

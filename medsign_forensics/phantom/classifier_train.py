@@ -107,7 +107,7 @@ class TrainConfig:
         return data
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "TrainConfig":
+    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
         data = dict(data)
         model = ClassifierConfig.from_dict(data.pop("model"))
         aug = dict(data.pop("augmentation"))
@@ -115,7 +115,7 @@ class TrainConfig:
         return cls(model=model, augmentation=Augmentation(**aug), **data)
 
     @classmethod
-    def tiny(cls) -> "TrainConfig":
+    def tiny(cls) -> TrainConfig:
         """A config that renders and trains in seconds on CPU, for tests (the renderer's smallest size is 256)."""
         return cls(
             model=ClassifierConfig(channels=(8, 16, 16), max_taps=(0,), map_stage=0, groups=4),

@@ -20,7 +20,7 @@ import contextlib
 import io
 import json
 import multiprocessing
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -195,6 +195,7 @@ def build_dataset(
     jobs = [(str(out_dir), size, item) for item in todo]
     try:
         with contextlib.ExitStack() as stack:
+            finished: Iterator[None]
             if workers == 1 or len(jobs) <= 1:
                 finished = map(_render_job, jobs)
             else:

@@ -24,6 +24,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
+from typing import Any
 
 import numpy as np
 
@@ -217,7 +218,7 @@ def _empty(anatomy: Anatomy) -> tuple[np.ndarray, np.ndarray]:
     return np.zeros((anatomy.size, anatomy.size), np.float32), np.zeros((anatomy.size, anatomy.size), bool)
 
 
-def _finish(finding: Finding, delta: np.ndarray, mask: np.ndarray, **alteration: object) -> Lesion:
+def _finish(finding: Finding, delta: np.ndarray, mask: np.ndarray, **alteration: Any) -> Lesion:
     """Confine the change to the mask, so that nothing outside the mask differs from the normal chest."""
     return Lesion(finding, np.where(mask, delta, 0.0).astype(np.float32), mask, **alteration)
 
@@ -239,7 +240,7 @@ def _blob(
         cx, cy = _pick_centre(anatomy, side, finding.zone, radius, rng)
         rows, cols = _box(anatomy, cx, cy, radius * 1.3)
         x, y = anatomy.x[rows, cols], anatomy.y[rows, cols]
-        thickness = np.zeros(x.shape, np.float32)
+        thickness: np.ndarray = np.zeros(x.shape, np.float32)
         parts = [(cx, cy, radius)]
         for _ in range(lobes - 1):
             angle = rng.uniform(0, 2 * math.pi)

@@ -9,6 +9,7 @@ one shape function serves both lungs.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import cast
 
 import numpy as np
 
@@ -150,7 +151,10 @@ def sample_anatomy(seed: int) -> AnatomyParams:
         range_compression=u(0.45, 0.75),
         noise=u(0.6, 1.4),
         blur_px=u(0.5, 0.9),
-        collimation=tuple(float(u(0.005, 0.035)) if rng.uniform() < 0.15 else 0.0 for _ in range(4)),
+        collimation=cast(
+            tuple[float, float, float, float],
+            tuple(float(u(0.005, 0.035)) if rng.uniform() < 0.15 else 0.0 for _ in range(4)),
+        ),
     )
 
 

@@ -23,8 +23,8 @@ from medsign_forensics.provenance.keys import IssuerKey
 from medsign_forensics.provenance.log import (
     GENESIS_HASH,
     CheckpointPin,
-    checkpoint_file_bytes,
     chain_heads,
+    checkpoint_file_bytes,
     entry_hash,
     load_checkpoint_file,
 )

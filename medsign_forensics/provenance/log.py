@@ -41,7 +41,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
@@ -225,7 +225,17 @@ class AuditResult:
     state: LogState | None = None
 
 
-def chain_heads(entries: Sequence[LogEntry]) -> list[str]:
+class ChainEntry(Protocol):
+    """What the hash chain covers of a log row (a :class:`LogEntry`, or a row being rewritten)."""
+
+    @property
+    def document(self) -> str: ...
+
+    @property
+    def signature(self) -> str: ...
+
+
+def chain_heads(entries: Sequence[ChainEntry]) -> list[str]:
     """Head hash after 0, 1, ..., n entries, recomputed from the entries' content (stored hashes ignored)."""
     heads = [GENESIS_HASH]
     for position, entry in enumerate(entries):
@@ -355,9 +365,11 @@ def audit(entries: Sequence[LogEntry], checkpoints: Sequence[StoredCheckpoint], 
         if latest is None or stored.log_size >= latest.log_size:
             latest = stored
     if latest is not None and latest.log_size < size:
-        result.problems.append(f"only {latest.log_size} of the log's {size} entries are covered by a signed checkpoint: "
-                               "later checkpoints were deleted and the log rewritten, or entries were appended "
-                               "outside the registry software")
+        result.problems.append(
+            f"only {latest.log_size} of the log's {size} entries are covered by a signed checkpoint: "
+            "later checkpoints were deleted and the log rewritten, or entries were appended "
+            "outside the registry software"
+        )
     if latest is None and not checkpoints and size > 0 and not (pin is not None and pin_ok):
         result.anchor_problem = (
             f"no signed checkpoint: the log's {size} entries chain and are signed, but no issuer signature vouches "

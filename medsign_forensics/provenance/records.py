@@ -26,7 +26,7 @@ import re
 import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from enum import Enum
 from typing import Any, ClassVar, TypeVar
 
@@ -34,9 +34,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from medsign_forensics import __version__
 from medsign_forensics.errors import InputError, RegistryError
+from medsign_forensics.key import check_length
 from medsign_forensics.provenance.canonical import canonical_json, parse_canonical, sha256_hex
 from medsign_forensics.provenance.keys import SIGNATURE_ALGORITHM, Signer, signature_is_valid
-from medsign_forensics.key import check_length
 
 DOCUMENT_VERSION = 1
 WATERMARK_ALGORITHM = "medsign-v1"
@@ -88,7 +88,7 @@ def new_provenance_id() -> str:
 
 def utc_now() -> str:
     """Current time as RFC 3339 UTC with second precision, e.g. ``2025-01-31T09:15:02Z``."""
-    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def check_provenance_id(value: str) -> str:

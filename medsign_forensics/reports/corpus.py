@@ -143,7 +143,7 @@ def deduplicate(reports: Iterable[Report]) -> list[Report]:
 
 def split_fraction(report_id: str, seed: int) -> float:
     """A number in [0, 1) fixed by the id and the seed: SHA-256, so it is the same on every run and machine."""
-    digest = hashlib.sha256(f"{seed}\x00{report_id}".encode("utf-8")).digest()
+    digest = hashlib.sha256(f"{seed}\x00{report_id}".encode()).digest()
     return int.from_bytes(digest[:8], "big") / 2**64
 
 

@@ -88,7 +88,7 @@ class Finding:
         }
 
     @classmethod
-    def from_dict(cls, data: dict[str, object]) -> "Finding":
+    def from_dict(cls, data: dict[str, object]) -> Finding:
         return cls(
             kind=FindingKind(data["kind"]),
             side=Side(data.get("side", "unspecified")),

@@ -56,7 +56,7 @@ def parse_openi_xml(data: bytes, *, member: str) -> Report:
     except ET.ParseError as exc:
         raise DatasetError(f"report {member} in the Open-i archive is not valid XML ({exc}); {_REINSTALL}.") from None
     uid = root.find("uId")
-    report_id = uid.get("id") if uid is not None and uid.get("id") else Path(member).stem
+    report_id = (uid.get("id") if uid is not None else None) or Path(member).stem
     sections = {node.get("Label"): (node.text or "").strip() for node in root.iter("AbstractText")}
     mesh = tuple(" ".join(node.text.split()) for node in root.iter("major") if node.text and node.text.strip())
     return Report(

@@ -228,7 +228,7 @@ def _post_phrase(text: str) -> str:
     word that ends it; "and" / "or" between two location words does not end it."""
     words = _WORD.findall(text)[:_POST_WORDS]
     kept: list[str] = []
-    for position, word in enumerate(words):
+    for word in words:
         if word in _POST_STOP and not (word in {"and", "or"} and kept and kept[-1] in _PLACE_WORDS):
             break
         kept.append(word)

@@ -9,7 +9,7 @@ draws exactly the numbers an uninterrupted run would have drawn.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -68,7 +68,7 @@ def save_checkpoint(
     state = {
         **payload,
         RNG_KEY: capture_rng(generators=generators, numpy_rngs=numpy_rngs),
-        "saved_at": datetime.now(timezone.utc).replace(microsecond=0).isoformat(),
+        "saved_at": datetime.now(UTC).replace(microsecond=0).isoformat(),
     }
     with atomic_path(path) as tmp:
         torch.save(state, tmp)

@@ -17,6 +17,7 @@ image into three 8-bit channels, runs the package, and converts the result back 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from typing import ClassVar
 
 import cv2
@@ -116,7 +117,9 @@ class RivaGanBaseline(Baseline):
         return self.extract_rgb(_grey_to_bgr(image))
 
 
-BASELINES: dict[str, type[Baseline]] = {DwtDctBaseline.name: DwtDctBaseline, RivaGanBaseline.name: RivaGanBaseline}
+BASELINES: dict[str, Callable[[], Baseline]] = {
+    DwtDctBaseline.name: DwtDctBaseline, RivaGanBaseline.name: RivaGanBaseline
+}
 
 
 def get_baseline(name: str) -> Baseline:

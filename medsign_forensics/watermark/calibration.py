@@ -167,7 +167,7 @@ def fit_null(sets: Mapping[str, np.ndarray], *, margin_sd: float = 2.0, alpha: f
     low = np.clip(np.minimum(np.min(lows, axis=0), 0.5), RATE_FLOOR, RATE_CEIL)
     high = np.clip(np.maximum(np.max(highs, axis=0), 0.5), RATE_FLOOR, RATE_CEIL)
     return NullCalibration(
-        bits=int(widths.pop()),
+        bits=int(pooled.shape[1]),
         rate_one_low=tuple(float(v) for v in low),
         rate_one_high=tuple(float(v) for v in high),
         sets=tuple(summaries.values()),

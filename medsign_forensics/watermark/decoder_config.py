@@ -12,10 +12,10 @@ from dataclasses import asdict, dataclass, fields, replace
 from enum import Enum
 from typing import Any
 
+from medsign_forensics.attacks.library import get_attack
 from medsign_forensics.config import LossWeights, preset
 from medsign_forensics.errors import InputError
 from medsign_forensics.localization.cache import DEFAULT_REPORTS, MapVariant
-from medsign_forensics.attacks.library import get_attack
 from medsign_forensics.watermark.head import HeadConfig
 
 DEFAULT_TRAIN_ATTACKS: tuple[str, ...] = (
@@ -97,7 +97,9 @@ class DecoderTrainConfig:
             raise InputError(f"unknown ablation {self.ablation!r}; choose one of: {known}") from None
         object.__setattr__(self, "attacks", tuple(self.attacks))
         if self.batch < 1 or self.epochs < 1 or (self.steps is not None and self.steps < 1):
-            raise InputError(f"need batch >= 1, epochs >= 1 and steps >= 1; got {self.batch}, {self.epochs}, {self.steps}")
+            raise InputError(
+                f"need batch >= 1, epochs >= 1 and steps >= 1; got {self.batch}, {self.epochs}, {self.steps}"
+            )
         if self.n_reports is not None and self.n_reports < 1:
             raise InputError(f"--n-reports must be at least 1, got {self.n_reports}")
         if self.train_size < 8 or self.train_size % 8:

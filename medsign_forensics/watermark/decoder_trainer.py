@@ -23,12 +23,12 @@ from typing import Any
 import numpy as np
 import torch
 
+from medsign_forensics.attacks.library import get_attack
+from medsign_forensics.attacks.storage import Requantize
 from medsign_forensics.errors import InputError, ModelError
 from medsign_forensics.localization.cache import CachedData
 from medsign_forensics.training.schedule import WarmupCosine
 from medsign_forensics.training.weights import load_state
-from medsign_forensics.attacks.library import get_attack
-from medsign_forensics.attacks.storage import Requantize
 from medsign_forensics.watermark.decoder_config import DecoderTrainConfig
 from medsign_forensics.watermark.deployment import (
     DECODER_PREFIXES,
@@ -189,9 +189,12 @@ class DecoderTrainer:
         if self.head is not None and self.config.normalise_terms:
             with torch.no_grad():
                 start = self.start_head(original)
-                start_logits = torch.cat([self.extractor(a.differentiable(self.store.differentiable(start),
-                                                                          np.random.default_rng([self.config.seed, 11, step])))
-                                          for a in self.attacks])
+                start_logits = torch.cat([
+                    self.extractor(a.differentiable(
+                        self.store.differentiable(start), np.random.default_rng([self.config.seed, 11, step])
+                    ))
+                    for a in self.attacks
+                ])
                 reference = decoder_objective(start, original, start_logits, self.key, a_loc, self.weights,
                                               temperature=self.config.msg_temperature)
             terms = self._normalised(terms, reference)
@@ -249,9 +252,9 @@ class DecoderTrainer:
 def measure_held_out(trainer: DecoderTrainer, data: CachedData, *, seed: int, batch: int = 8) -> dict[str, Any]:
     """PSNR/SSIM against D_o and blind bit accuracy after each Table-1 attack (exact forms, 8-bit storage on
     both sides), on held-out items: what a deployment records about itself and ``generate`` checks."""
-    from medsign_forensics.watermark.fidelity import psnr, ssim
     from medsign_forensics.attacks.library import TABLE1_ATTACKS
     from medsign_forensics.watermark.extractor_io import extract_bits
+    from medsign_forensics.watermark.fidelity import psnr, ssim
 
     key = trainer.key.cpu().numpy().astype(np.uint8)
     rng = np.random.default_rng([seed, 23])

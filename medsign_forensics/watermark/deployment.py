@@ -40,8 +40,8 @@ import torch
 from medsign_forensics import __version__
 from medsign_forensics.errors import InputError, ModelError, RegistryError
 from medsign_forensics.fileio import write_json
-from medsign_forensics.provenance.records import utc_now
 from medsign_forensics.key import bits_to_hex, check_length, hex_to_bits
+from medsign_forensics.provenance.records import utc_now
 from medsign_forensics.training.weights import check_state, load_state, load_tensors, save_tensors
 
 FORMAT = "medsign-deployment"
@@ -193,7 +193,11 @@ def save_deployment(
     if (vae is None) == (head is None):
         raise InputError("a deployment stores either a fine-tuned decoder or a watermark layer; give exactly one")
     file = DECODER_FILE if head is None else HEAD_FILE
-    state = decoder_state(vae) if head is None else head.state_dict()
+    if head is None:
+        assert vae is not None  # exactly one of the two, checked above
+        state = decoder_state(vae)
+    else:
+        state = head.state_dict()
     decoder_sha = save_tensors(out_dir / file, state, dtype=torch.float32,
                                metadata={"format": FORMAT, "software": __version__})
     decoder_entry: dict[str, Any] = {"file": file, "sha256": decoder_sha, "kind": FINETUNED}

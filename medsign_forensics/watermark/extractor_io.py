@@ -188,7 +188,7 @@ def _as_batches(images: torch.Tensor | Sequence[np.ndarray], batch_size: int) ->
     for index, image in enumerate(images):
         if np.ndim(image) != 2:
             raise InputError(f"image {index} has shape {np.shape(image)}; expected a greyscale (H, W) array")
-        by_size.setdefault(tuple(np.shape(image)), []).append(index)  # type: ignore[arg-type]
+        by_size.setdefault(tuple(np.shape(image)), []).append(index)
     batches = []
     for indices in by_size.values():
         for i in range(0, len(indices), batch_size):

@@ -75,8 +75,10 @@ class WatermarkHead(nn.Module):
             nn.Conv2d(c, c, 3, padding=4, dilation=4), nn.SiLU(),
             nn.Conv2d(c, 1, 3, padding=1),
         )
-        nn.init.zeros_(self.net[-1].weight)
-        nn.init.zeros_(self.net[-1].bias)
+        last = self.net[-1]
+        assert isinstance(last, nn.Conv2d) and last.bias is not None
+        nn.init.zeros_(last.weight)
+        nn.init.zeros_(last.bias)
         self.log_amplitudes = nn.Parameter(torch.zeros(n_frequencies))
 
     def gain(self, images: torch.Tensor) -> torch.Tensor:
@@ -117,7 +119,9 @@ class WatermarkedDecoder(nn.Module):
 
 def attach(vae: nn.Module, head: WatermarkHead) -> nn.Module:
     """Put ``head`` after ``vae``'s decoder in place (an AutoencoderKL); returns ``vae``."""
-    if isinstance(vae.decoder, WatermarkedDecoder):
+    decoder = vae.decoder
+    if isinstance(decoder, WatermarkedDecoder):
         raise InputError("this VAE already carries a watermark layer")
-    vae.decoder = WatermarkedDecoder(vae.decoder, head)
+    assert isinstance(decoder, nn.Module)
+    vae.decoder = WatermarkedDecoder(decoder, head)
     return vae

@@ -19,8 +19,8 @@ figures in BENCHMARKS.md):
 * The key enters the encoder as a bank of learned spatial patterns, one per bit, tiled over the image: the
   residual is ``tanh(sum_i (2 m_i - 1) P_i / sqrt(k))``. HiDDeN's original injection (the key as constant
   feature channels, mixed with image features by one convolution) learned markedly slower here (0.60 against
-  0.69 bit accuracy after 1,000 steps, both with BatchNorm). Patterns are initialised smooth (low-pass noise) so that JPEG and
-  resampling do not erase them before training has begun.
+  0.69 bit accuracy after 1,000 steps, both with BatchNorm). Patterns are initialised smooth (low-pass noise)
+  so that JPEG and resampling do not erase them before training has begun.
 """
 
 from __future__ import annotations

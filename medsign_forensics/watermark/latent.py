@@ -146,8 +146,8 @@ class LatentMark:
         """Read the key bits from one inverted z_T estimate (C, h, w) or (1, C, h, w); only the spatial positions
         where ``mask`` (h, w) is true vote. InputError when the mask leaves some bit without a replica."""
         z = np.asarray(noise.detach().cpu() if isinstance(noise, torch.Tensor) else noise, dtype=np.float64)
-        z = z.reshape(z.shape[-3:])
-        shape = (int(z.shape[0]), int(z.shape[1]), int(z.shape[2]))
+        shape = (int(z.shape[-3]), int(z.shape[-2]), int(z.shape[-1]))
+        z = z.reshape(shape)
         index, stream = self._pattern(shape)
         votes = z * (1.0 - 2.0 * stream)
         if mask is not None:

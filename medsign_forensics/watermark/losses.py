@@ -76,7 +76,9 @@ def _check_pair(watermarked: torch.Tensor, original: torch.Tensor) -> None:
         )
 
 
-def dct_matrix(size: int = BLOCK, *, dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu") -> torch.Tensor:
+def dct_matrix(
+    size: int = BLOCK, *, dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu"
+) -> torch.Tensor:
     """The orthonormal DCT-II matrix D (size x size): coefficients of a block X are D @ X @ D^T."""
     n = torch.arange(size, dtype=torch.float64)
     k = n[:, None]
@@ -140,7 +142,12 @@ def tv_loss(watermarked: torch.Tensor, original: torch.Tensor) -> torch.Tensor:
 def preservation_loss(watermarked: torch.Tensor, original: torch.Tensor, a_loc: torch.Tensor) -> torch.Tensor:
     """mean(((I_w - I_o) * A_loc) ** 2): the watermark's energy inside the pathology localization map."""
     _check_pair(watermarked, original)
-    if a_loc.ndim != 4 or a_loc.shape[1] != 1 or a_loc.shape[0] != watermarked.shape[0] or a_loc.shape[2:] != watermarked.shape[2:]:
+    if (
+        a_loc.ndim != 4
+        or a_loc.shape[1] != 1
+        or a_loc.shape[0] != watermarked.shape[0]
+        or a_loc.shape[2:] != watermarked.shape[2:]
+    ):
         raise InputError(
             f"A_loc must be (B, 1, H, W) matching the images {tuple(watermarked.shape)}, got {tuple(a_loc.shape)}"
         )

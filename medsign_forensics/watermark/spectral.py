@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -189,7 +189,9 @@ def informed_residual(images: torch.Tensor, key: np.ndarray, config: SpectralCon
     spectrum = torch.zeros(batch, height, width, dtype=torch.complex64 if images.dtype != torch.float64
                            else torch.complex128)
     coefficients = torch.polar(amplitude.expand(batch, -1) * (height * width), phase.to(images.dtype))
-    spectrum = spectrum.index_put((torch.arange(batch)[:, None], rows[None], cols[None]), coefficients.to(spectrum.dtype))
+    spectrum = spectrum.index_put(
+        (torch.arange(batch)[:, None], rows[None], cols[None]), coefficients.to(spectrum.dtype)
+    )
     residual = torch.fft.ifft2(spectrum).real
     return residual / residual.pow(2).mean(dim=(1, 2), keepdim=True).sqrt().clamp_min(1e-12)
 
@@ -244,11 +246,11 @@ def sample_spectrum(power: torch.Tensor, frequencies: torch.Tensor) -> torch.Ten
     dy, dx = u - y0, v - x0
     y0, x0 = y0.long(), x0.long()
     flat = power.reshape(batch, -1)
-    out = 0.0
+    out: torch.Tensor | float = 0.0
     for oy, ox, weight in ((0, 0, (1 - dy) * (1 - dx)), (1, 0, dy * (1 - dx)), (0, 1, (1 - dy) * dx), (1, 1, dy * dx)):
         index = ((y0 + oy) % height) * width + (x0 + ox) % width
         out = out + weight * torch.gather(flat, 1, index.expand(batch, -1))
-    return out
+    return cast(torch.Tensor, out)  # a tensor after the first of the four corners
 
 
 def transform(frequencies: torch.Tensor, rotation: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
@@ -297,6 +299,13 @@ class SpectralExtractor(nn.Module):
     ``forward`` returns the logits (B, k), differentiable with respect to the pixels at the geometry the
     (gradient-free) search found; :meth:`read` returns the whole :class:`Reading`.
     """
+
+    # buffers (register_buffer), declared for the type checker: nn.Module's __getattr__ is Tensor | Module
+    freq_a: torch.Tensor
+    freq_b: torch.Tensor
+    freq_pilot: torch.Tensor
+    coarse: torch.Tensor
+    fine: torch.Tensor
 
     def __init__(self, config: SpectralConfig | None = None) -> None:
         super().__init__()

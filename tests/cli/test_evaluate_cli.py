@@ -70,7 +70,9 @@ def test_cli_errors_have_their_exit_codes(world, tmp_path):
     assert fundus.exit_code == 2 and "--reports" in fundus.output
     nothing = runner.invoke(app, ["train", "--out", str(tmp_path / "d")])
     assert nothing.exit_code == 2 and "--dataset" in nothing.output
-    ablation = runner.invoke(app, [*base, "--key", "a5c3e10f", "--ablation", "no-watson", "--model", str(world["model_dir"])])
+    ablation = runner.invoke(
+        app, [*base, "--key", "a5c3e10f", "--ablation", "no-watson", "--model", str(world["model_dir"])]
+    )
     assert ablation.exit_code == 2 and "unknown ablation" in ablation.output
     missing = runner.invoke(app, ["evaluate", "--deployment", str(tmp_path / "nope"), "--out", str(tmp_path / "e")])
     assert missing.exit_code == 4 and "deployment.json" in missing.output

@@ -8,10 +8,10 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
+from helpers.localization import build_model_folder
+
 from medsign_forensics.attacks.codec import to_uint8
 from medsign_forensics.cli.main import app
-
-from helpers.localization import build_model_folder
 
 runner = CliRunner()
 

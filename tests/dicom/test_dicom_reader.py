@@ -5,8 +5,9 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
-from helpers.dicom import Deployment
 from pydicom.uid import ImplicitVRLittleEndian, RLELossless
+
+from helpers.dicom import Deployment
 
 from medsign_forensics.dicom import PRIVATE_CREATOR, CheckName, CheckStatus, check_study, read_provenance_block
 from medsign_forensics.dicom.uids import new_uid

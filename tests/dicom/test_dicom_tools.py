@@ -9,8 +9,9 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
-from helpers.dicom import Deployment
 from PIL import Image
+
+from helpers.dicom import Deployment
 
 from medsign_forensics.dicom import Modality, check_study
 

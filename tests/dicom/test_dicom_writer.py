@@ -1,14 +1,15 @@
 from __future__ import annotations
 
 import dataclasses
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
 import pydicom
 import pytest
-from helpers.dicom import MODEL, Deployment
 from pydicom.uid import ExplicitVRLittleEndian
+
+from helpers.dicom import MODEL, Deployment
 
 from medsign_forensics.dicom import PRIVATE_CREATOR, Modality, write_synthetic_study
 from medsign_forensics.dicom.pixels import pixel_sha256
@@ -57,7 +58,7 @@ def test_uids_are_fresh_even_with_the_same_seed(tmp_path: Path, deployment: Depl
 
 def test_private_block_holds_the_signed_documents(tmp_path: Path, deployment: Deployment,
                                                   image8: np.ndarray) -> None:
-    when = datetime(2025, 3, 4, 5, 6, 7, tzinfo=timezone.utc)
+    when = datetime(2025, 3, 4, 5, 6, 7, tzinfo=UTC)
     written = deployment.write(tmp_path / "study.dcm", image8, seed=9, created_at=when)
     ds = pydicom.dcmread(written.path)
     block = ds.private_block(0x0071, PRIVATE_CREATOR)

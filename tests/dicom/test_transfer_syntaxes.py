@@ -16,7 +16,7 @@ import pydicom
 import pytest
 
 from medsign_forensics.imageio import read_image
-from medsign_forensics.verify import Verifier, VerdictKind
+from medsign_forensics.verify import VerdictKind, Verifier
 
 SOURCE = Path(__file__).resolve().parents[3] / "shared" / "data" / "real-dicom" / "siim-cr-chest-mono2.dcm"
 TOOLS = ("dcmdjpeg", "dcmcjpeg", "dcmcjpls", "dcmcrle")

@@ -8,16 +8,17 @@ from pathlib import Path
 import pytest
 import torch
 
+from helpers.diffusion import REPORT_TEXTS
+
 from medsign_forensics.diffusion.configs import (
     build_text_encoder,
     build_unet,
     build_vae,
     tiny_config,
 )
-from medsign_forensics.diffusion.tokenizer import train_tokenizer
 from medsign_forensics.diffusion.export import build_random_model
+from medsign_forensics.diffusion.tokenizer import train_tokenizer
 
-from helpers.diffusion import REPORT_TEXTS
 
 @pytest.fixture(scope="session")
 def grey_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:

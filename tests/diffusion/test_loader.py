@@ -141,7 +141,8 @@ def test_wrong_sha256(grey_model_dir: Path, tmp_path: Path) -> None:
 def test_weights_not_listed_in_manifest(grey_model_dir: Path, tmp_path: Path) -> None:
     folder = _copy(grey_model_dir, tmp_path)
     manifest = folder / MANIFEST_NAME
-    manifest.write_text("".join(line + "\n" for line in manifest.read_text().splitlines() if "unet/diffusion" not in line))
+    kept = [line + "\n" for line in manifest.read_text().splitlines() if "unet/diffusion" not in line]
+    manifest.write_text("".join(kept))
     with pytest.raises(ModelError, match="does not list the weights"):
         load_model(folder)
 

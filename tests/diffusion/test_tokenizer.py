@@ -4,6 +4,8 @@ from pathlib import Path
 
 import pytest
 
+from helpers.diffusion import REPORT_TEXTS
+
 from medsign_forensics.diffusion.tokenizer import (
     load_tokenizer,
     save_tokenizer,
@@ -11,8 +13,6 @@ from medsign_forensics.diffusion.tokenizer import (
     word_token_spans,
 )
 from medsign_forensics.errors import InputError
-
-from helpers.diffusion import REPORT_TEXTS
 
 
 @pytest.fixture(scope="module")

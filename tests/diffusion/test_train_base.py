@@ -7,15 +7,15 @@ from pathlib import Path
 import pytest
 import torch
 
+from helpers.diffusion import REPORT_TEXTS, StandInSource
+
 from medsign_forensics.diffusion import load_model, sample
+from medsign_forensics.diffusion.base_trainers import UNetTrainer, VaeTrainer
 from medsign_forensics.diffusion.configs import tiny_config
 from medsign_forensics.diffusion.loader import MANIFEST_NAME, read_manifest
 from medsign_forensics.diffusion.tokenizer import train_tokenizer
-from medsign_forensics.diffusion.base_trainers import UNetTrainer, VaeTrainer
 from medsign_forensics.diffusion.train_base import Stage, train
 from medsign_forensics.errors import InputError
-
-from helpers.diffusion import REPORT_TEXTS, StandInSource
 
 
 def _images(count: int = 2, size: int = 32) -> torch.Tensor:

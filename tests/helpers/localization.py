@@ -109,8 +109,8 @@ TOKENIZER_TEXTS = (
 def build_model_folder(folder: Path) -> Path:
     """A tiny random mini-cxr folder (greyscale VAE, only-cross-attention first level), exported as shipped."""
     from medsign_forensics.diffusion.configs import build_text_encoder, build_unet, build_vae, tiny_config
-    from medsign_forensics.diffusion.tokenizer import train_tokenizer
     from medsign_forensics.diffusion.export import export_model
+    from medsign_forensics.diffusion.tokenizer import train_tokenizer
 
     config = tiny_config()
     torch.manual_seed(0)

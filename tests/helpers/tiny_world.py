@@ -45,7 +45,8 @@ def build_classifier(folder: Path) -> Path:
     from medsign_forensics.phantom.classifier import ClassifierConfig, FindingClassifier, save_classifier
 
     torch.manual_seed(0)
-    save_classifier(FindingClassifier(ClassifierConfig(channels=(8, 8), max_taps=(), map_stage=None, groups=4, image_size=64)), folder)
+    config = ClassifierConfig(channels=(8, 8), max_taps=(), map_stage=None, groups=4, image_size=64)
+    save_classifier(FindingClassifier(config), folder)
     return folder
 
 
@@ -56,7 +57,9 @@ def write_reports(path: Path, count: int = 60) -> Path:
     return path
 
 
-def make_deployment(folder: Path, model, extractor: Path, *, ablation: str, scale: float, key_hex: str, seed: int = 0) -> Path:
+def make_deployment(
+    folder: Path, model, extractor: Path, *, ablation: str, scale: float, key_hex: str, seed: int = 0
+) -> Path:
     """A deployment without training: the base decoder with its last convolution nudged by ``scale``."""
     import copy
 
@@ -93,10 +96,14 @@ def evaluation_world(factory) -> dict[str, object]:
         _WORLD.update(
             root=root, model_dir=model_dir, model=model, extractor=extractor,
             classifier=build_classifier(root / "classifier"), reports=write_reports(root / "reports.txt"),
-            medsign=make_deployment(root / "medsign", model, extractor, ablation="none", scale=0.02, key_hex="a5c3e10f"),
+            medsign=make_deployment(
+                root / "medsign", model, extractor, ablation="none", scale=0.02, key_hex="a5c3e10f"
+            ),
             stable=make_deployment(root / "stable", model, extractor, ablation="stable-signature", scale=0.2,
                                    key_hex="5a3c1ef0", seed=1),
-            no_pre=make_deployment(root / "no-pre", model, extractor, ablation="no-pre", scale=0.1, key_hex="a5c3e10f", seed=2),
+            no_pre=make_deployment(
+                root / "no-pre", model, extractor, ablation="no-pre", scale=0.1, key_hex="a5c3e10f", seed=2
+            ),
             cache=root / "cache",
         )
     return _WORLD

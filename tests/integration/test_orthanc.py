@@ -24,7 +24,7 @@ import pydicom
 import pytest
 from typer.testing import CliRunner
 
-from helpers.verify import World, build_extractor, build_world, sample_image
+from helpers.verify import build_extractor, build_world, sample_image
 
 from medsign_forensics.cli.main import app
 from medsign_forensics.dicom import check_study
@@ -118,8 +118,8 @@ def extractor_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def pushed(orthanc, extractor_dir, tmp_path_factory):
     """A world whose planted study, a forged study and an unwatermarked study were stored by C-STORE."""
-    from pynetdicom import AE
     from pydicom.uid import ExplicitVRLittleEndian
+    from pynetdicom import AE
 
     from medsign_forensics.dicom import SECONDARY_CAPTURE_IMAGE_STORAGE
 

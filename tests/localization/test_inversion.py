@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
 from helpers.localization import keyword_parser
 
 from medsign_forensics.errors import InputError

@@ -5,7 +5,7 @@ Radiological convention: the patient's RIGHT is on the IMAGE LEFT (low column nu
 
 from __future__ import annotations
 
-from functools import lru_cache
+from functools import cache
 
 import numpy as np
 import pytest
@@ -23,18 +23,18 @@ IN_LUNG = [K.NODULE, K.MASS, K.CONSOLIDATION, K.ATELECTASIS, K.GRANULOMA, K.EFFU
 ZONED = [K.NODULE, K.MASS, K.CONSOLIDATION, K.GRANULOMA, K.ATELECTASIS]
 
 
-@lru_cache(maxsize=None)
+@cache
 def render(kind: FindingKind, side: Side = Side.UNSPECIFIED, zone: Zone = Zone.UNSPECIFIED,
            severity: Severity = Severity.MODERATE, seed: int = SEED, size: int = 256) -> PhantomStudy:
     return render_study([Finding(kind, side=side, zone=zone, severity=severity)], seed=seed, size=size)
 
 
-@lru_cache(maxsize=None)
+@cache
 def normal(seed: int = SEED, size: int = 256) -> PhantomStudy:
     return render_study([], seed=seed, size=size)
 
 
-@lru_cache(maxsize=None)
+@cache
 def anatomy(seed: int = SEED, size: int = 256) -> Anatomy:
     study = normal(seed, size)
     return Anatomy(study.anatomy, size, seed)

@@ -11,6 +11,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 
 from helpers.provenance import FAST_SCRYPT, PASSPHRASE
+
 from medsign_forensics.errors import InputError, RegistryError
 from medsign_forensics.provenance.keys import (
     IssuerKey,

@@ -3,6 +3,7 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
+
 from helpers.provenance import MODEL
 
 from medsign_forensics.errors import InputError, RegistryError

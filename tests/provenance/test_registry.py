@@ -5,6 +5,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from helpers.provenance import MODEL
 
 from medsign_forensics.errors import RegistryError

@@ -9,10 +9,11 @@ import time
 from pathlib import Path
 
 import numpy as np
+
 from helpers.provenance import PASSPHRASE
 
-from medsign_forensics.provenance.registry import Registry
 from medsign_forensics.key import hex_to_bits
+from medsign_forensics.provenance.registry import Registry
 
 WORKER = textwrap.dedent("""
     import sys, time

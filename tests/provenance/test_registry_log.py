@@ -7,6 +7,7 @@ import sqlite3
 from pathlib import Path
 
 import pytest
+
 from helpers.provenance import MODEL
 
 from medsign_forensics.config import REPO_DIR

@@ -10,8 +10,7 @@ from pathlib import Path
 import pytest
 
 from medsign_forensics.errors import DatasetError
-from medsign_forensics.reports import load_reports, parse_mesh, parse_report
-from medsign_forensics.reports import openi
+from medsign_forensics.reports import load_reports, openi, parse_mesh, parse_report
 from medsign_forensics.reports.findings import FindingKind
 
 XML = """<?xml version="1.0" encoding="utf-8"?>

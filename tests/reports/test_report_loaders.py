@@ -125,7 +125,7 @@ def test_file_with_only_empty_reports(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("name", ["r.txt", "r.csv", "r.jsonl"])
 def test_non_utf8_file_names_file_and_offset(tmp_path: Path, name: str) -> None:
-    path = write(tmp_path / name, "report\nCardiomegaly ".encode() + b"\xff\xfe mild.\n")
+    path = write(tmp_path / name, b"report\nCardiomegaly " + b"\xff\xfe mild.\n")
     with pytest.raises(ReportError) as info:
         load_reports(path)
     message = str(info.value)

@@ -66,7 +66,9 @@ def test_round_trip_builds_the_watermarked_vae(tmp_path):
     manifest = json.loads((folder / MANIFEST_FILE).read_text())
     assert manifest["registered"] is False and manifest["provenance"] is None and manifest["bits"] == 48
     assert manifest["created_at"].endswith("Z") and manifest["decoder"]["sha256"] == sha256_file(folder / DECODER_FILE)
-    assert set(load_file(str(folder / DECODER_FILE))) == {k for k in base.state_dict() if k.startswith(("decoder.", "post_quant_conv."))}
+    assert set(load_file(str(folder / DECODER_FILE))) == {
+        k for k in base.state_dict() if k.startswith(("decoder.", "post_quant_conv."))
+    }
     deployment = load_deployment(folder)
     assert deployment.key_hex == "0123456789ab" and deployment.key.size == 48 and not deployment.registered
     vae = deployment.watermarked_vae(FakeModel(base))

@@ -46,8 +46,10 @@ def test_bad_inputs_are_refused() -> None:
 def test_attached_layer_marks_what_the_decoder_decodes() -> None:
     from diffusers import AutoencoderKL
 
-    vae = AutoencoderKL(in_channels=1, out_channels=1, block_out_channels=(8,), down_block_types=("DownEncoderBlock2D",),
-                        up_block_types=("UpDecoderBlock2D",), latent_channels=4, norm_num_groups=4).eval()
+    vae = AutoencoderKL(
+        in_channels=1, out_channels=1, block_out_channels=(8,), down_block_types=("DownEncoderBlock2D",),
+        up_block_types=("UpDecoderBlock2D",), latent_channels=4, norm_num_groups=4,
+    ).eval()
     latents = torch.randn(1, 4, 128, 128, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         plain = vae.decode(latents).sample

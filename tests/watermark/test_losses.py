@@ -123,7 +123,9 @@ def test_objective_sums_the_weighted_terms_and_needs_a_map_for_l_pre():
     expected = 2.1 * terms.img + 7.5 * terms.msg + 3.0 * terms.tv + 975.0 * terms.pre
     assert torch.allclose(terms.total, expected)
     assert all(value > 0 for value in terms.values().values())
-    no_map = decoder_objective(watermarked, original, logits, key, None, LossWeights(2.1, 7.5, 0.0, 0.0), temperature=1.0)
+    no_map = decoder_objective(
+        watermarked, original, logits, key, None, LossWeights(2.1, 7.5, 0.0, 0.0), temperature=1.0
+    )
     assert float(no_map.pre) == 0.0 and float(no_map.tv) == 0.0
     with pytest.raises(InputError):
         decoder_objective(watermarked, original, logits, key, None, weights, temperature=1.0)

@@ -10,9 +10,9 @@ from helpers.tiny_world import REPORTS, build_extractor, build_model
 
 from medsign_forensics.config import LossWeights
 from medsign_forensics.errors import DatasetError, InputError
-from medsign_forensics.reports import Report
 from medsign_forensics.localization import cache as cache_module
 from medsign_forensics.localization.cache import LatentCache, MapVariant, select_items
+from medsign_forensics.reports import Report
 from medsign_forensics.watermark.deployment import key_from_hex, load_deployment
 from medsign_forensics.watermark.train_decoder import (
     Ablation,
@@ -37,7 +37,9 @@ def world(tmp_path_factory):
     reports = [Report(report_id=f"r{i}", findings="", impression=text) for i, text in enumerate(REPORTS[:4])]
     items = select_items(reports, None, seed=0)
     reference = copy.deepcopy(model.vae).float().eval()
-    data = LatentCache(root / "cache").build(model, items, reference_vae=reference, steps=2, guidance_scale=4.0, batch=3)
+    data = LatentCache(root / "cache").build(
+        model, items, reference_vae=reference, steps=2, guidance_scale=4.0, batch=3
+    )
     return {"root": root, "model": model, "extractor": extractor, "items": items, "data": data}
 
 
@@ -45,7 +47,9 @@ def _trainer(world, **changes):
     from medsign_forensics.watermark.extractor_io import load_extractor
 
     config = DecoderTrainConfig(**{**FAST, **changes})
-    return DecoderTrainer(config, model=world["model"], extractor=load_extractor(world["extractor"]), key=KEY, data=world["data"])
+    return DecoderTrainer(
+        config, model=world["model"], extractor=load_extractor(world["extractor"]), key=KEY, data=world["data"]
+    )
 
 
 def _perturb(trainer, scale=0.05, seed=0):
@@ -80,7 +84,9 @@ def test_cache_is_reused_and_refuses_other_settings(world, monkeypatch):
     monkeypatch.setattr(cache_module, "_sample_batch", no_sampling)
     cache = LatentCache(world["root"] / "cache")
     reference = copy.deepcopy(world["model"].vae).float()
-    again = cache.build(world["model"], world["items"][::-1], reference_vae=reference, steps=2, guidance_scale=4.0, batch=3)
+    again = cache.build(
+        world["model"], world["items"][::-1], reference_vae=reference, steps=2, guidance_scale=4.0, batch=3
+    )
     assert [i.report_id for i in again.items] == [i.report_id for i in world["items"][::-1]]
     assert torch.equal(again.latents[0], world["data"].latents[-1])
     with pytest.raises(DatasetError, match="other sampling settings"):
@@ -190,7 +196,9 @@ def test_training_refuses_an_unwhitened_extractor_and_a_key_of_the_wrong_length(
     extractor = load_extractor(world["extractor"])
     extractor.whitening = None
     with pytest.raises(ModelError, match="whitening"):
-        DecoderTrainer(DecoderTrainConfig(**FAST), model=world["model"], extractor=extractor, key=KEY, data=world["data"])
+        DecoderTrainer(
+            DecoderTrainConfig(**FAST), model=world["model"], extractor=extractor, key=KEY, data=world["data"]
+        )
     with pytest.raises(InputError, match="32-bit"):
         DecoderTrainer(DecoderTrainConfig(**FAST), model=world["model"], extractor=load_extractor(world["extractor"]),
                        key=key_from_hex("ab" * 6), data=world["data"])
