@@ -82,7 +82,7 @@ def register(app: typer.Typer) -> None:
         seed: Annotated[int, typer.Option(help="Seed of the held-out subset and its sampling seeds.")] = 0,
         fpr: Annotated[float, typer.Option(help="Target false-positive rate of detection.")] = 1e-6,
         device: Annotated[str, typer.Option(help="torch device: cpu or cuda.")] = "cpu",
-        latent: Annotated[Optional[bool], typer.Option(
+        latent: Annotated[bool | None, typer.Option(
             "--latent/--no-latent", help="Rows Gaussian Shading and MedSign + Gaussian Shading (the latent layer) "
                                          "[default: when the deployment carries the latent layer].",
             show_default=False)] = None,
