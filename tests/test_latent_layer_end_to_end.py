@@ -23,9 +23,13 @@ from medsign_forensics.provenance.layers import add_latent_layer, latent_layers
 from medsign_forensics.provenance.policy import Attribution
 from medsign_forensics.verify import VerdictKind, Verifier
 from medsign_forensics.watermark.deployment import add_latent_to_deployment, load_deployment
-from medsign_forensics.watermark.latent import LatentConfig, new_secret
+from medsign_forensics.watermark.latent import LatentConfig
 
 STEPS = {"steps": 10, "guidance_scale": 4.0}
+# A fixed key and secret keep these tests deterministic: with a fresh one, the 48 bits read of a given image vary a
+# little with the keystream (measured mean 0.99 clean), which would make the exact counts below random.
+SECRET = np.random.default_rng(7).bytes(32)
+KEY = np.random.default_rng(8).integers(0, 2, 48).astype(np.uint8)
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +45,7 @@ def extractor_dir(tmp_path_factory) -> Path:
 def _with_latent(world, mini, folder: Path) -> Path:
     deployment = load_deployment(folder)
     with world.open_registry() as registry:
-        add_latent_layer(registry, deployment.provenance_id, secret=new_secret(), config=LatentConfig().to_dict(),
+        add_latent_layer(registry, deployment.provenance_id, secret=SECRET, config=LatentConfig().to_dict(),
                          base_weights_sha256=mini.weights_sha256)
         layer = latent_layers(registry)[deployment.provenance_id]
     add_latent_to_deployment(folder, layer)
@@ -50,7 +54,7 @@ def _with_latent(world, mini, folder: Path) -> Path:
 
 def test_generated_studies_are_attributed_through_the_latent_layer(tmp_path, mini, extractor_dir):
     world = build_world(tmp_path / "world", extractor_dir, decoys=2)
-    marked = _with_latent(world, mini, deployment_for(world, mini, tmp_path / "site-latent"))
+    marked = _with_latent(world, mini, deployment_for(world, mini, tmp_path / "site-latent", key=KEY))
     plain = deployment_for(world, mini, tmp_path / "site-plain")
     study = generate_study(report=REPORT, out=tmp_path / "study.dcm", signer=world.issuer, deployment=marked,
                            registry=world.registry_dir, model=mini, seed=3, png=tmp_path / "study.png",
@@ -75,9 +79,10 @@ def test_generated_studies_are_attributed_through_the_latent_layer(tmp_path, min
     assert fast.latent is None and fast.provenance_id != study.provenance_id
 
 
-def test_cli_issues_a_latent_key_and_verify_reads_both_layers(tmp_path, mini, extractor_dir):
+def test_cli_issues_a_latent_key_and_verify_reads_both_layers(tmp_path, mini, extractor_dir, monkeypatch):
+    monkeypatch.setattr("medsign_forensics.watermark.latent.new_secret", lambda: SECRET)
     world = build_world(tmp_path / "world", extractor_dir, decoys=1)
-    folder = deployment_for(world, mini, tmp_path / "site")
+    folder = deployment_for(world, mini, tmp_path / "site", key=KEY)
     deployment = load_deployment(folder)
     runner = CliRunner()
     added = runner.invoke(app, ["keys", "add-latent", deployment.provenance_id, "--registry",

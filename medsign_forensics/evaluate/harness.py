@@ -204,7 +204,8 @@ def _score(method: Method, ctx: Context, progress: ProgressFn | None) -> dict[st
         detection[attack.name] = Detection.of(counts, k, fpr).to_dict()
         notify(progress, method.name, a_index + 1, len(ctx.attacks) + 1)
     false_positives = Detection.of(match_counts(method.detector(ctx.originals), method.key), k, fpr)
-    maps = ctx.maps if method.reference is None and method.same_sample else []  # A_loc belongs to the originals
+    # A_loc belongs to the originals' latents: only a method decoded from them has lesion regions to compare
+    maps: np.ndarray | list[np.ndarray] = ctx.maps if method.reference is None and method.same_sample else []
     regions = [
         r
         for r in (region_differences(o, w, m, level=LESION_LEVEL) for o, w, m in zip(reference, method.images, maps))

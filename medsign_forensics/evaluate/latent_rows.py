@@ -97,11 +97,12 @@ def latent_methods(*, model: Any, main: Deployment, items: Sequence[Any], extrac
     reader = LatentReader(model, steps=mark.config.inversion_steps)
     side = model.image_size // model.vae_scale_factor
     shape = (model.latent_channels, side, side)
-    latents = []
+    latents: list[torch.Tensor] = []
     for index, item in enumerate(items):
         noise = mark.initial_noise(shape, torch.Generator().manual_seed(item.seed))
         result = sample(model, [item.text], seed=item.seed, latents=noise, steps=steps, guidance_scale=guidance,
                         output="latents")
+        assert result.latents is not None  # output="latents"
         latents.append(result.latents)
         notify(progress, "sampling with the latent layer", index + 1, len(items))
     x0 = torch.cat(latents)
