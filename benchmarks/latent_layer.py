@@ -283,7 +283,7 @@ def part_steps(model, sets, mark, args, report, results) -> None:
             counts = [matches(mark, read) for read in reader.noise_batch(attacked, [None] * len(attacked))]
             accs = [0.5 if c < 0 else c / mark.key.size for c in counts]
             rows.append(f"| {steps} | {name} | {np.mean(accs):.4f} | {np.min(accs):.3f} |")
-            results.setdefault("steps", {}).setdefault(str(steps), {})[name] = float(np.mean(accs))
+            results.setdefault("accuracy_by_steps", {}).setdefault(str(steps), {})[name] = float(np.mean(accs))
     report += [f"## Bit accuracy against inversion steps (first {count} held-out images, latent layer only)", "",
                "| inversion steps | attack | bit accuracy (mean) | lowest |", "| --- | --- | --- | --- |", *rows, ""]
 
