@@ -75,7 +75,7 @@ LayersOption = Annotated[str, typer.Option(
 ModelOption = Annotated[Path | None, typer.Option(
     "--model", file_okay=False, help="Base diffusion model folder the latent layer is read with; default: mini-cxr.")]
 InversionStepsOption = Annotated[int | None, typer.Option(
-    "--inversion-steps", min=1, help="DDIM inversion steps for the latent layer (default 10).")]
+    "--inversion-steps", min=1, help="DDIM inversion steps for the latent layer (default 5).")]
 ScalingOption = Annotated[Scaling, typer.Option(
     "--scaling", help="How images reach the extractor: auto (large ones resized to 256 on the short side), "
                       "native, or working (always 256 on the short side).")]

@@ -91,10 +91,11 @@ def latent_methods(*, model: Any, main: Deployment, items: Sequence[Any], extrac
                    progress: ProgressFn | None) -> list[Method]:
     """Sample the held-out reports with the latent layer and build both rows."""
     from medsign_forensics.diffusion import sample
+    from medsign_forensics.watermark.latent import DEFAULT_INVERSION_STEPS
     from medsign_forensics.watermark.latent_reader import LatentReader
 
     mark = latent_mark(main, seed)
-    reader = LatentReader(model, steps=mark.config.inversion_steps)
+    reader = LatentReader(model, steps=DEFAULT_INVERSION_STEPS)  # as `verify` reads it
     side = model.image_size // model.vae_scale_factor
     shape = (model.latent_channels, side, side)
     latents: list[torch.Tensor] = []

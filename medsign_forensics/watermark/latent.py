@@ -41,7 +41,9 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
 from medsign_forensics.errors import InputError
 
 SECRET_BYTES = 32
-DEFAULT_INVERSION_STEPS = 10
+# 5 DDIM steps: on 40 held-out images 0.997 clean and 0.991 after JPEG 50, against 0.993 / 0.987 with 10 and
+# 0.971 / 0.965 with 25, at half the cost of 10 (benchmarks/latent_layer.py --parts steps,cost).
+DEFAULT_INVERSION_STEPS = 5
 # u is drawn on (0, 1): Phi^-1 of exactly 0 or 1 would be infinite.
 _TINY = 2.0**-25
 
@@ -52,6 +54,7 @@ class LatentConfig:
 
     channel_factor: int = 1
     spatial_factor: int = 4
+    # recorded with the key; verification inverts with its own --inversion-steps (default DEFAULT_INVERSION_STEPS)
     inversion_steps: int = DEFAULT_INVERSION_STEPS
 
     def __post_init__(self) -> None:
