@@ -71,7 +71,7 @@ TrustOption = Annotated[list[Path] | None, typer.Option(
     help="Pin an issuer public key (PEM, repeatable): only these keys are trusted, not the registry's own.")]
 LayersOption = Annotated[str, typer.Option(
     "--layers", help="Watermark layers to read: decoder (fast, the default) or decoder,latent (also inverts the "
-                     "image through the base model to read the latent layer: about 0.3 s more per image).")]
+                     "image through the base model to read the latent layer: about 0.2 s more per image).")]
 ModelOption = Annotated[Path | None, typer.Option(
     "--model", file_okay=False, help="Base diffusion model folder the latent layer is read with; default: mini-cxr.")]
 InversionStepsOption = Annotated[int | None, typer.Option(
