@@ -19,7 +19,6 @@ for key (the checks of :mod:`medsign_forensics.training.weights`; the folder its
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -34,7 +33,7 @@ import torch  # noqa: E402
 from medsign_forensics.config import WEIGHTS_DIR  # noqa: E402
 from medsign_forensics.errors import ModelError  # noqa: E402
 from medsign_forensics.fileio import sha256_file  # noqa: E402
-from medsign_forensics.training.weights import check_state, verify_sha256  # noqa: E402
+from medsign_forensics.training.weights import check_state, read_json_manifest, verify_sha256  # noqa: E402
 
 DEFAULT_MODEL_NAME = "mini-cxr"
 DEFAULT_MODEL_DIR = WEIGHTS_DIR / DEFAULT_MODEL_NAME
@@ -168,6 +167,9 @@ def load_model(
     )
 
 
+_NOT_SD = "the folder is not a usable diffusers Stable Diffusion 1.x pipeline; re-export it with save_pretrained"
+
+
 def check_folder(folder: Path) -> dict[str, Any]:
     """Check layout, classes and agreeing dimensions without reading weights; return model_index.json."""
     if not folder.exists():
@@ -175,7 +177,8 @@ def check_folder(folder: Path) -> dict[str, Any]:
     if not folder.is_dir():
         raise ModelError("the model path is not a folder; pass a local diffusers Stable Diffusion folder", path=folder)
     index_path = folder / "model_index.json"
-    index = _read_json(index_path, "model_index.json, which every diffusers pipeline folder has")
+    index = read_json_manifest(index_path, what="model_index.json, which every diffusers pipeline folder has",
+                               hint=_NOT_SD)
     pipeline_class = index.get("_class_name")
     if pipeline_class != SUPPORTED_PIPELINE:
         raise ModelError(
@@ -194,10 +197,10 @@ def check_folder(folder: Path) -> dict[str, Any]:
             raise ModelError(
                 f"unsupported {name} class {entry[1]!r}; expected {' or '.join(sorted(expected))}", path=index_path
             )
-    text = _read_json(folder / "text_encoder" / "config.json", "the text encoder's config")
-    unet = _read_json(folder / "unet" / "config.json", "the U-Net's config")
-    vae = _read_json(folder / "vae" / "config.json", "the VAE's config")
-    _read_json(folder / "scheduler" / "scheduler_config.json", "the scheduler's config")
+    text = read_json_manifest(folder / "text_encoder" / "config.json", what="the text encoder's config", hint=_NOT_SD)
+    unet = read_json_manifest(folder / "unet" / "config.json", what="the U-Net's config", hint=_NOT_SD)
+    vae = read_json_manifest(folder / "vae" / "config.json", what="the VAE's config", hint=_NOT_SD)
+    read_json_manifest(folder / "scheduler" / "scheduler_config.json", what="the scheduler's config", hint=_NOT_SD)
     tokenizer_dir = folder / "tokenizer"
     if (
         not ((tokenizer_dir / "vocab.json").is_file() and (tokenizer_dir / "merges.txt").is_file())
@@ -282,18 +285,6 @@ def _default_dtype(device: torch.device) -> torch.dtype:
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     return torch.float32
-
-
-def _read_json(path: Path, what: str) -> dict[str, Any]:
-    if not path.is_file():
-        raise ModelError(f"missing {what}", path=path)
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise ModelError(f"{what} is not valid JSON ({error})", path=path) from None
-    if not isinstance(data, dict):
-        raise ModelError(f"{what} must hold a JSON object", path=path)
-    return data
 
 
 def _component_weights(directory: Path) -> list[Path]:
