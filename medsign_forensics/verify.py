@@ -66,12 +66,13 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from PIL import Image
 
 from medsign_forensics.config import DEFAULT_EXTRACTOR_DIR, REPO_DIR
-from medsign_forensics.dicom.reader import CheckStatus, StudyCheck, check_study
+from medsign_forensics.dicom.reader import CheckStatus, check_study
 from medsign_forensics.errors import ImageReadError, InputError, MedsignError, ModelError
 from medsign_forensics.imageio import DEFAULT_MAX_PIXELS, ImageFormat, SuspectImage, read_image
 from medsign_forensics.key import family_p_value
 from medsign_forensics.provenance.entries import Candidates, KeyStatus, VerifiedEntry
 from medsign_forensics.provenance.keys import key_id_of, load_public_key_file
+from medsign_forensics.provenance.layers import bindings
 from medsign_forensics.provenance.policy import Attribution, Policy, TamperAction, TamperEvent, load_policy
 from medsign_forensics.provenance.registry import Registry
 from medsign_forensics.verdict import (
@@ -81,9 +82,11 @@ from medsign_forensics.verdict import (
     Verdict,
     VerdictKind,
     VerifyCheck,
-    attributing_match,
     check_layers,
+    corroborate_latent,
+    deciding_match,
     layers_agree,
+    tags_vs_watermark,
 )
 
 if TYPE_CHECKING:  # torch and scipy load only when a Verifier is built: `medsign --help` stays fast
@@ -151,6 +154,7 @@ class Verifier:
         self.trusted = None if trusted is None else dict(trusted)
         self.public_keys = dict(trusted) if trusted is not None else registry.public_keys()
         self.candidates: Candidates = registry.lookup(extractor.config.bits)
+        self.bindings = bindings(registry)
         self.latent = latent
         # Reading two layers gives two chances to match by luck: Bonferroni over the layers keeps the policy's rate.
         self.layer_factor = 2 if latent is not None else 1
@@ -244,12 +248,14 @@ class Verifier:
             checks += latent_checks
             notes += latent_notes
             checks += layers_agree(match, latent)
-        effective = attributing_match(match, latent) or match
+            latent, corroboration = corroborate_latent(match, latent)
+            checks += corroboration
+        effective = deciding_match(match, latent)
         study = None
         if image.format is ImageFormat.DICOM and image.dataset is not None:
             study = check_study(image.dataset, self.public_keys)
             checks += [VerifyCheck(c.name.value, c.status, c.detail, c.event) for c in study.checks]
-            checks.append(self._tags_vs_watermark(study, effective))
+            checks.append(tags_vs_watermark(study, effective))
         kind = self._decide(effective, checks)
         checks = [self._annotate(check) for check in checks]
         return Verdict(
@@ -300,10 +306,43 @@ class Verifier:
         match = KeyMatch(provenance_id=entry.provenance_id, key_status=entry.status, matched_bits=matched, bits=k,
                          p_value=p, family_wise_p_value=family, candidates=len(candidates), attribution=attribution,
                          presence=presence, null=self.null)
-        if attribution is not Attribution.ATTRIBUTED:
+        if attribution is Attribution.ATTRIBUTED:
+            match, check = self._binding_check(match, pixels, candidates.keys[best], geometry)
+            checks.append(check)
+        if match.attribution is not Attribution.ATTRIBUTED:
             return match, checks, geometry
         match, check = self._registry_check(match, entry)
         return match, [*checks, check], geometry
+
+    def _binding_check(self, match: KeyMatch, pixels: np.ndarray, key: np.ndarray,
+                       geometry: tuple[float, float] | None) -> tuple[KeyMatch, VerifyCheck]:
+        """Is the matched mark bound to these pixels (:mod:`~.watermark.binding`)? A spectral mark copied from
+        another image is not, and then the match is at most inconclusive."""
+        from medsign_forensics.watermark.binding import Binding, coherence, coherence_threshold
+        from medsign_forensics.watermark.spectral import SpectralConfig
+
+        name = "content_binding"
+        config = self.extractor.config
+        if geometry is None or not isinstance(config, SpectralConfig):
+            return match, VerifyCheck(name, CheckStatus.SKIPPED, "this extractor's mark has no content binding, so "
+                                      "a mark copied from another image cannot be excluded")
+        secret = self.bindings.get(match.provenance_id)
+        if secret is None:
+            return replace(match, attribution=Attribution.INCONCLUSIVE), VerifyCheck(
+                name, CheckStatus.FAIL, f"{match.provenance_id} has no binding secret in this registry, so a mark "
+                "copied from one of its images cannot be told from a genuine one: at most inconclusive (`medsign "
+                "keys add-binding`)")
+        value, count = coherence(pixels, key, config, Binding(secret), rotation=geometry[0],
+                                 scale=geometry[1])
+        threshold = coherence_threshold(count, self.policy.family_wise_fpr)
+        match = replace(match, coherence=value, coherence_threshold=threshold)
+        if value >= threshold:
+            return match, VerifyCheck(name, CheckStatus.PASS, f"the mark is bound to this image (coherence "
+                                      f"{value:.2f} >= {threshold:.2f})")
+        return replace(match, attribution=Attribution.INCONCLUSIVE), VerifyCheck(
+            name, CheckStatus.FAIL, f"the mark of {match.provenance_id} is present but not bound to this image "
+            f"(coherence {value:.2f} < {threshold:.2f}): copied from another image, or a genuine image cropped "
+            "off-centre or heavily compressed")
 
     def _family(self, p: float, candidates: int) -> float:
         """Family-wise p-value over the candidates and, when two layers are read, over both layers."""
@@ -373,43 +412,6 @@ class Verifier:
         if entry.provenance_id not in self._verified:
             self._verified[entry.provenance_id] = self.registry.verify_entry(entry, self.trusted)
         return self._verified[entry.provenance_id]
-
-    def _tags_vs_watermark(self, study: StudyCheck, match: KeyMatch | None) -> VerifyCheck:
-        """Do the DICOM provenance tags and the pixels name the same deployment?"""
-        name = "tags_match_watermark"
-        attributed = match is not None and match.attribution is Attribution.ATTRIBUTED
-        if study.block is None:
-            if attributed:
-                assert match is not None
-                return VerifyCheck(name, CheckStatus.FAIL,
-                                   f"the pixels carry the key of {match.provenance_id} but the file has no MedSign "
-                                   "provenance tags (stripped by a PACS or an anonymiser, or never written)",
-                                   TamperEvent.WATERMARK_WITHOUT_TAGS)
-            return VerifyCheck(name, CheckStatus.SKIPPED, "no provenance tags and no registered watermark")
-        if study.record is None:
-            # an unknown issuer's tags on pixels that carry a registered key
-            if (attributed and match is not None and study.unverifiable
-                    and study.block.provenance_id != match.provenance_id):
-                return VerifyCheck(name, CheckStatus.FAIL,
-                                   f"the tags claim {study.block.provenance_id} (signed by an issuer unknown here) but "
-                                   f"the pixels carry the key of {match.provenance_id}",
-                                   TamperEvent.TAGS_DISAGREE_WITH_WATERMARK)
-            return VerifyCheck(name, CheckStatus.SKIPPED, "the tags' provenance record did not verify")
-        claimed = study.record.provenance_id
-        if attributed:
-            assert match is not None
-            if match.provenance_id == claimed:
-                return VerifyCheck(name, CheckStatus.PASS, f"tags and watermark both name {claimed}")
-            return VerifyCheck(name, CheckStatus.FAIL,
-                               f"the tags claim {claimed} but the pixels carry the key of {match.provenance_id}",
-                               TamperEvent.TAGS_DISAGREE_WITH_WATERMARK)
-        if match is not None and match.attribution is Attribution.INCONCLUSIVE:
-            return VerifyCheck(name, CheckStatus.SKIPPED,
-                               f"the tags claim {claimed}; the watermark evidence is inconclusive, so it neither "
-                               "confirms nor contradicts them")
-        return VerifyCheck(name, CheckStatus.FAIL,
-                           f"the tags claim {claimed} but the pixels carry no registered key: the provenance "
-                           "block does not belong to this image", TamperEvent.TAGS_WITHOUT_WATERMARK)
 
     def _decide(self, match: KeyMatch | None, checks: list[VerifyCheck]) -> VerdictKind:
         failed = {check.event for check in checks if check.status is CheckStatus.FAIL and check.event is not None}

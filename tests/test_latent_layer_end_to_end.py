@@ -52,7 +52,9 @@ def _with_latent(world, mini, folder: Path) -> Path:
     return folder
 
 
-def test_generated_studies_are_attributed_through_the_latent_layer(tmp_path, mini, extractor_dir):
+def test_the_latent_layer_alone_is_read_but_never_attributes(tmp_path, mini, extractor_dir):
+    """This world's decoder layer is the plain one (a HiDDeN test extractor), so only the latent layer carries
+    the key: it is read (44+ of 48 bits) but, uncorroborated, stays inconclusive (imprinting forges it)."""
     world = build_world(tmp_path / "world", extractor_dir, decoys=2)
     marked = _with_latent(world, mini, deployment_for(world, mini, tmp_path / "site-latent", key=KEY))
     plain = deployment_for(world, mini, tmp_path / "site-plain")
@@ -66,11 +68,14 @@ def test_generated_studies_are_attributed_through_the_latent_layer(tmp_path, min
     with Verifier.open(registry=world.registry_dir, extractor=world.extractor_dir, layers=("decoder", "latent"),
                        model=mini) as verifier:
         png, dicom, unmarked = (verifier.verify_file(p) for p in (study.png, study.study.path, other.png))
-    assert png.kind is VerdictKind.ATTRIBUTED and png.provenance_id == study.provenance_id
+    assert png.kind is VerdictKind.INCONCLUSIVE
     assert png.latent is not None and png.latent.layer == "latent" and png.latent.matched_bits >= 44
-    assert png.evidence == "watermark" and png.to_dict()["layers"]["latent"]["provenance_id"] == study.provenance_id
-    assert dicom.kind is VerdictKind.ATTRIBUTED and dicom.evidence == "signature"
-    assert {c.name: c.status.value for c in dicom.checks}["tags_match_watermark"] == "pass"
+    assert png.latent.attribution is Attribution.INCONCLUSIVE and png.latent.family_wise_p_value < 1e-6
+    assert png.to_dict()["layers"]["latent"]["provenance_id"] == study.provenance_id
+    assert {c.name: c.status.value for c in png.checks}["latent_corroborated"] == "fail"
+    checks = {c.name: c.status.value for c in dicom.checks}
+    assert dicom.kind is VerdictKind.INCONCLUSIVE and checks["tags_match_watermark"] == "skipped"
+    assert checks["statement_signature"] == "pass"
     # same report and seed without the layer: the plain model's own noise carries no key
     assert unmarked.latent is not None and unmarked.latent.attribution is Attribution.NOT_DETECTED
     # the default (decoder layer only) reads nothing here: this deployment's decoder is the plain one
@@ -99,8 +104,10 @@ def test_cli_issues_a_latent_key_and_verify_reads_both_layers(tmp_path, mini, ex
                                  str(world.extractor_dir), "--layers", "decoder,latent", "--json"])
     assert result.exit_code == 0, result.output
     verdict = json.loads(result.output)[0]
-    assert verdict["verdict"] == "attributed" and verdict["provenance_id"] == deployment.provenance_id
-    assert verdict["layers"]["latent"]["attribution"] == "attributed" and secret not in result.output
+    assert verdict["verdict"] == "inconclusive"  # the latent layer alone (see the test above)
+    latent = verdict["layers"]["latent"]
+    assert latent["attribution"] == "inconclusive" and latent["provenance_id"] == deployment.provenance_id
+    assert latent["matched_bits"] >= 44 and secret not in result.output
     bad = runner.invoke(app, ["verify", str(study.png), "--registry", str(world.registry_dir), "--layers", "latent"])
     assert bad.exit_code == 2 and "decoder layer is always read" in bad.output
     folder_to_scan = tmp_path / "archive"
@@ -111,7 +118,7 @@ def test_cli_issues_a_latent_key_and_verify_reads_both_layers(tmp_path, mini, ex
                                str(tmp_path / "scan.jsonl"), "--json"])
     assert scan.exit_code == 0, scan.output
     [row] = [json.loads(line) for line in (tmp_path / "scan.jsonl").read_text().splitlines() if line.strip()]
-    assert row["verdict"] == "attributed" and row["provenance_id"] == deployment.provenance_id
+    assert row["verdict"] == "inconclusive" and row["layers"]["latent"]["provenance_id"] == deployment.provenance_id
 
 
 def test_layers_naming_different_deployments_are_a_mismatch():

@@ -10,6 +10,7 @@ for auditors to pin; ``keys migrate`` upgrades a schema-1 registry.
 
 from __future__ import annotations
 
+import secrets
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -29,6 +30,7 @@ from medsign_forensics.provenance.keys import (
     load_issuer_key,
     load_public_key_file,
 )
+from medsign_forensics.provenance.layers import BINDING_SECRET_BYTES, add_binding
 from medsign_forensics.provenance.log import CheckpointPin, checkpoint_file_bytes, load_checkpoint_file, parse_pin
 from medsign_forensics.provenance.policy import load_policy
 from medsign_forensics.provenance.records import Checkpoint, ModelInfo, SignatureError, verify
@@ -122,7 +124,8 @@ def issue_command(
     json_output: JsonOption = False,
 ) -> None:
     """Issue a new key for a deployment: a random k-bit key at least the policy's minimum Hamming distance
-    from every registered key, a fresh provenance ID and a record signed by the issuer key."""
+    from every registered key, a fresh provenance ID, a record signed by the issuer key, and the secret that
+    binds the decoder layer's mark to each image (verify attributes a spectral match only when it holds)."""
     digest = _weights_digest(weights_sha256, weights)
     model = ModelInfo(name=model_name, version=model_version, weights_sha256=digest)
     loaded_policy = load_policy(policy)
@@ -131,6 +134,7 @@ def issue_command(
     issuer = _load_issuer(issuer_key)
     with Registry.open(registry) as opened:
         entry = opened.issue(issuer, model=model, deployment=deployment, policy=loaded_policy, bits=bits)
+        add_binding(opened, entry.provenance_id, secret=secrets.token_bytes(BINDING_SECRET_BYTES))
         if base_sha is not None:
             _add_latent(opened, entry.provenance_id, base_sha)
     if json_output:
@@ -174,6 +178,38 @@ def add_latent_command(
     where = f" and deployment {deployment}" if deployment is not None else ""
     console.print(f"[green]Latent layer added[/] to {entry.provenance_id} (base model {base_sha[:16]}...) in the "
                   f"registry{where}")
+
+
+@keys_app.command("add-binding")
+@handle_errors
+def add_binding_command(
+    provenance_id: Annotated[str, typer.Argument(help="Provenance ID of an issued key.")],
+    registry: RegistryOption,
+    deployment: Annotated[Path | None, typer.Option(
+        "--deployment", file_okay=False, help="Also give this deployment folder (which holds the key) the secret, "
+                                              "so that `medsign generate` binds its mark.")] = None,
+    json_output: JsonOption = False,
+) -> None:
+    """Give a key issued before content binding its binding secret (keys issued now get one).
+
+    Without it a spectral match of the key is at most inconclusive: a mark copied from one of its images onto
+    another image could not be told apart. Images generated before the secret existed carry an unbound mark
+    and will not attribute. A key keeps its secret for life: a second call is refused."""
+    from medsign_forensics.provenance.layers import bindings
+    from medsign_forensics.watermark.deployment import add_binding_to_deployment
+
+    with Registry.open(registry) as opened:
+        entry = opened.get(provenance_id)
+        add_binding(opened, entry.provenance_id, secret=secrets.token_bytes(BINDING_SECRET_BYTES))
+        secret = bindings(opened)[entry.provenance_id]
+    if deployment is not None:
+        add_binding_to_deployment(deployment, entry.provenance_id, secret)
+    if json_output:
+        print_json({"provenance_id": entry.provenance_id, "binding": True,
+                    "deployment": None if deployment is None else str(deployment)})
+        return
+    where = f" and deployment {deployment}" if deployment is not None else ""
+    console.print(f"[green]Binding secret added[/] to {entry.provenance_id} in the registry{where}")
 
 
 def _base_sha256(base_model: Path | None) -> str:

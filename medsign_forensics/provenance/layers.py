@@ -1,4 +1,6 @@
-"""Registry material of the latent layer: each deployment's keystream secret, settings and base model.
+"""Per-deployment secrets the registry holds for verification: the latent layer's keystream secret, settings and
+base model (table ``latent_layers``), and the decoder layer's content-binding secret (table
+``spectral_bindings``, :mod:`medsign_forensics.watermark.binding`).
 
 The secret is to the latent layer what the key bits are to both layers: whoever holds the registry to verify
 reads it, and it never appears in logs, reports or JSON. It lives in its own table, ``latent_layers``, created
@@ -25,16 +27,23 @@ from medsign_forensics.errors import InputError, RegistryError
 from medsign_forensics.provenance.registry import Registry
 
 TABLE = "latent_layers"
-_SCHEMA = (
-    f"""CREATE TABLE IF NOT EXISTS {TABLE} (
-        provenance_id TEXT PRIMARY KEY REFERENCES keys(provenance_id),
-        secret_hex TEXT NOT NULL,
-        config TEXT NOT NULL,
-        base_weights_sha256 TEXT NOT NULL,
-        added_at TEXT NOT NULL)""",
-    *(f"""CREATE TRIGGER IF NOT EXISTS {TABLE}_fixed_{action.lower()} BEFORE {action} ON {TABLE}
-        BEGIN SELECT RAISE(ABORT, 'latent layers are fixed once added'); END""" for action in ("UPDATE", "DELETE")),
-)
+BINDING_TABLE = "spectral_bindings"
+BINDING_SECRET_BYTES = 32
+
+
+def _schema(table: str, columns: str) -> tuple[str, ...]:
+    """A one-row-per-key table whose rows are fixed once added (triggers refuse UPDATE and DELETE)."""
+    return (
+        f"""CREATE TABLE IF NOT EXISTS {table} (
+            provenance_id TEXT PRIMARY KEY REFERENCES keys(provenance_id),
+            secret_hex TEXT NOT NULL, {columns} added_at TEXT NOT NULL)""",
+        *(f"""CREATE TRIGGER IF NOT EXISTS {table}_fixed_{action.lower()} BEFORE {action} ON {table}
+            BEGIN SELECT RAISE(ABORT, '{table} rows are fixed once added'); END""" for action in ("UPDATE", "DELETE")),
+    )
+
+
+_SCHEMA = _schema(TABLE, "config TEXT NOT NULL, base_weights_sha256 TEXT NOT NULL,")
+_BINDING_SCHEMA = _schema(BINDING_TABLE, "")
 
 
 @dataclass(frozen=True)
@@ -73,10 +82,48 @@ def add_latent_layer(registry: Registry, provenance_id: str, *, secret: bytes, c
     return LatentEntry(entry.provenance_id, bytes(secret), dict(config), base_weights_sha256)
 
 
+def _has_table(registry: Registry, table: str) -> bool:
+    return registry._db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?",
+                                (table,)).fetchone() is not None
+
+
+def add_binding(registry: Registry, provenance_id: str, *, secret: bytes) -> None:
+    """Record the content-binding secret of an issued key (RegistryError if it has one or the ID is unknown).
+
+    Same trust argument as the latent layer's: deleting or editing the row cannot make an image attribute
+    (verify refuses to attribute a spectral match without a binding that holds), it can only deny."""
+    from medsign_forensics.provenance.records import utc_now
+
+    entry = registry.get(provenance_id)
+    if len(secret) != BINDING_SECRET_BYTES:
+        raise InputError(f"a binding secret is {BINDING_SECRET_BYTES} bytes, got {len(secret)}")
+
+    def body(db: sqlite3.Connection) -> None:
+        for statement in _BINDING_SCHEMA:
+            db.execute(statement)
+        if db.execute(f"SELECT 1 FROM {BINDING_TABLE} WHERE provenance_id = ?", (entry.provenance_id,)).fetchone():
+            raise RegistryError(f"{entry.provenance_id} already has a binding secret; a key keeps it for life "
+                                "(issue a new key for a new secret)", path=registry.folder)
+        db.execute(f"INSERT INTO {BINDING_TABLE} VALUES (?, ?, ?)", (entry.provenance_id, secret.hex(), utc_now()))
+
+    registry._write(body)
+
+
+def bindings(registry: Registry) -> dict[str, bytes]:
+    """Every key's content-binding secret, by provenance ID (empty when the table does not exist)."""
+    if not _has_table(registry, BINDING_TABLE):
+        return {}
+    try:
+        return {pid: bytes.fromhex(secret_hex) for pid, secret_hex in
+                registry._db.execute(f"SELECT provenance_id, secret_hex FROM {BINDING_TABLE}")}
+    except ValueError as error:
+        raise RegistryError(f"a binding secret is unreadable ({error})", path=registry.folder) from None
+
+
 def latent_layers(registry: Registry) -> dict[str, LatentEntry]:
     """Every latent layer in the registry, by provenance ID (empty when the table does not exist)."""
     db = registry._db
-    if not db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (TABLE,)).fetchone():
+    if not _has_table(registry, TABLE):
         return {}
     layers = {}
     for provenance_id, secret_hex, config, base in db.execute(

@@ -29,6 +29,7 @@ from medsign_forensics.errors import InputError, ModelError
 from medsign_forensics.localization.cache import CachedData
 from medsign_forensics.training.schedule import WarmupCosine
 from medsign_forensics.training.weights import load_state
+from medsign_forensics.watermark.binding import Binding
 from medsign_forensics.watermark.decoder_config import DecoderTrainConfig
 from medsign_forensics.watermark.deployment import (
     DECODER_PREFIXES,
@@ -104,7 +105,9 @@ class DecoderTrainer:
         self.head: WatermarkHead | None = None
         self.vae_w: torch.nn.Module | None = None
         if isinstance(extractor, SpectralExtractor):
-            self.head = WatermarkHead(spectral=extractor.config, key=key.key, config=HeadConfig(psnr=config.psnr))
+            binding = None if key.binding is None else Binding(bytes.fromhex(key.binding["secret_hex"]))
+            self.head = WatermarkHead(spectral=extractor.config, key=key.key, config=HeadConfig(psnr=config.psnr),
+                                      binding=binding)
             self.head.to(self.device)
             self.start_head = copy.deepcopy(self.head).eval().requires_grad_(False)  # the analytic mark
             params = list(self.head.parameters())

@@ -17,7 +17,9 @@ weights files), ``extractor`` (``path``, ``sha256``), ``decoder`` (``file``, ``s
 (the training config incl. loss weights and ablation), ``seed``, ``device``, ``wall_time_s`` and ``metrics``
 (including ``held_out``: bit accuracy per attack on held-out reports, which ``generate`` checks), and
 ``latent`` when the deployment also carries the latent layer (:mod:`.latent`): ``secret_hex``, ``config`` and
-``base_weights_sha256``, copied from the registry (the secret is registry material: keep the folder private).
+``base_weights_sha256``, copied from the registry (the secret is registry material: keep the folder private),
+and ``binding`` when the key has a content-binding secret (:mod:`.binding`; ``secret_hex``, also from the
+registry): a "spectral-head" deployment then writes a mark bound to each image, which verify requires.
 
 Use::
 
@@ -83,6 +85,7 @@ class DeploymentKey:
     bits: int
     provenance: KeyProvenance | None = None
     latent: dict[str, Any] | None = None  # the latent layer's manifest entry (see the module docstring)
+    binding: dict[str, str] | None = None  # the content-binding entry (see the module docstring)
 
     def __post_init__(self) -> None:
         check_length(self.bits)
@@ -111,7 +114,7 @@ def key_from_registry(registry_dir: str | Path, provenance_id: str) -> Deploymen
     Refuses a revoked key and a row whose signature does not verify (RegistryError).
     """
     from medsign_forensics.provenance.entries import KeyStatus
-    from medsign_forensics.provenance.layers import latent_layers
+    from medsign_forensics.provenance.layers import bindings, latent_layers
     from medsign_forensics.provenance.registry import Registry
 
     with Registry.open(registry_dir) as registry:
@@ -119,6 +122,7 @@ def key_from_registry(registry_dir: str | Path, provenance_id: str) -> Deploymen
         registry.verify_entry(entry)
         folder = str(registry.folder)
         layer = latent_layers(registry).get(entry.provenance_id)
+        secret = bindings(registry).get(entry.provenance_id)
     if entry.status is not KeyStatus.ACTIVE:
         raise RegistryError(
             f"provenance ID {entry.provenance_id} is {entry.status.value}; issue a new key with `medsign keys issue`",
@@ -129,7 +133,8 @@ def key_from_registry(registry_dir: str | Path, provenance_id: str) -> Deploymen
         provenance_id=entry.provenance_id, record=stored["record"], signature=stored["signature"], registry=folder
     )
     return DeploymentKey(key_hex=entry.key_hex, bits=entry.bits, provenance=provenance,
-                         latent=None if layer is None else latent_manifest(layer))
+                         latent=None if layer is None else latent_manifest(layer),
+                         binding=None if secret is None else {"secret_hex": secret.hex()})
 
 
 def latent_manifest(layer: Any) -> dict[str, Any]:
@@ -140,14 +145,23 @@ def latent_manifest(layer: Any) -> dict[str, Any]:
 
 def add_latent_to_deployment(path: str | Path, layer: Any) -> None:
     """Give an existing deployment its key's latent layer (rewrites ``deployment.json`` atomically)."""
+    _add_entry(path, layer.provenance_id, "latent", latent_manifest(layer))
+
+
+def add_binding_to_deployment(path: str | Path, provenance_id: str, secret: bytes) -> None:
+    """Give an existing deployment its key's content-binding secret (rewrites ``deployment.json`` atomically)."""
+    _add_entry(path, provenance_id, "binding", {"secret_hex": secret.hex()})
+
+
+def _add_entry(path: str | Path, provenance_id: str, name: str, entry: dict[str, Any]) -> None:
     folder = Path(path)
     manifest = read_manifest(folder)
     provenance = manifest.get("provenance") or {}
-    if provenance.get("provenance_id") != layer.provenance_id:
-        raise InputError(f"the deployment does not hold the key {layer.provenance_id}", path=folder)
-    if manifest.get("latent") is not None:
-        raise InputError("the deployment already carries a latent layer", path=folder)
-    manifest["latent"] = latent_manifest(layer)
+    if provenance.get("provenance_id") != provenance_id:
+        raise InputError(f"the deployment does not hold the key {provenance_id}", path=folder)
+    if manifest.get(name) is not None:
+        raise InputError(f"the deployment already carries a {name} entry", path=folder)
+    manifest[name] = entry
     write_json(folder / MANIFEST_FILE, manifest)
 
 
@@ -217,6 +231,7 @@ def save_deployment(
         "extractor": dict(extractor),
         "decoder": decoder_entry,
         "latent": key.latent,
+        "binding": key.binding,
         "config": config,
         "seed": seed,
         "device": device,
@@ -304,11 +319,23 @@ class Deployment:
         path = self.path / str(entry.get("file", HEAD_FILE))
         try:
             layer = WatermarkHead(spectral=SpectralConfig.from_dict(entry["spectral"]), key=self.key,
-                                  config=HeadConfig.from_dict(entry["head"]))
+                                  config=HeadConfig.from_dict(entry["head"]), binding=self.binding())
         except (KeyError, TypeError, InputError) as error:
             raise ModelError(f"the watermark layer's config is unusable ({error})", path=path) from None
         load_state(layer, self.state, what="watermark layer's tensors", target="its config", path=path)
         return layer.eval().requires_grad_(False)
+
+    def binding(self) -> Any:
+        """The content binding (:class:`~.binding.Binding`) of this deployment's mark, or None (unbound)."""
+        from medsign_forensics.watermark.binding import Binding
+
+        entry = self.manifest.get("binding")
+        if entry is None:
+            return None
+        try:
+            return Binding(bytes.fromhex(str(entry["secret_hex"])))
+        except (KeyError, TypeError, ValueError, InputError) as error:
+            raise ModelError(f"the deployment's binding secret is unusable ({error})", path=self.path) from None
 
     @property
     def has_latent(self) -> bool:

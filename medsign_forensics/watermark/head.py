@@ -29,6 +29,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from medsign_forensics.errors import InputError
+from medsign_forensics.watermark.binding import REFINEMENTS, Binding, bound_phases
 from medsign_forensics.watermark.hidden import rgb_to_grey
 from medsign_forensics.watermark.spectral import SpectralConfig, embed, on_frequencies
 
@@ -62,9 +63,12 @@ class HeadConfig:
 class WatermarkHead(nn.Module):
     """Adds the key's spectral mark to (B, 1, H, W) images in [0, 1]; H and W multiples of the tile."""
 
-    def __init__(self, *, spectral: SpectralConfig, key: np.ndarray, config: HeadConfig | None = None) -> None:
+    def __init__(self, *, spectral: SpectralConfig, key: np.ndarray, config: HeadConfig | None = None,
+                 binding: Binding | None = None) -> None:
         super().__init__()
         self.spectral = spectral
+        #: The deployment's content binding (:mod:`.binding`): registry material, not a trained tensor.
+        self.binding = binding
         self.config = config or HeadConfig()
         self.key = np.asarray(key, dtype=np.uint8).ravel().copy()
         n_frequencies = len(on_frequencies(spectral, self.key)[0])
@@ -90,11 +94,33 @@ class WatermarkHead(nn.Module):
         g = self.config.max_log_gain
         return torch.exp(g * torch.tanh(logits[:, 0] / g))
 
+    def bound_phases(self, images: torch.Tensor, gain: torch.Tensor) -> torch.Tensor | None:
+        """(B, n) bound phases of the mark on (B, 1, H, W) images (refined on the marked image, see
+        :data:`.binding.REFINEMENTS`), or None without a binding (informed phases)."""
+        if self.binding is None:
+            return None
+        binding = self.binding
+        pixels = images[:, 0].detach().double().cpu().numpy()
+
+        def phases(marked: np.ndarray | None) -> torch.Tensor:
+            return torch.from_numpy(np.stack([
+                bound_phases(p, self.key, self.spectral, binding, partners_from=None if marked is None else m)
+                for p, m in zip(pixels, pixels if marked is None else marked)]))
+
+        with torch.no_grad():
+            current = phases(None)
+            for _ in range(REFINEMENTS):
+                marked = embed(images[:, 0].detach(), self.key, self.spectral, psnr=self.config.psnr,
+                               gain=gain.detach(), log_amplitudes=self.log_amplitudes.detach(), phases=current)
+                current = phases(marked.double().cpu().numpy())
+        return current
+
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         if images.ndim != 4 or images.shape[1] != 1:
             raise InputError(f"the watermark layer takes greyscale (B, 1, H, W) images, got {tuple(images.shape)}")
-        marked = embed(images[:, 0], self.key, self.spectral, psnr=self.config.psnr, gain=self.gain(images),
-                       log_amplitudes=self.log_amplitudes)
+        gain = self.gain(images)
+        marked = embed(images[:, 0], self.key, self.spectral, psnr=self.config.psnr, gain=gain,
+                       log_amplitudes=self.log_amplitudes, phases=self.bound_phases(images, gain))
         return marked[:, None]
 
 
