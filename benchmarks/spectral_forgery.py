@@ -3,19 +3,29 @@
 Genuine studies: 100 images of the original mini-cxr decoder for held-out reports (a decoder-training cache,
 ``--generated CACHE``) passed through the shipped demo deployment's watermark layer and stored as 8-bit PNG.
 Real images: the first 100 real radiographs of ../shared/data, centre 256 x 256 at the working size. Every
-result is a ``medsign verify`` verdict against the demo registry (default policy), with its evidence.
+result is a ``medsign verify`` verdict against the demo registry (default policy), with its evidence. The
+genuine studies are also verified after the Table 1 attacks (and JPEG 75), since the binding check can cost
+genuine attributions.
 
 Attacker classes and attacks:
 
-1. Public code and weights, ONE genuine image, no registry (copy attack): every lattice bin of the mark's band
-   and the pilots is taken from the genuine image's FFT and written into a real image's FFT (the attacker needs
-   neither the key nor which bits are on: the mark's energy sits on a public lattice).
+1. Public code and weights, ONE genuine image, no registry (copy attacks): (a) every lattice bin of the mark's
+   band and the pilots is taken from the genuine image's FFT and written into a real image's FFT (the attacker
+   needs neither the key nor which bits are on: the mark's energy sits on a public lattice); (b) every FFT bin
+   of the mark's annulus (a copy that would also carry a secret layout); (c) the genuine image's noise residual
+   (x - median3(x)) added to the real image. Since content binding, the mark must also be bound to the image.
 2. Public code only, no genuine image, no registry: the attacker writes the mark of a key of their choosing
    (random) into real images; it should match no registered key.
-3. Holder of the registry's keys (an insider; for the public demo registry, anyone): the mark of the demo key
-   written into real images with the stage-1 embedder at 40.5 dB.
+3. Holder of the registry's keys: (a) the demo key written into real images with the stage-1 embedder at
+   40.5 dB (unbound: knowing the key is not enough); (b) an insider who also holds the binding secret (the
+   registry's, or the deployment folder): the demo deployment's own layer applied to real images.
 4. Removal, public code, one watermarked image: the same lattice bins replaced by the average of their
    neighbours (a notch), then stored as 8-bit.
+5. Learning forger, public code, M genuine images of the deployment (M = 1, 4, 8, 16, 32, 64; no keys, no
+   secret): for every public lattice frequency f and each of the 256 possible secret partner offsets, the
+   binding invariant 2 (arg X(f) - arg P(f/2 + d) - arg P(f/2 - d)) is averaged over the M images as a unit
+   phasor; the offset with the strongest mean and its phase are taken as the secret, and the mark is
+   re-bound onto each real image (magnitudes: the mean of the M images at the lattice bins). 50 targets.
 
     OMP_WAIT_POLICY=PASSIVE python benchmarks/spectral_forgery.py --generated CACHE
 """
@@ -35,6 +45,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from medsign_forensics.attacks.library import get_attack  # noqa: E402
 from medsign_forensics.attacks.storage import Requantize  # noqa: E402
 from medsign_forensics.fileio import save_png, write_text  # noqa: E402
 from medsign_forensics.imageio import read_image  # noqa: E402
@@ -71,15 +82,81 @@ def notch(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
     return np.clip(np.fft.ifft2(spectrum).real, 0, 1)
 
 
+def band_mask(size: int, config) -> np.ndarray:
+    """Every FFT bin of the mark's annulus (widened by 0.01 cycles/pixel), not only the lattice."""
+    radius = np.hypot(np.fft.fftfreq(size)[:, None], np.fft.fftfreq(size)[None, :])
+    return (radius >= config.r_min - 0.01) & (radius < config.r_max + 0.01)
+
+
+def residual_copy(target: np.ndarray, source: np.ndarray) -> np.ndarray:
+    from scipy.ndimage import median_filter
+
+    return np.clip(target + source - median_filter(source, 3), 0, 1)
+
+
+ODD = np.arange(-15, 16, 2)
+CANDIDATES = np.array([(a, b) for a in ODD for b in ODD])  # every offset the public scheme allows
+
+
+def _partner_spectrum(image: np.ndarray) -> np.ndarray:
+    """The public partner read, re-implemented as a forger would: centred disc of 88 px, 10 % quantile clip."""
+    y, x = np.arange(256) - 127.5, np.arange(256) - 127.5
+    r = np.hypot(y[:, None], x[None, :])
+    weight = np.where(r < 88, np.cos(np.pi * r / 176) ** 2, 0.0)
+    clipped = np.minimum(image, np.quantile(image[weight > 0], 0.1))
+    return np.fft.fft2((clipped - (clipped * weight).sum() / weight.sum()) * weight)
+
+
+def _host_spectrum(image: np.ndarray) -> np.ndarray:
+    window = np.hanning(256)[:, None] * np.hanning(256)[None, :]
+    return np.fft.fft2((image - (image * window).sum() / window.sum()) * window)
+
+
+def learned_forgeries(targets: list[np.ndarray], sources: list[np.ndarray], config) -> list[np.ndarray]:
+    """Attack 5: learn each lattice frequency's partner offset and phase from ``sources``, re-bind onto targets."""
+    lay = layout(config)
+    points = np.concatenate([lay.a.reshape(-1, 2), lay.b.reshape(-1, 2), lay.pilots])
+    ly, lx = (points[:, 0] * 4) % 256, (points[:, 1] * 4) % 256
+    hy, hx = points[:, 0] * 2, points[:, 1] * 2  # f/2 in bins of 1/256
+
+    def partners(spectrum: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+        one = spectrum[(hy[:, None] + offsets[..., 0]) % 256, (hx[:, None] + offsets[..., 1]) % 256]
+        two = spectrum[(hy[:, None] - offsets[..., 0]) % 256, (hx[:, None] - offsets[..., 1]) % 256]
+        return np.angle(one) + np.angle(two)
+
+    every = np.broadcast_to(CANDIDATES, (len(points), *CANDIDATES.shape))
+    mean = np.mean([np.exp(2j * (np.angle(_host_spectrum(s)[ly, lx])[:, None] - partners(_partner_spectrum(s), every)))
+                    for s in sources], axis=0)
+    best = np.abs(mean).argmax(axis=1)
+    offsets, theta = CANDIDATES[best][:, None, :], np.angle(mean[np.arange(len(points)), best]) / 2
+    magnitude = np.mean([np.abs(np.fft.fft2(s)[ly, lx]) for s in sources], axis=0)
+    forged = []
+    for target in targets:
+        phase = partners(_partner_spectrum(target), offsets)[:, 0] + theta
+        host = np.angle(_host_spectrum(target)[ly, lx])
+        phase = np.where(np.cos(phase - host) < 0, phase + np.pi, phase)
+        spectrum = np.fft.fft2(target)
+        spectrum[ly, lx] = magnitude * np.exp(1j * phase)
+        spectrum[(-ly) % 256, (-lx) % 256] = magnitude * np.exp(-1j * phase)
+        forged.append(np.clip(np.fft.ifft2(spectrum).real, 0, 1))
+    return forged
+
+
 def genuine_images(cache: Path, count: int) -> list[np.ndarray]:
-    from medsign_forensics.generate import DEFAULT_DEPLOYMENT_DIR
     from medsign_forensics.localization.cache import cached_originals
-    from medsign_forensics.watermark.deployment import load_deployment
 
     originals = [image[0] for _, image in cached_originals(cache, held_out=True)]
+    return marked_by_deployment(originals[:count])
+
+
+def marked_by_deployment(images: list[np.ndarray]) -> list[np.ndarray]:
+    """The demo deployment's watermark layer (key and binding secret) applied to 256 x 256 images, 8-bit."""
+    from medsign_forensics.generate import DEFAULT_DEPLOYMENT_DIR
+    from medsign_forensics.watermark.deployment import load_deployment
+
     head = load_deployment(DEFAULT_DEPLOYMENT_DIR).head()
     with torch.no_grad():
-        marked = head(torch.from_numpy(np.stack(originals[:count]))[:, None])[:, 0].numpy()
+        marked = head(torch.from_numpy(np.stack(images).astype(np.float32))[:, None])[:, 0].numpy()
     return [STORE.exact(x) for x in marked]
 
 
@@ -114,16 +191,30 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory() as tmp, Verifier.open() as verifier:
         folder = Path(tmp)
+        handled = {f"genuine studies after {name}": ([STORE.exact(get_attack(name).exact(g, np.random.default_rng(i)))
+                                                       for i, g in enumerate(genuine)], None)
+                   for name in ("brightness_x2", "crop_center_area0.5", "jpeg_q50", "jpeg_q75", "rotate_25",
+                                "resize_edge0.7")}
+        band = band_mask(256, config)
         cases = {
             "genuine studies (reference)": (genuine, None),
-            "1. copy attack: one genuine image's lattice bins into real images": (
+            **handled,
+            "1a. copy attack: one genuine image's lattice bins into real images": (
                 [transplant(r, genuine[i % len(genuine)], mask) for i, r in enumerate(real)], real),
+            "1b. copy attack: one genuine image's whole annulus into real images": (
+                [transplant(r, genuine[i % len(genuine)], band) for i, r in enumerate(real)], real),
+            "1c. copy attack: one genuine image's noise residual added to real images": (
+                [residual_copy(r, genuine[i % len(genuine)]) for i, r in enumerate(real)], real),
             "2. forger's own random key written into real images": (
                 [embed_image(r, rng.integers(0, 2, config.bits).astype(np.uint8), config) for r in real], real),
-            "3. insider: the demo key written into real images": (
+            "3a. insider without the binding secret: the demo key written into real images": (
                 [embed_image(r, demo_key, config) for r in real], real),
+            "3b. insider with the registry's secrets: the demo deployment's layer applied to real images": (
+                marked_by_deployment(real), real),
             "4. removal: lattice bins of genuine images notched out": (
                 [notch(g, mask) for g in genuine], genuine),
+            **{f"5. learning forger with {m} genuine images, re-bound onto real images": (
+                learned_forgeries(real[:50], genuine[-m:], config), real[:50]) for m in (1, 4, 8, 16, 32, 64)},
         }
         for name, (images, reference) in cases.items():
             t0 = time.perf_counter()

@@ -14,8 +14,9 @@ The evidence, in the order it is gathered:
    best match; because the best of N keys was chosen, the decision uses the family-wise p-value over the N
    candidates (the policy's correction), and the policy classifies it as attributed, inconclusive or not
    detected.
-3. An attributed key's registry row must carry a valid issuer signature (else :class:`RegistryError`: the
-   registry itself cannot be trusted) and tells whether the deployment was revoked.
+3. A spectral match attributes only when the mark is bound to these pixels (:mod:`.watermark.binding`, with
+   the key's secret from the registry): a mark copied from another image is at most inconclusive. The row of
+   an attributed key must carry a valid issuer signature (else :class:`RegistryError`) and says if revoked.
 4. For DICOM, :func:`medsign_forensics.dicom.check_study` checks the signed provenance block (record and
    statement signatures, SOP Instance UID, pixel and report digests), and the tags are compared with what the
    pixels say.
@@ -34,16 +35,14 @@ With ``layers=("decoder", "latent")`` the latent layer (a key in the initial noi
 through the base model: :mod:`medsign_forensics.verify_latent`) is read too, after undoing the rotation and
 scale the decoder layer's pilots found. Each layer gets its own best key and family-wise p-value, and both
 p-values are multiplied by 2 (Bonferroni over the two layers) so that reading two layers keeps the policy's
-false-positive rate. Either layer attributing attributes; the two naming different deployments is a
+false-positive rate. The latent layer attributes only beside a decoder-layer attribution of the same key
+(alone, imprinting with the public base model forges it); the two naming different deployments is a
 *mismatch* (``layers_agree`` fails).
 
-Working resolution: both extractors read images at any size (the spectral one measures frequencies in
-cycles per pixel and finds the scale itself; the HiDDeN one is fully convolutional), so images no larger than
-the working size (256, the generated size) are read as they are, and larger ones are first resized so that
-their short side is the working size (``Scaling.AUTO``). That undoes up-scaling (viewer exports, DICOM
-re-sampling), keeps the statistics at the resolution they were calibrated at, and bounds the cost of huge
-files. ``Scaling.NATIVE`` and ``Scaling.WORKING`` (always resize the short side to the working size) exist for
-measuring the choice (benchmarks/verify_robustness.py).
+Working resolution: both extractors read any size, so images up to the working size (256, the generated size)
+are read as they are and larger ones are resized to a short side of 256 (``Scaling.AUTO``): that undoes
+up-scaling, keeps the statistics at their calibrated resolution and bounds the cost of huge files.
+``Scaling.NATIVE`` and ``Scaling.WORKING`` exist to measure the choice (benchmarks/verify_robustness.py).
 
 Errors: :meth:`Verifier.verify_file` and :func:`verify_file` raise the file's :class:`MedsignError` (single
 file, library use); :meth:`Verifier.try_verify_file` returns a :attr:`VerdictKind.ERROR` verdict carrying the

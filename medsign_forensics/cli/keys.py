@@ -134,7 +134,6 @@ def issue_command(
     issuer = _load_issuer(issuer_key)
     with Registry.open(registry) as opened:
         entry = opened.issue(issuer, model=model, deployment=deployment, policy=loaded_policy, bits=bits)
-        add_binding(opened, entry.provenance_id, secret=secrets.token_bytes(BINDING_SECRET_BYTES))
         if base_sha is not None:
             _add_latent(opened, entry.provenance_id, base_sha)
     if json_output:

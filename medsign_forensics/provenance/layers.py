@@ -21,10 +21,12 @@ from __future__ import annotations
 import json
 import sqlite3
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from medsign_forensics.errors import InputError, RegistryError
-from medsign_forensics.provenance.registry import Registry
+
+if TYPE_CHECKING:  # registry.py imports this module (issue stores the binding secret)
+    from medsign_forensics.provenance.registry import Registry
 
 TABLE = "latent_layers"
 BINDING_TABLE = "spectral_bindings"
@@ -87,26 +89,28 @@ def _has_table(registry: Registry, table: str) -> bool:
                                 (table,)).fetchone() is not None
 
 
+def insert_binding(db: sqlite3.Connection, provenance_id: str, secret: bytes) -> None:
+    """Store a key's content-binding secret inside an open write transaction (``Registry.issue`` calls this, so
+    every key issued gets one). RegistryError when the key already has one."""
+    from medsign_forensics.provenance.records import utc_now
+
+    if len(secret) != BINDING_SECRET_BYTES:
+        raise InputError(f"a binding secret is {BINDING_SECRET_BYTES} bytes, got {len(secret)}")
+    for statement in _BINDING_SCHEMA:
+        db.execute(statement)
+    if db.execute(f"SELECT 1 FROM {BINDING_TABLE} WHERE provenance_id = ?", (provenance_id,)).fetchone():
+        raise RegistryError(f"{provenance_id} already has a binding secret; a key keeps it for life (issue a new "
+                            "key for a new secret)")
+    db.execute(f"INSERT INTO {BINDING_TABLE} VALUES (?, ?, ?)", (provenance_id, secret.hex(), utc_now()))
+
+
 def add_binding(registry: Registry, provenance_id: str, *, secret: bytes) -> None:
-    """Record the content-binding secret of an issued key (RegistryError if it has one or the ID is unknown).
+    """Give a key issued before content binding its secret (RegistryError if it has one or the ID is unknown).
 
     Same trust argument as the latent layer's: deleting or editing the row cannot make an image attribute
     (verify refuses to attribute a spectral match without a binding that holds), it can only deny."""
-    from medsign_forensics.provenance.records import utc_now
-
     entry = registry.get(provenance_id)
-    if len(secret) != BINDING_SECRET_BYTES:
-        raise InputError(f"a binding secret is {BINDING_SECRET_BYTES} bytes, got {len(secret)}")
-
-    def body(db: sqlite3.Connection) -> None:
-        for statement in _BINDING_SCHEMA:
-            db.execute(statement)
-        if db.execute(f"SELECT 1 FROM {BINDING_TABLE} WHERE provenance_id = ?", (entry.provenance_id,)).fetchone():
-            raise RegistryError(f"{entry.provenance_id} already has a binding secret; a key keeps it for life "
-                                "(issue a new key for a new secret)", path=registry.folder)
-        db.execute(f"INSERT INTO {BINDING_TABLE} VALUES (?, ?, ?)", (entry.provenance_id, secret.hex(), utc_now()))
-
-    registry._write(body)
+    registry._write(lambda db: insert_binding(db, entry.provenance_id, secret))
 
 
 def bindings(registry: Registry) -> dict[str, bytes]:

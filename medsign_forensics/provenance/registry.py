@@ -48,6 +48,7 @@ from medsign_forensics.provenance.entries import (
     key_matrix,
 )
 from medsign_forensics.provenance.keys import IssuerKey, Signer, key_id_of, public_key_pem
+from medsign_forensics.provenance.layers import BINDING_SECRET_BYTES, insert_binding
 from medsign_forensics.provenance.log import CheckpointPin, EntryKind, LogEntry, StoredCheckpoint, audit
 from medsign_forensics.provenance.log_tables import (
     append_entry,
@@ -226,7 +227,8 @@ class Registry:
               bits: int | None = None, rng: np.random.Generator | None = None) -> RegistryEntry:
         """Draw a new key at least ``policy.min_hamming_distance`` bits from every registered key of the same
         length (active or revoked: old images still carry revoked keys), give it a fresh provenance ID, sign
-        the record with ``issuer`` and store it, all in one write transaction.
+        the record with ``issuer`` and store it with a fresh content-binding secret (:mod:`.layers`), all in
+        one write transaction.
         """
         bits = policy.key_bits if bits is None else bits
         check_length(bits)
@@ -255,6 +257,7 @@ class Registry:
                  to_base64(signed.signature), KeyStatus.ACTIVE.value, record.created_at),
             )
             append_entry(db, EntryKind.ISSUE, provenance_id, signed)
+            insert_binding(db, provenance_id, secrets.token_bytes(BINDING_SECRET_BYTES))
             write_checkpoint(db, issuer)
             return RegistryEntry(provenance_id=provenance_id, key_hex=record.watermark.key_hex, bits=bits,
                                  issuer_key_id=issuer.key_id, status=KeyStatus.ACTIVE, signed_record=signed,
