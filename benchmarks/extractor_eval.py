@@ -36,7 +36,7 @@ from medsign_forensics.attacks.base import Attack
 from medsign_forensics.attacks.codec import quantise
 from medsign_forensics.attacks.library import TABLE1_ATTACKS
 from medsign_forensics.fileio import sha256_file, write_text
-from medsign_forensics.watermark.data import FolderSource, ImageSource, PhantomSource, centre_square
+from medsign_forensics.watermark.data import FolderSource, ImageSource, PhantomSource, centre_squares
 from medsign_forensics.watermark.extractor_io import extract_bits, load_encoder, load_extractor
 from medsign_forensics.watermark.fairness import bit_fairness
 from medsign_forensics.watermark.train_extractor import EVAL_SEED_BASE
@@ -45,10 +45,6 @@ RESULTS = Path(__file__).resolve().parent / "results" / "extractor_eval.md"
 TARGETS = {"none": 0.99, "jpeg_q50": 0.90}
 DEFAULT_TARGET = 0.95
 REAL_DEFAULT = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "real-cxr-covid19-repo" / "png"
-
-
-def load_images(source: ImageSource, count: int, size: int) -> np.ndarray:
-    return np.stack([centre_square(source.image(i), size) for i in range(min(count, len(source)))])
 
 
 @torch.no_grad()
@@ -98,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
         marked_source: ImageSource = FolderSource(args.folder)
     else:
         marked_source = PhantomSource(args.phantoms, size=args.size, seed_base=EVAL_SEED_BASE, findings_seed=7)
-    marked_images = load_images(marked_source, args.phantoms, args.size)
+    marked_images = centre_squares(marked_source, args.size, args.phantoms)
     accuracy = robustness(args.model, marked_images, TABLE1_ATTACKS, args.seed)
 
     fairness_rows: list[tuple[str, dict[str, object]]] = []
@@ -107,12 +103,12 @@ def main(argv: list[str] | None = None) -> int:
             unmarked = PhantomSource(
                 args.unmarked_phantoms, size=args.size, seed_base=EVAL_SEED_BASE + 100_000, findings_seed=8
             )
-            fairness_rows.append((unmarked.describe(), fairness(args.model, load_images(unmarked, len(unmarked),
-                                                                                         args.size), args.keys, 9)))
+            fairness_rows.append((unmarked.describe(),
+                                  fairness(args.model, centre_squares(unmarked, args.size), args.keys, 9)))
         if args.real and args.real.is_dir():
             real = FolderSource(args.real)
             fairness_rows.append((f"real radiographs {args.real.name}/ ({len(real)})",
-                                  fairness(args.model, load_images(real, len(real), args.size), args.keys, 9)))
+                                  fairness(args.model, centre_squares(real, args.size), args.keys, 9)))
 
     command = "python " + shlex.join([Path(sys.argv[0]).as_posix(), *(argv if argv is not None else sys.argv[1:])])
     sha = sha256_file(args.model / "extractor.safetensors")

@@ -19,8 +19,9 @@ Two modes:
   MEDSIGN_PASSPHRASE set; a study is generated with `medsign generate`'s library call. The registry is copied to
   a temporary folder before keys are revoked or issued there.
 * planted (default, no trained weights needed): a tiny random whitened extractor and a registry key planted to
-  equal what that extractor reads from a test image (as in tests/test_verify.py). This checks the DICOM and
-  decision logic end to end, not watermark robustness; the results file says which mode ran.
+  equal what that extractor reads from a test image (medsign_forensics.evaluate.synthetic.build_world, as the
+  verification tests use). This checks the DICOM and decision logic end to end, not watermark robustness; the
+  results file says which mode ran.
 
     python benchmarks/forgery_suite.py [--deployment DIR --issuer-key FILE --extractor DIR --registry DIR]
 """
@@ -30,7 +31,6 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import sys
 import tempfile
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -40,11 +40,10 @@ import numpy as np
 import pydicom
 from PIL import Image
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tests"))
-sys.path.insert(0, str(REPO / "benchmarks"))
+from medsign_forensics.evaluate.synthetic import build_extractor, build_world
+from medsign_forensics.training.environment import machine_line
 
-from verify_speed import machine_line  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 
 @dataclass
@@ -60,8 +59,6 @@ class Genuine:
 
 
 def _planted(tmp: Path) -> Genuine:
-    from helpers.verify import build_extractor, build_world
-
     world = build_world(tmp / "world", build_extractor(tmp / "extractor"))
     study = world.write_study(tmp / "genuine.dcm")
     return Genuine(registry=world.registry_dir, extractor=world.extractor_dir, issuer=world.issuer,

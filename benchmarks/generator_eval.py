@@ -22,6 +22,9 @@ estimates are rank-deficient and the distance is biased upwards; compare rows of
 A model whose MODEL_CARD.md records no training run, or a classifier whose config.json records none, gets its
 figures labelled as a pipeline check; they say nothing about the generator.
 
+The measurement is medsign_forensics.evaluate.generator (tested there); this script picks the reports, runs it and
+writes the results file against the targets above.
+
 Usage:
     python benchmarks/generator_eval.py [--model DIR] [--classifier DIR] [--n N] [--steps 25] [--seed 0]
         [--device cpu|cuda] [--out FILE]
@@ -31,254 +34,31 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import platform
 import shlex
 import statistics
 import sys
-import time
-from collections import Counter
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
-import scipy.linalg
 import torch
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-from torch.nn import functional as F
+
+from medsign_forensics.cli.progress import rich_progress
+from medsign_forensics.diffusion import DiffusionModel, load_model
+from medsign_forensics.diffusion.configs import DataConfig
+from medsign_forensics.diffusion.export import is_untrained
+from medsign_forensics.diffusion.sampling import DEFAULT_GUIDANCE, DEFAULT_STEPS
+from medsign_forensics.errors import MedsignError
+from medsign_forensics.evaluate.generator import OTHER_SEED_OFFSET, THRESHOLD, GeneratorResults, evaluate_generator
+from medsign_forensics.fileio import write_text
+from medsign_forensics.phantom.classifier import DEFAULT_CLASSIFIER_DIR, load_classifier, read_classifier_config
+from medsign_forensics.reports import FindingKind, load_reports, split_reports
+from medsign_forensics.training.environment import machine_line
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "benchmarks"))
-
-from localization_eval import untrained  # noqa: E402
-from verify_speed import machine_line  # noqa: E402
-
-from medsign_forensics.diffusion import DiffusionModel, load_model, sample  # noqa: E402
-from medsign_forensics.diffusion.configs import DataConfig  # noqa: E402
-from medsign_forensics.diffusion.sampling import DEFAULT_GUIDANCE, DEFAULT_STEPS, SampleOutput, decode  # noqa: E402
-from medsign_forensics.errors import MedsignError  # noqa: E402
-from medsign_forensics.fileio import write_text  # noqa: E402
-from medsign_forensics.imageio import BT601_LUMA  # noqa: E402
-from medsign_forensics.phantom import SIZES, render_report  # noqa: E402
-from medsign_forensics.phantom.classifier import (  # noqa: E402
-    DEFAULT_CLASSIFIER_DIR,
-    LABEL_INDEX,
-    extract_features,
-    label_name,
-    load_classifier,
-    predict,
-    read_classifier_config,
-)
-from medsign_forensics.reports import (  # noqa: E402
-    Finding,
-    FindingKind,
-    Side,
-    load_reports,
-    parse_report,
-    split_reports,
-)
-
 TARGET_REPORTS = 200
 TARGET_MACRO_RECALL = 0.80
 TARGET_NORMAL_RATE = 0.15
 TARGET_SIDE = 0.80
 MIN_KIND_REPORTS = 20
-#: The classifier module defines no decision threshold (``decode_labels`` defaults to 0.5), so 0.5 it is.
-THRESHOLD = 0.5
-OTHER_SEED_OFFSET = 1_000_000
-_PAIRED_SIDES = (Side.RIGHT, Side.LEFT)
-
-
-# --- scoring ------------------------------------------------------------------------------------------------
-
-
-def present_findings(text: str) -> tuple[Finding, ...]:
-    """The findings a report asserts (not negated, not hedged): what a faithful image must show."""
-    return tuple(finding for finding in parse_report(text) if finding.present)
-
-
-def kind_label_indices(kind: FindingKind) -> list[int]:
-    """Indices of every classifier label of ``kind`` (both sides for lateralised kinds)."""
-    if not kind.lateralised:
-        return [LABEL_INDEX[label_name(kind)]]
-    return [LABEL_INDEX[label_name(kind, side)] for side in _PAIRED_SIDES]
-
-
-def stated_sides(findings: Sequence[Finding], kind: FindingKind) -> frozenset[Side] | None:
-    """The patient sides the report gives for ``kind`` (bilateral = both), or None when the kind has no side or
-    any of its findings leaves the side unspecified (then the generator may draw it on either side)."""
-    if not kind.lateralised:
-        return None
-    sides: set[Side] = set()
-    for finding in findings:
-        if finding.kind is not kind:
-            continue
-        if finding.side is Side.BILATERAL:
-            sides.update(_PAIRED_SIDES)
-        elif finding.side in _PAIRED_SIDES:
-            sides.add(finding.side)
-        else:
-            return None
-    return frozenset(sides) or None
-
-
-@dataclass
-class FindingScores:
-    """Counts per finding kind (value strings) and over normal reports, for one set of images."""
-
-    reports: Counter[str] = field(default_factory=Counter)
-    found: Counter[str] = field(default_factory=Counter)
-    sided_found: Counter[str] = field(default_factory=Counter)  # found, and the report states every side
-    side_correct: Counter[str] = field(default_factory=Counter)
-    normal_reports: int = 0
-    normal_flagged: int = 0
-
-    def recall(self, kind: str) -> float | None:
-        return self.found[kind] / self.reports[kind] if self.reports[kind] else None
-
-    def macro_kinds(self, min_reports: int) -> list[str]:
-        return sorted(kind for kind, count in self.reports.items() if count >= min_reports)
-
-    def macro_recall(self, min_reports: int) -> float | None:
-        kinds = self.macro_kinds(min_reports)
-        return float(np.mean([self.recall(kind) for kind in kinds])) if kinds else None
-
-    def normal_rate(self) -> float | None:
-        return self.normal_flagged / self.normal_reports if self.normal_reports else None
-
-    def side_rate(self, kind: str | None = None) -> float | None:
-        total = sum(self.sided_found.values()) if kind is None else self.sided_found[kind]
-        correct = sum(self.side_correct.values()) if kind is None else self.side_correct[kind]
-        return correct / total if total else None
-
-
-def score(findings: Sequence[Sequence[Finding]], probabilities: np.ndarray, *, threshold: float) -> FindingScores:
-    """Compare each image's predicted labels (probability >= ``threshold``) with its report's findings."""
-    if len(findings) != len(probabilities):
-        raise ValueError(f"{len(findings)} reports but {len(probabilities)} probability rows")
-    scores = FindingScores()
-    for report_findings, row in zip(findings, probabilities):
-        predicted = np.asarray(row) >= threshold
-        kinds = {finding.kind for finding in report_findings}
-        if not kinds:
-            scores.normal_reports += 1
-            scores.normal_flagged += bool(predicted.any())
-            continue
-        for kind in kinds:
-            name = kind.value
-            scores.reports[name] += 1
-            found = bool(predicted[kind_label_indices(kind)].any())
-            scores.found[name] += found
-            sides = stated_sides(report_findings, kind)
-            if found and sides is not None:
-                drawn = {side for side in _PAIRED_SIDES if predicted[LABEL_INDEX[label_name(kind, side)]]}
-                scores.sided_found[name] += 1
-                scores.side_correct[name] += drawn == sides
-    return scores
-
-
-# --- Fréchet distance ----------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Frechet:
-    """A Fréchet distance and how its matrix square root behaved (``offset``: eps*I had to be added to both
-    covariances because sqrtm of their product was not finite; ``max_imag``: the imaginary part dropped)."""
-
-    distance: float
-    n_a: int
-    n_b: int
-    offset: bool
-    max_imag: float
-
-
-def frechet_distance(a: np.ndarray, b: np.ndarray, *, eps: float = 1e-6) -> Frechet:
-    """||mu_a - mu_b||^2 + tr(S_a + S_b - 2 (S_a S_b)^(1/2)) between two feature sets (N, D), N >= 2 each."""
-    if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[1] or min(len(a), len(b)) < 2:
-        raise ValueError(f"need two (N >= 2, D) feature sets of equal D, got {a.shape} and {b.shape}")
-    a, b = a.astype(np.float64), b.astype(np.float64)
-    mu_a, mu_b = a.mean(axis=0), b.mean(axis=0)
-    cov_a, cov_b = np.atleast_2d(np.cov(a, rowvar=False)), np.atleast_2d(np.cov(b, rowvar=False))
-    root = scipy.linalg.sqrtm(cov_a @ cov_b)
-    offset = not np.isfinite(root).all()
-    if offset:
-        shift = np.eye(cov_a.shape[0]) * eps
-        root = scipy.linalg.sqrtm((cov_a + shift) @ (cov_b + shift))
-    max_imag = float(np.abs(np.imag(root)).max())
-    root = np.real(root)
-    diff = mu_a - mu_b
-    distance = float(diff @ diff + np.trace(cov_a) + np.trace(cov_b) - 2.0 * np.trace(root))
-    return Frechet(distance=distance, n_a=len(a), n_b=len(b), offset=offset, max_imag=max_imag)
-
-
-# --- images --------------------------------------------------------------------------------------------------
-
-
-def _grey(images: torch.Tensor) -> np.ndarray:
-    """(B, C, H, W) in [0, 1] -> (B, H, W) float32: greyscale passes through, RGB goes through BT.601 luma."""
-    images = images.float().cpu()
-    if images.shape[1] == 3:
-        images = torch.tensordot(torch.tensor(BT601_LUMA), images, dims=([0], [1]))[:, None]
-    if images.shape[1] != 1:
-        raise ValueError(f"expected 1 or 3 image channels, got {images.shape[1]}")
-    return images[:, 0].numpy().astype(np.float32)
-
-
-def _resize(images: np.ndarray, size: int) -> np.ndarray:
-    """(N, H, W) -> (N, size, size), area when shrinking (as the classifier resizes), bilinear when growing."""
-    if images.shape[-1] == size and images.shape[-2] == size:
-        return images
-    tensor = torch.from_numpy(images)[:, None]
-    mode = "area" if images.shape[-1] > size else "bilinear"
-    return F.interpolate(tensor, size=(size, size), mode=mode)[:, 0].clamp(0, 1).numpy()
-
-
-Advance = Callable[[int], None]
-
-
-def generate(
-    model: DiffusionModel, texts: Sequence[str], *, seed: int, steps: int, guidance: float, batch: int,
-    advance: Advance,
-) -> tuple[np.ndarray, list[float]]:
-    """One greyscale image per report (seed ``seed + i``) and the wall seconds per image of each batch."""
-    images, per_image = [], []
-    for start in range(0, len(texts), batch):
-        chunk = list(texts[start : start + batch])
-        began = time.perf_counter()
-        result = sample(
-            model, chunk, seed=[seed + start + i for i in range(len(chunk))], steps=steps, guidance_scale=guidance,
-            output=SampleOutput.IMAGES,
-        )
-        per_image.append((time.perf_counter() - began) / len(chunk))
-        images.append(_grey(result.images))
-        advance(len(chunk))
-    return np.concatenate(images), per_image
-
-
-def render_phantoms(texts: Sequence[str], *, seed: int, size: int, advance: Advance) -> np.ndarray:
-    """Phantoms of the reports (seed ``seed + i``) at the model's image size."""
-    render_size = size if size in SIZES else min(SIZES)
-    images = []
-    for index, text in enumerate(texts):
-        study, _ = render_report(text, seed=seed + index, size=render_size)
-        images.append(study.image)
-        advance(1)
-    return _resize(np.stack(images).astype(np.float32), size)
-
-
-@torch.no_grad()
-def reconstruct(model: DiffusionModel, phantoms: np.ndarray, *, batch: int, advance: Advance) -> np.ndarray:
-    """Encode each phantom to the VAE posterior's mode and decode it: what the VAE alone keeps of the image."""
-    parameter = next(model.vae.parameters())
-    out = []
-    for start in range(0, len(phantoms), batch):
-        chunk = torch.from_numpy(phantoms[start : start + batch])[:, None]
-        if model.image_channels == 3:
-            chunk = chunk.repeat(1, 3, 1, 1)
-        latents = model.vae.encode((chunk * 2 - 1).to(parameter.device, parameter.dtype)).latent_dist.mode()
-        out.append(_grey(decode(model, latents)))
-        advance(len(chunk))
-    return np.concatenate(out)
 
 
 # --- report --------------------------------------------------------------------------------------------------
@@ -298,27 +78,14 @@ def _with_n(value: float | None, n: int) -> str:
     return f"{_fmt(value)} ({n})"
 
 
-@dataclass(frozen=True)
-class Results:
-    n: int
-    generated: FindingScores
-    phantoms: FindingScores
-    fd_generated: Frechet
-    fd_reconstructed: Frechet
-    fd_other_seeds: Frechet
-    feature_dim: int
-    wall_s: float
-    per_image_s: list[float]
-
-
 def render_markdown(
-    *, args: argparse.Namespace, model: DiffusionModel, classifier_meta: dict, classifier_dir: Path, results: Results,
-    machine: str, command: str, scheduler: str,
+    *, args: argparse.Namespace, model: DiffusionModel, classifier_meta: dict, classifier_dir: Path,
+    results: GeneratorResults, machine: str, command: str, scheduler: str,
 ) -> str:
     gen, ref = results.generated, results.phantoms
     min_reports = args.min_kind_reports
     macro_kinds = gen.macro_kinds(min_reports)
-    model_random = untrained(model)
+    model_random = is_untrained(model.path)
     classifier_random = "train_config" not in classifier_meta
     lines = ["# Generator quality: findings recovered from generated images, and a Fréchet distance", ""]
     if model_random or classifier_random:
@@ -348,7 +115,7 @@ def render_markdown(
         f"{args.seed + OTHER_SEED_OFFSET}+i).",
         f"- Decision threshold: {THRESHOLD} on each label's probability (the classifier defines no threshold of "
         "its own).",
-        f"- Wall time: {results.wall_s:.1f} s in all.",
+        f"- Wall time: {results.wall_s:.1f} s (generating, rendering, reconstructing and classifying).",
         "",
         "## Done means",
         "",
@@ -417,12 +184,6 @@ def render_markdown(
     return "\n".join(lines)
 
 
-def _progress() -> Progress:
-    return Progress(
-        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn()
-    )
-
-
 def main(argv: list[str] | None = None) -> int:
     defaults = DataConfig()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -445,64 +206,17 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.device == "cpu":
         torch.set_num_threads(args.threads)
-    started = time.perf_counter()
-
     model = load_model(args.model, device=args.device)
     classifier = load_classifier(args.classifier, device=args.device)
     classifier_meta = read_classifier_config(args.classifier)
     _, test = split_reports(load_reports(args.reports), test_fraction=args.test_fraction, seed=args.split_seed)
-    cases = test[: args.n]
-    if len(cases) < 2:
+    texts = [report.text for report in test[: args.n]]
+    if len(texts) < 2:
         raise SystemExit("fewer than 2 held-out reports; check --reports, --test-fraction and --n")
-    texts = [report.text for report in cases]
-    findings = [present_findings(text) for text in texts]
-    size = model.image_size
-
-    with _progress() as progress:
-        def task(description: str) -> Advance:
-            task_id = progress.add_task(description, total=len(texts))
-            return lambda count: progress.advance(task_id, count)
-
-        generated, per_image = generate(
-            model, texts, seed=args.seed, steps=args.steps, guidance=args.guidance, batch=args.batch,
-            advance=task("generating"),
-        )
-        phantoms = render_phantoms(texts, seed=args.seed, size=size, advance=task("rendering phantoms"))
-        others = render_phantoms(
-            texts, seed=args.seed + OTHER_SEED_OFFSET, size=size, advance=task("rendering phantoms, other seeds")
-        )
-        reconstructed = reconstruct(model, phantoms, batch=args.batch, advance=task("VAE reconstructions"))
-        judged = progress.add_task("classifier", total=6)
-        probabilities = {}
-        for name, images in (("generated", generated), ("phantoms", phantoms)):
-            probabilities[name] = predict(classifier, images)
-            progress.advance(judged)
-        features = {}
-        for name, images in (
-            ("generated", generated), ("phantoms", phantoms), ("others", others), ("reconstructed", reconstructed)
-        ):
-            features[name] = extract_features(classifier, images)
-            progress.advance(judged)
-
-    results = Results(
-        n=len(texts),
-        generated=score(findings, probabilities["generated"], threshold=THRESHOLD),
-        phantoms=score(findings, probabilities["phantoms"], threshold=THRESHOLD),
-        fd_generated=frechet_distance(features["generated"], features["phantoms"]),
-        fd_reconstructed=frechet_distance(features["reconstructed"], features["phantoms"]),
-        fd_other_seeds=frechet_distance(features["others"], features["phantoms"]),
-        feature_dim=features["phantoms"].shape[1],
-        wall_s=time.perf_counter() - started,
-        per_image_s=per_image,
-    )
-    if args.machine:
-        machine = args.machine
-    elif model.device.type == "cuda":
-        # machine_line describes the CPU VM; a GPU run names its GPU instead.
-        gpu = torch.cuda.get_device_name(model.device)
-        machine = f"{gpu}, python {platform.python_version()}, torch {torch.__version__}"
-    else:
-        machine = machine_line()
+    with rich_progress() as progress:
+        results = evaluate_generator(model, classifier, texts, seed=args.seed, steps=args.steps,
+                                     guidance=args.guidance, batch=args.batch, progress=progress)
+    machine = args.machine or machine_line(model.device)
     parts = [sys.argv[0] if argv is None else "benchmarks/generator_eval.py", *(sys.argv[1:] if argv is None else argv)]
     command = "python " + " ".join(shlex.quote(part) for part in parts)
     markdown = render_markdown(

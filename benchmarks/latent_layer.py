@@ -32,7 +32,6 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import argparse  # noqa: E402
 import json  # noqa: E402
-import platform  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
 import warnings  # noqa: E402
@@ -46,6 +45,7 @@ from scipy import stats as scipy_stats  # noqa: E402
 from medsign_forensics.attacks.library import get_attack  # noqa: E402
 from medsign_forensics.diffusion import decode, load_model, sample  # noqa: E402
 from medsign_forensics.key import family_p_value, identification_threshold, p_value  # noqa: E402
+from medsign_forensics.training.environment import machine_line  # noqa: E402
 from medsign_forensics.watermark.latent import LatentConfig, LatentMark  # noqa: E402
 from medsign_forensics.watermark.latent_reader import LatentReader  # noqa: E402
 
@@ -54,11 +54,6 @@ ATTACKS = ("none", "brightness_x2", "jpeg_q50", "resize_edge0.7", "crop_center_a
 FPR = 1e-6
 PLAIN_B_OFFSET = 1_000_000
 SUFFIXES = {".png", ".jpg", ".jpeg", ".dcm", ".dicom", ".tif", ".tiff"}
-
-
-def machine_line() -> str:
-    return (f"2-core CPU VM, no GPU ({platform.machine()}), python {platform.python_version()}, torch "
-            f"{torch.__version__}, {torch.get_num_threads()} threads")
 
 
 def benchmark_mark(seed: int, bits: int = 48) -> LatentMark:
@@ -164,9 +159,7 @@ def part_held_out(model, items, sets, mark, reader, args, report, results) -> No
 
 
 def part_distribution(model, sets, report, results) -> None:
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from generator_eval import frechet_distance
-
+    from medsign_forensics.evaluate.metrics import frechet_distance
     from medsign_forensics.phantom.classifier import extract_features, load_classifier, predict
 
     classifier = load_classifier()

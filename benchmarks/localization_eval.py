@@ -21,6 +21,9 @@ differ in IoU.
 A model whose MODEL_CARD.md records no training run (no "## Training run" section: random weights) gets its
 figures labelled as a pipeline check; they say nothing about localization.
 
+The scoring and timing are medsign_forensics.evaluate.localization (tested there); this script picks the reports,
+runs them and writes the results file.
+
 Usage:
     python benchmarks/localization_eval.py [--model DIR] [--n N] [--device cpu|cuda] [--out FILE]
 """
@@ -30,16 +33,9 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import os
-import platform
 import resource
 import shlex
-import statistics
 import sys
-import time
-import tracemalloc
-from collections import defaultdict
-from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # idle OpenMP threads sleep: CPU time then counts work only
@@ -47,185 +43,27 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # idle OpenMP threads sleep
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from medsign_forensics.diffusion import DiffusionModel, load_model, sample  # noqa: E402
+from medsign_forensics.diffusion import DiffusionModel, load_model  # noqa: E402
 from medsign_forensics.diffusion.configs import DataConfig  # noqa: E402
+from medsign_forensics.diffusion.export import is_untrained  # noqa: E402
 from medsign_forensics.diffusion.sampling import DEFAULT_GUIDANCE, DEFAULT_STEPS  # noqa: E402
-from medsign_forensics.fileio import write_text  # noqa: E402
-from medsign_forensics.localization import (  # noqa: E402
-    CrossAttentionCapture,
-    MapOptions,
-    capture_image,
-    iou,
-    pointing_game,
+from medsign_forensics.evaluate.localization import (  # noqa: E402
+    PRIORS,
+    VARIANTS,
+    Overhead,
+    Scores,
+    build_priors,
+    has_present_finding,
+    measure_overhead,
+    score_maps,
 )
-from medsign_forensics.localization.generation import generate_with_maps  # noqa: E402
-from medsign_forensics.localization.maps import localize_captured  # noqa: E402
+from medsign_forensics.fileio import write_text  # noqa: E402
 from medsign_forensics.localization.words import medical_words, word_tokens  # noqa: E402
-from medsign_forensics.phantom import render_report  # noqa: E402
-from medsign_forensics.reports import FindingKind, Report, load_reports, parse_report, split_reports  # noqa: E402
+from medsign_forensics.reports import load_reports, split_reports  # noqa: E402
+from medsign_forensics.training.environment import machine_line  # noqa: E402
 
-CPU_MACHINE = "2-core CPU VM, no GPU"
 TARGET_POINTING = 0.80
 TARGET_OVERHEAD = 0.30
-PRIOR_SEED_OFFSET = 1_000_000
-VARIANTS = {
-    "A_avg": MapOptions(cas=False, aas=False),
-    "A_avg+AAS": MapOptions(cas=False, aas=True),
-    "CAS+AAS": MapOptions(cas=True, aas=True),
-}
-PRIORS = ("prior (all lesions)", "prior (same kind)")
-
-
-@dataclass
-class Scores:
-    """Per (kind, method) hits and IoUs; ``no_word`` counts findings whose kind reached the model in no word."""
-
-    hits: dict[tuple[str, str], list[bool]] = field(default_factory=lambda: defaultdict(list))
-    ious: dict[tuple[str, str], list[float]] = field(default_factory=lambda: defaultdict(list))
-    no_word: dict[str, int] = field(default_factory=lambda: defaultdict(int))
-    report_iou: list[float] = field(default_factory=list)
-
-    def add(self, kind: str, method: str, a_map: np.ndarray, mask: np.ndarray, *, threshold: float = 0.5) -> None:
-        self.hits[(kind, method)].append(pointing_game(a_map, mask))
-        self.ious[(kind, method)].append(iou(a_map, mask, threshold=threshold))
-
-
-def _present_kinds(report: Report) -> bool:
-    return any(finding.present for finding in parse_report(report.text))
-
-
-def _kind_masks(study: object) -> dict[FindingKind, np.ndarray]:
-    masks: dict[FindingKind, np.ndarray] = {}
-    for finding, mask in study.masks:  # type: ignore[attr-defined]
-        if mask.any():
-            masks[finding.kind] = masks.get(finding.kind, np.zeros_like(mask)) | mask
-    return masks
-
-
-def build_priors(
-    reports: Sequence[Report], *, seed: int, size: int
-) -> tuple[np.ndarray, dict[FindingKind, np.ndarray], int]:
-    """Mean union lesion mask over training phantoms, the mean mask per kind (over phantoms showing it), and
-    the number of phantoms with a lesion."""
-    total = np.zeros((size, size), np.float64)
-    per_kind: dict[FindingKind, np.ndarray] = {}
-    counts: dict[FindingKind, int] = defaultdict(int)
-    studies = 0
-    for index, report in enumerate(reports):
-        study, _ = render_report(report.text, seed=seed + PRIOR_SEED_OFFSET + index, size=size)
-        masks = _kind_masks(study)
-        if not masks:
-            continue
-        studies += 1
-        total += study.lesion_mask
-        for kind, mask in masks.items():
-            per_kind[kind] = per_kind.get(kind, np.zeros((size, size), np.float64)) + mask
-            counts[kind] += 1
-    if not studies:
-        raise SystemExit("no training report rendered a lesion; cannot build the prior map")
-    return total / studies, {kind: value / counts[kind] for kind, value in per_kind.items()}, studies
-
-
-def top_fraction(values: np.ndarray, fraction: float = 0.3) -> float:
-    """The threshold above which ``fraction`` of the pixels lie (a prior's salient region for IoU)."""
-    return float(np.quantile(values, 1 - fraction))
-
-
-def evaluate(
-    model: DiffusionModel, reports: Sequence[Report], *, prior: np.ndarray, kind_prior: dict[FindingKind, np.ndarray],
-    seed: int, size: int, timesteps: Sequence[int],
-) -> tuple[Scores, int]:
-    scores = Scores()
-    evaluated = 0
-    for index, report in enumerate(reports):
-        study, _ = render_report(report.text, seed=seed + index, size=size)
-        masks = _kind_masks(study)
-        if not masks:
-            continue
-        evaluated += 1
-        attention = capture_image(model.pipeline, study.image, report.text, timesteps=timesteps, seed=seed + index)
-        for kind, mask in masks.items():
-            name = kind.value
-            words = [w for w in attention.words if kind in w.word.kinds]
-            for method, options in VARIANTS.items():
-                if words:
-                    scores.add(name, method, attention.localize(options, words=words).a_loc, mask)
-                else:
-                    scores.hits[(name, method)].append(False)
-                    scores.ious[(name, method)].append(0.0)
-            if not words:
-                scores.no_word[name] += 1
-            scores.add(name, PRIORS[0], prior, mask, threshold=top_fraction(prior))
-            own = kind_prior.get(kind, prior)
-            scores.add(name, PRIORS[1], own, mask, threshold=top_fraction(own))
-        union = np.logical_or.reduce(list(masks.values()))
-        scores.report_iou.append(iou(attention.localize().a_loc, union))
-    return scores, evaluated
-
-
-@dataclass(frozen=True)
-class Overhead:
-    """Median wall and process-CPU seconds per report (CPU time is what contention on a shared machine spoils
-    least; wall time is what a user waits)."""
-
-    plain_s: float
-    capture_s: float
-    capture_and_maps_s: float
-    plain_cpu_s: float
-    capture_cpu_s: float
-    capture_state_bytes: int
-    maps_traced_peak_bytes: int
-    cuda_peak_plain: int | None
-    cuda_peak_capture: int | None
-
-
-def measure_overhead(
-    model: DiffusionModel, texts: Sequence[str], *, seed: int, steps: int, guidance: float
-) -> Overhead:
-    """Median per-report wall times of plain sampling, sampling under capture, and capture + map building."""
-    cuda = model.device.type == "cuda"
-    sample(model, texts[:1], seed=seed, steps=steps, guidance_scale=guidance)  # warm-up
-    plain, captured, full, plain_cpu, captured_cpu = [], [], [], [], []
-    state, traced = 0, 0
-    peak_plain = peak_capture = 0
-    for index, text in enumerate(texts):
-        if cuda:
-            torch.cuda.reset_peak_memory_stats()
-        start, start_cpu = time.perf_counter(), time.process_time()
-        sample(model, [text], seed=seed + index, steps=steps, guidance_scale=guidance)
-        plain.append(time.perf_counter() - start)
-        plain_cpu.append(time.process_time() - start_cpu)
-        if cuda:
-            peak_plain = max(peak_plain, torch.cuda.max_memory_allocated())
-            torch.cuda.reset_peak_memory_stats()
-        start, start_cpu = time.perf_counter(), time.process_time()
-        with CrossAttentionCapture(model.unet, conditional_batch=1) as capture:
-            sample(model, [text], seed=seed + index, steps=steps, guidance_scale=guidance)
-        captured.append(time.perf_counter() - start)
-        captured_cpu.append(time.process_time() - start_cpu)
-        if cuda:
-            peak_capture = max(peak_capture, torch.cuda.max_memory_allocated())
-        result = capture.result()
-        state = max(state, sum(layer.sums.numel() * layer.sums.element_size() for layer in result.layers.values()))
-        start = time.perf_counter()
-        generate_with_maps(model, [text], seed=seed + index, steps=steps, guidance_scale=guidance)
-        full.append(time.perf_counter() - start)
-        words, dropped = word_tokens(model.tokenizer, text, medical_words(text))
-        tracemalloc.start()
-        localize_captured(result, words, (model.image_size, model.image_size), dropped=dropped)
-        traced = max(traced, tracemalloc.get_traced_memory()[1])
-        tracemalloc.stop()
-    return Overhead(
-        plain_s=statistics.median(plain),
-        capture_s=statistics.median(captured),
-        capture_and_maps_s=statistics.median(full),
-        plain_cpu_s=statistics.median(plain_cpu),
-        capture_cpu_s=statistics.median(captured_cpu),
-        capture_state_bytes=state,
-        maps_traced_peak_bytes=traced,
-        cuda_peak_plain=peak_plain if cuda else None,
-        cuda_peak_capture=peak_capture if cuda else None,
-    )
 
 
 def _rate(values: list[bool]) -> str:
@@ -240,13 +78,6 @@ def _mib(value: int | None) -> str:
     return "—" if value is None else f"{value / 2**20:.1f} MiB"
 
 
-def untrained(model: DiffusionModel) -> bool:
-    """True for a mini-cxr style folder whose model card records no training run (random weights); folders
-    without a model card (e.g. a RoentGen download) are taken as trained."""
-    card = model.path / "MODEL_CARD.md"
-    return card.is_file() and "## Training run" not in card.read_text(encoding="utf-8")
-
-
 def render_markdown(
     *, args: argparse.Namespace, model: DiffusionModel, scores: Scores, evaluated: int, prior_studies: int,
     overhead: Overhead, machine: str, command: str,
@@ -257,14 +88,13 @@ def render_markdown(
         "# Localization map A_loc against phantom ground truth",
         "",
     ]
-    if untrained(model):
+    if is_untrained(model.path):
         lines += [
             "**PIPELINE CHECK ON AN UNTRAINED (RANDOM-WEIGHT) MODEL: these figures say nothing about localization.**",
             "",
         ]
     lines += [
-        f"- Date: {dt.date.today().isoformat()}; machine: {machine}; Python {platform.python_version()}, "
-        f"torch {torch.__version__}, {torch.get_num_threads()} CPU thread(s).",
+        f"- Date: {dt.date.today().isoformat()}; machine: {machine}.",
         f"- Command: `{command}`",
         f"- Model: {model.name} ({model.path}), weights SHA-256 `{model.weights_sha256}`, device {model.device}, "
         f"dtype {model.dtype}.",
@@ -351,19 +181,19 @@ def main(argv: list[str] | None = None) -> int:
 
     model = load_model(args.model, device=args.device)
     train, test = split_reports(load_reports(args.reports), test_fraction=args.test_fraction, seed=args.split_seed)
-    held_out = [report for report in test if _present_kinds(report)][: args.n]
-    prior_reports = [report for report in train if _present_kinds(report)][: args.prior_n]
+    held_out = [report for report in test if has_present_finding(report)][: args.n]
+    prior_reports = [report for report in train if has_present_finding(report)][: args.prior_n]
     if not held_out or not prior_reports:
         raise SystemExit("no held-out or training report with a present finding; check --reports and the split")
     prior, kind_prior, prior_studies = build_priors(prior_reports, seed=args.seed, size=args.size)
-    scores, evaluated = evaluate(
+    scores, evaluated = score_maps(
         model, held_out, prior=prior, kind_prior=kind_prior, seed=args.seed, size=args.size, timesteps=args.timesteps
     )
     with_words = [r.text for r in held_out if word_tokens(model.tokenizer, r.text, medical_words(r.text))[0]]
     overhead = measure_overhead(
         model, with_words[: args.overhead_n], seed=args.seed, steps=args.steps, guidance=args.guidance
     )
-    machine = args.machine or (CPU_MACHINE if model.device.type == "cpu" else torch.cuda.get_device_name(model.device))
+    machine = args.machine or machine_line(model.device)
     parts = [sys.argv[0], *(argv if argv is not None else sys.argv[1:])]
     command = "python " + " ".join(shlex.quote(part) for part in parts)
     markdown = render_markdown(

@@ -22,7 +22,6 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch is imported 
 
 import argparse  # noqa: E402
 import logging  # noqa: E402
-import platform  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
@@ -85,10 +84,6 @@ def comparable(path: Path) -> dict[str, dict]:
     return {key: {k: v for k, v in record.items() if k != "seconds"} for key, record in read_jsonl(path).items()}
 
 
-def load_line() -> str:
-    return "/".join(f"{v:.1f}" for v in os.getloadavg())
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--files", type=int, default=1000)
@@ -97,17 +92,16 @@ def main() -> None:
     parser.add_argument("--files-per-task", type=int, nargs="+", default=[1, 8, 32])
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "scan_cluster_speed.md")
     args = parser.parse_args()
-    import torch
-
     from medsign_forensics.cluster import DaskEngine
     from medsign_forensics.scan import VerifierSettings, file_tasks, list_files, scan_folder
+    from medsign_forensics.training.environment import load_average, machine_line
 
     settings = VerifierSettings()
     runs = [("local", w, None) for w in args.local_workers] + [
         ("dask", w, per_task) for w in args.dask_workers for per_task in args.files_per_task]
     rows = []
     started = time.perf_counter()
-    load_before = load_line()
+    load_before = load_average()
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / "pngs"
         with ProcessPoolExecutor(2) as pool:
@@ -119,7 +113,7 @@ def main() -> None:
         record_bytes = 0.0
         for engine_name, workers, per_task in runs:
             jsonl = Path(tmp) / f"{engine_name}-{workers}-{per_task}.jsonl"
-            load = load_line()
+            load = load_average()
             engine = None if engine_name == "local" else DaskEngine(workers=workers, files_per_task=per_task)
             start = time.perf_counter()
             summary = scan_folder(folder, settings=settings, workers=workers if engine is None else 1, engine=engine,
@@ -159,13 +153,12 @@ def main() -> None:
         "# Scan throughput: local engine against a Dask LocalCluster",
         "",
         f"- date: {datetime.now(UTC).strftime('%Y-%m-%d %H:%M UTC')}",
-        f"- machine: {os.cpu_count()}-core CPU VM, no GPU ({platform.machine()}), python "
-        f"{platform.python_version()}, torch {torch.__version__}, dask.distributed "
-        f"{__import__('distributed').__version__}; every worker runs torch on 1 thread",
+        f"- machine: {machine_line()}, dask.distributed {__import__('distributed').__version__}; every worker "
+        "runs torch on 1 thread",
         f"- command: `{command}` (wall time of the whole script: {total:.0f} s)",
         f"- input: {args.files} PNG files of 256x256 8-bit phantoms (render_report, 5 reports, no watermark) in "
         f"{-(-args.files // 100)} folders; shipped extractor and demo registry (VerifierSettings() defaults)",
-        f"- 1/5/15-minute load average before: {load_before}, after: {load_line()} (the machine is shared with "
+        f"- 1/5/15-minute load average before: {load_before}, after: {load_average()} (the machine is shared with "
         "other work; higher load means slower runs)",
         "",
         "Wall time of `scan_folder` (listing, worker or cluster start-up, verification, JSONL and CSV reports). "

@@ -12,7 +12,6 @@ Writes benchmarks/results/scan_speed.md. Target (issue 7): at least 10 images/s 
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
 import time
 from datetime import UTC, datetime
@@ -20,10 +19,10 @@ from pathlib import Path
 
 from PIL import Image
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "benchmarks"))
+from medsign_forensics.evaluate.synthetic import chest_like, random_key_registry, timing_extractor
+from medsign_forensics.training.environment import load_average, machine_line
 
-from verify_speed import chest_like, default_extractor, load_line, machine_line, timing_registry  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 
 def main() -> None:
@@ -37,11 +36,11 @@ def main() -> None:
     from medsign_forensics.scan import VerifierSettings, scan_folder
 
     rows = []
-    load_before = load_line()
+    load_before = load_average()
     with tempfile.TemporaryDirectory() as tmp:
         tmp_path = Path(tmp)
-        extractor = args.extractor or default_extractor(tmp_path / "extractor")
-        registry, _, _ = timing_registry(tmp_path / "registry", args.keys)
+        extractor = args.extractor or timing_extractor(tmp_path / "extractor")
+        registry, _, _ = random_key_registry(tmp_path / "registry", args.keys)
         folder = tmp_path / "pngs"
         for index in range(args.files):
             sub = folder / f"{index // 100:02d}"
@@ -65,7 +64,7 @@ def main() -> None:
         f" --keys {args.keys}{' --extractor ' + str(args.extractor) if args.extractor else ''}`",
         f"- extractor: {'given' if args.extractor else 'default architecture, fresh weights (speed only)'}; "
         f"registry: {args.keys} keys; {args.files} PNG files of 256x256 8-bit grey in 10 folders",
-        f"- 1/5/15-minute load average before: {load_before}, after: {load_line()} (the machine is shared with "
+        f"- 1/5/15-minute load average before: {load_before}, after: {load_average()} (the machine is shared with "
         "other work; higher load means slower runs)",
         "",
         "Wall time of `scan_folder` (listing, worker start-up, verification, JSONL and CSV reports).",

@@ -29,12 +29,11 @@ from __future__ import annotations
 
 import os
 
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch is imported (verify_speed imports it)
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch is imported (training.environment imports it)
 
 import argparse  # noqa: E402
 import json  # noqa: E402
 import shutil  # noqa: E402
-import sys  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
 import warnings  # noqa: E402
@@ -45,10 +44,9 @@ from pathlib import Path  # noqa: E402
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "benchmarks"))
+from medsign_forensics.training.environment import machine_line  # noqa: E402
 
-from verify_speed import machine_line  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 SUFFIXES = {".png", ".dcm"}
 FP_SEED_BASE = 3_000_000

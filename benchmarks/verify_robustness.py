@@ -22,7 +22,6 @@ Needs trained weights; writes benchmarks/results/verify_robustness.md.
 from __future__ import annotations
 
 import argparse
-import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -30,11 +29,10 @@ import numpy as np
 import torch
 
 from medsign_forensics.attacks.codec import quantise
+from medsign_forensics.evaluate.synthetic import chest_like
+from medsign_forensics.training.environment import machine_line
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "benchmarks"))
-
-from verify_speed import chest_like, machine_line  # noqa: E402
 
 ATTACKS = ("none", "jpeg_q75", "resize_edge0.7", "resize_edge0.5", "resize_edge2", "resize_edge4",
            "crop_center_area0.5", "crop_center_edge0.5", "dicomwl_c2048_w4096", "resize_edge0.7+jpeg_q75")

@@ -12,69 +12,19 @@ Writes benchmarks/results/verify_speed.md (median and 90th percentile of --repea
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import statistics
 import tempfile
 import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-import numpy as np
 import torch
 from PIL import Image
 
-from medsign_forensics.attacks.codec import to_uint8
+from medsign_forensics.evaluate.synthetic import chest_like, random_key_registry, timing_extractor
+from medsign_forensics.training.environment import load_average, machine_line
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def chest_like(size: int, seed: int) -> np.ndarray:
-    """A radiograph-like uint8 image (body, two lungs, spine, texture, noise): realistic PNG sizes."""
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[0:size, 0:size] / size
-    body = 0.55 + 0.15 * np.exp(-((xx - 0.5) ** 2) / 0.08)
-    for cx in (0.3, 0.7):
-        lung = ((xx - cx) / 0.16) ** 2 + ((yy - 0.5) / 0.3) ** 2 < 1
-        body = np.where(lung, 0.2 + 0.05 * np.sin(40 * xx + 25 * yy + rng.uniform(0, 6)), body)
-    body = body + 0.25 * np.exp(-((xx - 0.5) ** 2) / 0.002)
-    return to_uint8(body + rng.normal(0, 0.02, body.shape))
-
-
-def default_extractor(folder: Path) -> Path:
-    """A whitened extractor of the default architecture with fresh weights (for timing only)."""
-    from medsign_forensics.watermark.extractor_io import save_extractor
-    from medsign_forensics.watermark.hidden import HiddenConfig, HiddenExtractor
-    from medsign_forensics.watermark.whitening import whiten_extractor
-
-    torch.manual_seed(0)
-    extractor = HiddenExtractor(HiddenConfig()).eval()
-    images = np.stack([chest_like(64, 50_000 + i) for i in range(64)]).astype(np.float32) / 255.0
-    fit = whiten_extractor(extractor, [torch.from_numpy(images[:, None])])
-    save_extractor(extractor, folder, whitening=fit.summary(), training={"note": "untrained, for timing"})
-    return folder
-
-
-def timing_registry(folder: Path, keys: int):
-    """A registry with ``keys`` random keys; returns (folder, issuer, one entry)."""
-    from medsign_forensics.provenance import IssuerKey, ModelInfo, Registry, load_policy
-
-    issuer = IssuerKey.generate("Benchmark Issuer")
-    model = ModelInfo(name="mini-cxr", version="0.1.0", weights_sha256="cd" * 32)
-    policy = load_policy()
-    with Registry.open(folder, create=True) as registry:
-        entries = [registry.issue(issuer, model=model, deployment=f"bench-{i}", policy=policy,
-                                  rng=np.random.default_rng(i)) for i in range(keys)]
-    return folder, issuer, entries[0]
-
-
-def machine_line() -> str:
-    return (f"2-core CPU VM, no GPU ({platform.machine()}), python {platform.python_version()}, torch "
-            f"{torch.__version__}, {torch.get_num_threads()} threads")
-
-
-def load_line() -> str:
-    return "/".join(f"{v:.1f}" for v in os.getloadavg())
 
 
 def main() -> None:
@@ -88,11 +38,11 @@ def main() -> None:
     from medsign_forensics.dicom import write_synthetic_study
     from medsign_forensics.verify import Verifier
 
-    load_before = load_line()
+    load_before = load_average()
     with tempfile.TemporaryDirectory() as tmp:
         tmp_path = Path(tmp)
-        extractor = args.extractor or default_extractor(tmp_path / "extractor")
-        registry, issuer, entry = timing_registry(tmp_path / "registry", args.keys)
+        extractor = args.extractor or timing_extractor(tmp_path / "extractor")
+        registry, issuer, entry = random_key_registry(tmp_path / "registry", args.keys)
         files = {}
         image = chest_like(256, 1)
         Image.fromarray(image).save(tmp_path / "x256.png")
@@ -123,14 +73,13 @@ def main() -> None:
         "# Verify speed",
         "",
         f"- date: {datetime.now(UTC).strftime('%Y-%m-%d %H:%M UTC')}",
-        f"- machine: 2-core CPU VM, no GPU ({platform.machine()}), python {platform.python_version()}, torch "
-        f"{torch.__version__} (`medsign verify` and every scan worker use 1 torch thread)",
+        f"- machine: {machine_line()} (`medsign verify` and every scan worker use 1 torch thread)",
         f"- command: `python benchmarks/verify_speed.py --keys {args.keys} --repeats {args.repeats} --threads "
         f"{' '.join(map(str, args.threads))}"
         f"{' --extractor ' + str(args.extractor) if args.extractor else ''}`",
         f"- extractor: {'given' if args.extractor else 'default architecture, fresh weights (speed only)'}; "
         f"registry: {args.keys} keys; policy default",
-        f"- 1/5/15-minute load average before: {load_before}, after: {load_line()} (shared machine)",
+        f"- 1/5/15-minute load average before: {load_before}, after: {load_average()} (shared machine)",
         "",
         "One `Verifier.verify_file` call per run (read, resize if needed, extract, match all keys, registry row "
         "check when attributed, DICOM provenance checks), after one warm-up call.",

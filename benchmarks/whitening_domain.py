@@ -38,15 +38,13 @@ import numpy as np
 import torch
 
 from medsign_forensics.fileio import sha256_file, write_text
-from medsign_forensics.watermark.data import FolderSource, ImageSource, PhantomSource
+from medsign_forensics.watermark.data import FolderSource, ImageSource, PhantomSource, centre_squares
 from medsign_forensics.watermark.extractor_io import extract_bits, load_extractor
 from medsign_forensics.watermark.fairness import bit_fairness
 from medsign_forensics.watermark.train_extractor import EVAL_SEED_BASE
 from medsign_forensics.watermark.whitening import fit_whitening
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from extractor_eval import REAL_DEFAULT, load_images  # noqa: E402
-
+REAL_DEFAULT = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "real-cxr-covid19-repo" / "png"
 RESULTS = Path(__file__).resolve().parent / "results" / "whitening_domain.md"
 MODEL_DEFAULT = Path(__file__).resolve().parents[1] / "medsign_forensics" / "weights" / "extractor"
 SIZE = 256
@@ -54,7 +52,7 @@ SIZE = 256
 
 def raw(extractor: torch.nn.Module, source: ImageSource) -> np.ndarray:
     """Pre-whitening logits (N, k) of every image of ``source`` (centre square at SIZE)."""
-    return extract_bits(extractor, list(load_images(source, len(source), SIZE)), raw=True)[1].astype(np.float64)
+    return extract_bits(extractor, list(centre_squares(source, SIZE)), raw=True)[1].astype(np.float64)
 
 
 def in_half_a(path: Path) -> bool:

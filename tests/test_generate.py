@@ -11,10 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from helpers.verify import REPORT, World, build_extractor, build_world, deployment_for, tiny_model_dir
+from helpers.verify import deployment_for, tiny_model_dir
 
 from medsign_forensics.diffusion import load_model
 from medsign_forensics.errors import InputError, ModelError, RegistryError
+from medsign_forensics.evaluate.synthetic import REPORT, World, build_extractor, build_world
 from medsign_forensics.generate import generate_study
 from medsign_forensics.imageio import read_image
 from medsign_forensics.provenance import IssuerKey

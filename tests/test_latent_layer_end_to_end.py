@@ -14,10 +14,11 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from helpers.verify import REPORT, build_extractor, build_world, deployment_for
+from helpers.verify import deployment_for
 
 from medsign_forensics.cli.main import app
 from medsign_forensics.diffusion import load_model
+from medsign_forensics.evaluate.synthetic import REPORT, build_extractor, build_world
 from medsign_forensics.generate import generate_study
 from medsign_forensics.provenance.layers import add_latent_layer, latent_layers
 from medsign_forensics.provenance.policy import Attribution

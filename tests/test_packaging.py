@@ -79,3 +79,32 @@ def test_no_test_edits_sys_path():
                  if re.search(r"sys\.path\.(insert|append)|sys\.path\s*=", p.read_text(encoding="utf-8"))
                  and p != Path(__file__).resolve()]
     assert not offenders, f"these test files edit sys.path; import from tests/helpers instead: {offenders}"
+
+
+def _top_level_imports(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names |= {alias.name.split(".")[0] for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            names.add(node.module.split(".")[0])
+    return names
+
+
+def test_tests_and_benchmarks_do_not_import_each_other():
+    """Benchmarks import the package only (what they share lives in it); tests import the package and
+    tests/helpers, never a benchmark script."""
+    root = PACKAGE.parent
+    scripts = {path.stem for path in (root / "benchmarks").glob("*.py")}
+    offenders = []
+    for path in sorted((root / "benchmarks").rglob("*.py")):
+        edits_path = re.search(r"sys\.path\.(insert|append)|sys\.path\s*=", path.read_text(encoding="utf-8"))
+        if edits_path or _top_level_imports(path) & (scripts | {"helpers", "tests"}):
+            offenders.append(str(path.relative_to(root)))
+    this = Path(__file__).resolve()
+    for path in sorted((root / "tests").rglob("*.py")):
+        loads_by_path = "spec_from_file_location" in path.read_text(encoding="utf-8") and path != this
+        if _top_level_imports(path) & (scripts | {"benchmarks"}) or loads_by_path:
+            offenders.append(str(path.relative_to(root)))
+    assert not offenders, f"these files reach across tests/ and benchmarks/: {offenders}"

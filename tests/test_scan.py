@@ -11,11 +11,12 @@ from pathlib import Path
 
 import pytest
 
-from helpers.benchmarks import load_benchmark
 from helpers.pacs import FakePacs
-from helpers.verify import CrashingSettings, World, build_extractor, build_world, sample_image, save_png
+from helpers.verify import CrashingSettings, save_png
 
 from medsign_forensics.errors import ImageReadError, InputError
+from medsign_forensics.evaluate.bad_inputs import write_suite
+from medsign_forensics.evaluate.synthetic import World, build_extractor, build_world, sample_image
 from medsign_forensics.pacs import PacsApi, PacsClient, multipart_parts, pacs_config
 from medsign_forensics.scan import VerifierSettings, list_files, read_jsonl, scan_folder, scan_pacs
 
@@ -111,7 +112,7 @@ def test_listing_is_recursive_and_sorted(archive):
 
 
 def test_bad_input_suite_is_reported_file_by_file(extractor_dir, tmp_path):
-    suite = load_benchmark("bad_input_suite").write_suite(tmp_path / "suite")
+    suite = write_suite(tmp_path / "suite")
     assert len(suite) >= 250
     summary = scan_folder(tmp_path / "suite", settings=VerifierSettings(extractor=extractor_dir),
                           jsonl=tmp_path / "suite.jsonl")

@@ -10,10 +10,19 @@ import pydicom
 import pytest
 from PIL import Image
 
-from helpers.verify import MODEL, SIZE, World, build_extractor, build_world, read_bits, sample_image, save_png
+from helpers.verify import save_png
 
 from medsign_forensics.dicom.private import Element, find_block
 from medsign_forensics.errors import ImageReadError, ModelError, RegistryError
+from medsign_forensics.evaluate.synthetic import (
+    MODEL,
+    SIZE,
+    World,
+    build_extractor,
+    build_world,
+    read_bits,
+    sample_image,
+)
 from medsign_forensics.key import p_value
 from medsign_forensics.provenance import IssuerKey, Registry, load_policy
 from medsign_forensics.verify import (

@@ -13,13 +13,14 @@ each file under 16 MiB.
 
 from __future__ import annotations
 
-import dataclasses
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
-from typing import Any, TypeVar, get_args, get_origin, get_type_hints
+from typing import Any
 
+from medsign_forensics.configio import config_from_dict, config_to_dict
 from medsign_forensics.errors import InputError
 
 
@@ -135,11 +136,11 @@ class MiniCxrConfig:
         return self.image_size // self.vae_scale_factor
 
     def to_dict(self) -> dict[str, Any]:
-        return json.loads(json.dumps(dataclasses.asdict(self), default=_enum_value))
+        return config_to_dict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> MiniCxrConfig:
-        return _build(cls, data, "config")
+    def from_dict(cls, data: Mapping[str, Any]) -> MiniCxrConfig:
+        return config_from_dict(cls, data)
 
 
 def default_config() -> MiniCxrConfig:
@@ -303,15 +304,7 @@ def _scheduler_kwargs(scheduler: SchedulerConfig) -> dict[str, Any]:
     }
 
 
-# --- typed (de)serialisation --------------------------------------------------------------------------------
-
-T = TypeVar("T")
-
-
-def _enum_value(value: Any) -> Any:
-    if isinstance(value, Enum):
-        return value.value
-    raise TypeError(f"cannot serialise {type(value).__name__}")
+# --- file overrides -----------------------------------------------------------------------------------------
 
 
 def _deep_merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
@@ -322,43 +315,3 @@ def _deep_merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, An
         else:
             merged[key] = value
     return merged
-
-
-def _build(cls: type[T], data: Any, where: str) -> T:
-    if not isinstance(data, dict):
-        raise InputError(f"config field {where} must be an object")
-    hints = get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
-    unknown = sorted(set(data) - names)
-    if unknown:
-        raise InputError(f"unknown config field(s) in {where}: {', '.join(unknown)}")
-    values = {name: _convert(hints[name], data[name], f"{where}.{name}") for name in names if name in data}
-    return cls(**values)
-
-
-def _convert(hint: Any, value: Any, where: str) -> Any:
-    origin = get_origin(hint)
-    if isinstance(hint, type) and dataclasses.is_dataclass(hint):
-        return _build(hint, value, where)
-    if isinstance(hint, type) and issubclass(hint, Enum):
-        try:
-            return hint(value)
-        except ValueError:
-            allowed = ", ".join(str(m.value) for m in hint)
-            raise InputError(f"config field {where} must be one of {allowed}, not {value!r}") from None
-    if origin is tuple:
-        if not isinstance(value, (list, tuple)):
-            raise InputError(f"config field {where} must be a list")
-        (item,) = {a for a in get_args(hint) if a is not Ellipsis}
-        return tuple(_convert(item, v, where) for v in value)
-    args = get_args(hint)
-    if args and type(None) in args:
-        if value is None:
-            return None
-        (inner,) = [a for a in args if a is not type(None)]
-        return _convert(inner, value, where)
-    if hint is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if isinstance(hint, type) and not isinstance(value, hint) or (hint is int and isinstance(value, bool)):
-        raise InputError(f"config field {where} must be {hint.__name__}, not {value!r}")
-    return value

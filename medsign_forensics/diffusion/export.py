@@ -29,6 +29,9 @@ from medsign_forensics.training.weights import save_folder
 
 MAX_FILE_BYTES = 16 * 1024 * 1024
 MAX_TOTAL_BYTES = 30_000_000
+MODEL_CARD_NAME = "MODEL_CARD.md"
+#: The model card's section that only a real training run writes (see :func:`is_untrained`).
+TRAINING_RUN_HEADING = "## Training run"
 
 
 def export_model(
@@ -90,7 +93,7 @@ def export_model(
         hashes = {p.relative_to(tmp).as_posix(): sha256_file(p) for p in sorted(tmp.rglob("*")) if p.is_file()}
         (tmp / MANIFEST_NAME).write_text("".join(f"{h}  {n}\n" for n, h in sorted(hashes.items())), encoding="utf-8")
         weight_hashes = {name: hashes[name] for name in sizes}
-        (tmp / "MODEL_CARD.md").write_text(_model_card(config, sizes, weight_hashes, card), encoding="utf-8")
+        (tmp / MODEL_CARD_NAME).write_text(_model_card(config, sizes, weight_hashes, card), encoding="utf-8")
         for path in tmp.rglob("*"):
             path.chmod(0o755 if path.is_dir() else 0o644)  # safetensors writes 0600; the model is for everyone
 
@@ -128,6 +131,14 @@ def build_random_model(folder: str | Path, *, config: MiniCxrConfig, texts: list
         )
         unet = build_unet(config)
     return export_model(folder, config=config, tokenizer=tokenizer, text_encoder=text_encoder, unet=unet, vae=vae)
+
+
+def is_untrained(folder: str | Path) -> bool:
+    """True for a model folder whose model card records no training run (random weights, built for tests or
+    timing): its figures in any evaluation are a pipeline check. Folders without a model card (e.g. a RoentGen
+    download) are taken as trained."""
+    card = Path(folder) / MODEL_CARD_NAME
+    return card.is_file() and TRAINING_RUN_HEADING not in card.read_text(encoding="utf-8")
 
 
 def _model_card(
@@ -168,7 +179,7 @@ def _model_card(
         f"- Corpus: {card['corpus']}, training split: {card['reports']} reports, "
         f"{card['renders_per_report']} phantom render(s) per report.",
         "",
-        "## Training run (recorded by the run itself)",
+        f"{TRAINING_RUN_HEADING} (recorded by the run itself)",
         "",
         "| stage | steps | wall time | hardware | mean loss, last 100 steps |",
         "| --- | --- | --- | --- | --- |",

@@ -15,7 +15,7 @@ from __future__ import annotations
 import copy
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +27,7 @@ from medsign_forensics.attacks.base import Attack
 from medsign_forensics.attacks.codec import quantise
 from medsign_forensics.attacks.library import TABLE1_ATTACKS
 from medsign_forensics.config import REPO_DIR
+from medsign_forensics.configio import config_to_dict
 from medsign_forensics.errors import ImageReadError, InputError, ModelError
 from medsign_forensics.evaluate.methods import (
     ABLATION_TITLES,
@@ -91,10 +92,7 @@ class EvaluationConfig:
                 raise InputError(f"unknown baseline {name!r}; choose from {', '.join(BASELINE_TITLES)}")
 
     def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["baselines"] = list(self.baselines)
-        data["real_data"] = None if self.real_data is None else str(self.real_data)
-        return data
+        return config_to_dict(self)
 
 
 @dataclass

@@ -9,6 +9,8 @@ Conventions (the Markdown report repeats them):
   ``identical``).
 * Bit accuracy: matching bits / key length. Detection: an image is detected when its matching bits reach the
   threshold of :func:`medsign_forensics.key.threshold` for the target false-positive rate.
+* Distribution: the Fréchet distance between two sets of features (:func:`frechet_distance`), e.g. the finding
+  classifier's penultimate features of generated images against phantoms.
 """
 
 from __future__ import annotations
@@ -17,7 +19,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+import scipy.linalg
 
+from medsign_forensics.errors import InputError
 from medsign_forensics.key import threshold
 
 
@@ -92,3 +96,37 @@ def kind_confidences(probabilities: np.ndarray, labels: Sequence[str], kinds: Se
         indices = [i for i, label in enumerate(labels) if label == kind or label.startswith(f"{kind}_")]
         columns.append(np.asarray(probabilities)[:, indices].max(axis=1))
     return np.stack(columns, axis=1) if columns else np.zeros((len(probabilities), 0), np.float32)
+
+
+@dataclass(frozen=True)
+class Frechet:
+    """A Fréchet distance and how its matrix square root behaved (``offset``: eps*I had to be added to both
+    covariances because sqrtm of their product was not finite; ``max_imag``: the imaginary part dropped)."""
+
+    distance: float
+    n_a: int
+    n_b: int
+    offset: bool
+    max_imag: float
+
+
+def frechet_distance(a: np.ndarray, b: np.ndarray, *, eps: float = 1e-6) -> Frechet:
+    """||mu_a - mu_b||^2 + tr(S_a + S_b - 2 (S_a S_b)^(1/2)) between two feature sets (N, D), N >= 2 each.
+
+    With fewer samples than dimensions the covariances are rank-deficient and the estimate is biased upwards:
+    compare distances over equal N only."""
+    if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[1] or min(len(a), len(b)) < 2:
+        raise InputError(f"need two (N >= 2, D) feature sets of equal D, got {a.shape} and {b.shape}")
+    a, b = a.astype(np.float64), b.astype(np.float64)
+    mu_a, mu_b = a.mean(axis=0), b.mean(axis=0)
+    cov_a, cov_b = np.atleast_2d(np.cov(a, rowvar=False)), np.atleast_2d(np.cov(b, rowvar=False))
+    root = scipy.linalg.sqrtm(cov_a @ cov_b)
+    offset = not np.isfinite(root).all()
+    if offset:
+        shift = np.eye(cov_a.shape[0]) * eps
+        root = scipy.linalg.sqrtm((cov_a + shift) @ (cov_b + shift))
+    max_imag = float(np.abs(np.imag(root)).max())
+    root = np.real(root)
+    diff = mu_a - mu_b
+    distance = float(diff @ diff + np.trace(cov_a) + np.trace(cov_b) - 2.0 * np.trace(root))
+    return Frechet(distance=distance, n_a=len(a), n_b=len(b), offset=offset, max_imag=max_imag)

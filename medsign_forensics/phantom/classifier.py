@@ -11,8 +11,8 @@ Labels are multi-label over (finding kind x patient side) plus side-less cardiom
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,7 @@ from torch.nn import functional as F
 
 from medsign_forensics import __version__
 from medsign_forensics.config import WEIGHTS_DIR
+from medsign_forensics.configio import config_from_dict, config_to_dict
 from medsign_forensics.errors import InputError, ModelError
 from medsign_forensics.fileio import write_json
 from medsign_forensics.reports.findings import Finding, FindingKind, Side
@@ -131,23 +132,11 @@ class ClassifierConfig:
         return 4 * self.channels[-1] + sum(2 * self.channels[t + 1] for t in self.max_taps)
 
     def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["channels"] = list(self.channels)
-        data["max_taps"] = list(self.max_taps)
-        data["labels"] = list(self.labels)
-        return data
+        return config_to_dict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> ClassifierConfig:
-        return cls(
-            channels=tuple(int(c) for c in data["channels"]),
-            max_taps=tuple(int(t) for t in data["max_taps"]),
-            map_stage=None if data["map_stage"] is None else int(data["map_stage"]),
-            dropout=float(data["dropout"]),
-            groups=int(data["groups"]),
-            image_size=int(data["image_size"]),
-            labels=tuple(str(name) for name in data["labels"]),
-        )
+    def from_dict(cls, data: Mapping[str, Any]) -> ClassifierConfig:
+        return config_from_dict(cls, data)
 
 
 class _Stage(nn.Module):

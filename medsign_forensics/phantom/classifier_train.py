@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ from sklearn.metrics import roc_auc_score
 from torch.nn import functional as F
 
 from medsign_forensics.attacks.codec import jpeg_round_trip
+from medsign_forensics.configio import config_from_dict, config_to_dict
 from medsign_forensics.errors import InputError
 from medsign_forensics.fileio import write_json
 from medsign_forensics.phantom.classifier import (
@@ -102,17 +104,11 @@ class TrainConfig:
         return self.model.image_size
 
     def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["model"] = self.model.to_dict()
-        return data
+        return config_to_dict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
-        data = dict(data)
-        model = ClassifierConfig.from_dict(data.pop("model"))
-        aug = dict(data.pop("augmentation"))
-        aug["jpeg_quality"] = tuple(aug["jpeg_quality"])
-        return cls(model=model, augmentation=Augmentation(**aug), **data)
+    def from_dict(cls, data: Mapping[str, Any]) -> TrainConfig:
+        return config_from_dict(cls, data)
 
     @classmethod
     def tiny(cls) -> TrainConfig:

@@ -19,6 +19,16 @@ def hardware(device: str | torch.device = "cpu") -> str:
     return f"{os.cpu_count()}-core CPU ({platform.machine()}), {torch.get_num_threads()} torch threads"
 
 
+def machine_line(device: str | torch.device = "cpu") -> str:
+    """The machine line of a results file: :func:`hardware` with the python and torch versions."""
+    return f"{hardware(device)}, python {platform.python_version()}, torch {torch.__version__}"
+
+
+def load_average() -> str:
+    """The 1/5/15-minute load averages as ``a/b/c``: how busy a shared machine was around a measurement."""
+    return "/".join(f"{value:.1f}" for value in os.getloadavg())
+
+
 def software() -> dict[str, str]:
     """Versions of this package and of the libraries whose numerics a trained model depends on."""
     versions = {"medsign_forensics": __version__, "torch": torch.__version__}

@@ -19,11 +19,12 @@ registered keys with the one this null predicts.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from medsign_forensics.configio import config_from_dict, config_to_dict
 from medsign_forensics.errors import InputError
 from medsign_forensics.key import match_counts
 from medsign_forensics.watermark.fairness import bit_mean_chi2
@@ -63,6 +64,8 @@ class NullCalibration:
         low, high = np.asarray(self.rate_one_low, float), np.asarray(self.rate_one_high, float)
         if not np.all((low >= 0) & (low <= high) & (high <= 1)):
             raise InputError("per-bit rates need 0 <= low <= high <= 1; refit the null calibration")
+        if any(set(entry) != set(_SET_FIELDS) for entry in self.sets):
+            raise InputError(f"each calibration set needs exactly the fields {', '.join(_SET_FIELDS)}")
 
     @classmethod
     def fair(cls, bits: int) -> NullCalibration:
@@ -85,40 +88,12 @@ class NullCalibration:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form; :meth:`from_dict` reads it back."""
-        return {
-            "bits": self.bits,
-            "rate_one_low": list(self.rate_one_low),
-            "rate_one_high": list(self.rate_one_high),
-            "sets": [dict(s) for s in self.sets],
-            "margin_sd": self.margin_sd,
-        }
+        return config_to_dict(self)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> NullCalibration:
-        """Strict inverse of :meth:`to_dict`: unknown or missing fields are refused, not guessed."""
-        if not isinstance(data, Mapping):
-            raise InputError(f"a null calibration must be a JSON object, got {type(data).__name__}")
-        names = {f.name for f in fields(cls)}
-        unknown, missing = sorted(set(data) - names), sorted(names - set(data))
-        if unknown or missing:
-            problems = [f"unknown field(s) {', '.join(unknown)}"] * bool(unknown)
-            problems += [f"missing field(s) {', '.join(missing)}"] * bool(missing)
-            raise InputError(f"null calibration has {' and '.join(problems)}; regenerate it with fit_null")
-        try:
-            set_entries = [dict(entry) for entry in data["sets"]]
-            if any(set(entry) != set(_SET_FIELDS) for entry in set_entries):
-                raise InputError(f"each calibration set needs exactly the fields {', '.join(_SET_FIELDS)}")
-            return cls(
-                bits=int(data["bits"]),
-                rate_one_low=tuple(float(v) for v in data["rate_one_low"]),
-                rate_one_high=tuple(float(v) for v in data["rate_one_high"]),
-                sets=tuple(set_entries),
-                margin_sd=float(data["margin_sd"]),
-            )
-        except InputError:
-            raise
-        except (TypeError, ValueError) as exc:
-            raise InputError(f"null calibration has a field of the wrong type ({exc}); regenerate it") from exc
+        """Strict inverse of :meth:`to_dict` (every field is required: none has a default)."""
+        return config_from_dict(cls, data)
 
 
 def _summary(name: str, bits: np.ndarray) -> dict[str, Any]:

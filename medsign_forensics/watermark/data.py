@@ -121,6 +121,12 @@ def centre_square(image: np.ndarray, size: int) -> np.ndarray:
     return np.clip(np.asarray(resized, dtype=np.float32), 0.0, 1.0)
 
 
+def centre_squares(source: ImageSource, size: int, count: int | None = None) -> np.ndarray:
+    """(N, size, size): :func:`centre_square` of the first ``count`` images of ``source`` (default: all)."""
+    count = len(source) if count is None else min(count, len(source))
+    return np.stack([centre_square(source.image(i), size) for i in range(count)])
+
+
 class TrainingBatches:
     """Endless seeded batches (B, 1, size, size) of random crops from a source."""
 

@@ -8,12 +8,14 @@ conditions (see :mod:`medsign_forensics.watermark.train_decoder` for why).
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields, replace
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
 from enum import Enum
 from typing import Any
 
 from medsign_forensics.attacks.library import get_attack
 from medsign_forensics.config import LossWeights, preset
+from medsign_forensics.configio import Derived, config_from_dict, config_to_dict
 from medsign_forensics.errors import InputError
 from medsign_forensics.localization.cache import DEFAULT_REPORTS, MapVariant
 from medsign_forensics.watermark.head import HeadConfig
@@ -126,22 +128,16 @@ class DecoderTrainConfig:
         return self.ablation.apply(self.weights or preset(self.dataset).weights)
 
     def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["ablation"] = self.ablation.value
-        data["attacks"] = list(self.attacks)
-        data["weights"] = None if self.weights is None else asdict(self.weights)
-        data["effective_weights"] = asdict(self.loss_weights)
-        data["peak_lr"] = self.peak_lr
-        return data
+        return config_to_dict(self, derived=_DERIVED)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> DecoderTrainConfig:
-        values = {k: v for k, v in data.items() if k not in ("effective_weights", "peak_lr")}
-        unknown = set(values) - {f.name for f in fields(cls)}
-        if unknown:
-            raise InputError(f"unknown decoder training config fields {sorted(unknown)}")
-        if values.get("weights") is not None:
-            values["weights"] = LossWeights(**values["weights"])
-        if "attacks" in values:
-            values["attacks"] = tuple(values["attacks"])
-        return cls(**values)
+    def from_dict(cls, data: Mapping[str, Any]) -> DecoderTrainConfig:
+        return config_from_dict(cls, data, derived=_DERIVED)
+
+
+#: Written beside the fields for whoever reads deployment.json (the weights and learning rate actually trained
+#: with); checked against the fields on reading (see :mod:`medsign_forensics.configio`).
+_DERIVED: Derived = {
+    "effective_weights": lambda config: config.loss_weights,
+    "peak_lr": lambda config: config.peak_lr,
+}

@@ -20,7 +20,8 @@ per image to the PSNR budget. The budget is a fixed per-image RMS, so PSNR again
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -28,6 +29,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from medsign_forensics.configio import config_from_dict, config_to_dict
 from medsign_forensics.errors import InputError
 from medsign_forensics.watermark.binding import REFINEMENTS, Binding, bound_phases
 from medsign_forensics.watermark.hidden import rgb_to_grey
@@ -50,14 +52,11 @@ class HeadConfig:
             raise InputError("the watermark layer needs channels >= 1, pool >= 1 and max_log_gain > 0")
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return config_to_dict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> HeadConfig:
-        unknown = set(data) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise InputError(f"unknown watermark layer config fields {sorted(unknown)}")
-        return cls(**data)
+    def from_dict(cls, data: Mapping[str, Any]) -> HeadConfig:
+        return config_from_dict(cls, data)
 
 
 class WatermarkHead(nn.Module):

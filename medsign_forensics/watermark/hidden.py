@@ -25,13 +25,16 @@ figures in BENCHMARKS.md):
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
 from medsign_forensics.config import DEFAULT_KEY_BITS, SUPPORTED_KEY_BITS
+from medsign_forensics.configio import config_from_dict, config_to_dict
 from medsign_forensics.errors import InputError
 from medsign_forensics.imageio import BT601_LUMA
 
@@ -59,16 +62,12 @@ class HiddenConfig:
         if not 0 < self.strength <= 1:
             raise InputError(f"watermark strength {self.strength} must lie in (0, 1]")
 
-    def to_dict(self) -> dict[str, float | int]:
-        return asdict(self)
+    def to_dict(self) -> dict[str, Any]:
+        return config_to_dict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, object]) -> HiddenConfig:
-        known = set(cls.__dataclass_fields__)
-        unknown = set(data) - known
-        if unknown:
-            raise InputError(f"unknown HiDDeN config fields {sorted(unknown)}; this file is from another version")
-        return cls(**data)  # type: ignore[arg-type]
+    def from_dict(cls, data: Mapping[str, Any]) -> HiddenConfig:
+        return config_from_dict(cls, data)
 
 
 def rgb_to_grey(images: torch.Tensor) -> torch.Tensor:

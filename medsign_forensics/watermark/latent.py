@@ -31,13 +31,14 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
 
+from medsign_forensics.configio import config_from_dict, config_to_dict
 from medsign_forensics.errors import InputError
 
 SECRET_BYTES = 32
@@ -63,15 +64,12 @@ class LatentConfig:
             if not isinstance(value, int) or value < 1:
                 raise InputError(f"the latent layer's {name} must be a positive integer, got {value!r}")
 
-    def to_dict(self) -> dict[str, int]:
-        return asdict(self)
+    def to_dict(self) -> dict[str, Any]:
+        return config_to_dict(self)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> LatentConfig:
-        unknown = sorted(set(data) - {"channel_factor", "spatial_factor", "inversion_steps"})
-        if unknown:
-            raise InputError(f"unknown latent layer settings: {', '.join(unknown)}")
-        return cls(**{name: int(value) for name, value in data.items()})
+        return config_from_dict(cls, data)
 
 
 def new_secret() -> bytes:

@@ -31,7 +31,8 @@ gradients, so :meth:`SpectralExtractor.forward` serves decoder fine-tuning and v
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any, cast
 
 import numpy as np
@@ -40,6 +41,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from medsign_forensics.config import DEFAULT_KEY_BITS, SUPPORTED_KEY_BITS
+from medsign_forensics.configio import config_from_dict, config_to_dict
 from medsign_forensics.errors import InputError
 
 DEFAULT_PILOTS: tuple[tuple[int, int], ...] = ((2, 11), (9, 7), (10, -6), (4, -11), (6, 14), (15, -3))
@@ -86,22 +88,11 @@ class SpectralConfig:
         object.__setattr__(self, "fine_scale", tuple(self.fine_scale))
 
     def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["pilots"] = [list(p) for p in self.pilots]
-        data["fine_rotation"] = list(self.fine_rotation)
-        data["fine_scale"] = list(self.fine_scale)
-        return data
+        return config_to_dict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> SpectralConfig:
-        known = {f for f in cls.__dataclass_fields__}
-        unknown = set(data) - known
-        if unknown:
-            raise InputError(f"unknown spectral extractor config fields {sorted(unknown)}")
-        values = dict(data)
-        if "pilots" in values:
-            values["pilots"] = tuple(tuple(p) for p in values["pilots"])
-        return cls(**values)
+    def from_dict(cls, data: Mapping[str, Any]) -> SpectralConfig:
+        return config_from_dict(cls, data)
 
 
 @dataclass(frozen=True)

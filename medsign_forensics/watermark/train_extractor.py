@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
-from dataclasses import asdict, dataclass, field, fields
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,7 @@ from torch.nn import functional as F
 
 from medsign_forensics.attacks.library import get_attack
 from medsign_forensics.attacks.storage import Requantize
+from medsign_forensics.configio import config_from_dict, config_to_dict
 from medsign_forensics.errors import InputError
 from medsign_forensics.fileio import sha256_file, write_json, write_text
 from medsign_forensics.training.checkpoint import load_checkpoint, restore_rng, save_checkpoint
@@ -125,19 +127,11 @@ class ExtractorTrainConfig:
             )
 
     def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["attacks"] = list(self.attacks)
-        return data
+        return config_to_dict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> ExtractorTrainConfig:
-        known = {f.name for f in fields(cls)}
-        if set(data) - known:
-            raise InputError(f"unknown training config fields {sorted(set(data) - known)}")
-        values = dict(data)
-        values["attacks"] = tuple(values.get("attacks", DEFAULT_ATTACKS))
-        values["model"] = HiddenConfig.from_dict(values.get("model", {}))
-        return cls(**values)
+    def from_dict(cls, data: Mapping[str, Any]) -> ExtractorTrainConfig:
+        return config_from_dict(cls, data)
 
 
 @dataclass(frozen=True)

@@ -8,10 +8,11 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from helpers.verify import REPORT, World, build_extractor, build_world, deployment_for, tiny_model_dir
+from helpers.verify import deployment_for, tiny_model_dir
 
 from medsign_forensics.cli.main import app
 from medsign_forensics.diffusion import load_model
+from medsign_forensics.evaluate.synthetic import REPORT, World, build_extractor, build_world
 from medsign_forensics.provenance.keys import ScryptParams, save_issuer_key
 
 runner = CliRunner()

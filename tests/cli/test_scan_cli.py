@@ -9,9 +9,10 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from helpers.verify import World, build_extractor, build_world, sample_image, save_png
+from helpers.verify import save_png
 
 from medsign_forensics.cli.main import app
+from medsign_forensics.evaluate.synthetic import World, build_extractor, build_world, sample_image
 
 runner = CliRunner()
 ENV = {"COLUMNS": "160"}

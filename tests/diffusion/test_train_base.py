@@ -12,6 +12,7 @@ from helpers.diffusion import REPORT_TEXTS, StandInSource
 from medsign_forensics.diffusion import load_model, sample
 from medsign_forensics.diffusion.base_trainers import UNetTrainer, VaeTrainer
 from medsign_forensics.diffusion.configs import tiny_config
+from medsign_forensics.diffusion.export import is_untrained
 from medsign_forensics.diffusion.loader import MANIFEST_NAME, read_manifest
 from medsign_forensics.diffusion.tokenizer import train_tokenizer
 from medsign_forensics.diffusion.train_base import Stage, train
@@ -75,6 +76,7 @@ def test_full_run_exports_a_loadable_model(tmp_path: Path) -> None:
     assert "unet/diffusion_pytorch_model.safetensors" in manifest and "tokenizer/vocab.json" in manifest
     card = (out / "model" / "MODEL_CARD.md").read_text()
     assert "medsign base train --config tiny" in card and "| unet | 2 |" in card
+    assert not is_untrained(out / "model")  # a trained model's figures are not labelled a pipeline check
     log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     assert [e["step"] for e in log if e["stage"] == "unet"] == [1, 2]
     scaling = [e["scaling_factor"] for e in log if e.get("event") == "finished"][0]

@@ -24,11 +24,10 @@ import pydicom
 import pytest
 from typer.testing import CliRunner
 
-from helpers.verify import build_extractor, build_world, sample_image
-
 from medsign_forensics.cli.main import app
 from medsign_forensics.dicom import check_study
 from medsign_forensics.dicom.private import VR, Element, find_block
+from medsign_forensics.evaluate.synthetic import build_extractor, build_world, sample_image
 from medsign_forensics.pacs import PacsClient, pacs_config
 from medsign_forensics.scan import VerifierSettings, read_jsonl, scan_pacs
 

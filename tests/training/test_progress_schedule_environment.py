@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from medsign_forensics.cli.progress import describe, rich_progress
-from medsign_forensics.training.environment import environment
+from medsign_forensics.training.environment import environment, load_average, machine_line
 from medsign_forensics.training.progress import ProgressEvent, notify
 from medsign_forensics.training.schedule import WarmupCosine
 
@@ -56,3 +56,6 @@ def test_environment_describes_this_machine() -> None:
     assert record["cpus"] == os.cpu_count() and record["machine"] == platform.machine()
     assert record["software"]["torch"] == torch.__version__
     assert record["hardware"].startswith(f"{os.cpu_count()}-core CPU")
+    line = machine_line("cpu")
+    assert line.startswith(record["hardware"]) and f"torch {torch.__version__}" in line
+    assert len(load_average().split("/")) == 3
