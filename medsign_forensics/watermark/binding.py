@@ -45,8 +45,9 @@ DISC_RADIUS = 88.0
 PARTNER_QUANTILE = 0.1
 MAX_OFFSET = 15  # partner offsets are odd numbers of 1/256 cycles per pixel in [-15, 15]
 #: Fixed-point refinements of the bound phases on the marked image. Measured on 30 held-out mini-cxr images
-#: (mean C clean / JPEG 50, share passing 1e-6 after JPEG 50): 0 -> 0.44 / 0.27, 63 %; 1 -> 0.57 / 0.32, 77 %;
-#: 3 -> 0.64 / 0.34, 90 %; 4 -> 0.65 / 0.35, 90 %.
+#: (benchmarks/spectral_binding/refinements.py; mean C clean / JPEG 50, share passing 1e-6 after JPEG 50):
+#: 0 -> 0.43 / 0.27, 57 %; 1 -> 0.58 / 0.31, 80 %; 2 -> 0.63 / 0.33, 87 %; 3 -> 0.68 / 0.34, 87 %; 4 -> 0.68 /
+#: 0.33, 80 %. Each costs one more embed.
 REFINEMENTS = 3
 _TABLE = 64  # theta and offsets are tabulated per (ky mod 64, kx mod 64)
 
