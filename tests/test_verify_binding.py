@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from helpers.spectral import STORE, chest_like, copy_lattice
+from helpers.spectral import STORE, copy_lattice, phantom_radiograph
 
 from medsign_forensics.fileio import save_png
 from medsign_forensics.generate import DEFAULT_DEPLOYMENT_DIR
@@ -27,7 +27,7 @@ from medsign_forensics.watermark.deployment import load_deployment
 @pytest.fixture(scope="module")
 def files(tmp_path_factory) -> dict[str, list[Path]]:
     folder = tmp_path_factory.mktemp("binding")
-    hosts = [chest_like(seed) for seed in range(10, 14)]
+    hosts = [phantom_radiograph(seed) for seed in range(10, 14)]
     head = load_deployment(DEFAULT_DEPLOYMENT_DIR).head()
     assert head.binding is not None  # the demo deployment binds its mark
     with torch.no_grad():

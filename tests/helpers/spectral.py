@@ -10,7 +10,7 @@ from medsign_forensics.watermark.spectral import SpectralConfig, layout
 STORE = Requantize(8)
 
 
-def chest_like(seed: int, size: int = 256) -> np.ndarray:
+def phantom_radiograph(seed: int, size: int = 256) -> np.ndarray:
     """A phantom radiograph (the phantom world's renderer), cropped to ``size``."""
     from medsign_forensics.phantom.renderer import render_report
 

@@ -7,17 +7,12 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from medsign_forensics.evaluate import synthetic
+
 
 def chest_like(size: int = 256, seed: int = 0) -> np.ndarray:
-    """A phantom-like greyscale radiograph: bright body, two dark lungs, a spine, smooth texture, noise."""
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[0:size, 0:size] / size
-    body = 0.55 + 0.15 * np.exp(-((xx - 0.5) ** 2) / 0.08)
-    for cx in (0.3, 0.7):
-        lung = ((xx - cx) / 0.16) ** 2 + ((yy - 0.5) / 0.3) ** 2 < 1
-        body = np.where(lung, 0.2 + 0.05 * np.sin(40 * xx + 25 * yy + rng.uniform(0, 6)), body)
-    body = body + 0.25 * np.exp(-((xx - 0.5) ** 2) / 0.002)
-    return np.clip(body + rng.normal(0, 0.02, body.shape), 0, 1).astype(np.float32)
+    """The synthetic radiograph of :func:`medsign_forensics.evaluate.synthetic.chest_like`, as float in [0, 1]."""
+    return synthetic.chest_like(size, seed).astype(np.float32) / 255.0
 
 
 def write_folder(folder: Path, count: int = 6, size: int = 96) -> Path:

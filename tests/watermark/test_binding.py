@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from helpers.spectral import STORE, chest_like, copy_lattice
+from helpers.spectral import STORE, copy_lattice, phantom_radiograph
 
 from medsign_forensics.attacks.library import get_attack
 from medsign_forensics.errors import InputError
@@ -38,7 +38,7 @@ def bound(image: np.ndarray, binding: Binding = BINDING) -> float:
 
 @pytest.fixture(scope="module")
 def hosts() -> list[np.ndarray]:
-    return [chest_like(seed) for seed in range(4)]
+    return [phantom_radiograph(seed) for seed in range(4)]
 
 
 @pytest.fixture(scope="module")

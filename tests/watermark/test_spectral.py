@@ -9,6 +9,8 @@ import numpy as np
 import pytest
 import torch
 
+from helpers.spectral import phantom_radiograph
+
 from medsign_forensics.attacks.library import get_attack
 from medsign_forensics.attacks.storage import Requantize
 from medsign_forensics.errors import InputError, ModelError
@@ -30,14 +32,6 @@ STORE = Requantize(8)
 @pytest.fixture(scope="module")
 def extractor() -> SpectralExtractor:
     return SpectralExtractor(CONFIG)
-
-
-def chest_like(size: int = 256, seed: int = 0) -> np.ndarray:
-    """A phantom radiograph (the phantom world's renderer), cropped to ``size``."""
-    from medsign_forensics.phantom.renderer import render_report
-
-    reports = ("Large right pleural effusion.", "No acute abnormality.", "Moderate cardiomegaly.")
-    return render_report(reports[seed % 3], seed=seed)[0].image[:size, :size].astype(np.float32)
 
 
 def _key(seed: int) -> np.ndarray:
@@ -68,7 +62,7 @@ def test_half_of_the_bins_carry_energy_whatever_the_key() -> None:
 
 
 def test_informed_residual_is_in_phase_with_the_image() -> None:
-    image = torch.from_numpy(chest_like(256, seed=1))[None]
+    image = torch.from_numpy(phantom_radiograph(1))[None]
     residual = informed_residual(image, _key(1), CONFIG)
     assert residual.pow(2).mean().item() == pytest.approx(1.0, rel=1e-4)
     frequencies, _ = on_frequencies(CONFIG, _key(1))
@@ -85,7 +79,7 @@ def test_informed_residual_is_in_phase_with_the_image() -> None:
 
 
 def test_embed_meets_the_psnr_budget() -> None:
-    image = torch.from_numpy(chest_like(256, seed=2))[None]
+    image = torch.from_numpy(phantom_radiograph(2))[None]
     marked = embed(image, _key(2), CONFIG, psnr=40.0)
     mse = (marked - image).pow(2).mean().item()
     assert 10 * np.log10(1 / mse) == pytest.approx(40.0, abs=0.3)  # clipping only removes energy
@@ -97,7 +91,7 @@ def test_marked_image_is_read_blind_after_each_table1_attack(extractor: Spectral
     accuracies = []
     for seed in range(3):
         key = _key(10 + seed)
-        marked = STORE.exact(embed_image(chest_like(256, seed=seed), key, CONFIG, psnr=40.5))
+        marked = STORE.exact(embed_image(phantom_radiograph(seed), key, CONFIG, psnr=40.5))
         attacked = STORE.exact(get_attack(attack).exact(marked, np.random.default_rng(seed)))
         accuracies.append(_accuracy(extractor, attacked, key))
     assert np.mean(accuracies) >= 0.9
@@ -108,7 +102,7 @@ def test_marked_image_is_read_blind_after_each_table1_attack(extractor: Spectral
                                                              ("resize_edge1.4", 0.0, 1.4)])
 def test_sync_recovers_a_known_rotation_and_scale(extractor: SpectralExtractor, attack: str, rotation: float,
                                                    scale: float) -> None:
-    marked = STORE.exact(embed_image(chest_like(256, seed=5), _key(5), CONFIG, psnr=40.5))
+    marked = STORE.exact(embed_image(phantom_radiograph(5), _key(5), CONFIG, psnr=40.5))
     reading = extractor.read(torch.from_numpy(STORE.exact(get_attack(attack).exact(marked)))[None])
     assert float(reading.rotation[0]) == pytest.approx(rotation, abs=0.7)  # Pillow rotates counter-clockwise
     assert float(reading.scale[0]) == pytest.approx(scale, rel=0.02)
@@ -116,12 +110,12 @@ def test_sync_recovers_a_known_rotation_and_scale(extractor: SpectralExtractor, 
 
 
 def test_unmarked_image_has_no_pilot(extractor: SpectralExtractor) -> None:
-    scores = [float(extractor.read(torch.from_numpy(chest_like(256, seed=s))[None]).presence[0]) for s in range(4)]
+    scores = [float(extractor.read(torch.from_numpy(phantom_radiograph(s))[None]).presence[0]) for s in range(4)]
     assert max(scores) < CONFIG.presence_threshold
 
 
 def test_logits_are_differentiable_through_the_pixels(extractor: SpectralExtractor) -> None:
-    image = torch.from_numpy(chest_like(256, seed=6))[None, None].requires_grad_(True)
+    image = torch.from_numpy(phantom_radiograph(6))[None, None].requires_grad_(True)
     extractor(image).sum().backward()
     assert image.grad is not None and image.grad.abs().sum() > 0
 
@@ -130,7 +124,7 @@ def test_folder_round_trip_and_tamper_check(tmp_path: Path) -> None:
     save_spectral_extractor(CONFIG, tmp_path / "ex")
     loaded = load_extractor(tmp_path / "ex")
     assert isinstance(loaded, SpectralExtractor) and loaded.config == CONFIG and loaded.calibration is None
-    images = [chest_like(256, seed=7), chest_like(128, seed=8)[:, :96]]  # different sizes, read one by one
+    images = [phantom_radiograph(7), phantom_radiograph(8, 128)[:, :96]]  # different sizes, read one by one
     bits, logits = extract_bits(loaded, images)
     assert bits.shape == (2, CONFIG.bits) and np.array_equal(bits, (logits > 0).astype(np.uint8))
     manifest_path = tmp_path / "ex" / "extractor.json"
