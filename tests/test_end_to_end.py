@@ -56,6 +56,8 @@ def test_generated_study_is_attributed_after_ordinary_handling(world, strong, tm
         assert verdict.match.presence >= 1.8
     checks = {check.name: check.status.value for check in verdicts[0].checks}
     assert checks["watermark_pilot"] == "pass" and checks["statement_signature"] == "pass"
+    assert checks["content_binding"] == "pass"  # the key was issued with a binding secret; training used it
+    assert load_deployment(strong).binding() is not None
 
 
 def test_unmarked_output_of_the_same_model_is_not_attributed(world, strong, tmp_path):

@@ -252,3 +252,24 @@ def test_issue_with_the_latent_layer_stores_a_secret_the_output_never_shows(setu
     unknown = _invoke("issue", "--registry", str(registry), "--issuer-key", str(key), "--deployment", "x",
                       "--model-name", "m", "--model-version", "1", "--weights-sha256", "ab" * 32, "--layers", "pixels")
     assert unknown.exit_code == 2 and "unknown watermark layer" in unknown.stderr
+
+
+def test_add_binding_gives_an_older_key_its_secret_once(setup: tuple[Path, Path]) -> None:
+    import sqlite3
+
+    from medsign_forensics.provenance.layers import bindings
+    from medsign_forensics.provenance.registry import Registry
+
+    key, registry = setup
+    issued = _issue(key, registry, "site-b")
+    with Registry.open(registry) as opened:
+        assert issued["provenance_id"] in bindings(opened)  # `keys issue` binds every new key
+    with sqlite3.connect(registry / "registry.sqlite") as db:
+        db.execute("DROP TABLE spectral_bindings")  # a key issued before content binding
+    added = _invoke("add-binding", issued["provenance_id"], "--registry", str(registry), "--json")
+    assert _json(added) == {"provenance_id": issued["provenance_id"], "binding": True, "deployment": None}
+    with Registry.open(registry) as opened:
+        secret = bindings(opened)[issued["provenance_id"]]
+    assert secret.hex() not in added.output
+    again = _invoke("add-binding", issued["provenance_id"], "--registry", str(registry))
+    assert again.exit_code != 0 and "already has a binding secret" in again.output

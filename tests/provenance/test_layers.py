@@ -32,3 +32,34 @@ def test_a_key_gets_one_latent_layer_for_life(registry, issuer, policy):
     with pytest.raises(RegistryError):
         add_latent_layer(registry, "msp-unknown", secret=bytes(32), config={}, base_weights_sha256=BASE)
     assert registry.check().ok  # the extra table does not disturb the signed log
+
+
+def test_every_issued_key_gets_its_own_binding_secret_fixed_for_life(registry, issuer, policy):
+    from medsign_forensics.provenance.layers import add_binding, bindings
+
+    first = registry.issue(issuer, model=MODEL, deployment="site-a", policy=policy)
+    second = registry.issue(issuer, model=MODEL, deployment="site-b", policy=policy)
+    secrets = bindings(registry)
+    assert set(secrets) == {first.provenance_id, second.provenance_id}
+    assert all(len(s) == 32 for s in secrets.values()) and len(set(secrets.values())) == 2
+    with pytest.raises(RegistryError, match="already has a binding secret"):
+        add_binding(registry, first.provenance_id, secret=bytes(32))
+    for statement in ("UPDATE spectral_bindings SET secret_hex = '00'", "DELETE FROM spectral_bindings"):
+        with pytest.raises(sqlite3.IntegrityError, match="fixed"):
+            registry._db.execute(statement)
+    assert registry.check().ok  # the secrets are not in the signed log, and do not disturb it
+
+
+def test_a_key_from_before_binding_gets_one_on_request(registry, issuer, policy):
+    from medsign_forensics.errors import InputError
+    from medsign_forensics.provenance.layers import add_binding, bindings
+
+    entry = registry.issue(issuer, model=MODEL, deployment="site-a", policy=policy)
+    registry._db.execute("DROP TABLE spectral_bindings")  # as a registry written before content binding
+    assert bindings(registry) == {}
+    with pytest.raises(InputError, match="32 bytes"):
+        add_binding(registry, entry.provenance_id, secret=b"short")
+    add_binding(registry, entry.provenance_id, secret=bytes(range(32)))
+    assert bindings(registry) == {entry.provenance_id: bytes(range(32))}
+    with pytest.raises(RegistryError):
+        add_binding(registry, "msp-unknown", secret=bytes(32))
