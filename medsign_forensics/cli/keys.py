@@ -212,10 +212,10 @@ def add_binding_command(
 
 
 def _base_sha256(base_model: Path | None) -> str:
-    """The combined weights digest of the base model the latent layer is read with (loads it)."""
-    from medsign_forensics.diffusion import load_model
+    """The combined weights digest of the base model the latent layer is read with (hashes, does not load it)."""
+    from medsign_forensics.diffusion.loader import weights_digest
 
-    return str(load_model(base_model).weights_sha256)
+    return weights_digest(base_model)
 
 
 def _add_latent(registry: Registry, provenance_id: str, base_sha: str) -> None:

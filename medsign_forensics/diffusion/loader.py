@@ -127,6 +127,34 @@ def load_model(
     folder = Path(DEFAULT_MODEL_DIR if path is None else path).expanduser()
     device = torch.device(device)
     dtype = dtype or _default_dtype(device)
+    index, weights, digests = _verified_weights(folder, is_default=is_default)
+    pipeline = _load_pipeline(folder, dtype)
+    _check_keys(folder, pipeline, weights)
+    pipeline.to(device)
+    classes = {name: str(index[name][1]) for name in REQUIRED_COMPONENTS}
+    return DiffusionModel(
+        name=DEFAULT_MODEL_NAME if is_default else str(index.get(NAME_KEY) or folder.resolve().name),
+        path=folder.resolve(),
+        pipeline=pipeline,
+        weights=dict(sorted(digests.items())),
+        device=device,
+        dtype=dtype,
+        is_default=is_default,
+        component_classes=classes,
+    )
+
+
+def weights_digest(path: str | Path | None = None) -> str:
+    """The combined weights SHA-256 of the model in ``path`` (``None``: the shipped mini-cxr), with the same
+    checks as :func:`load_model` but without loading it (what a registry entry names as the base model)."""
+    is_default = path is None
+    _, _, digests = _verified_weights(Path(DEFAULT_MODEL_DIR if path is None else path).expanduser(),
+                                      is_default=is_default)
+    return combined_sha256(digests)
+
+
+def _verified_weights(folder: Path, *, is_default: bool) -> tuple[dict[str, Any], list[str], dict[str, str]]:
+    """(model_index.json, weights files, their SHA-256s) after the folder, manifest and hash checks."""
     if is_default and not folder.is_dir():
         raise ModelError(
             "the shipped default model mini-cxr has not been trained into this installation yet; train it with "
@@ -142,29 +170,14 @@ def load_model(
         missing = sorted(set(weights) - set(hashes))
         if missing:
             raise ModelError(f"{MANIFEST_NAME} does not list the weights file(s) {', '.join(missing)}", path=manifest)
-        digests = {name: hashes[name] for name in weights}
-    elif is_default:
+        return index, weights, {name: hashes[name] for name in weights}
+    if is_default:
         raise ModelError(
             f"the shipped default model has no {MANIFEST_NAME} manifest, so its weights cannot be verified; "
             "reinstall it or re-export it with `medsign base train`",
             path=manifest,
         )
-    else:
-        digests = {name: sha256_file(folder / name) for name in weights}
-    pipeline = _load_pipeline(folder, dtype)
-    _check_keys(folder, pipeline, weights)
-    pipeline.to(device)
-    classes = {name: str(index[name][1]) for name in REQUIRED_COMPONENTS}
-    return DiffusionModel(
-        name=DEFAULT_MODEL_NAME if is_default else str(index.get(NAME_KEY) or folder.resolve().name),
-        path=folder.resolve(),
-        pipeline=pipeline,
-        weights=dict(sorted(digests.items())),
-        device=device,
-        dtype=dtype,
-        is_default=is_default,
-        component_classes=classes,
-    )
+    return index, weights, {name: sha256_file(folder / name) for name in weights}
 
 
 _NOT_SD = "the folder is not a usable diffusers Stable Diffusion 1.x pipeline; re-export it with save_pretrained"

@@ -206,3 +206,15 @@ def test_legacy_files_like_original_sd_releases(rgb_model_dir: Path, tmp_path: P
     )
     embedding = next(v for k, v in text.items() if k.endswith("token_embedding.weight"))
     assert torch.equal(model.text_encoder.get_input_embeddings().weight, embedding)
+
+
+def test_weights_digest_equals_the_loaded_models_without_loading_it(grey_model_dir: Path, tmp_path: Path) -> None:
+    from medsign_forensics.diffusion.loader import weights_digest
+
+    assert weights_digest(grey_model_dir) == load_model(grey_model_dir).weights_sha256
+    assert weights_digest() == load_model().weights_sha256  # the shipped mini-cxr, through its SHA256SUMS
+    broken = tmp_path / "broken"
+    shutil.copytree(grey_model_dir, broken)
+    (broken / "unet" / "diffusion_pytorch_model.safetensors").write_bytes(b"not weights")
+    with pytest.raises(ModelError, match="SHA-256 mismatch"):
+        weights_digest(broken)  # the same hash check as load_model
