@@ -7,9 +7,11 @@ decoder layer's change). Table 2 compares their finding confidences with the ori
 includes the model's seed-to-seed variation (benchmarks/latent_layer.py measures that floor).
 
 Detection: "Gaussian Shading" reads the latent layer only (no pilots: geometry is not undone). "MedSign +
-Gaussian Shading" reads both layers, as ``verify --layers decoder,latent`` does (the pilots' rotation and scale
+Gaussian Shading" reads both layers as ``verify --layers decoder,latent`` does (the pilots' rotation and scale
 undone before inversion), counts the layer that matches the key better, and is judged at half the target
-false-positive rate (Bonferroni over the two layers).
+false-positive rate (Bonferroni over the two layers). It measures the pair's robustness as evidence: verify
+itself attributes through the decoder layer only (the latent layer alone is at most inconclusive, and the
+decoder layer must also be bound to the image), so for verdicts this row is an upper bound.
 """
 
 from __future__ import annotations
