@@ -1,5 +1,5 @@
-"""`medsign keys ...`: issuer keys and the key registry (init, issue, list, show, revoke, export-public, check,
-checkpoint, migrate).
+"""`medsign keys ...`: issuer keys and the key registry (init, issue, add-latent, add-binding, list, show,
+revoke, export-public, check, checkpoint, migrate).
 
 Each command is one library call in :mod:`medsign_forensics.provenance`; this module parses options, gets the
 passphrase (MEDSIGN_PASSPHRASE or a hidden prompt on the terminal) and renders the result as a Rich table or,
@@ -49,6 +49,9 @@ RegistryOption = Annotated[Path, typer.Option("--registry", envvar="MEDSIGN_REGI
 IssuerKeyOption = Annotated[Path, typer.Option("--issuer-key", envvar="MEDSIGN_ISSUER_KEY", dir_okay=False,
                                                help="Encrypted issuer key file (from `keys init`).")]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON for machines instead of tables.")]
+DeploymentOption = Annotated[Path | None, typer.Option(
+    "--deployment", file_okay=False, help="Also give this deployment folder (which holds the key) the secret, so "
+                                          "that `medsign generate` uses it.")]
 BaseModelOption = Annotated[Path | None, typer.Option(
     "--base-model", file_okay=False, help="Diffusion model folder whose initial noise carries the latent layer; "
                                           "default: the shipped mini-cxr.")]
@@ -151,15 +154,12 @@ def add_latent_command(
     provenance_id: Annotated[str, typer.Argument(help="Provenance ID of an issued key.")],
     registry: RegistryOption,
     base_model: BaseModelOption = None,
-    deployment: Annotated[Path | None, typer.Option(
-        "--deployment", file_okay=False, help="Also give this deployment folder (which holds the key) the layer, "
-                                              "so that `medsign generate` writes it.")] = None,
+    deployment: DeploymentOption = None,
     json_output: JsonOption = False,
 ) -> None:
-    """Give an issued key a latent layer: a fresh keystream secret for the initial noise of --base-model.
-
-    The secret is stored in the registry (readers of the registry need it to verify) and, with --deployment, in
-    the deployment folder. A key keeps its secret for life: a second call is refused."""
+    """Give an issued key a latent layer: a fresh keystream secret for the initial noise of --base-model, stored
+    in the registry (verifiers need it) and, with --deployment, in the deployment folder. A key keeps its secret
+    for life: a second call is refused."""
     from medsign_forensics.provenance.layers import latent_layers
     from medsign_forensics.watermark.deployment import add_latent_to_deployment
 
@@ -184,23 +184,18 @@ def add_latent_command(
 def add_binding_command(
     provenance_id: Annotated[str, typer.Argument(help="Provenance ID of an issued key.")],
     registry: RegistryOption,
-    deployment: Annotated[Path | None, typer.Option(
-        "--deployment", file_okay=False, help="Also give this deployment folder (which holds the key) the secret, "
-                                              "so that `medsign generate` binds its mark.")] = None,
+    deployment: DeploymentOption = None,
     json_output: JsonOption = False,
 ) -> None:
-    """Give a key issued before content binding its binding secret (keys issued now get one).
-
-    Without it a spectral match of the key is at most inconclusive: a mark copied from one of its images onto
-    another image could not be told apart. Images generated before the secret existed carry an unbound mark
-    and will not attribute. A key keeps its secret for life: a second call is refused."""
-    from medsign_forensics.provenance.layers import bindings
+    """Give a key issued before content binding its binding secret (keys issued now get one); without it the
+    key's spectral matches are at most inconclusive. Images made before it carry an unbound mark and will not
+    attribute. A key keeps its secret for life: a second call is refused."""
     from medsign_forensics.watermark.deployment import add_binding_to_deployment
 
+    secret = secrets.token_bytes(BINDING_SECRET_BYTES)
     with Registry.open(registry) as opened:
         entry = opened.get(provenance_id)
-        add_binding(opened, entry.provenance_id, secret=secrets.token_bytes(BINDING_SECRET_BYTES))
-        secret = bindings(opened)[entry.provenance_id]
+        add_binding(opened, entry.provenance_id, secret=secret)
     if deployment is not None:
         add_binding_to_deployment(deployment, entry.provenance_id, secret)
     if json_output:
