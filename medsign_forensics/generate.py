@@ -155,7 +155,15 @@ def _extractor_calibration(deployment: Deployment) -> Any:
 
 
 def check_strength(deployment: Deployment, *, n_keys: int, policy: Policy) -> None:
-    """ModelError unless the deployment's held-out clean bit accuracy reaches :func:`required_accuracy`."""
+    """ModelError unless the deployment's held-out clean bit accuracy reaches :func:`required_accuracy` and a
+    spectral mark is bound (without a binding secret, verify never attributes its images)."""
+    from medsign_forensics.watermark.deployment import SPECTRAL_HEAD
+
+    if deployment.kind == SPECTRAL_HEAD and deployment.binding() is None:
+        raise ModelError(f"this deployment's key has no binding secret, so its images would be at most inconclusive; "
+                         f"add one with `medsign keys add-binding {deployment.provenance_id or 'ID'} --registry "
+                         f"REGISTRY --deployment {deployment.path}` (or pass --allow-weak for research)",
+                         path=deployment.path)
     held_out = deployment.held_out
     if held_out is None or "none" not in held_out.get("bit_accuracy", {}):
         raise ModelError("this deployment records no held-out bit accuracy, so nobody knows whether its images "

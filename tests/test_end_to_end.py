@@ -121,3 +121,17 @@ def test_cached_originals_are_split_like_the_corpus(world, strong):
                                                               "test-3"}
     assert all(image.shape == (1, 256, 256) and 0 <= image.min() <= image.max() <= 1 for _, image in training_side)
     assert cached_originals(world.root / "cache", held_out=True) == []
+
+
+def test_an_unbound_spectral_deployment_is_refused_unless_asked(world, strong, tmp_path):
+    import shutil
+
+    unbound = tmp_path / "unbound"
+    shutil.copytree(strong, unbound)
+    manifest = json.loads((unbound / "deployment.json").read_text())
+    manifest["binding"] = None  # as a deployment trained before content binding
+    (unbound / "deployment.json").write_text(json.dumps(manifest))
+    with pytest.raises(ModelError, match="no binding secret.*keys add-binding"):
+        generate_study(report=REPORT, out=tmp_path / "u.dcm", signer=world.issuer, deployment=unbound,
+                       registry=world.registry_dir, model=world.model, steps=2)
+    assert not (tmp_path / "u.dcm").exists()
