@@ -160,7 +160,13 @@ class MiniCxrConfig:
         return self.image_size // self.vae_scale_factor
 
     def to_dict(self) -> dict[str, Any]:
-        return config_to_dict(self)
+        """The config as JSON data. ``unet_train.grounding`` is written only when it differs from its default
+        (off), so an ungrounded config is written exactly as before grounding existed (the shipped model card,
+        run folders begun earlier); reading fills it in with the default."""
+        data = config_to_dict(self)
+        if self.unet_train.grounding == GroundingConfig():
+            del data["unet_train"]["grounding"]
+        return data
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> MiniCxrConfig:

@@ -135,9 +135,9 @@ class _Run:
         self.folder = RunFolder(out, marker=CONFIG_FILE, resume=resume, log=LOG_FILE)
         self.out = self.folder.path
         current = json.loads(json.dumps(config.to_dict()))
-        if self.folder.resuming:  # read through the config class: fields added since the run began take defaults
-            saved = MiniCxrConfig.from_dict(json.loads(self.folder.marker.read_text(encoding="utf-8"))).to_dict()
-            self.folder.check_config(json.loads(json.dumps(saved)), current)
+        if self.folder.resuming:
+            saved = json.loads(self.folder.marker.read_text(encoding="utf-8"))
+            self.folder.check_config(saved, current)
         _write_json(self.folder.marker, current)
         self.log = self.folder.log
 

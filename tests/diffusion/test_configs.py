@@ -98,8 +98,11 @@ def test_configs_without_grounding_load_with_it_off() -> None:
     assert "grounding" not in shipped["unet_train"]
     config = MiniCxrConfig.from_dict(shipped)
     assert config.unet_train.grounding == GroundingConfig() and not config.unet_train.grounding.enabled
+    assert config.to_dict() == shipped  # written as before: run folders begun earlier resume, cards are unchanged
     recipe = load_config(Path(__file__).parents[2] / "benchmarks" / "recipes" / "mini-cxr-grounded-cpu.json")
     assert recipe.unet_train.grounding.enabled
+    assert recipe.to_dict()["unet_train"]["grounding"]["token_weight"] == recipe.unet_train.grounding.token_weight
+    assert MiniCxrConfig.from_dict(recipe.to_dict()) == recipe
     assert (recipe.unet, recipe.vae, recipe.text_encoder, recipe.tokenizer) == (
         config.unet, config.vae, config.text_encoder, config.tokenizer
     )  # the fine-tune recipe has the shipped architecture, so --init-from loads it strictly

@@ -122,12 +122,3 @@ def test_resume_with_another_config_is_refused(tmp_path: Path) -> None:
     with pytest.raises(InputError, match="config differs"):
         train(other, tmp_path / "run", stage=Stage.VAE, resume=True, source=StandInSource())
 
-
-def test_a_run_begun_before_the_grounding_fields_resumes(tmp_path: Path) -> None:
-    """config.json of a run started by an older version lacks unet_train.grounding; resuming it is allowed."""
-    out = tmp_path / "run"
-    train(tiny_config(), out, stage=Stage.VAE, steps=1, source=StandInSource())
-    saved = json.loads((out / "config.json").read_text())
-    del saved["unet_train"]["grounding"]
-    (out / "config.json").write_text(json.dumps(saved))
-    assert train(tiny_config(), out, stage=Stage.VAE, steps=2, resume=True, source=StandInSource()).stages[0].step == 2
