@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -103,6 +104,9 @@ def test_configs_without_grounding_load_with_it_off() -> None:
     assert recipe.unet_train.grounding.enabled
     assert recipe.to_dict()["unet_train"]["grounding"]["token_weight"] == recipe.unet_train.grounding.token_weight
     assert MiniCxrConfig.from_dict(recipe.to_dict()) == recipe
+    ablation = load_config(Path(__file__).parents[2] / "benchmarks" / "recipes" / "mini-cxr-finetune-cpu.json")
+    off = replace(recipe.unet_train, grounding=GroundingConfig())
+    assert ablation == replace(recipe, unet_train=off)  # the ungrounded control differs in the switch alone
     assert (recipe.unet, recipe.vae, recipe.text_encoder, recipe.tokenizer) == (
         config.unet, config.vae, config.text_encoder, config.tokenizer
     )  # the fine-tune recipe has the shipped architecture, so --init-from loads it strictly
