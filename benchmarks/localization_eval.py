@@ -58,8 +58,8 @@ from medsign_forensics.evaluate.localization import (  # noqa: E402
     score_maps,
 )
 from medsign_forensics.fileio import write_text  # noqa: E402
-from medsign_forensics.localization.words import medical_words, word_tokens  # noqa: E402
 from medsign_forensics.reports import load_reports, split_reports  # noqa: E402
+from medsign_forensics.reports.words import medical_words, word_tokens  # noqa: E402
 from medsign_forensics.training.environment import machine_line  # noqa: E402
 
 TARGET_POINTING = 0.80

@@ -116,9 +116,18 @@ def register(app: typer.Typer) -> None:
             bool, typer.Option("--resume", help="Continue the run in --out from its checkpoints.")
         ] = False,
         device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
+        init_from: Annotated[
+            Path | None,
+            typer.Option(
+                "--init-from",
+                help="An exported model folder to continue stage B from (its text encoder, U-Net, VAE and "
+                "tokenizer) instead of random weights; with --stage unet. Recorded in the model card.",
+            ),
+        ] = None,
         json_output: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
     ) -> None:
-        """Train mini-cxr from scratch on phantoms of Open-i reports; export OUT/model when stage B ends."""
+        """Train mini-cxr on phantoms of Open-i reports, from scratch or (--init-from) from an exported model;
+        export OUT/model when stage B ends."""
         from medsign_forensics.diffusion.configs import load_config
         from medsign_forensics.diffusion.train_base import Stage, train
 
@@ -127,7 +136,7 @@ def register(app: typer.Typer) -> None:
         # The command as a user would retype it, for the model card (argv is not this under test runners).
         command = ["medsign", "base", "train", "--config", config, "--out", str(out), "--stage", stage]
         command += (["--steps", str(steps)] if steps is not None else []) + (["--resume"] if resume else [])
-        command += ["--device", device]
+        command += ["--device", device] + (["--init-from", str(init_from)] if init_from is not None else [])
         with rich_progress(not json_output) as progress:
             result = train(
                 load_config(config),
@@ -138,6 +147,7 @@ def register(app: typer.Typer) -> None:
                 device=device,
                 progress=progress,
                 command=shlex.join(command),
+                init_from=init_from,
             )
         stages = [
             {

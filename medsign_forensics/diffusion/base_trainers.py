@@ -6,7 +6,9 @@ blurs) + a small KL term.
 
 Stage B (:class:`UNetTrainer`): a CLIP text encoder and the U-Net trained jointly on VAE latents with
 v-prediction (the target is v = alpha*eps - sigma*x0; it keeps the loss informative at high noise, where a small
-epsilon model tends to wash out), min-SNR loss weighting and an EMA of the weights.
+epsilon model tends to wash out), min-SNR loss weighting and an EMA of the weights. With grounding weights in the
+config, the batch's finding words' cross-attention is pushed onto their lesion masks
+(:mod:`~medsign_forensics.diffusion.grounding`); without them the step is exactly the ungrounded one.
 
 Both warm the learning rate up linearly, then hold it (:class:`~medsign_forensics.training.schedule.WarmupCosine`
 with floor 1). The initial weights depend on the config alone.
@@ -29,6 +31,7 @@ from medsign_forensics.diffusion.configs import (
     build_unet,
     build_vae,
 )
+from medsign_forensics.diffusion.grounding import GroundingCapture, GroundingTargets
 from medsign_forensics.errors import ModelError
 from medsign_forensics.training.schedule import WarmupCosine
 
@@ -150,9 +153,17 @@ class UNetTrainer:
         return self.text_encoder(ids)[0]
 
     def loss(
-        self, latents: torch.Tensor, captions: list[str], generator: torch.Generator
+        self,
+        latents: torch.Tensor,
+        captions: list[str],
+        generator: torch.Generator,
+        grounding: GroundingTargets | None = None,
     ) -> tuple[torch.Tensor, dict[str, float]]:
-        """``latents``: scaled VAE latents (as the U-Net sees them). Noise and timesteps come from ``generator``."""
+        """``latents``: scaled VAE latents (as the U-Net sees them). Noise and timesteps come from ``generator``.
+
+        ``grounding`` (the batch's grounded tokens and masks) is used only when the config's grounding weights are
+        not both 0; the parts then add the grounding losses and the inside-mask share of the grounded attention.
+        """
         batch = latents.shape[0]
         noise = torch.randn(latents.shape, generator=generator).to(self.device)
         timesteps = torch.randint(0, self.scheduler.config.num_train_timesteps, (batch,), generator=generator).to(
@@ -164,13 +175,27 @@ class UNetTrainer:
             target = self.scheduler.get_velocity(latents, noise, timesteps)
         else:
             target = noise
+        spec = self.config.unet_train.grounding
+        grounded = spec.enabled and grounding is not None and len(grounding) > 0
         with _autocast(self.device):
             states = self.encode_captions(captions)
-            prediction = self.unet(noisy, timesteps, states).sample
+            if grounded:
+                assert grounding is not None
+                with GroundingCapture(self.unet, grounding.to(self.device)) as capture:
+                    prediction = self.unet(noisy, timesteps, states).sample
+            else:
+                prediction = self.unet(noisy, timesteps, states).sample
         per_sample = F.mse_loss(prediction.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
         weights = self._snr_weights(timesteps)
         loss = (per_sample * weights).mean()
-        return loss, {"mse": per_sample.mean().item()}
+        parts = {"mse": per_sample.mean().item()}
+        if spec.enabled:
+            parts["grounded_tokens"] = float(0 if grounding is None else len(grounding))
+        if grounded:
+            terms = capture.losses()
+            loss = loss + spec.token_weight * terms.token + spec.pixel_weight * terms.pixel
+            parts.update(token_loss=terms.token.item(), pixel_loss=terms.pixel.item(), inside=terms.inside)
+        return loss, parts
 
     def _snr_weights(self, timesteps: torch.Tensor) -> torch.Tensor:
         """Min-SNR-gamma weighting (Hang et al. 2023), in the form for the prediction type in use."""
@@ -184,13 +209,19 @@ class UNetTrainer:
             return clipped / (snr + 1)
         return clipped / snr
 
-    def step(self, latents: torch.Tensor, captions: list[str], generator: torch.Generator) -> dict[str, float]:
+    def step(
+        self,
+        latents: torch.Tensor,
+        captions: list[str],
+        generator: torch.Generator,
+        grounding: GroundingTargets | None = None,
+    ) -> dict[str, float]:
         train = self.config.unet_train
         self.text_encoder.train()
         self.unet.train()
         self.schedule.apply(self.optimizer, train.learning_rate, self.step_count)
         self.optimizer.zero_grad(set_to_none=True)
-        loss, parts = self.loss(latents, captions, generator)
+        loss, parts = self.loss(latents, captions, generator, grounding)
         loss.backward()
         params = [p for m in self.modules.values() for p in m.parameters()]
         torch.nn.utils.clip_grad_norm_(params, train.grad_clip)
@@ -218,6 +249,24 @@ class UNetTrainer:
                 raise ModelError("the checkpoint has no EMA weights but the config asks for them")
             self.ema.shadow = {k: v.to(self.device) for k, v in state["ema"].items()}
         self.step_count = int(state["step"])
+
+    @torch.no_grad()
+    def initialise_from(self, text_encoder: torch.nn.Module, unet: torch.nn.Module) -> None:
+        """Start from trained weights (a fine-tune) instead of the config's random ones; the EMA starts from them.
+
+        Strict: the modules must have this config's architecture, key for key and shape for shape."""
+        if self.step_count:
+            raise ModelError("initial weights can only be loaded before the first step")
+        try:
+            self.text_encoder.load_state_dict(text_encoder.state_dict(), strict=True)
+            self.unet.load_state_dict(unet.state_dict(), strict=True)
+        except RuntimeError as error:
+            raise ModelError(
+                f"the initial model does not have this config's architecture ({' '.join(str(error).split())[:300]}); "
+                "use the config it was trained with"
+            ) from None
+        if self.ema is not None:
+            self.ema = Ema(self.modules, self.ema.decay)
 
     def export_modules(self) -> tuple[torch.nn.Module, torch.nn.Module]:
         """Copies of the text encoder and U-Net carrying the EMA weights when EMA is on."""

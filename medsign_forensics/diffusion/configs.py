@@ -98,6 +98,29 @@ class VaeTrainConfig:
 
 
 @dataclass(frozen=True)
+class GroundingConfig:
+    """Token-grounded cross-attention during stage B (:mod:`medsign_forensics.diffusion.grounding`): the weights
+    of L_token and L_pixel added to the denoising loss. Both 0 (the default) is off: training is exactly the
+    ungrounded one. ``locations`` grounds the location words of a finding ("left", "base") on its mask as well
+    as its finding words, as the localization map reads both."""
+
+    token_weight: float = 0.0
+    pixel_weight: float = 0.0
+    locations: bool = True
+
+    def __post_init__(self) -> None:
+        if self.token_weight < 0 or self.pixel_weight < 0:
+            raise InputError(
+                f"grounding weights must be >= 0, got token_weight={self.token_weight}, "
+                f"pixel_weight={self.pixel_weight}"
+            )
+
+    @property
+    def enabled(self) -> bool:
+        return self.token_weight > 0 or self.pixel_weight > 0
+
+
+@dataclass(frozen=True)
 class UNetTrainConfig:
     steps: int = 30000
     batch_size: int = 16
@@ -108,6 +131,7 @@ class UNetTrainConfig:
     ema_decay: float | None = 0.999
     grad_clip: float = 1.0
     checkpoint_every: int = 1000
+    grounding: GroundingConfig = field(default_factory=GroundingConfig)
 
 
 @dataclass(frozen=True)
@@ -136,7 +160,13 @@ class MiniCxrConfig:
         return self.image_size // self.vae_scale_factor
 
     def to_dict(self) -> dict[str, Any]:
-        return config_to_dict(self)
+        """The config as JSON data. ``unet_train.grounding`` is written only when it differs from its default
+        (off), so an ungrounded config is written exactly as before grounding existed (the shipped model card,
+        run folders begun earlier); reading fills it in with the default."""
+        data = config_to_dict(self)
+        if self.unet_train.grounding == GroundingConfig():
+            del data["unet_train"]["grounding"]
+        return data
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> MiniCxrConfig:

@@ -17,14 +17,16 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 import numpy as np
+import torch
 
 from medsign_forensics.attacks.codec import to_uint8
 from medsign_forensics.diffusion.configs import DataConfig
 from medsign_forensics.errors import DatasetError
 from medsign_forensics.fileio import write_text
+from medsign_forensics.reports.findings import FindingKind
 from medsign_forensics.training.progress import ProgressFn, notify
 
 RENDER_SIZE = 256  # the smallest size the phantom renderer draws
@@ -41,6 +43,12 @@ class StudySource(Protocol):
     def captions(self, index: int) -> tuple[str, ...]: ...
 
     def render(self, index: int, *, seed: int, size: int) -> np.ndarray: ...
+
+
+class MaskedStudySource(StudySource, Protocol):
+    """A study source that also gives each render's lesion masks, which grounded training needs."""
+
+    def masks(self, index: int, *, seed: int, size: int, grid: int) -> dict[FindingKind, np.ndarray]: ...
 
 
 @dataclass(frozen=True)
@@ -80,8 +88,28 @@ class ReportPhantomSource:
             return image
         if native % size:
             raise DatasetError(f"image size {size} must divide the phantom size {native}")
-        factor = native // size
-        return image.reshape(size, factor, size, factor).mean(axis=(1, 3)).astype(np.float32)
+        return _block_mean(image, native // size)
+
+    def masks(self, index: int, *, seed: int, size: int, grid: int) -> dict[FindingKind, np.ndarray]:
+        """The lesions of the phantom :meth:`render` draws at ``size`` with this seed, per drawn finding kind, on a
+        ``grid`` x ``grid`` raster (e.g. the latent's): the fraction of each cell inside the kind's lesions, float32
+        in [0, 1]. Kinds whose masks are empty are left out."""
+        from medsign_forensics.phantom.renderer import render_masks
+
+        native = max(size, RENDER_SIZE)
+        if native % grid:
+            raise DatasetError(f"mask grid {grid} must divide the phantom size {native}")
+        union: dict[FindingKind, np.ndarray] = {}
+        for finding, mask in render_masks(self._entries[index].findings, seed=seed, size=native):
+            union[finding.kind] = union.get(finding.kind, np.zeros_like(mask)) | mask
+        factor = native // grid
+        return {kind: _block_mean(mask.astype(np.float32), factor) for kind, mask in union.items() if mask.any()}
+
+
+def _block_mean(image: np.ndarray, factor: int) -> np.ndarray:
+    """Average ``factor`` x ``factor`` blocks of a square image."""
+    size = image.shape[0] // factor
+    return image.reshape(size, factor, size, factor).mean(axis=(1, 3)).astype(np.float32)
 
 
 def caption_variants(report: object, parse: Callable[[str], list]) -> tuple[str, ...]:
@@ -128,15 +156,31 @@ def render_seed(base_seed: int, index: int, render: int) -> int:
 class RenderCache:
     """Renders of every (study, render) pair as uint8 (N, S, S) in ``folder/renders.u8``, plus an index.
 
-    Row ``index * renders_per_report + render`` holds study ``index``, render ``render``.
+    Row ``index * renders_per_report + render`` holds study ``index``, render ``render``. Subclasses store
+    other per-render arrays the same way (:class:`~medsign_forensics.diffusion.grounding_data.MaskCache`).
     """
+
+    stem = "renders"
+    what = "render cache"
 
     def __init__(self, folder: Path, *, count: int, size: int) -> None:
         self.folder = folder
         self.count = count
         self.size = size
-        self.path = folder / "renders.u8"
-        self.index_path = folder / "renders.json"
+        self.path = folder / f"{self.stem}.u8"
+        self.index_path = folder / f"{self.stem}.json"
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return (self.count, self.size, self.size)
+
+    def settings(self) -> dict[str, object]:
+        """What, besides the reports, renders and seed, the cache was made with (checked on reuse)."""
+        return {"size": self.size}
+
+    def draw(self, source: StudySource, index: int, seed: int) -> np.ndarray:
+        """One row: the phantom of study ``index`` with phantom seed ``seed``, as uint8."""
+        return to_uint8(source.render(index, seed=seed, size=self.size))
 
     def build(
         self,
@@ -150,26 +194,25 @@ class RenderCache:
     ) -> None:
         """Render what is missing; a finished cache whose ids or settings differ is an error, not reused."""
         ids = [source.report_id(i) for i in range(len(source))]
-        meta = {"report_ids": ids, "renders_per_report": renders_per_report, "seed": seed, "size": self.size}
+        meta = {"report_ids": ids, "renders_per_report": renders_per_report, "seed": seed, **self.settings()}
         done = 0
         if self.index_path.is_file():
             stored = json.loads(self.index_path.read_text(encoding="utf-8"))
             if {k: stored.get(k) for k in meta} != meta:
                 raise DatasetError(
-                    "the render cache was made from other reports or settings; delete it or use a new --out",
+                    f"the {self.what} was made from other reports or settings; delete it or use a new --out",
                     path=self.index_path,
                 )
             done = int(stored["done"])
         mode: Literal["r+", "w+"] = "r+" if self.path.is_file() else "w+"
-        images = np.memmap(self.path, dtype=np.uint8, mode=mode, shape=(self.count, self.size, self.size))
+        rows = np.memmap(self.path, dtype=np.uint8, mode=mode, shape=self.shape)
         notify(progress, task, done, self.count)
         for start in range(done, self.count, chunk):
             stop = min(start + chunk, self.count)
             for row in range(start, stop):
                 index, render = divmod(row, renders_per_report)
-                image = source.render(index, seed=render_seed(seed, index, render), size=self.size)
-                images[row] = to_uint8(image)
-            images.flush()
+                rows[row] = self.draw(source, index, render_seed(seed, index, render))
+            rows.flush()
             _write_json(self.index_path, {**meta, "done": stop})
             notify(progress, task, stop, self.count)
         if self.count == 0 or done >= self.count:
@@ -179,9 +222,38 @@ class RenderCache:
         """The finished cache as a read-only memory map."""
         stored = json.loads(self.index_path.read_text(encoding="utf-8")) if self.index_path.is_file() else {}
         if int(stored.get("done", -1)) != self.count:
-            raise DatasetError("the render cache is incomplete; run the training command again", path=self.path)
-        return np.memmap(self.path, dtype=np.uint8, mode="r", shape=(self.count, self.size, self.size))
+            raise DatasetError(f"the {self.what} is incomplete; run the training command again", path=self.path)
+        return np.memmap(self.path, dtype=np.uint8, mode="r", shape=self.shape)
 
 
 def _write_json(path: Path, data: object) -> None:
     write_text(path, json.dumps(data))
+
+
+def to_tensor(images: np.ndarray) -> torch.Tensor:
+    """uint8 (B, H, W) -> float (B, 1, H, W) in [0, 1]."""
+    return torch.from_numpy(np.asarray(images, dtype=np.float32) / 255.0).unsqueeze(1)
+
+
+def random_crops(images: np.ndarray, batch: int, crop: int, generator: torch.Generator) -> torch.Tensor:
+    """``batch`` random rows of ``images``, each cropped at a random offset to ``crop`` x ``crop``."""
+    rows = torch.randint(0, len(images), (batch,), generator=generator).tolist()
+    size = images.shape[-1]
+    offsets = torch.randint(0, size - crop + 1, (batch, 2), generator=generator).tolist()
+    patches = [images[r, y : y + crop, x : x + crop] for r, (y, x) in zip(rows, offsets, strict=True)]
+    return to_tensor(np.stack(patches))
+
+
+@torch.no_grad()
+def encode_posteriors(
+    vae: Any, images: np.ndarray, device: torch.device, *, progress: ProgressFn | None = None, task: str = ""
+) -> torch.Tensor:
+    """The VAE posterior mean and log-variance of every image, (N, 2 * latent channels, h, w) fp16 on the CPU."""
+    chunks = []
+    notify(progress, task, 0, len(images))
+    for start in range(0, len(images), 64):
+        x = to_tensor(images[start : start + 64]).to(device) * 2 - 1
+        dist = vae.encode(x).latent_dist
+        chunks.append(torch.cat([dist.mean, dist.logvar], dim=1).half().cpu())
+        notify(progress, task, min(start + 64, len(images)), len(images))
+    return torch.cat(chunks)

@@ -166,6 +166,17 @@ def _model_card(
     ]
     lines += [f"| {name} | {sizes[name] / 2**20:.2f} | `{hashes[name]}` |" for name in sorted(sizes)]
     lines += ["", f"Combined weights SHA-256: `{combined_sha256(hashes)}`", ""]
+    if card is not None and card.get("init"):
+        init = card["init"]
+        lines[2:5] = [
+            "A small text-to-image latent diffusion model (Stable Diffusion 1.x layout), fine-tuned: stage B (text",
+            "encoder + U-Net) continued on synthetic chest phantoms rendered from the findings of real radiology",
+            "reports, captioned with the report text, from the model below, whose VAE and tokenizer it keeps. It is",
+            "not a model of real radiographs.",
+            "",
+            f"Initial model: {init['name']} at `{init['path']}`, combined weights SHA-256 `{init['weights_sha256']}`",
+            "(its own model card says how it was trained).",
+        ]
     if card is None:
         lines += [
             "## Training",
@@ -185,11 +196,20 @@ def _model_card(
         "| --- | --- | --- | --- | --- |",
     ]
     for name, stage in card["stages"].items():
+        if "step" not in stage:  # not trained in this run (a fine-tune keeps its initial model's VAE)
+            continue
         loss = stage.get("mean_loss_last_100")
         lines.append(
             f"| {name} | {stage.get('step', '?')} | {_duration(stage.get('wall_time_s', 0.0))} | "
             f"{stage.get('hardware', '?')} | {'n/a' if loss is None else f'{loss:.4f}'} |"
         )
+    grounding = config.unet_train.grounding
+    if grounding.enabled:
+        lines += [
+            "",
+            f"Grounded cross-attention (TokenCompose-style): L_token weight {grounding.token_weight}, L_pixel weight "
+            f"{grounding.pixel_weight}, location words {'grounded' if grounding.locations else 'not grounded'}.",
+        ]
     lines += ["", "Commands, in order:", ""]
     lines += [f"- `{run['command']}` ({run['time']}; {run['hardware']})" for run in card["runs"]]
     if card["runs"]:

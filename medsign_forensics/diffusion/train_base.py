@@ -5,7 +5,10 @@ scaling factor is then set to 1/std of the latents, as in SD.
 
 Stage B (``unet``): a BPE tokenizer is trained on the training captions, then a CLIP text encoder and the
 U-Net are trained jointly on cached VAE latents (:class:`UNetTrainer`), with 10% caption dropout (the empty
-caption, as the pipeline uses for the unconditional half of classifier-free guidance).
+caption, as the pipeline uses for the unconditional half of classifier-free guidance). With grounding weights in
+the config, each batch's finding words are also grounded on their lesion masks
+(:mod:`~medsign_forensics.diffusion.grounding_data`). ``init_from`` continues stage B from an exported model
+instead of random weights (:mod:`~medsign_forensics.diffusion.init_from`).
 
 Everything is seeded and resumable (:mod:`medsign_forensics.training`): a checkpoint per stage holds the models,
 optimizers, EMA, step, wall time and every random generator; losses go to ``log.jsonl``, every invocation to
@@ -16,6 +19,7 @@ Output folder::
 
     OUT/config.json  log.jsonl  runs.jsonl  renders.u8  renders.json  tokenizer/  latents.pt
     OUT/vae/checkpoint.pt  OUT/vae/final/  OUT/unet/checkpoint.pt  OUT/model/
+    OUT/masks.u8  masks.json (grounded runs)  OUT/init.json (runs started from an exported model)
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ import json
 import math
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from enum import Enum
 from pathlib import Path
@@ -37,6 +41,8 @@ from medsign_forensics.diffusion import data as data_module
 from medsign_forensics.diffusion.base_trainers import UNetTrainer, VaeTrainer
 from medsign_forensics.diffusion.configs import MiniCxrConfig
 from medsign_forensics.diffusion.export import export_model
+from medsign_forensics.diffusion.grounding_data import open_grounding
+from medsign_forensics.diffusion.init_from import INIT_FILE, InitFrom, prepare_init
 from medsign_forensics.diffusion.tokenizer import load_tokenizer, save_tokenizer, train_tokenizer
 from medsign_forensics.errors import InputError, ModelError
 from medsign_forensics.fileio import atomic_path, sha256_file, write_text
@@ -85,12 +91,14 @@ def train(
     source: data_module.StudySource | None = None,
     progress: ProgressFn | None = None,
     command: str | None = None,
+    init_from: str | Path | None = None,
 ) -> TrainResult:
     """Run stage A, stage B or both into ``out_dir``; ``steps`` overrides each requested stage's step count.
 
     ``source`` defaults to the training split of ``config.data.corpus`` rendered as phantoms. ``command`` is
     recorded in the model card (the CLI passes its own command line). ``progress`` receives the rendering,
-    encoding and every stage's step events.
+    encoding and every stage's step events. ``init_from`` (an exported model folder) starts stage B from its
+    weights, VAE and tokenizer; a run so started trains stage B only.
     """
     stage = Stage(stage)
     device = torch.device(device)
@@ -99,7 +107,10 @@ def train(
     if steps is not None and steps < 0:
         raise InputError(f"--steps must be >= 0, got {steps}")
     out = Path(out_dir)
+    if (init_from is not None or (out / INIT_FILE).is_file()) and stage is not Stage.UNET:
+        raise InputError("a run started from an exported model (--init-from) trains stage B only; use --stage unet")
     run = _Run(config, out, resume=resume, device=device, progress=progress)
+    run.init = prepare_init(out, init_from)
     run.record_invocation(command or " ".join(sys.argv), stage, steps)
     source = source if source is not None else data_module.load_source(config.data)
     run.source = source
@@ -120,6 +131,7 @@ class _Run:
         self.device = device
         self.progress = progress
         self.source: data_module.StudySource | None = None
+        self.init: InitFrom | None = None
         self.folder = RunFolder(out, marker=CONFIG_FILE, resume=resume, log=LOG_FILE)
         self.out = self.folder.path
         current = json.loads(json.dumps(config.to_dict()))
@@ -132,15 +144,8 @@ class _Run:
     # bookkeeping
 
     def record_invocation(self, command: str, stage: Stage, steps: int | None) -> None:
-        entry = {
-            "time": _now(),
-            "command": command,
-            "stage": stage.value,
-            "steps": steps,
-            "hardware": hardware(self.device),
-            "software": software(),
-        }
-        JsonlLog(self.out / RUNS_FILE).append(entry)
+        entry = {"time": _now(), "command": command, "stage": stage.value, "steps": steps}
+        JsonlLog(self.out / RUNS_FILE).append({**entry, "hardware": hardware(self.device), "software": software()})
 
     def mean_loss(self, stage: str, last: int = 100) -> float | None:
         losses = [e["loss"] for e in self.log.read() if e.get("stage") == stage and "loss" in e]
@@ -150,12 +155,8 @@ class _Run:
         assert self.source is not None
         count = len(self.source) * self.config.data.renders_per_report
         cache = data_module.RenderCache(self.out, count=count, size=self.config.image_size)
-        cache.build(
-            self.source,
-            renders_per_report=self.config.data.renders_per_report,
-            seed=self.config.seed,
-            progress=self.progress,
-        )
+        per_report, seed = self.config.data.renders_per_report, self.config.seed
+        cache.build(self.source, renders_per_report=per_report, seed=seed, progress=self.progress)
         return cache
 
     # stage A
@@ -171,7 +172,7 @@ class _Run:
         start = time.perf_counter() - wall
         notify(self.progress, VAE_TASK, trainer.step_count, target)
         while trainer.step_count < target:
-            batch = _crops(images, train.batch_size, crop, generator)
+            batch = data_module.random_crops(images, train.batch_size, crop, generator)
             parts = trainer.step(batch, generator)
             self._logged_step("vae", VAE_TASK, trainer, target, start, parts)
             if trainer.step_count % train.checkpoint_every == 0 or trainer.step_count == target:
@@ -189,7 +190,7 @@ class _Run:
         with torch.no_grad():
             for _ in range(self.config.vae_train.latent_batches):
                 rows = torch.randint(0, len(images), (batch,), generator=generator).numpy()
-                x = _to_tensor(images[np.sort(rows)]).to(self.device) * 2 - 1
+                x = data_module.to_tensor(images[np.sort(rows)]).to(self.device) * 2 - 1
                 samples.append(vae.encode(x).latent_dist.sample(generator=generator).float().cpu())
         std = torch.cat(samples).std().item()
         if not math.isfinite(std) or std <= 0:
@@ -220,8 +221,17 @@ class _Run:
         trainer = UNetTrainer(self.config, tokenizer, device=self.device)
         generator = torch.Generator().manual_seed(self.config.seed + 1)
         checkpoint = self.out / "unet" / "checkpoint.pt"
+        if self.init is not None and not checkpoint.is_file():
+            trainer.initialise_from(*self.init.modules())
         wall = self._restore(checkpoint, trainer, generator, "unet")
         train = self.config.unet_train
+        grounding = None
+        if train.grounding.enabled:
+            grounding = open_grounding(
+                self.out, self.source, renders_per_report=self.config.data.renders_per_report, seed=self.config.seed,
+                image_size=self.config.image_size, latent_size=self.config.latent_size, tokenizer=tokenizer,
+                locations=train.grounding.locations, progress=self.progress,
+            )
         scaling = float(vae.config.scaling_factor)
         start = time.perf_counter() - wall
         notify(self.progress, UNET_TASK, trainer.step_count, target)
@@ -231,7 +241,8 @@ class _Run:
             mean, logvar = latents[rows, :channels].float(), latents[rows, channels:].float()
             z = (mean + torch.exp(0.5 * logvar) * torch.randn(mean.shape, generator=generator)) * scaling
             captions = self._captions(rows_report[rows], generator)
-            parts = trainer.step(z, captions, generator)
+            targets = None if grounding is None else grounding.targets(rows.tolist(), captions)
+            parts = trainer.step(z, captions, generator, targets)
             self._logged_step("unet", UNET_TASK, trainer, target, start, parts)
             if trainer.step_count % train.checkpoint_every == 0 or trainer.step_count == target:
                 self._save(checkpoint, trainer, generator, time.perf_counter() - start)
@@ -248,9 +259,7 @@ class _Run:
         captions = [c for i in range(len(self.source)) for c in self.source.captions(i)]
         spec = self.config.tokenizer
         tokenizer = train_tokenizer(
-            captions,
-            vocab_size=spec.vocab_size,
-            min_frequency=spec.min_frequency,
+            captions, vocab_size=spec.vocab_size, min_frequency=spec.min_frequency,
             max_token_length=spec.max_token_length,
         )
         save_folder(folder, lambda tmp: save_tokenizer(tokenizer, tmp))
@@ -265,15 +274,7 @@ class _Run:
             latents = cached["latents"]
         else:
             images = self.render_cache().images()
-            chunks = []
-            notify(self.progress, ENCODE_TASK, 0, len(images))
-            with torch.no_grad():
-                for start in range(0, len(images), 64):
-                    x = _to_tensor(images[start : start + 64]).to(self.device) * 2 - 1
-                    dist = vae.encode(x).latent_dist
-                    chunks.append(torch.cat([dist.mean, dist.logvar], dim=1).half().cpu())
-                    notify(self.progress, ENCODE_TASK, min(start + 64, len(images)), len(images))
-            latents = torch.cat(chunks)
+            latents = data_module.encode_posteriors(vae, images, self.device, progress=self.progress, task=ENCODE_TASK)
             _save_torch(path, {"latents": latents, "vae_sha256": vae_sha256})
         rows_report = torch.arange(len(latents)) // per_report
         return latents, rows_report
@@ -314,6 +315,7 @@ class _Run:
             "reports": len(self.source) if self.source is not None else None,
             "renders_per_report": self.config.data.renders_per_report,
             "corpus": self.config.data.corpus,
+            "init": None if self.init is None else asdict(self.init.record),
         }
 
     def _logged_step(
@@ -387,16 +389,3 @@ def _write_json(path: Path, data: Any) -> None:
 def _save_torch(path: Path, state: Any) -> None:
     with atomic_path(path) as tmp:
         torch.save(state, tmp)
-
-
-def _to_tensor(images: np.ndarray) -> torch.Tensor:
-    """uint8 (B, H, W) -> float (B, 1, H, W) in [0, 1]."""
-    return torch.from_numpy(np.asarray(images, dtype=np.float32) / 255.0).unsqueeze(1)
-
-
-def _crops(images: np.ndarray, batch: int, crop: int, generator: torch.Generator) -> torch.Tensor:
-    rows = torch.randint(0, len(images), (batch,), generator=generator).tolist()
-    size = images.shape[-1]
-    offsets = torch.randint(0, size - crop + 1, (batch, 2), generator=generator).tolist()
-    patches = [images[r, y : y + crop, x : x + crop] for r, (y, x) in zip(rows, offsets, strict=True)]
-    return _to_tensor(np.stack(patches))

@@ -34,9 +34,9 @@ from medsign_forensics.errors import DatasetError
 from medsign_forensics.localization import CrossAttentionCapture, MapOptions, capture_image, iou, pointing_game
 from medsign_forensics.localization.generation import generate_with_maps
 from medsign_forensics.localization.maps import localize_captured
-from medsign_forensics.localization.words import medical_words, word_tokens
 from medsign_forensics.phantom import render_report
 from medsign_forensics.reports import FindingKind, Report, parse_report
+from medsign_forensics.reports.words import medical_words, word_tokens
 
 #: Phantoms behind the prior maps: seed + PRIOR_SEED_OFFSET + i, disjoint from the scored ones.
 PRIOR_SEED_OFFSET = 1_000_000

@@ -1,7 +1,9 @@
 """The pathology localization map A_loc from the diffusion U-Net's cross-attention (MedSign section 2.2.1).
 
+The report's medical words and their prompt token positions come from :mod:`medsign_forensics.reports.words`
+(re-exported here), which grounded training of mini-cxr uses too.
+
 capture    records cross-attention probabilities without changing the U-Net's output
-words      selects the report's medical words and their prompt token positions
 maps       per-token maps -> A_avg, CAS, AAS -> A_loc; combination over words
 generation maps during generation: sample images and x0 with the capture installed
 inversion  maps for an existing image and its report (one noised denoising step per timestep)
@@ -13,7 +15,7 @@ from medsign_forensics.localization.generation import GeneratedMaps, generate_wi
 from medsign_forensics.localization.inversion import DEFAULT_TIMESTEPS, ImageAttention, capture_image, localize_image
 from medsign_forensics.localization.maps import Localization, MapOptions, WordMap, localize_captured
 from medsign_forensics.localization.metrics import iou, pointing_game
-from medsign_forensics.localization.words import MedicalWord, WordTokens, medical_words, word_tokens
+from medsign_forensics.reports.words import MedicalWord, WordTokens, medical_words, word_tokens
 
 __all__ = [
     "DEFAULT_TIMESTEPS",

@@ -1,23 +1,16 @@
 """Capture the U-Net's cross-attention probabilities while it runs, without changing what it computes.
 
-The default diffusers processor uses a fused scaled-dot-product kernel and never forms the probability matrix,
-so a capturing processor must compute ``softmax(Q K^T * scale)`` itself. It is installed only on the
-cross-attention layers: the ``...attn2`` modules of every transformer block, and also ``...attn1`` in blocks
-built with ``only_cross_attention`` (mini-cxr's highest-resolution level), whose first attention attends to the
-text as well; a layer qualifies when diffusers marks it ``is_cross_attention``. Self-attention keeps its
-original processor. The capturing
-processor first calls the layer's ORIGINAL processor to produce the output (so the U-Net's result is bit for
-bit what it was), then, on selected steps only, recomputes the probabilities of the conditional rows in fp32
-and adds them, summed over heads, to a running sum for that layer. Nothing is stored per step.
-
-The processor sees only a flattened sequence; the spatial grid of each layer is recovered from the latent's
-height and width (recorded by a pre-forward hook on the U-Net) by halving them, rounding up, until the product
-equals the sequence length, exactly as the U-Net's stride-2 convolutions do. No square size is assumed.
+The capturing processor wraps each cross-attention layer's ORIGINAL processor (installed by
+:func:`~medsign_forensics.diffusion.attention.wrap_cross_attention`; self-attention keeps its processor): the
+original produces the output, so the U-Net's result is bit for bit what it was; then, on selected steps only, the
+probabilities of the conditional rows are recomputed in fp32
+(:func:`~medsign_forensics.diffusion.attention.attention_probabilities`) and added, summed over heads, to a
+running sum for that layer. Nothing is stored per step. Each layer's spatial grid is recovered from the latent's
+height and width (recorded by a pre-forward hook on the U-Net) by :func:`layer_grid`.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from types import TracebackType
@@ -25,7 +18,7 @@ from typing import Any
 
 import torch
 
-_PROCESSOR_SUFFIX = ".processor"
+from medsign_forensics.diffusion.attention import attention_probabilities, layer_grid, wrap_cross_attention
 
 StepSelector = Callable[[int, float], bool]
 """Decides from (step index, timestep) whether a U-Net call is captured; step index counts U-Net calls from 0."""
@@ -67,22 +60,6 @@ class CapturedAttention:
         return next(iter(self.layers.values())).sums.shape[1]
 
 
-def layer_grid(sequence_length: int, latent_size: tuple[int, int]) -> tuple[int, int]:
-    """The (h, w) grid of a layer whose flattened sequence has ``sequence_length`` positions.
-
-    Each U-Net level halves the grid with a stride-2, padding-1 convolution, i.e. ``ceil(n / 2)``.
-    """
-    height, width = latent_size
-    while height * width > sequence_length and (height > 1 or width > 1):
-        height, width = math.ceil(height / 2), math.ceil(width / 2)
-    if height * width != sequence_length:
-        raise ValueError(
-            f"a cross-attention layer has {sequence_length} positions, which is no power-of-two reduction of "
-            f"the {latent_size[0]}x{latent_size[1]} latent; this U-Net layout is not supported"
-        )
-    return height, width
-
-
 class _CapturingProcessor:
     """Wraps a layer's original processor: the original computes the output, this one records probabilities."""
 
@@ -110,50 +87,12 @@ class _CapturingProcessor:
         )
         if self.capture.recording and encoder_hidden_states is not None:
             with torch.no_grad():
-                probs = _attention_probabilities(
-                    attn, hidden_states, encoder_hidden_states, attention_mask, temb, self.capture.conditional_rows
+                keep = self.capture.conditional_rows(hidden_states.shape[0])
+                probs = attention_probabilities(
+                    attn, hidden_states, encoder_hidden_states, attention_mask, temb, keep
                 )
             self.capture._add(self.name, attn.heads, probs)
         return output
-
-
-def _attention_probabilities(
-    attn: Any,
-    hidden_states: torch.Tensor,
-    encoder_hidden_states: torch.Tensor,
-    attention_mask: torch.Tensor | None,
-    temb: torch.Tensor | None,
-    rows: Callable[[int], slice],
-) -> torch.Tensor:
-    """softmax(Q K^T * scale) in fp32 for the conditional rows, summed over heads: (B_cond, N, T)."""
-    if attn.spatial_norm is not None:
-        hidden_states = attn.spatial_norm(hidden_states, temb)
-    if hidden_states.ndim == 4:
-        batch, channels, height, width = hidden_states.shape
-        hidden_states = hidden_states.view(batch, channels, height * width).transpose(1, 2)
-    full_batch = hidden_states.shape[0]
-    keep = rows(full_batch)
-    hidden_states = hidden_states[keep]
-    encoder_hidden_states = encoder_hidden_states[keep]
-    if attn.group_norm is not None:
-        hidden_states = attn.group_norm(hidden_states.transpose(1, 2)).transpose(1, 2)
-    if attn.norm_cross:
-        encoder_hidden_states = attn.norm_encoder_hidden_states(encoder_hidden_states)
-    query = attn.to_q(hidden_states)
-    key = attn.to_k(encoder_hidden_states)
-    batch = query.shape[0]
-    head_dim = key.shape[-1] // attn.heads
-    query = query.view(batch, -1, attn.heads, head_dim).transpose(1, 2)
-    key = key.view(batch, -1, attn.heads, head_dim).transpose(1, 2)
-    if attn.norm_q is not None:
-        query = attn.norm_q(query)
-    if attn.norm_k is not None:
-        key = attn.norm_k(key)
-    scores = torch.matmul(query.float(), key.float().transpose(-1, -2)) * attn.scale
-    if attention_mask is not None:
-        mask = attn.prepare_attention_mask(attention_mask, key.shape[-2], full_batch, out_dim=4)
-        scores = scores + mask[keep].float()
-    return scores.softmax(dim=-1).sum(dim=1)
 
 
 class CrossAttentionCapture:
@@ -183,16 +122,9 @@ class CrossAttentionCapture:
         self._hook: Any = None
 
     def __enter__(self) -> CrossAttentionCapture:
-        original = dict(self.unet.attn_processors)
-        replacement = {}
-        for key, processor in original.items():
-            name = key[: -len(_PROCESSOR_SUFFIX)]
-            cross = bool(getattr(self.unet.get_submodule(name), "is_cross_attention", False))
-            replacement[key] = _CapturingProcessor(processor, name=name, capture=self) if cross else processor
-        if all(value is original[key] for key, value in replacement.items()):
-            raise ValueError("this U-Net has no cross-attention layers to capture")
-        self.unet.set_attn_processor(replacement)
-        self._original = original
+        self._original = wrap_cross_attention(
+            self.unet, lambda processor, name: _CapturingProcessor(processor, name=name, capture=self)
+        )
         self._hook = self.unet.register_forward_pre_hook(self._before_unet, with_kwargs=True)
         return self
 

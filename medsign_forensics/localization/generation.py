@@ -18,7 +18,7 @@ from medsign_forensics.diffusion import DiffusionModel, sample
 from medsign_forensics.diffusion.sampling import DEFAULT_GUIDANCE, DEFAULT_STEPS, SampleOutput, SampleResult
 from medsign_forensics.localization.capture import CrossAttentionCapture, StepSelector, every_step
 from medsign_forensics.localization.maps import Localization, MapOptions, localize_variants
-from medsign_forensics.localization.words import ParseFn, medical_words, word_tokens
+from medsign_forensics.reports.words import ParseFn, medical_words, word_tokens
 
 
 @dataclass(frozen=True)

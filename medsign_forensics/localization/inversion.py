@@ -24,7 +24,7 @@ from diffusers import DDPMScheduler
 from medsign_forensics.errors import InputError
 from medsign_forensics.localization.capture import CapturedAttention, CrossAttentionCapture
 from medsign_forensics.localization.maps import Localization, MapOptions, localize_captured
-from medsign_forensics.localization.words import MedicalWord, ParseFn, WordTokens, medical_words, word_tokens
+from medsign_forensics.reports.words import MedicalWord, ParseFn, WordTokens, medical_words, word_tokens
 
 DEFAULT_TIMESTEPS = (200, 400, 600)
 """Moderate noise levels: enough noise that the report steers the denoiser, little enough that the anatomy and

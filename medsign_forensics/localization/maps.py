@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from sklearn.cluster import DBSCAN
 
 from medsign_forensics.localization.capture import CapturedAttention
-from medsign_forensics.localization.words import MedicalWord, WordTokens
+from medsign_forensics.reports.words import MedicalWord, WordTokens
 
 
 @dataclass(frozen=True)

@@ -120,6 +120,16 @@ def render_study(findings: Sequence[Finding], *, seed: int, size: int = 256) -> 
     )
 
 
+def render_masks(findings: Sequence[Finding], *, seed: int, size: int = 256) -> tuple[FindingMask, ...]:
+    """The masks :func:`render_study` gives for the same findings and seed, without developing the image (about
+    0.03 s instead of 0.07 s at 256)."""
+    check_size(size)
+    check_seed(seed)
+    anatomy = Anatomy(sample_anatomy(int(seed)), size, int(seed))
+    exposed = ~collimated(anatomy.params, size)
+    return tuple(FindingMask(lesion.finding, lesion.mask & exposed) for lesion in draw_findings(findings, anatomy))
+
+
 def render_report(text: str, *, seed: int, size: int = 256) -> tuple[PhantomStudy, list[Finding]]:
     """Parse a report and render it; returns the study and every finding the parser read (drawn or not)."""
     from medsign_forensics.reports.parser import parse_report

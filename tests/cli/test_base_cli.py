@@ -187,6 +187,19 @@ def test_train_stage_and_resume(monkeypatch: pytest.MonkeyPatch, tmp_path: Path)
     assert json.loads(resumed.stdout)["stages"][0]["step"] == 2
 
 
+def test_train_init_from_is_recorded(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, model_dir: Path) -> None:
+    monkeypatch.setattr(data_module, "load_source", lambda config: _Source())
+    out = tmp_path / "run"
+    args = ["base", "train", "--config", "tiny", "--out", str(out), "--stage", "unet", "--steps", "1"]
+    result = runner.invoke(app, [*args, "--init-from", str(model_dir), "--json"])
+    assert result.exit_code == 0, result.output
+    card = (out / "model" / "MODEL_CARD.md").read_text()
+    assert f"--init-from {model_dir}" in card and "Initial model: mini-cxr-tiny" in card
+    refused = runner.invoke(app, ["base", "train", "--config", "tiny", "--out", str(tmp_path / "r2"), "--init-from",
+                                  str(model_dir)])
+    assert refused.exit_code == 2 and "stage B only" in refused.output
+
+
 def test_train_unknown_stage(tmp_path: Path) -> None:
     result = runner.invoke(app, ["base", "train", "--config", "tiny", "--out", str(tmp_path / "r"), "--stage", "x"])
     assert result.exit_code == 2

@@ -121,3 +121,4 @@ def test_resume_with_another_config_is_refused(tmp_path: Path) -> None:
     other = replace(tiny_config(), seed=5)
     with pytest.raises(InputError, match="config differs"):
         train(other, tmp_path / "run", stage=Stage.VAE, resume=True, source=StandInSource())
+

@@ -19,8 +19,8 @@ from medsign_forensics.evaluate.localization import (
     score_maps,
     top_fraction,
 )
-from medsign_forensics.localization.words import medical_words, word_tokens
 from medsign_forensics.reports import Report
+from medsign_forensics.reports.words import medical_words, word_tokens
 
 REPORTS = [
     "Small left pleural effusion.",

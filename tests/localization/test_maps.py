@@ -16,8 +16,8 @@ from medsign_forensics.localization.maps import (
     token_maps,
     word_map,
 )
-from medsign_forensics.localization.words import MedicalWord, WordRole, WordTokens
 from medsign_forensics.reports.findings import FindingKind
+from medsign_forensics.reports.words import MedicalWord, WordRole, WordTokens
 
 SIGMOID = lambda x: 1 / (1 + np.exp(-x))  # noqa: E731
 

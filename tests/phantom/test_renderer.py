@@ -166,3 +166,17 @@ def test_random_reports_keep_every_invariant() -> None:
         assert all(f.present for f in study.drawn)
         outside = ~study.lesion_mask
         assert np.array_equal(study.image[outside], render_study([], seed=1000 + seed).image[outside])
+
+
+def test_render_masks_are_the_studys_masks() -> None:
+    from medsign_forensics.phantom.renderer import render_masks
+
+    findings = [
+        Finding(FindingKind.EFFUSION, side=Side.LEFT),
+        Finding(FindingKind.NODULE, side=Side.RIGHT, zone=Zone.UPPER),
+        Finding(FindingKind.CARDIOMEGALY),
+    ]
+    study = render_study(findings, seed=SEED)
+    masks = render_masks(findings, seed=SEED)
+    assert [m.finding for m in masks] == [m.finding for m in study.masks]
+    assert all(np.array_equal(a.mask, b.mask) for a, b in zip(masks, study.masks, strict=True))

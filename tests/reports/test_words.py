@@ -1,9 +1,24 @@
 from __future__ import annotations
 
-from helpers.localization import keyword_parser, tiny_tokenizer
+import pytest
 
-from medsign_forensics.localization.words import WordRole, medical_words, sentence_spans, word_tokens
+from helpers.localization import TOKENIZER_TEXTS, keyword_parser, tiny_tokenizer
+
 from medsign_forensics.reports.findings import FindingKind
+from medsign_forensics.reports.words import WordRole, medical_words, sentence_spans, word_tokens
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return tiny_tokenizer()
+
+
+@pytest.fixture(scope="module")
+def bpe_tokenizer():
+    """A BPE trained as mini-cxr's is (the tiny localization model's)."""
+    from medsign_forensics.diffusion.tokenizer import train_tokenizer
+
+    return train_tokenizer(TOKENIZER_TEXTS, vocab_size=700, min_frequency=1)
 
 
 def test_sentences_split_at_stops_but_not_in_decimals():
@@ -77,13 +92,13 @@ def test_a_shared_location_word_serves_every_finding_it_locates():
     assert words[0].kinds == {FindingKind.ATELECTASIS, FindingKind.EFFUSION}
 
 
-def test_positions_agree_with_the_diffusion_tokenizer_spans(model):
+def test_positions_agree_with_the_diffusion_tokenizer_spans(bpe_tokenizer):
     from medsign_forensics.diffusion import word_token_spans
 
     report = "Bibasilar atelectasis and small effusions. Calcified granuloma in the right upper lobe."
-    found, dropped = word_tokens(model.tokenizer, report, medical_words(report))
+    found, dropped = word_tokens(bpe_tokenizer, report, medical_words(report))
     assert not dropped
-    spans = word_token_spans(model.tokenizer, report)
+    spans = word_token_spans(bpe_tokenizer, report)
     for item in found:
         assert (item.word.text, list(item.positions)) in spans
     assert any(len(item.positions) > 1 for item in found)  # the mini-cxr BPE splits medical words

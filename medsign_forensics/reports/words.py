@@ -14,6 +14,10 @@ Token positions are those of the prompt as the pipeline tokenises it (padded to 
 length, truncated there), so index 0 is the start token. A word split by BPE into several tokens keeps all of
 them; CAS later chooses one. Start, end and padding tokens never belong to a word. Words that fall after the
 truncation point were never seen by the model and are reported as dropped.
+
+This lives with the reports, not with the localization map that reads it, because grounded training of mini-cxr
+(:mod:`medsign_forensics.diffusion.grounding_data`) needs the same words, and the localization package imports
+the diffusion package.
 """
 
 from __future__ import annotations
@@ -24,8 +28,8 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any
 
-from medsign_forensics.reports import parse_report
 from medsign_forensics.reports.findings import Finding, FindingKind, Side, Zone
+from medsign_forensics.reports.parser import parse_report
 
 ParseFn = Callable[[str], Sequence[Finding]]
 
