@@ -27,7 +27,6 @@ images, and off-centre crops of genuine images) is in ``benchmarks/spectral_bind
 from __future__ import annotations
 
 import math
-import secrets
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -50,11 +49,6 @@ MAX_OFFSET = 15  # partner offsets are odd numbers of 1/256 cycles per pixel in 
 #: 0.33, 80 %. Each costs one more embed.
 REFINEMENTS = 3
 _TABLE = 64  # theta and offsets are tabulated per (ky mod 64, kx mod 64)
-
-
-def new_secret() -> bytes:
-    """A fresh per-deployment binding secret (registry material: never log or print it)."""
-    return secrets.token_bytes(SECRET_BYTES)
 
 
 @dataclass(frozen=True)
