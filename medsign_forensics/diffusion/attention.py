@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import Any
+from types import TracebackType
+from typing import Any, Self
 
 import torch
 
@@ -97,3 +98,68 @@ def wrap_cross_attention(unet: Any, wrap: Callable[[Any, str], Any]) -> dict[str
         raise ValueError("this U-Net has no cross-attention layers to capture")
     unet.set_attn_processor(replacement)
     return original
+
+
+class _ObservingProcessor:
+    """Wraps a layer's original processor: the original computes the output (bit for bit), then ``observe`` sees
+    the inputs of every cross-attention call."""
+
+    def __init__(self, inner: Any, *, name: str, observe: Callable[..., None]) -> None:
+        self.inner = inner
+        self.name = name
+        self.observe = observe
+
+    def __call__(
+        self,
+        attn: Any,
+        hidden_states: torch.Tensor,
+        encoder_hidden_states: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        temb: torch.Tensor | None = None,
+        **kwargs: Any,
+    ) -> torch.Tensor:
+        output = self.inner(
+            attn,
+            hidden_states,
+            encoder_hidden_states=encoder_hidden_states,
+            attention_mask=attention_mask,
+            temb=temb,
+            **kwargs,
+        )
+        if encoder_hidden_states is not None:
+            self.observe(self.name, attn, hidden_states, encoder_hidden_states, attention_mask, temb)
+        return output
+
+
+class CrossAttentionHooks:
+    """Base of the two readers: a context manager that, while a diffusers U-Net runs inside it, calls
+    :meth:`_observe` on every cross-attention call and :meth:`_before_unet` before every U-Net call. The original
+    processors and the hook are removed on exit, even after an exception."""
+
+    unet: Any  # a diffusers UNet2DConditionModel (attn_processors and set_attn_processor are not nn.Module's)
+    _original: dict[str, Any] | None = None
+    _hook: Any = None
+
+    def __enter__(self) -> Self:
+        self._original = wrap_cross_attention(
+            self.unet, lambda processor, name: _ObservingProcessor(processor, name=name, observe=self._observe)
+        )
+        self._hook = self.unet.register_forward_pre_hook(self._before_unet, with_kwargs=True)
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, traceback: TracebackType | None
+    ) -> None:
+        if self._hook is not None:
+            self._hook.remove()
+            self._hook = None
+        if self._original is not None:
+            self.unet.set_attn_processor(dict(self._original))
+            self._original = None
+
+    def _before_unet(self, module: torch.nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        raise NotImplementedError
+
+    def _observe(self, name: str, attn: Any, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor,
+                 attention_mask: torch.Tensor | None, temb: torch.Tensor | None) -> None:
+        raise NotImplementedError

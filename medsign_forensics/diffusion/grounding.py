@@ -23,14 +23,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from types import TracebackType
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from medsign_forensics.diffusion.attention import attention_probabilities, layer_grid, wrap_cross_attention
+from medsign_forensics.diffusion.attention import CrossAttentionHooks, attention_probabilities, layer_grid
 
 _EPS = 1e-6
 
@@ -95,43 +94,7 @@ def layer_losses(maps: torch.Tensor, masks: torch.Tensor) -> tuple[torch.Tensor,
     return token, pixel, inside
 
 
-class _GroundingProcessor:
-    """Wraps a cross-attention layer's original processor: it computes the output, this one the layer's losses."""
-
-    def __init__(self, inner: Any, *, name: str, capture: GroundingCapture) -> None:
-        self.inner = inner
-        self.name = name
-        self.capture = capture
-
-    def __call__(
-        self,
-        attn: Any,
-        hidden_states: torch.Tensor,
-        encoder_hidden_states: torch.Tensor | None = None,
-        attention_mask: torch.Tensor | None = None,
-        temb: torch.Tensor | None = None,
-        **kwargs: Any,
-    ) -> torch.Tensor:
-        output = self.inner(
-            attn,
-            hidden_states,
-            encoder_hidden_states=encoder_hidden_states,
-            attention_mask=attention_mask,
-            temb=temb,
-            **kwargs,
-        )
-        if encoder_hidden_states is not None:
-            capture = self.capture
-            probs = attention_probabilities(
-                attn, hidden_states, encoder_hidden_states, attention_mask, temb, capture.rows, sum_heads=False
-            )
-            # (rows, heads, N, T) -> the grounded tokens' maps, mean over heads: (E, N)
-            maps = probs[capture.row_of_entry, :, :, capture.targets.positions].mean(dim=1)
-            capture._add(maps)
-        return output
-
-
-class GroundingCapture:
+class GroundingCapture(CrossAttentionHooks):
     """Context manager: while the U-Net runs inside it, every cross-attention layer adds its grounding losses
     for ``targets``; :meth:`losses` averages them. The original processors come back on exit, even after an
     exception. The latent's size is read by a pre-forward hook (layer grids are derived from it)."""
@@ -148,25 +111,14 @@ class GroundingCapture:
         self._token: list[torch.Tensor] = []
         self._pixel: list[torch.Tensor] = []
         self._inside: list[torch.Tensor] = []
-        self._original: dict[str, Any] | None = None
-        self._hook: Any = None
 
-    def __enter__(self) -> GroundingCapture:
-        self._original = wrap_cross_attention(
-            self.unet, lambda processor, name: _GroundingProcessor(processor, name=name, capture=self)
+    def _observe(self, name: str, attn: Any, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor,
+                 attention_mask: torch.Tensor | None, temb: torch.Tensor | None) -> None:
+        probs = attention_probabilities(
+            attn, hidden_states, encoder_hidden_states, attention_mask, temb, self.rows, sum_heads=False
         )
-        self._hook = self.unet.register_forward_pre_hook(self._before_unet, with_kwargs=True)
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, traceback: TracebackType | None
-    ) -> None:
-        if self._hook is not None:
-            self._hook.remove()
-            self._hook = None
-        if self._original is not None:
-            self.unet.set_attn_processor(dict(self._original))
-            self._original = None
+        # (rows, heads, N, T) -> the grounded tokens' maps, mean over heads: (E, N)
+        self._add(probs[self.row_of_entry, :, :, self.targets.positions].mean(dim=1))
 
     def _before_unet(self, module: torch.nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         sample = args[0] if args else kwargs["sample"]

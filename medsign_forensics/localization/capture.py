@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from medsign_forensics.diffusion.attention import attention_probabilities, layer_grid, wrap_cross_attention
+from medsign_forensics.diffusion.attention import CrossAttentionHooks, attention_probabilities, layer_grid
 
 StepSelector = Callable[[int, float], bool]
 """Decides from (step index, timestep) whether a U-Net call is captured; step index counts U-Net calls from 0."""
@@ -60,42 +60,7 @@ class CapturedAttention:
         return next(iter(self.layers.values())).sums.shape[1]
 
 
-class _CapturingProcessor:
-    """Wraps a layer's original processor: the original computes the output, this one records probabilities."""
-
-    def __init__(self, inner: Any, *, name: str, capture: CrossAttentionCapture) -> None:
-        self.inner = inner
-        self.name = name
-        self.capture = capture
-
-    def __call__(
-        self,
-        attn: Any,
-        hidden_states: torch.Tensor,
-        encoder_hidden_states: torch.Tensor | None = None,
-        attention_mask: torch.Tensor | None = None,
-        temb: torch.Tensor | None = None,
-        **kwargs: Any,
-    ) -> torch.Tensor:
-        output = self.inner(
-            attn,
-            hidden_states,
-            encoder_hidden_states=encoder_hidden_states,
-            attention_mask=attention_mask,
-            temb=temb,
-            **kwargs,
-        )
-        if self.capture.recording and encoder_hidden_states is not None:
-            with torch.no_grad():
-                keep = self.capture.conditional_rows(hidden_states.shape[0])
-                probs = attention_probabilities(
-                    attn, hidden_states, encoder_hidden_states, attention_mask, temb, keep
-                )
-            self.capture._add(self.name, attn.heads, probs)
-        return output
-
-
-class CrossAttentionCapture:
+class CrossAttentionCapture(CrossAttentionHooks):
     """Context manager that records cross-attention probabilities of a UNet2DConditionModel.
 
     ``conditional_batch`` is the number of conditional samples per U-Net call. Under classifier-free
@@ -118,15 +83,6 @@ class CrossAttentionCapture:
         self.latent_size: tuple[int, int] | None = None
         self._sums: dict[str, torch.Tensor] = {}
         self._heads: dict[str, int] = {}
-        self._original: dict[str, Any] | None = None
-        self._hook: Any = None
-
-    def __enter__(self) -> CrossAttentionCapture:
-        self._original = wrap_cross_attention(
-            self.unet, lambda processor, name: _CapturingProcessor(processor, name=name, capture=self)
-        )
-        self._hook = self.unet.register_forward_pre_hook(self._before_unet, with_kwargs=True)
-        return self
 
     def __exit__(
         self,
@@ -134,13 +90,17 @@ class CrossAttentionCapture:
         exc: BaseException | None,
         traceback: TracebackType | None,
     ) -> None:
-        if self._hook is not None:
-            self._hook.remove()
-            self._hook = None
-        if self._original is not None:
-            self.unet.set_attn_processor(dict(self._original))
-            self._original = None
+        super().__exit__(exc_type, exc, traceback)
         self.recording = False
+
+    def _observe(self, name: str, attn: Any, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor,
+                 attention_mask: torch.Tensor | None, temb: torch.Tensor | None) -> None:
+        if not self.recording:
+            return
+        with torch.no_grad():
+            keep = self.conditional_rows(hidden_states.shape[0])
+            probs = attention_probabilities(attn, hidden_states, encoder_hidden_states, attention_mask, temb, keep)
+        self._add(name, attn.heads, probs)
 
     def _before_unet(self, module: torch.nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         sample = args[0] if args else kwargs["sample"]
