@@ -57,22 +57,12 @@ from medsign_forensics.fileio import save_png, write_text  # noqa: E402
 from medsign_forensics.imageio import read_image  # noqa: E402
 from medsign_forensics.verify import Verifier, load_default_extractor, reading_pixels  # noqa: E402
 from medsign_forensics.watermark.fidelity import psnr  # noqa: E402
-from medsign_forensics.watermark.spectral import embed_image, layout  # noqa: E402
+from medsign_forensics.watermark.spectral import embed_image, lattice_mask, layout  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data" / "real-cxr-covid19-repo" / "png"
 RESULTS = REPO / "benchmarks" / "results" / "spectral_forgery.md"
 STORE = Requantize(8)
-
-
-def lattice_mask(size: int, config) -> np.ndarray:
-    """Boolean (size, size) FFT mask of every lattice bin in the mark's band and the pilots, with conjugates."""
-    lay, step, mask = layout(config), size // config.tile, np.zeros((size, size), dtype=bool)
-    points = np.concatenate([lay.a.reshape(-1, 2), lay.b.reshape(-1, 2), lay.pilots])
-    for ky, kx in points:
-        for sy, sx in ((ky, kx), (-ky, -kx)):
-            mask[(sy * step) % size, (sx * step) % size] = True
-    return mask
 
 
 def transplant(target: np.ndarray, source: np.ndarray, mask: np.ndarray) -> np.ndarray:
@@ -151,14 +141,10 @@ def learned_forgeries(targets: list[np.ndarray], sources: list[np.ndarray], conf
 def pilot_score(extractor, images: torch.Tensor) -> torch.Tensor:
     """(B,) the public presence statistic at the identity geometry, differentiable: mean whitened log-power at
     the pilot frequencies (log-power minus its moving average, as the reader whitens it)."""
-    from medsign_forensics.watermark.spectral import log_power, sample_spectrum
+    from medsign_forensics.watermark.spectral import local_log_power, log_power, sample_spectrum
 
-    power = log_power(images)[:, None]
-    box = extractor.config.whiten_box
-    pad = box // 2
-    local = power - torch.nn.functional.avg_pool2d(
-        torch.nn.functional.pad(power, (pad, pad, pad, pad), mode="circular"), box, stride=1)
-    return sample_spectrum(local[:, 0], extractor.freq_pilot[None]).mean(-1)
+    local = local_log_power(log_power(images), extractor.config.whiten_box)
+    return sample_spectrum(local, extractor.freq_pilot[None]).mean(-1)
 
 
 def optimised_forgeries(targets: list[np.ndarray], key: np.ndarray, extractor, *, eot: bool,
@@ -230,7 +216,7 @@ def main() -> None:
     started = time.perf_counter()
     extractor = load_default_extractor()
     config = extractor.config
-    mask = lattice_mask(256, config)
+    mask = lattice_mask(config, 256)
     genuine = genuine_images(args.generated, args.n)
     real = [reading_pixels(read_image(p).pixels)[0] for p in sorted(DATA.glob("*.png"))[: args.n]]
     real = [STORE.exact(img[(img.shape[0] - 256) // 2:][:256, (img.shape[1] - 256) // 2:][:, :256]) for img in real]

@@ -132,6 +132,17 @@ def layout(config: SpectralConfig) -> Layout:
     return Layout(a=a, b=b, pilots=pilots)
 
 
+def lattice_mask(config: SpectralConfig, size: int) -> np.ndarray:
+    """Boolean (size, size) FFT mask of every bin the mark can occupy for ANY key (both members of every bit's
+    pairs, the pilots, and their conjugates): public, so it is what a copy or removal attack works on."""
+    lay, step = layout(config), size // config.tile
+    mask = np.zeros((size, size), dtype=bool)
+    for ky, kx in np.concatenate([lay.a.reshape(-1, 2), lay.b.reshape(-1, 2), lay.pilots]):
+        for sy, sx in ((ky, kx), (-ky, -kx)):
+            mask[(sy * step) % size, (sx * step) % size] = True
+    return mask
+
+
 def on_frequencies(config: SpectralConfig, key: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The frequencies that carry energy for ``key`` (data bins, then pilots) in tile units (n, 2), and each
     one's share of the residual's energy (sums to 1)."""
@@ -264,7 +275,7 @@ def transform(frequencies: torch.Tensor, rotation: torch.Tensor, scale: torch.Te
     return torch.stack([ry, rx], dim=-1)
 
 
-def _local(power: torch.Tensor, box: int) -> torch.Tensor:
+def local_log_power(power: torch.Tensor, box: int) -> torch.Tensor:
     """(B, H, W) log-power minus its ``box`` x ``box`` moving average (circular): peaks stand out, slopes do not."""
     x = power[:, None]
     pad = box // 2
@@ -272,9 +283,9 @@ def _local(power: torch.Tensor, box: int) -> torch.Tensor:
 
 
 def _whiten(power: torch.Tensor, box: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(peaks, dilated): :func:`_local` log-power, and the same after a 3x3 max filter, which lets the coarse
+    """(peaks, dilated): :func:`local_log_power`, and the same after a 3x3 max filter, which lets the coarse
     grid hit a peak it passes within a bin of."""
-    peaks = _local(power, box)[:, None]
+    peaks = local_log_power(power, box)[:, None]
     dilated = F.max_pool2d(F.pad(peaks, (1, 1, 1, 1), mode="circular"), 3, stride=1)
     return peaks[:, 0], dilated[:, 0]
 
@@ -361,7 +372,7 @@ class SpectralExtractor(nn.Module):
         """
         k, pairs = self.config.bits, self.config.pairs_per_bit
         if self.config.read_box:
-            power = _local(power, self.config.read_box)
+            power = local_log_power(power, self.config.read_box)
         at_a = sample_spectrum(power, transform(self.freq_a, rotation, scale))
         at_b = sample_spectrum(power, transform(self.freq_b, rotation, scale))
         return (at_a - at_b).reshape(-1, k, pairs).mean(-1)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from medsign_forensics.attacks.storage import Requantize
-from medsign_forensics.watermark.spectral import SpectralConfig, layout
+from medsign_forensics.watermark.spectral import SpectralConfig, lattice_mask
 
 STORE = Requantize(8)
 
@@ -21,12 +21,7 @@ def phantom_radiograph(seed: int, size: int = 256) -> np.ndarray:
 def copy_lattice(target: np.ndarray, donor: np.ndarray, config: SpectralConfig) -> np.ndarray:
     """The copy attack: every public lattice bin of the mark (both mirrors of every bit, the pilots) taken from
     the donor's FFT into the target's, stored as 8-bit. Needs neither the key nor any secret."""
-    lay = layout(config)
-    step = target.shape[0] // config.tile
-    mask = np.zeros(target.shape, dtype=bool)
-    for ky, kx in np.concatenate([lay.a.reshape(-1, 2), lay.b.reshape(-1, 2), lay.pilots]):
-        for sy, sx in ((ky, kx), (-ky, -kx)):
-            mask[(sy * step) % target.shape[0], (sx * step) % target.shape[1]] = True
+    mask = lattice_mask(config, target.shape[0])
     spectrum = np.fft.fft2(target)
     spectrum[mask] = np.fft.fft2(donor)[mask]
     return STORE.exact(np.clip(np.fft.ifft2(spectrum).real, 0, 1))
