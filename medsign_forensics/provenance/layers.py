@@ -89,9 +89,9 @@ def _has_table(registry: Registry, table: str) -> bool:
                                 (table,)).fetchone() is not None
 
 
-def insert_binding(db: sqlite3.Connection, provenance_id: str, secret: bytes) -> None:
+def insert_binding(db: sqlite3.Connection, provenance_id: str, secret: bytes, *, folder: Any = None) -> None:
     """Store a key's content-binding secret inside an open write transaction (``Registry.issue`` calls this, so
-    every key issued gets one). RegistryError when the key already has one."""
+    every key issued gets one). RegistryError (naming the registry ``folder``) when the key already has one."""
     from medsign_forensics.provenance.records import utc_now
 
     if len(secret) != BINDING_SECRET_BYTES:
@@ -100,7 +100,7 @@ def insert_binding(db: sqlite3.Connection, provenance_id: str, secret: bytes) ->
         db.execute(statement)
     if db.execute(f"SELECT 1 FROM {BINDING_TABLE} WHERE provenance_id = ?", (provenance_id,)).fetchone():
         raise RegistryError(f"{provenance_id} already has a binding secret; a key keeps it for life (issue a new "
-                            "key for a new secret)")
+                            "key for a new secret)", path=folder)
     db.execute(f"INSERT INTO {BINDING_TABLE} VALUES (?, ?, ?)", (provenance_id, secret.hex(), utc_now()))
 
 
@@ -110,7 +110,7 @@ def add_binding(registry: Registry, provenance_id: str, *, secret: bytes) -> Non
     Same trust argument as the latent layer's: deleting or editing the row cannot make an image attribute
     (verify refuses to attribute a spectral match without a binding that holds), it can only deny."""
     entry = registry.get(provenance_id)
-    registry._write(lambda db: insert_binding(db, entry.provenance_id, secret))
+    registry._write(lambda db: insert_binding(db, entry.provenance_id, secret, folder=registry.folder))
 
 
 def bindings(registry: Registry) -> dict[str, bytes]:
