@@ -5,10 +5,11 @@ For held-out Open-i reports (the test split mini-cxr's training holds out), one 
 classifier judges it. The report's present findings (parsed; negated and hedged ones left out) are the truth,
 mapped to the classifier's labels with its own `label_name`:
 - recall per finding kind: the kind counts as found when any of its labels (either side) is predicted; macro
-  recall over the kinds with at least --min-kind-reports test reports (target >= 0.80);
+  recall over the kinds with at least --min-kind-reports test reports (target >= 0.70, issue 15);
 - normal reports (no present finding): the rate of images with any predicted label (target <= 0.15);
 - side: for each lateralised kind whose findings all state a side (right, left or bilateral), among the images
-  where the kind was found, the fraction whose predicted sides equal the stated ones (target >= 0.80).
+  where the kind was found, the fraction whose predicted sides equal the stated ones (target >= 0.85 over >= 50
+  images: the held-out reports state a side for too few, so --sided short left/right prompts are added).
 A label is predicted when its probability is >= 0.5: the classifier defines no decision threshold of its own.
 The same scores for the phantoms rendered from the same reports (seed --seed + i) stand beside them: what the
 classifier itself recovers from the images the generator was trained to imitate (its ceiling here).
@@ -47,7 +48,13 @@ from medsign_forensics.diffusion.configs import DataConfig
 from medsign_forensics.diffusion.export import is_untrained
 from medsign_forensics.diffusion.sampling import DEFAULT_GUIDANCE, DEFAULT_STEPS
 from medsign_forensics.errors import MedsignError
-from medsign_forensics.evaluate.generator import OTHER_SEED_OFFSET, THRESHOLD, GeneratorResults, evaluate_generator
+from medsign_forensics.evaluate.generator import (
+    OTHER_SEED_OFFSET,
+    THRESHOLD,
+    FindingScores,
+    GeneratorResults,
+    evaluate_generator,
+)
 from medsign_forensics.fileio import write_text
 from medsign_forensics.phantom.classifier import DEFAULT_CLASSIFIER_DIR, load_classifier, read_classifier_config
 from medsign_forensics.reports import FindingKind, load_reports, split_reports
@@ -55,9 +62,10 @@ from medsign_forensics.training.environment import machine_line
 
 REPO = Path(__file__).resolve().parents[1]
 TARGET_REPORTS = 200
-TARGET_MACRO_RECALL = 0.80
+TARGET_MACRO_RECALL = 0.70
 TARGET_NORMAL_RATE = 0.15
-TARGET_SIDE = 0.80
+TARGET_SIDE = 0.85
+TARGET_SIDED_IMAGES = 50
 MIN_KIND_REPORTS = 20
 
 
@@ -78,11 +86,30 @@ def _with_n(value: float | None, n: int) -> str:
     return f"{_fmt(value)} ({n})"
 
 
+def _labels(scores: FindingScores) -> str:
+    return ", ".join(f"{label} {count}" for label, count in scores.normal_labels.most_common()) or "none"
+
+
+def _sided_row(results: GeneratorResults) -> list[str]:
+    """The side criterion over the held-out left/right prompts (needs >= TARGET_SIDED_IMAGES found images)."""
+    if results.sided is None or results.sided_phantoms is None:
+        return ["| lateralised findings on the stated side, left/right prompts | not run (--sided 0) | | | "
+                f">= {TARGET_SIDE:.2f} over >= {TARGET_SIDED_IMAGES} | NOT measured |"]
+    gen, ref = results.sided, results.sided_phantoms
+    found = sum(gen.sided_found.values())
+    rate = gen.side_rate()
+    verdict = "NOT met (too few images found)" if found < TARGET_SIDED_IMAGES else _verdict(rate, TARGET_SIDE)
+    prompts = sum(gen.reports.values())
+    return [f"| lateralised findings on the stated side, {prompts} held-out left/right prompts | "
+            f"{_with_n(rate, found)} | {_with_n(ref.side_rate(), sum(ref.sided_found.values()))} | — | "
+            f">= {TARGET_SIDE:.2f} over >= {TARGET_SIDED_IMAGES} | {verdict} |"]
+
+
 def render_markdown(
     *, args: argparse.Namespace, model: DiffusionModel, classifier_meta: dict, classifier_dir: Path,
     results: GeneratorResults, machine: str, command: str, scheduler: str,
 ) -> str:
-    gen, ref = results.generated, results.phantoms
+    gen, ref, rec = results.generated, results.phantoms, results.reconstructed
     min_reports = args.min_kind_reports
     macro_kinds = gen.macro_kinds(min_reports)
     model_random = is_untrained(model.path)
@@ -119,20 +146,23 @@ def render_markdown(
         "",
         "## Done means",
         "",
-        "| criterion | generated | phantoms of the same reports (reference) | target | verdict (generated) |",
-        "| --- | --- | --- | --- | --- |",
-        f"| held-out reports evaluated | {results.n} | {results.n} | >= {TARGET_REPORTS} | "
+        "| criterion | generated | phantoms of the same reports (reference) | VAE reconstructions of those "
+        "phantoms (ceiling) | target | verdict (generated) |",
+        "| --- | --- | --- | --- | --- | --- |",
+        f"| held-out reports evaluated | {results.n} | {results.n} | {results.n} | >= {TARGET_REPORTS} | "
         f"{'met' if results.n >= TARGET_REPORTS else 'NOT met'} |",
         f"| macro recall over kinds with >= {min_reports} reports ({', '.join(macro_kinds) or 'none'}) | "
         f"{_fmt(gen.macro_recall(min_reports))} | {_fmt(ref.macro_recall(min_reports))} | "
+        f"{_fmt(rec.macro_recall(min_reports))} | "
         f">= {TARGET_MACRO_RECALL:.2f} | {_verdict(gen.macro_recall(min_reports), TARGET_MACRO_RECALL)} |",
         f"| normal reports with any predicted finding | {_with_n(gen.normal_rate(), gen.normal_reports)} | "
-        f"{_with_n(ref.normal_rate(), ref.normal_reports)} | <= {TARGET_NORMAL_RATE:.2f} | "
-        f"{_verdict(gen.normal_rate(), TARGET_NORMAL_RATE, at_most=True)} |",
-        f"| lateralised findings on the stated side (of those found) | "
+        f"{_with_n(ref.normal_rate(), ref.normal_reports)} | {_with_n(rec.normal_rate(), rec.normal_reports)} | "
+        f"<= {TARGET_NORMAL_RATE:.2f} | {_verdict(gen.normal_rate(), TARGET_NORMAL_RATE, at_most=True)} |",
+        f"| lateralised findings on the stated side (of those found), held-out reports | "
         f"{_with_n(gen.side_rate(), sum(gen.sided_found.values()))} | "
-        f"{_with_n(ref.side_rate(), sum(ref.sided_found.values()))} | >= {TARGET_SIDE:.2f} | "
-        f"{_verdict(gen.side_rate(), TARGET_SIDE)} |",
+        f"{_with_n(ref.side_rate(), sum(ref.sided_found.values()))} | "
+        f"{_with_n(rec.side_rate(), sum(rec.sided_found.values()))} | (see the next row) | — |",
+        *_sided_row(results),
         "",
         "(n) = images the rate is over.",
         "",
@@ -153,6 +183,9 @@ def render_markdown(
             f"{_fmt(ref.recall(name))} | {side_gen} | {side_ref} |"
         )
     lines += [
+        "",
+        "False findings on normal reports, by label (images; one image can carry several): generated "
+        + _labels(gen) + "; VAE reconstructions " + _labels(rec) + ".",
         "",
         "A kind is found when any of its labels (either side) is predicted; its side is correct when the predicted "
         "sides equal the sides the report states (bilateral = both), over images where it was found and every "
@@ -197,6 +230,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=DEFAULT_STEPS)
     parser.add_argument("--guidance", type=float, default=DEFAULT_GUIDANCE)
     parser.add_argument("--batch", type=int, default=8, help="images per sampling / VAE batch")
+    parser.add_argument("--sided", type=int, default=120,
+                        help="held-out left/right prompts generated for the side criterion (0: skip)")
     parser.add_argument("--min-kind-reports", type=int, default=MIN_KIND_REPORTS,
                         help="test reports a kind needs to count in the macro recall")
     parser.add_argument("--device", default="cpu")
@@ -215,7 +250,7 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit("fewer than 2 held-out reports; check --reports, --test-fraction and --n")
     with rich_progress() as progress:
         results = evaluate_generator(model, classifier, texts, seed=args.seed, steps=args.steps,
-                                     guidance=args.guidance, batch=args.batch, progress=progress)
+                                     guidance=args.guidance, batch=args.batch, progress=progress, sided=args.sided)
     machine = args.machine or machine_line(model.device)
     parts = [sys.argv[0] if argv is None else "benchmarks/generator_eval.py", *(sys.argv[1:] if argv is None else argv)]
     command = "python " + " ".join(shlex.quote(part) for part in parts)

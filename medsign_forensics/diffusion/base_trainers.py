@@ -31,7 +31,7 @@ from medsign_forensics.diffusion.configs import (
     build_unet,
     build_vae,
 )
-from medsign_forensics.diffusion.grounding import GroundingCapture, GroundingTargets
+from medsign_forensics.diffusion.grounding import GroundingCapture, GroundingTargets, lesion_cells
 from medsign_forensics.errors import ModelError
 from medsign_forensics.training.schedule import WarmupCosine
 
@@ -177,21 +177,28 @@ class UNetTrainer:
             target = noise
         spec = self.config.unet_train.grounding
         grounded = spec.enabled and grounding is not None and len(grounding) > 0
+        attend = grounded and spec.attention
         with _autocast(self.device):
             states = self.encode_captions(captions)
-            if grounded:
+            if attend:
                 assert grounding is not None
                 with GroundingCapture(self.unet, grounding.to(self.device)) as capture:
                     prediction = self.unet(noisy, timesteps, states).sample
             else:
                 prediction = self.unet(noisy, timesteps, states).sample
-        per_sample = F.mse_loss(prediction.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
+        squared = F.mse_loss(prediction.float(), target.float(), reduction="none")
+        per_sample = squared.mean(dim=(1, 2, 3))
         weights = self._snr_weights(timesteps)
-        loss = (per_sample * weights).mean()
+        if grounded and spec.lesion_weight > 0:
+            assert grounding is not None
+            cells = 1 + spec.lesion_weight * lesion_cells(grounding, batch).to(self.device)
+            loss = ((squared * cells[:, None]).mean(dim=(1, 2, 3)) * weights).mean()
+        else:
+            loss = (per_sample * weights).mean()
         parts = {"mse": per_sample.mean().item()}
         if spec.enabled:
             parts["grounded_tokens"] = float(0 if grounding is None else len(grounding))
-        if grounded:
+        if attend:
             terms = capture.losses()
             loss = loss + spec.token_weight * terms.token + spec.pixel_weight * terms.pixel
             parts.update(token_loss=terms.token.item(), pixel_loss=terms.pixel.item(), inside=terms.inside)

@@ -71,6 +71,17 @@ class GroundingTargets:
         return GroundingTargets(self.items.to(device), self.positions.to(device), self.masks.to(device))
 
 
+def lesion_cells(targets: GroundingTargets, batch: int) -> torch.Tensor:
+    """(batch, h, w): per batch item, 1 for each latent cell that a lesion its caption names touches (the union
+    of its grounded words' masks), else 0; all 0 for items that ground nothing."""
+    size = targets.masks.shape[-2:]
+    cells = torch.zeros((batch, *size), dtype=targets.masks.dtype, device=targets.masks.device)
+    if len(targets):
+        index = targets.items[:, None, None].expand(-1, *size)
+        cells.scatter_reduce_(0, index, targets.masks, reduce="amax")
+    return (cells > 0).to(targets.masks.dtype)
+
+
 @dataclass(frozen=True)
 class GroundingLosses:
     """The two grounding losses (differentiable scalars), the mean share of a grounded token's attention that

@@ -7,13 +7,15 @@ its own ``label_name``:
 - recall per finding kind: the kind counts as found when any of its labels (either side) is predicted;
 - normal reports (no present finding): the rate of images with any predicted label;
 - side: for each lateralised kind whose findings all state a side (right, left or bilateral), among the images
-  where the kind was found, the fraction whose predicted sides equal the stated ones.
+  where the kind was found, the fraction whose predicted sides equal the stated ones; also over short held-out
+  left/right prompts (:func:`sided_prompts`), since the held-out reports state a side for few found findings.
 
 The same scores for the phantoms rendered from the same reports (seed ``seed + i``) stand beside them: what the
-classifier itself recovers from the images the generator was trained to imitate. Fréchet distances on the
-classifier's penultimate features compare generated images, VAE reconstructions of the phantoms (the floor a
-perfect latent model would reach) and phantoms of other seeds (the finite-sample distance of the phantom world
-itself) with the phantoms. ``benchmarks/generator_eval.py`` runs this and writes the results file.
+classifier itself recovers from the images the generator was trained to imitate; and for the VAE reconstructions
+of those phantoms: what survives the latent space, the ceiling of any generator that decodes with this VAE.
+Fréchet distances on the classifier's penultimate features compare generated images, VAE reconstructions of the
+phantoms (the floor a perfect latent model would reach) and phantoms of other seeds (the finite-sample distance of
+the phantom world itself) with the phantoms. ``benchmarks/generator_eval.py`` runs this and writes the results file.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from medsign_forensics.imageio import BT601_LUMA
 from medsign_forensics.phantom import SIZES, render_report
 from medsign_forensics.phantom.classifier import (
     LABEL_INDEX,
+    LABELS,
     FindingClassifier,
     extract_features,
     label_name,
@@ -93,6 +96,7 @@ class FindingScores:
     side_correct: Counter[str] = field(default_factory=Counter)
     normal_reports: int = 0
     normal_flagged: int = 0
+    normal_labels: Counter[str] = field(default_factory=Counter)  # labels predicted on normal reports' images
 
     def recall(self, kind: str) -> float | None:
         return self.found[kind] / self.reports[kind] if self.reports[kind] else None
@@ -124,6 +128,7 @@ def score(findings: Sequence[Sequence[Finding]], probabilities: np.ndarray, *, t
         if not kinds:
             scores.normal_reports += 1
             scores.normal_flagged += bool(predicted.any())
+            scores.normal_labels.update(LABELS[index] for index in np.flatnonzero(predicted))
             continue
         for kind in kinds:
             name = kind.value
@@ -136,6 +141,33 @@ def score(findings: Sequence[Sequence[Finding]], probabilities: np.ndarray, *, t
                 scores.sided_found[name] += 1
                 scores.side_correct[name] += drawn == sides
     return scores
+
+
+# --- prompts that state a side -------------------------------------------------------------------------------
+
+#: Short reports of one lateralised finding each ({side} is "right" or "left"), written here and so in no
+#: training report's wording: held-out left/right prompts for the side criterion, whose Open-i test reports state
+#: a side for too few found findings to measure it.
+SIDED_TEMPLATES = (
+    "{Side} lower lobe consolidation.",
+    "{Side} upper lobe airspace opacity.",
+    "Large {side} pleural effusion.",
+    "Moderate {side} pleural effusion.",
+    "{Side} lower lobe atelectasis.",
+    "Large {side} pneumothorax.",
+    "{Side} upper lobe mass.",
+    "{Side} upper lobe nodule.",
+)
+
+
+def sided_prompts(count: int) -> list[str]:
+    """``count`` prompts cycling through :data:`SIDED_TEMPLATES`, right and left in turn."""
+    prompts = []
+    for index in range(count):
+        template = SIDED_TEMPLATES[(index // 2) % len(SIDED_TEMPLATES)]
+        side = ("right", "left")[index % 2]
+        prompts.append(template.format(side=side, Side=side.capitalize()))
+    return prompts
 
 
 # --- images --------------------------------------------------------------------------------------------------
@@ -222,20 +254,25 @@ class GeneratorResults:
     n: int
     generated: FindingScores
     phantoms: FindingScores
+    reconstructed: FindingScores  # the ceiling of any generator decoding with this VAE
     fd_generated: Frechet
     fd_reconstructed: Frechet
     fd_other_seeds: Frechet
     feature_dim: int
     wall_s: float
     per_image_s: list[float]
+    sided: FindingScores | None = None
+    sided_phantoms: FindingScores | None = None
 
 
 def evaluate_generator(
     model: DiffusionModel, classifier: FindingClassifier, texts: Sequence[str], *, seed: int, steps: int,
     guidance: float, batch: int, threshold: float = THRESHOLD, progress: ProgressFn | None = None,
+    sided: int = 0,
 ) -> GeneratorResults:
     """Generate, render and reconstruct for ``texts`` (two or more reports), judge every set with ``classifier``
-    and compare their features (see the module docstring)."""
+    and compare their features (see the module docstring). ``sided`` > 0 also generates and renders that many
+    :func:`sided_prompts` (seeds ``seed + i`` too) and scores them alone."""
     if len(texts) < 2:
         raise InputError(f"the generator evaluation needs at least 2 reports, got {len(texts)}")
     started = time.perf_counter()
@@ -248,21 +285,35 @@ def evaluate_generator(
                              task="rendering phantoms, other seeds")
     reconstructed = reconstruct(model, phantoms, batch=batch, progress=progress)
     sets = {"generated": generated, "phantoms": phantoms, "others": others, "reconstructed": reconstructed}
-    probabilities = {name: predict(classifier, sets[name]) for name in ("generated", "phantoms")}
+    probabilities = {name: predict(classifier, sets[name]) for name in ("generated", "phantoms", "reconstructed")}
     notify(progress, "classifier", 2, 2 + len(sets))
     features = {}
     for done, (name, images) in enumerate(sets.items(), start=3):
         features[name] = extract_features(classifier, images)
         notify(progress, "classifier", done, 2 + len(sets))
     findings = [present_findings(text) for text in texts]
+    sided_scores: tuple[FindingScores | None, FindingScores | None] = (None, None)
+    if sided:
+        prompts = sided_prompts(sided)
+        drawn, _ = generate_images(model, prompts, seed=seed, steps=steps, guidance=guidance, batch=batch,
+                                   progress=progress, task="generating, left/right prompts")
+        rendered = render_phantoms(prompts, seed=seed, size=size, progress=progress,
+                                   task="rendering phantoms, left/right prompts")
+        truth = [present_findings(text) for text in prompts]
+        sided_scores = tuple(  # type: ignore[assignment]
+            score(truth, predict(classifier, images), threshold=threshold) for images in (drawn, rendered)
+        )
     return GeneratorResults(
         n=len(texts),
         generated=score(findings, probabilities["generated"], threshold=threshold),
         phantoms=score(findings, probabilities["phantoms"], threshold=threshold),
+        reconstructed=score(findings, probabilities["reconstructed"], threshold=threshold),
         fd_generated=frechet_distance(features["generated"], features["phantoms"]),
         fd_reconstructed=frechet_distance(features["reconstructed"], features["phantoms"]),
         fd_other_seeds=frechet_distance(features["others"], features["phantoms"]),
         feature_dim=features["phantoms"].shape[1],
         wall_s=time.perf_counter() - started,
         per_image_s=per_image,
+        sided=sided_scores[0],
+        sided_phantoms=sided_scores[1],
     )

@@ -15,7 +15,7 @@ from helpers.diffusion import REPORT_TEXTS, StandInSource
 
 from medsign_forensics.diffusion.base_trainers import UNetTrainer
 from medsign_forensics.diffusion.configs import GroundingConfig, MiniCxrConfig, tiny_config
-from medsign_forensics.diffusion.grounding import GroundingTargets, layer_losses
+from medsign_forensics.diffusion.grounding import GroundingTargets, layer_losses, lesion_cells
 from medsign_forensics.diffusion.grounding_data import KINDS, CaptionWords, GroundingData, MaskCache
 from medsign_forensics.diffusion.tokenizer import train_tokenizer
 from medsign_forensics.diffusion.train_base import Stage, train
@@ -132,6 +132,34 @@ def test_zero_weights_are_exactly_the_ungrounded_step(tokenizer) -> None:
         other = zero.modules[name].state_dict()
         assert all(torch.equal(value, other[key]) for key, value in module.state_dict().items())
     assert all(torch.equal(v, zero.ema.shadow[k]) for k, v in today.ema.shadow.items())  # type: ignore[union-attr]
+
+
+def test_lesion_cells_are_each_items_union_of_its_grounded_masks(tokenizer) -> None:
+    targets = _targets(tokenizer, ["Left pleural effusion.", "No acute abnormality.", "Right effusion."])
+    cells = lesion_cells(targets, 3)
+    assert torch.equal(cells[0], torch.from_numpy(_planted())) and torch.equal(cells[2], cells[0])
+    assert not cells[1].any()  # a normal caption weights nothing
+    assert not lesion_cells(_targets(tokenizer, ["No acute abnormality."]), 1).any()
+
+
+def test_lesion_weight_counts_the_error_inside_the_lesion_more(tokenizer) -> None:
+    """Only the lesion-weighted denoising term changes the loss: with no grounded words it is the plain loss,
+    and with a lesion it adds w * (the squared error inside the mask) to the plain per-item error."""
+    targets = _targets(tokenizer)
+    weighted = _trainer(_config(0.0, 0.0, min_snr_gamma=None), tokenizer)
+    weighted.config = replace(weighted.config, unet_train=replace(
+        weighted.config.unet_train, grounding=GroundingConfig(lesion_weight=3.0)))
+    plain = _trainer(_config(0.0, 0.0, min_snr_gamma=None), tokenizer)
+    loss_w, parts_w = weighted.loss(LATENTS, CAPTIONS, torch.Generator().manual_seed(0), targets)
+    loss_p, parts_p = plain.loss(LATENTS, CAPTIONS, torch.Generator().manual_seed(0), targets)
+    assert parts_w["mse"] == parts_p["mse"] and "token_loss" not in parts_w
+    assert loss_w.item() > loss_p.item() * 1.2  # the planted lesion is a quarter of the latent, weighted 4x
+    normal = ["No acute abnormality.", ""]
+    a = weighted.loss(LATENTS, normal, torch.Generator().manual_seed(0), _targets(tokenizer, normal))[0]
+    b = plain.loss(LATENTS, normal, torch.Generator().manual_seed(0), _targets(tokenizer, normal))[0]
+    assert a.item() == b.item()
+    with pytest.raises(InputError, match="lesion_weight"):
+        GroundingConfig(lesion_weight=-1.0)
 
 
 def test_grounding_without_words_is_the_plain_loss(tokenizer) -> None:

@@ -11,7 +11,13 @@ from helpers.verify import tiny_model_dir
 
 from medsign_forensics.diffusion import load_model
 from medsign_forensics.diffusion.export import is_untrained
-from medsign_forensics.evaluate.generator import evaluate_generator, score
+from medsign_forensics.evaluate.generator import (
+    SIDED_TEMPLATES,
+    evaluate_generator,
+    present_findings,
+    score,
+    sided_prompts,
+)
 from medsign_forensics.evaluate.metrics import frechet_distance
 from medsign_forensics.phantom.classifier import (
     LABEL_INDEX,
@@ -56,10 +62,19 @@ def test_scoring_counts_recall_normals_and_sides() -> None:
     assert scores.recall("effusion") == 1.0 and scores.recall("cardiomegaly") == 0.0
     assert scores.macro_recall(1) == pytest.approx(2 / 3)
     assert scores.macro_recall(2) == 1.0 and scores.macro_kinds(2) == ["effusion"]
+    assert scores.normal_labels == {"mass_right": 1}  # what the flagged normal image was taken to show
     assert scores.macro_recall(4) is None
     assert scores.normal_rate() == 0.5
     assert scores.sided_found == {"effusion": 3}
     assert scores.side_rate() == pytest.approx(2 / 3)
+
+
+def test_sided_prompts_each_state_one_side_the_parser_reads() -> None:
+    prompts = sided_prompts(2 * len(SIDED_TEMPLATES))
+    assert len(set(prompts)) == len(prompts)
+    for index, prompt in enumerate(prompts):
+        (finding,) = present_findings(prompt)
+        assert finding.kind.lateralised and finding.side is (Side.RIGHT, Side.LEFT)[index % 2]
 
 
 def test_frechet_distance_is_zero_for_equal_sets_and_the_mean_shift_for_shifted_ones() -> None:
@@ -82,16 +97,19 @@ def test_the_whole_measurement_runs_on_tiny_random_models(tmp_path_factory) -> N
     classifier = FindingClassifier(ClassifierConfig(channels=(8, 16, 16), max_taps=(0,), groups=4, image_size=64))
     events = []
     results = evaluate_generator(model, classifier.eval(), REPORTS[:3], seed=0, steps=2, guidance=4.0, batch=2,
-                                 progress=events.append)
+                                 progress=events.append, sided=2)
     assert results.n == 3 and results.feature_dim > results.n and len(results.per_image_s) == 2
-    for scores in (results.generated, results.phantoms):
+    for scores in (results.sided, results.sided_phantoms):
+        assert scores is not None and scores.reports == {"consolidation": 2} and scores.normal_reports == 0
+    for scores in (results.generated, results.phantoms, results.reconstructed):
         assert scores.normal_reports == 1 and sum(scores.reports.values()) == 2  # effusion; cardiomegaly
         for rate in (scores.normal_rate(), scores.recall("effusion"), scores.recall("cardiomegaly")):
             assert rate is not None and 0.0 <= rate <= 1.0
     for fd in (results.fd_generated, results.fd_reconstructed, results.fd_other_seeds):
         assert fd.n_a == fd.n_b == 3 and np.isfinite(fd.distance) and fd.distance > -1e-6
     assert {event.task for event in events} == {"generating", "rendering phantoms", "rendering phantoms, other seeds",
-                                               "VAE reconstructions", "classifier"}
+                                               "VAE reconstructions", "classifier", "generating, left/right prompts",
+                                               "rendering phantoms, left/right prompts"}
     last = {event.task: event for event in events}
     assert all(event.done == event.total for event in last.values())
     with pytest.raises(ValueError, match="at least 2 reports"):

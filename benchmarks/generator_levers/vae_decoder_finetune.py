@@ -1,0 +1,73 @@
+"""Probe: fine-tune only the VAE decoder with a lesion-weighted loss; does the latent carry granulomas?"""
+import sys, time, json
+import numpy as np, torch
+from kornia.losses import ssim_loss
+from medsign_forensics.diffusion import load_model
+from medsign_forensics.evaluate.generator import render_phantoms, reconstruct, score, present_findings, THRESHOLD
+from medsign_forensics.phantom import render_report
+from medsign_forensics.phantom.classifier import DEFAULT_CLASSIFIER_DIR, load_classifier, predict
+from medsign_forensics.reports import load_reports, split_reports
+from medsign_forensics.diffusion.configs import DataConfig
+from scipy.ndimage import binary_dilation
+torch.set_num_threads(2)
+steps, weight, n_train, lr = int(sys.argv[1]), float(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4])
+model = load_model(None)
+vae = model.vae
+clf = load_classifier(DEFAULT_CLASSIFIER_DIR)
+d = DataConfig()
+train, test = split_reports(load_reports(d.corpus), test_fraction=d.test_fraction, seed=d.split_seed)
+texts = [r.text for r in test[:200]]
+findings = [present_findings(t) for t in texts]
+ph = render_phantoms(texts, seed=0, size=256)
+def evaluate(tag):
+    rec = reconstruct(model, ph, batch=8)
+    s = score(findings, predict(clf, rec), threshold=THRESHOLD)
+    print(json.dumps({"tag": tag, "macro": s.macro_recall(20), "recall": {k: s.recall(k) for k in s.macro_kinds(20)},
+                      "normal": s.normal_rate(), "side": s.side_rate(), "side_n": sum(s.sided_found.values())}), flush=True)
+rng = np.random.default_rng(0)
+pos = [r.text for r in train if present_findings(r.text)]
+neg = [r.text for r in train if not present_findings(r.text)]
+chosen = list(rng.choice(pos, int(n_train * 0.8), replace=False)) + list(rng.choice(neg, n_train - int(n_train * 0.8), replace=False))
+imgs, masks = [], []
+t0 = time.time()
+import os
+for i, text in enumerate(chosen if not os.path.exists("/tmp/generator_levers_data.pt") else []):
+    st, _ = render_report(text, seed=5_000_000 + i, size=256)
+    imgs.append(st.image.astype(np.float32)); masks.append(binary_dilation(st.lesion_mask, iterations=2))
+if imgs:
+    imgs = torch.from_numpy(np.stack(imgs))[:, None]; masks = torch.from_numpy(np.stack(masks))[:, None].float()
+    print("rendered", len(chosen), time.time() - t0, flush=True)
+    with torch.no_grad():
+        lat = torch.cat([vae.encode(imgs[i:i+16] * 2 - 1).latent_dist.mode() for i in range(0, len(imgs), 16)])
+    torch.save((imgs, masks, lat), "/tmp/generator_levers_data.pt")
+else:
+    imgs, masks, lat = torch.load("/tmp/generator_levers_data.pt")
+print("encoded", time.time() - t0, flush=True)
+params = list(vae.decoder.parameters()) + list(vae.post_quant_conv.parameters())
+opt = torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.99))
+vae.train()
+for step in range(steps):
+    idx = rng.choice(len(imgs), 16, replace=False)
+    xs, ms, ls = [], [], []
+    for j in idx:
+        ys, xs_ = np.nonzero(masks[j, 0].numpy())
+        if len(ys) and rng.random() < 0.7:
+            k = rng.integers(len(ys)); cy, cx = ys[k] // 8 - 8 + rng.integers(-4, 5), xs_[k] // 8 - 8 + rng.integers(-4, 5)
+        else:
+            cy, cx = rng.integers(0, 17), rng.integers(0, 17)
+        cy, cx = int(np.clip(cy, 0, 16)), int(np.clip(cx, 0, 16))
+        ls.append(lat[j, :, cy:cy+16, cx:cx+16]); xs.append(imgs[j, :, cy*8:cy*8+128, cx*8:cx*8+128]); ms.append(masks[j, :, cy*8:cy*8+128, cx*8:cx*8+128])
+    x = torch.stack(xs) * 2 - 1; m = torch.stack(ms)
+    recon = vae.decode(torch.stack(ls)).sample
+    err = (recon - x).abs()
+    l1 = err.mean()
+    lesion = (err * m).sum() / m.sum().clamp(min=1)
+    ssim = ssim_loss((recon + 1) / 2, (x + 1) / 2, window_size=7, max_val=1.0) * 2
+    freq = (torch.fft.rfft2(recon, norm="ortho").abs() - torch.fft.rfft2(x, norm="ortho").abs()).abs().mean()
+    loss = l1 + 0.2 * ssim + 0.05 * freq + weight * lesion
+    opt.zero_grad(); loss.backward(); torch.nn.utils.clip_grad_norm_(params, 1.0); opt.step()
+    if step % 25 == 0:
+        print(json.dumps({"step": step, "l1": l1.item(), "lesion": lesion.item(), "t": time.time() - t0}), flush=True)
+vae.eval()
+evaluate(f"decoder ft {steps} steps w={weight}")
+torch.save({k: v for k, v in vae.state_dict().items()}, "/tmp/generator_levers_decoder.pt")
