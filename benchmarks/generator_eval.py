@@ -44,7 +44,7 @@ import torch
 
 from medsign_forensics.cli.progress import rich_progress
 from medsign_forensics.diffusion import DiffusionModel, load_model
-from medsign_forensics.diffusion.configs import DataConfig
+from medsign_forensics.diffusion.configs import CAPTION_FORMS, DataConfig
 from medsign_forensics.diffusion.export import is_untrained
 from medsign_forensics.diffusion.sampling import DEFAULT_GUIDANCE, DEFAULT_STEPS
 from medsign_forensics.errors import MedsignError
@@ -58,6 +58,7 @@ from medsign_forensics.evaluate.generator import (
 from medsign_forensics.fileio import write_text
 from medsign_forensics.phantom.classifier import DEFAULT_CLASSIFIER_DIR, load_classifier, read_classifier_config
 from medsign_forensics.reports import FindingKind, load_reports, split_reports
+from medsign_forensics.reports.prompt import findings_prompt
 from medsign_forensics.training.environment import machine_line
 
 REPO = Path(__file__).resolve().parents[1]
@@ -136,7 +137,8 @@ def render_markdown(
         f"- Data: the first {results.n} held-out reports of {args.reports} (test split: fraction "
         f"{args.test_fraction}, split seed {args.split_seed}); findings from the report parser, negated and hedged "
         "ones left out.",
-        f"- Sampling: {scheduler}, {args.steps} steps, guidance {args.guidance}, seed {args.seed}+i for report i, "
+        f"- Sampling: prompts = {CAPTION_FORMS[args.prompts]}; "
+        f"{scheduler}, {args.steps} steps, guidance {args.guidance}, seed {args.seed}+i for report i, "
         f"batch {args.batch}; median {statistics.median(results.per_image_s):.3f} s per image over "
         f"{len(results.per_image_s)} batch(es). Phantoms: seed {args.seed}+i (other seeds: "
         f"{args.seed + OTHER_SEED_OFFSET}+i).",
@@ -234,6 +236,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="held-out left/right prompts generated for the side criterion (0: skip)")
     parser.add_argument("--min-kind-reports", type=int, default=MIN_KIND_REPORTS,
                         help="test reports a kind needs to count in the macro recall")
+    parser.add_argument("--prompts", choices=CAPTION_FORMS, default="report",
+                        help="prompt form the model was trained on: the report as written, or its findings prompt")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (CPU runs)")
     parser.add_argument("--machine", default=None, help="machine description (default: detected)")
@@ -250,7 +254,8 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit("fewer than 2 held-out reports; check --reports, --test-fraction and --n")
     with rich_progress() as progress:
         results = evaluate_generator(model, classifier, texts, seed=args.seed, steps=args.steps,
-                                     guidance=args.guidance, batch=args.batch, progress=progress, sided=args.sided)
+                                     guidance=args.guidance, batch=args.batch, progress=progress, sided=args.sided,
+                                     prompt=findings_prompt if args.prompts == "findings" else None)
     machine = args.machine or machine_line(model.device)
     parts = [sys.argv[0] if argv is None else "benchmarks/generator_eval.py", *(sys.argv[1:] if argv is None else argv)]
     command = "python " + " ".join(shlex.quote(part) for part in parts)

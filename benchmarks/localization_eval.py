@@ -44,7 +44,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from medsign_forensics.diffusion import DiffusionModel, load_model  # noqa: E402
-from medsign_forensics.diffusion.configs import DataConfig  # noqa: E402
+from medsign_forensics.diffusion.configs import CAPTION_FORMS, DataConfig  # noqa: E402
 from medsign_forensics.diffusion.export import is_untrained  # noqa: E402
 from medsign_forensics.diffusion.sampling import DEFAULT_GUIDANCE, DEFAULT_STEPS  # noqa: E402
 from medsign_forensics.evaluate.localization import (  # noqa: E402
@@ -59,6 +59,7 @@ from medsign_forensics.evaluate.localization import (  # noqa: E402
 )
 from medsign_forensics.fileio import write_text  # noqa: E402
 from medsign_forensics.reports import load_reports, split_reports  # noqa: E402
+from medsign_forensics.reports.prompt import findings_prompt
 from medsign_forensics.reports.words import medical_words, word_tokens  # noqa: E402
 from medsign_forensics.training.environment import machine_line  # noqa: E402
 
@@ -98,6 +99,7 @@ def render_markdown(
         f"- Command: `{command}`",
         f"- Model: {model.name} ({model.path}), weights SHA-256 `{model.weights_sha256}`, device {model.device}, "
         f"dtype {model.dtype}.",
+        f"- Prompts: {CAPTION_FORMS[args.prompts]}.",
         f"- Data: {evaluated} phantoms (seeds {args.seed}+i) rendered from held-out {args.reports} reports (test "
         f"split: fraction {args.test_fraction}, split seed {args.split_seed}) with at least one drawn finding; "
         f"priors from {prior_studies} training-split phantoms.",
@@ -171,6 +173,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=DEFAULT_STEPS)
     parser.add_argument("--guidance", type=float, default=DEFAULT_GUIDANCE)
     parser.add_argument("--size", type=int, default=256, help="phantom render size (256 or 512)")
+    parser.add_argument("--prompts", choices=CAPTION_FORMS, default="report",
+                        help="prompt form the model was trained on: the report as written, or its findings prompt")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (CPU runs)")
     parser.add_argument("--machine", default=None, help="machine description (default: detected)")
@@ -187,9 +191,11 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit("no held-out or training report with a present finding; check --reports and the split")
     prior, kind_prior, prior_studies = build_priors(prior_reports, seed=args.seed, size=args.size)
     scores, evaluated = score_maps(
-        model, held_out, prior=prior, kind_prior=kind_prior, seed=args.seed, size=args.size, timesteps=args.timesteps
+        model, held_out, prior=prior, kind_prior=kind_prior, seed=args.seed, size=args.size, timesteps=args.timesteps,
+        prompt=findings_prompt if args.prompts == "findings" else None,
     )
-    with_words = [r.text for r in held_out if word_tokens(model.tokenizer, r.text, medical_words(r.text))[0]]
+    texts = [findings_prompt(r.text) if args.prompts == "findings" else r.text for r in held_out]
+    with_words = [text for text in texts if word_tokens(model.tokenizer, text, medical_words(text))[0]]
     overhead = measure_overhead(
         model, with_words[: args.overhead_n], seed=args.seed, steps=args.steps, guidance=args.guidance
     )

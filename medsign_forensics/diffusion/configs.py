@@ -74,13 +74,25 @@ class SchedulerConfig:
     timestep_spacing: str = "trailing"
 
 
+#: How training captions (and so sampling prompts) are made from a report (see :class:`DataConfig`), described.
+CAPTION_FORMS = {"report": "the reports as written", "findings": "the findings prompt of each report"}
+
+
 @dataclass(frozen=True)
 class DataConfig:
+    """``captions``: "report" trains on the report's text (its caption variants), "findings" on its findings
+    prompt (:mod:`medsign_forensics.reports.prompt`); a model is sampled with the form it was trained on."""
+
     corpus: str = "open-i"
     test_fraction: float = 0.1
     split_seed: int = 0
     renders_per_report: int = 4
     max_reports: int | None = None
+    captions: str = "report"
+
+    def __post_init__(self) -> None:
+        if self.captions not in CAPTION_FORMS:
+            raise InputError(f"data.captions must be one of {', '.join(CAPTION_FORMS)}, got {self.captions!r}")
 
 
 @dataclass(frozen=True)
@@ -169,12 +181,17 @@ class MiniCxrConfig:
         return self.image_size // self.vae_scale_factor
 
     def to_dict(self) -> dict[str, Any]:
-        """The config as JSON data. ``unet_train.grounding`` is written only when it differs from its default
-        (off), so an ungrounded config is written exactly as before grounding existed (the shipped model card,
-        run folders begun earlier); reading fills it in with the default."""
+        """The config as JSON data. Settings added after models were shipped (``unet_train.grounding``,
+        its ``lesion_weight``, ``data.captions``) are written only when they differ from their defaults, so a
+        config that does not use them is written exactly as before they existed (the shipped model card, run
+        folders begun earlier); reading fills them in with the defaults."""
         data = config_to_dict(self)
         if self.unet_train.grounding == GroundingConfig():
             del data["unet_train"]["grounding"]
+        elif self.unet_train.grounding.lesion_weight == 0:
+            del data["unet_train"]["grounding"]["lesion_weight"]
+        if self.data.captions == DataConfig.captions:
+            del data["data"]["captions"]
         return data
 
     @classmethod

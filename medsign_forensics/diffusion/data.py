@@ -4,7 +4,8 @@ Each training report gives one phantom per render seed (``renders_per_report``: 
 different anatomy) and several caption variants: the report as written (FINDINGS then IMPRESSION), the
 IMPRESSION first (reports often exceed the 77-token limit, and the impression carries the findings), and
 only the sentences that mention a finding. A variant never drops a sentence that mentions a finding, so the
-caption always describes what was drawn. Normal reports are kept: the model must learn to draw no lesion.
+caption always describes what was drawn. Normal reports are kept: the model must learn to draw no lesion. With
+``data.captions = "findings"`` the one caption is the report's findings prompt instead.
 
 Renders are cached once as uint8 in a memory-mapped file (rendering costs about 0.1 s per study on the
 2-core CPU, as much as a training step), filled in chunks so an interrupted build resumes.
@@ -61,11 +62,17 @@ class _Entry:
 class ReportPhantomSource:
     """Reports with their parsed findings; ``render`` draws the phantom of a report's findings."""
 
-    def __init__(self, reports: Sequence[object]) -> None:
+    def __init__(self, reports: Sequence[object], *, captions: str = "report") -> None:
         from medsign_forensics.reports import parse_report
+        from medsign_forensics.reports.prompt import findings_prompt
+
+        def variants(report: object) -> tuple[str, ...]:
+            if captions == "findings":
+                return (findings_prompt(report.text),)  # type: ignore[attr-defined]
+            return caption_variants(report, parse_report)
 
         self._entries = [
-            _Entry(r.report_id, caption_variants(r, parse_report), tuple(parse_report(r.text)))  # type: ignore[attr-defined]
+            _Entry(r.report_id, variants(r), tuple(parse_report(r.text)))  # type: ignore[attr-defined]
             for r in reports
         ]
 
@@ -145,7 +152,7 @@ def load_source(config: DataConfig, *, split: str = "train") -> ReportPhantomSou
         chosen = chosen[: config.max_reports]
     if not chosen:
         raise DatasetError(f"the {split} split of {config.corpus!r} holds no reports")
-    return ReportPhantomSource(chosen)
+    return ReportPhantomSource(chosen, captions=config.captions)
 
 
 def render_seed(base_seed: int, index: int, render: int) -> int:

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -268,17 +268,21 @@ class GeneratorResults:
 def evaluate_generator(
     model: DiffusionModel, classifier: FindingClassifier, texts: Sequence[str], *, seed: int, steps: int,
     guidance: float, batch: int, threshold: float = THRESHOLD, progress: ProgressFn | None = None,
-    sided: int = 0,
+    sided: int = 0, prompt: Callable[[str], str] | None = None,
 ) -> GeneratorResults:
     """Generate, render and reconstruct for ``texts`` (two or more reports), judge every set with ``classifier``
     and compare their features (see the module docstring). ``sided`` > 0 also generates and renders that many
-    :func:`sided_prompts` (seeds ``seed + i`` too) and scores them alone."""
+    :func:`sided_prompts` (seeds ``seed + i`` too) and scores them alone. ``prompt`` turns each report into the
+    model's prompt (e.g. :func:`~medsign_forensics.reports.prompt.findings_prompt` for a model trained on
+    findings prompts); the report itself stays the truth and is what the phantoms are rendered from."""
     if len(texts) < 2:
         raise InputError(f"the generator evaluation needs at least 2 reports, got {len(texts)}")
     started = time.perf_counter()
     size = model.image_size
+    as_prompt = prompt or (lambda text: text)
     generated, per_image = generate_images(
-        model, texts, seed=seed, steps=steps, guidance=guidance, batch=batch, progress=progress
+        model, [as_prompt(text) for text in texts], seed=seed, steps=steps, guidance=guidance, batch=batch,
+        progress=progress,
     )
     phantoms = render_phantoms(texts, seed=seed, size=size, progress=progress)
     others = render_phantoms(texts, seed=seed + OTHER_SEED_OFFSET, size=size, progress=progress,
@@ -295,8 +299,9 @@ def evaluate_generator(
     sided_scores: tuple[FindingScores | None, FindingScores | None] = (None, None)
     if sided:
         prompts = sided_prompts(sided)
-        drawn, _ = generate_images(model, prompts, seed=seed, steps=steps, guidance=guidance, batch=batch,
-                                   progress=progress, task="generating, left/right prompts")
+        drawn, _ = generate_images(model, [as_prompt(text) for text in prompts], seed=seed, steps=steps,
+                                   guidance=guidance, batch=batch, progress=progress,
+                                   task="generating, left/right prompts")
         rendered = render_phantoms(prompts, seed=seed, size=size, progress=progress,
                                    task="rendering phantoms, left/right prompts")
         truth = [present_findings(text) for text in prompts]

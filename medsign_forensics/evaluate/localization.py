@@ -23,7 +23,7 @@ import statistics
 import time
 import tracemalloc
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -107,10 +107,11 @@ def top_fraction(values: np.ndarray, fraction: float = 0.3) -> float:
 
 def score_maps(
     model: DiffusionModel, reports: Sequence[Report], *, prior: np.ndarray, kind_prior: dict[FindingKind, np.ndarray],
-    seed: int, size: int, timesteps: Sequence[int],
+    seed: int, size: int, timesteps: Sequence[int], prompt: Callable[[str], str] | None = None,
 ) -> tuple[Scores, int]:
     """Score every map variant and both priors on the phantoms of ``reports`` (seed ``seed + i``); also returns
-    how many phantoms had a lesion to score."""
+    how many phantoms had a lesion to score. ``prompt`` turns a report into the model's prompt (the maps are read
+    from that prompt's words; the phantom and its masks still come from the report)."""
     scores = Scores()
     evaluated = 0
     for index, report in enumerate(reports):
@@ -119,7 +120,8 @@ def score_maps(
         if not masks:
             continue
         evaluated += 1
-        attention = capture_image(model.pipeline, study.image, report.text, timesteps=timesteps, seed=seed + index)
+        text = report.text if prompt is None else prompt(report.text)
+        attention = capture_image(model.pipeline, study.image, text, timesteps=timesteps, seed=seed + index)
         for kind, mask in masks.items():
             name = kind.value
             words = [w for w in attention.words if kind in w.word.kinds]

@@ -110,6 +110,13 @@ def test_configs_without_grounding_load_with_it_off() -> None:
     assert (recipe.unet, recipe.vae, recipe.text_encoder, recipe.tokenizer) == (
         config.unet, config.vae, config.text_encoder, config.tokenizer
     )  # the fine-tune recipe has the shipped architecture, so --init-from loads it strictly
+    assert "lesion_weight" not in recipe.to_dict()["unet_train"]["grounding"]  # the pilot's run folder resumes
+    assert "captions" not in recipe.to_dict()["data"]
+    for name, lesion, captions in (("lesion", 8.0, "report"), ("findings", 4.0, "findings")):
+        later = load_config(Path(__file__).parents[2] / "benchmarks" / "recipes" / f"mini-cxr-{name}-cpu.json")
+        assert (later.unet_train.grounding.lesion_weight, later.data.captions) == (lesion, captions)
+        assert MiniCxrConfig.from_dict(later.to_dict()) == later
+        assert later.unet == config.unet
 
 
 def test_negative_grounding_weights_are_refused(tmp_path: Path) -> None:
