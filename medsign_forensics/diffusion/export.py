@@ -208,8 +208,9 @@ def _model_card(
         lines += [
             "",
             f"Grounded cross-attention (TokenCompose-style): L_token weight {grounding.token_weight}, L_pixel weight "
-            f"{grounding.pixel_weight}, location words {'grounded' if grounding.locations else 'not grounded'}; "
-            f"denoising error inside lesions weighted 1 + {grounding.lesion_weight}.",
+            f"{grounding.pixel_weight}, location words {'grounded' if grounding.locations else 'not grounded'}"
+            + (f"; denoising error inside lesions weighted 1 + {grounding.lesion_weight}."
+               if grounding.lesion_weight else "."),
         ]
     lines += ["", "Commands, in order:", ""]
     lines += [f"- `{run['command']}` ({run['time']}; {run['hardware']})" for run in card["runs"]]

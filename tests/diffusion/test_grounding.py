@@ -26,10 +26,10 @@ from medsign_forensics.reports.findings import FindingKind
 CAPTIONS = ["Left pleural effusion.", "Right pleural effusion."]
 
 
-def _config(token: float = 1.0, pixel: float = 1.0, **train_changes: object) -> MiniCxrConfig:
+def _config(token: float = 1.0, pixel: float = 1.0, lesion: float = 0.0, **train_changes: object) -> MiniCxrConfig:
     config = tiny_config()
     changes = {"learning_rate": 2e-3, "ema_decay": None, "caption_dropout": 0.0, **train_changes}
-    grounding = GroundingConfig(token_weight=token, pixel_weight=pixel)
+    grounding = GroundingConfig(token_weight=token, pixel_weight=pixel, lesion_weight=lesion)
     return replace(config, unet_train=replace(config.unet_train, grounding=grounding, **changes))
 
 
@@ -146,9 +146,7 @@ def test_lesion_weight_counts_the_error_inside_the_lesion_more(tokenizer) -> Non
     """Only the lesion-weighted denoising term changes the loss: with no grounded words it is the plain loss,
     and with a lesion it adds w * (the squared error inside the mask) to the plain per-item error."""
     targets = _targets(tokenizer)
-    weighted = _trainer(_config(0.0, 0.0, min_snr_gamma=None), tokenizer)
-    weighted.config = replace(weighted.config, unet_train=replace(
-        weighted.config.unet_train, grounding=GroundingConfig(lesion_weight=3.0)))
+    weighted = _trainer(_config(0.0, 0.0, 3.0, min_snr_gamma=None), tokenizer)
     plain = _trainer(_config(0.0, 0.0, min_snr_gamma=None), tokenizer)
     loss_w, parts_w = weighted.loss(LATENTS, CAPTIONS, torch.Generator().manual_seed(0), targets)
     loss_p, parts_p = plain.loss(LATENTS, CAPTIONS, torch.Generator().manual_seed(0), targets)
