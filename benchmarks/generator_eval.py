@@ -58,7 +58,7 @@ from medsign_forensics.evaluate.generator import (
 from medsign_forensics.fileio import write_text
 from medsign_forensics.phantom.classifier import DEFAULT_CLASSIFIER_DIR, load_classifier, read_classifier_config
 from medsign_forensics.reports import FindingKind, load_reports, split_reports
-from medsign_forensics.reports.prompt import findings_prompt
+from medsign_forensics.reports.prompt import prompt_function
 from medsign_forensics.training.environment import machine_line
 
 REPO = Path(__file__).resolve().parents[1]
@@ -255,7 +255,7 @@ def main(argv: list[str] | None = None) -> int:
     with rich_progress() as progress:
         results = evaluate_generator(model, classifier, texts, seed=args.seed, steps=args.steps,
                                      guidance=args.guidance, batch=args.batch, progress=progress, sided=args.sided,
-                                     prompt=findings_prompt if args.prompts == "findings" else None)
+                                     prompt=prompt_function(args.prompts))
     machine = args.machine or machine_line(model.device)
     parts = [sys.argv[0] if argv is None else "benchmarks/generator_eval.py", *(sys.argv[1:] if argv is None else argv)]
     command = "python " + " ".join(shlex.quote(part) for part in parts)

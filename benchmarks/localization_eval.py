@@ -59,7 +59,7 @@ from medsign_forensics.evaluate.localization import (  # noqa: E402
 )
 from medsign_forensics.fileio import write_text  # noqa: E402
 from medsign_forensics.reports import load_reports, split_reports  # noqa: E402
-from medsign_forensics.reports.prompt import findings_prompt
+from medsign_forensics.reports.prompt import prompt_function
 from medsign_forensics.reports.words import medical_words, word_tokens  # noqa: E402
 from medsign_forensics.training.environment import machine_line  # noqa: E402
 
@@ -190,11 +190,12 @@ def main(argv: list[str] | None = None) -> int:
     if not held_out or not prior_reports:
         raise SystemExit("no held-out or training report with a present finding; check --reports and the split")
     prior, kind_prior, prior_studies = build_priors(prior_reports, seed=args.seed, size=args.size)
+    as_prompt = prompt_function(args.prompts)
     scores, evaluated = score_maps(
         model, held_out, prior=prior, kind_prior=kind_prior, seed=args.seed, size=args.size, timesteps=args.timesteps,
-        prompt=findings_prompt if args.prompts == "findings" else None,
+        prompt=as_prompt,
     )
-    texts = [findings_prompt(r.text) if args.prompts == "findings" else r.text for r in held_out]
+    texts = [as_prompt(r.text) for r in held_out]
     with_words = [text for text in texts if word_tokens(model.tokenizer, text, medical_words(text))[0]]
     overhead = measure_overhead(
         model, with_words[: args.overhead_n], seed=args.seed, steps=args.steps, guidance=args.guidance

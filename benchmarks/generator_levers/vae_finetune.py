@@ -1,4 +1,9 @@
-"""Probe: fine-tune only the VAE decoder with a lesion-weighted loss; does the latent carry granulomas?"""
+"""Probe: fine-tune the VAE with a lesion-weighted loss; do its reconstructions bring granulomas back?
+
+Usage: vae_finetune.py MODE STEPS W N LR THREADS. MODE "decoder" trains the decoder alone on the original
+encoder's latents (the latent space the U-Net knows stays); "full" trains encoder and decoder, sampling the
+posterior, with the stage-A KL term. The two modes were first run as two scripts (vae_decoder_finetune.py with 2
+threads, vae_finetune.py with 1) and merged afterwards; each mode computes what its script did."""
 import sys, time, json
 import numpy as np, torch
 from kornia.losses import ssim_loss
@@ -9,8 +14,9 @@ from medsign_forensics.phantom.classifier import DEFAULT_CLASSIFIER_DIR, load_cl
 from medsign_forensics.reports import load_reports, split_reports
 from medsign_forensics.diffusion.configs import DataConfig
 from scipy.ndimage import binary_dilation
-torch.set_num_threads(1)
-steps, weight, n_train, lr = int(sys.argv[1]), float(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4])
+mode, steps, weight, n_train, lr = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), int(sys.argv[4]), float(sys.argv[5])
+assert mode in ("decoder", "full"), mode
+torch.set_num_threads(int(sys.argv[6]))
 model = load_model(None)
 vae = model.vae
 clf = load_classifier(DEFAULT_CLASSIFIER_DIR)
@@ -43,7 +49,7 @@ if imgs:
 else:
     imgs, masks, lat = torch.load("/tmp/generator_levers_data.pt")
 print("encoded", time.time() - t0, flush=True)
-params = list(vae.parameters())
+params = list(vae.parameters()) if mode == "full" else list(vae.decoder.parameters()) + list(vae.post_quant_conv.parameters())
 opt = torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.99))
 vae.train()
 for step in range(steps):
@@ -58,18 +64,22 @@ for step in range(steps):
         cy, cx = int(np.clip(cy, 0, 16)), int(np.clip(cx, 0, 16))
         ls.append(lat[j, :, cy:cy+16, cx:cx+16]); xs.append(imgs[j, :, cy*8:cy*8+128, cx*8:cx*8+128]); ms.append(masks[j, :, cy*8:cy*8+128, cx*8:cx*8+128])
     x = torch.stack(xs) * 2 - 1; m = torch.stack(ms)
-    posterior = vae.encode(x).latent_dist
-    recon = vae.decode(posterior.sample()).sample
+    if mode == "full":
+        posterior = vae.encode(x).latent_dist
+        recon = vae.decode(posterior.sample()).sample
+    else:
+        recon = vae.decode(torch.stack(ls)).sample
     err = (recon - x).abs()
     l1 = err.mean()
     lesion = (err * m).sum() / m.sum().clamp(min=1)
     ssim = ssim_loss((recon + 1) / 2, (x + 1) / 2, window_size=7, max_val=1.0) * 2
     freq = (torch.fft.rfft2(recon, norm="ortho").abs() - torch.fft.rfft2(x, norm="ortho").abs()).abs().mean()
-    kl = posterior.kl().mean() / x[0].numel()
-    loss = l1 + 0.2 * ssim + 0.05 * freq + weight * lesion + 1e-6 * kl
+    loss = l1 + 0.2 * ssim + 0.05 * freq + weight * lesion
+    if mode == "full":
+        loss = loss + 1e-6 * posterior.kl().mean() / x[0].numel()
     opt.zero_grad(); loss.backward(); torch.nn.utils.clip_grad_norm_(params, 1.0); opt.step()
     if step % 25 == 0:
         print(json.dumps({"step": step, "l1": l1.item(), "lesion": lesion.item(), "t": time.time() - t0}), flush=True)
 vae.eval()
-evaluate(f"full VAE ft {steps} steps w={weight}")
-torch.save({k: v for k, v in vae.state_dict().items()}, "/tmp/generator_levers_vae.pt")
+evaluate(f"{'full VAE' if mode == 'full' else 'decoder'} ft {steps} steps w={weight}")
+torch.save(vae.state_dict(), f"/tmp/generator_levers_{mode}.pt")

@@ -12,6 +12,9 @@ medical words meaningful on these prompts.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
+from medsign_forensics.errors import InputError
 from medsign_forensics.reports.findings import Finding, Severity, Side, Zone
 from medsign_forensics.reports.parser import parse_report
 
@@ -35,3 +38,13 @@ def findings_prompt(text: str) -> str:
     repeats, or :data:`NORMAL_PROMPT` when it asserts none."""
     clauses = dict.fromkeys(finding_clause(finding) for finding in parse_report(text) if finding.present)
     return ". ".join(clauses) + "." if clauses else NORMAL_PROMPT
+
+
+def prompt_function(form: str) -> Callable[[str], str]:
+    """How a report becomes the prompt of a model trained on caption form ``form``: "report" (as written) or
+    "findings" (:func:`findings_prompt`)."""
+    if form == "findings":
+        return findings_prompt
+    if form == "report":
+        return lambda text: text
+    raise InputError(f"unknown caption form {form!r}; use report or findings")

@@ -6,12 +6,12 @@ import itertools
 
 import pytest
 
-from medsign_forensics.diffusion.configs import DataConfig
+from medsign_forensics.diffusion.configs import CAPTION_FORMS, DataConfig
 from medsign_forensics.diffusion.data import load_source
 from medsign_forensics.errors import InputError
 from medsign_forensics.reports import FindingKind, Side, Zone, load_reports, parse_report
 from medsign_forensics.reports.findings import Finding, Severity
-from medsign_forensics.reports.prompt import NORMAL_PROMPT, finding_clause, findings_prompt
+from medsign_forensics.reports.prompt import NORMAL_PROMPT, finding_clause, findings_prompt, prompt_function
 
 
 def _present(text: str) -> list[tuple[object, ...]]:
@@ -51,3 +51,12 @@ def test_a_findings_config_trains_on_findings_prompts() -> None:
         assert prompts.captions(index) == (findings_prompt(written.captions(index)[0]),)
     with pytest.raises(InputError, match="data.captions"):
         DataConfig(captions="impression")
+
+
+def test_each_caption_form_has_its_prompt_function() -> None:
+    text = "No pneumothorax. Small left effusion."
+    assert {form: prompt_function(form)(text) for form in CAPTION_FORMS} == {
+        "report": text, "findings": "mild left effusion."
+    }
+    with pytest.raises(InputError, match="caption form"):
+        prompt_function("impression")
