@@ -49,6 +49,7 @@ from medsign_forensics.diffusion.export import is_untrained
 from medsign_forensics.diffusion.sampling import DEFAULT_GUIDANCE, DEFAULT_STEPS
 from medsign_forensics.errors import MedsignError
 from medsign_forensics.evaluate.generator import (
+    LAYOUT_SEED_OFFSET,
     OTHER_SEED_OFFSET,
     THRESHOLD,
     FindingScores,
@@ -142,6 +143,11 @@ def render_markdown(
         f"batch {args.batch}; median {statistics.median(results.per_image_s):.3f} s per image over "
         f"{len(results.per_image_s)} batch(es). Phantoms: seed {args.seed}+i (other seeds: "
         f"{args.seed + OTHER_SEED_OFFSET}+i).",
+        *([f"- Layout: each report's layout (the phantom renderer's placement of its findings, seed "
+           f"{args.seed + LAYOUT_SEED_OFFSET}+i, never the scored phantom's own) fed to the model's layout adapter."]
+          if args.layout else []),
+        *(["- Layout guidance: the unconditional half of classifier-free guidance gets no layout, so guidance "
+           "amplifies the layout as well as the text."] if args.layout_guidance else []),
         f"- Decision threshold: {THRESHOLD} on each label's probability (the classifier defines no threshold of "
         "its own).",
         f"- Wall time: {results.wall_s:.1f} s (generating, rendering, reconstructing and classifying).",
@@ -238,6 +244,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="test reports a kind needs to count in the macro recall")
     parser.add_argument("--prompts", choices=CAPTION_FORMS, default="report",
                         help="prompt form the model was trained on: the report as written, or its findings prompt")
+    parser.add_argument("--layout", action="store_true",
+                        help="sample from each report's layout too (a model with a layout adapter)")
+    parser.add_argument("--layout-guidance", action="store_true",
+                        help="with --layout: leave the layout out of the unconditional half of guidance")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (CPU runs)")
     parser.add_argument("--machine", default=None, help="machine description (default: detected)")
@@ -255,7 +265,8 @@ def main(argv: list[str] | None = None) -> int:
     with rich_progress() as progress:
         results = evaluate_generator(model, classifier, texts, seed=args.seed, steps=args.steps,
                                      guidance=args.guidance, batch=args.batch, progress=progress, sided=args.sided,
-                                     prompt=prompt_function(args.prompts))
+                                     prompt=prompt_function(args.prompts), layout=args.layout,
+                                     layout_guidance=args.layout_guidance)
     machine = args.machine or machine_line(model.device)
     parts = [sys.argv[0] if argv is None else "benchmarks/generator_eval.py", *(sys.argv[1:] if argv is None else argv)]
     command = "python " + " ".join(shlex.quote(part) for part in parts)

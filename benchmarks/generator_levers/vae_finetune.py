@@ -1,8 +1,10 @@
 """Probe: fine-tune the VAE with a lesion-weighted loss; do its reconstructions bring granulomas back?
 
-Usage: vae_finetune.py MODE STEPS W N LR THREADS. MODE "decoder" trains the decoder alone on the original
-encoder's latents (the latent space the U-Net knows stays); "full" trains encoder and decoder, sampling the
-posterior, with the stage-A KL term. The two modes were first run as two scripts (vae_decoder_finetune.py with 2
+Usage: vae_finetune.py MODE STEPS W N LR THREADS [BALANCE]. MODE "decoder" trains the decoder alone on the
+original encoder's latents (the latent space the U-Net knows stays); "full" trains encoder and decoder, sampling
+the posterior, with the stage-A KL term. BALANCE "pixels" (default) weighs every lesion pixel alike and centres
+crops on a random lesion pixel; "lesions" weighs each connected lesion as a whole alike (a pixel counts 1/area of
+its lesion) and centres crops on a random lesion, so a 5-pixel granuloma counts as much as a consolidation. The two modes were first run as two scripts (vae_decoder_finetune.py with 2
 threads, vae_finetune.py with 1) and merged afterwards; each mode computes what its script did."""
 import sys, time, json
 import numpy as np, torch
@@ -15,7 +17,9 @@ from medsign_forensics.reports import load_reports, split_reports
 from medsign_forensics.diffusion.configs import DataConfig
 from scipy.ndimage import binary_dilation
 mode, steps, weight, n_train, lr = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), int(sys.argv[4]), float(sys.argv[5])
+balance = sys.argv[7] if len(sys.argv) > 7 else "pixels"
 assert mode in ("decoder", "full"), mode
+assert balance in ("pixels", "lesions"), balance
 torch.set_num_threads(int(sys.argv[6]))
 model = load_model(None)
 vae = model.vae
@@ -49,6 +53,13 @@ if imgs:
 else:
     imgs, masks, lat = torch.load("/tmp/generator_levers_data.pt")
 print("encoded", time.time() - t0, flush=True)
+if balance == "lesions":
+    from scipy.ndimage import label
+    labelled = [label(masks[j, 0].numpy())[0] for j in range(len(masks))]
+    sizes = [np.bincount(lab.ravel()) for lab in labelled]
+    masks = torch.stack([torch.from_numpy(np.where(lab > 0, 1.0 / np.maximum(size[lab], 1), 0.0).astype(np.float32))
+                         for lab, size in zip(labelled, sizes)])[:, None]
+    centres = [[np.argwhere(lab == c) for c in range(1, lab.max() + 1)] for lab in labelled]
 params = list(vae.parameters()) if mode == "full" else list(vae.decoder.parameters()) + list(vae.post_quant_conv.parameters())
 opt = torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.99))
 vae.train()
@@ -56,7 +67,11 @@ for step in range(steps):
     idx = rng.choice(len(imgs), 16, replace=False)
     xs, ms, ls = [], [], []
     for j in idx:
-        ys, xs_ = np.nonzero(masks[j, 0].numpy())
+        if balance == "lesions":
+            pixels = centres[j][rng.integers(len(centres[j]))] if centres[j] else np.zeros((0, 2), int)
+            ys, xs_ = pixels[:, 0], pixels[:, 1]
+        else:
+            ys, xs_ = np.nonzero(masks[j, 0].numpy())
         if len(ys) and rng.random() < 0.7:
             k = rng.integers(len(ys)); cy, cx = ys[k] // 8 - 8 + rng.integers(-4, 5), xs_[k] // 8 - 8 + rng.integers(-4, 5)
         else:
@@ -81,5 +96,5 @@ for step in range(steps):
     if step % 25 == 0:
         print(json.dumps({"step": step, "l1": l1.item(), "lesion": lesion.item(), "t": time.time() - t0}), flush=True)
 vae.eval()
-evaluate(f"{'full VAE' if mode == 'full' else 'decoder'} ft {steps} steps w={weight}")
-torch.save(vae.state_dict(), f"/tmp/generator_levers_{mode}.pt")
+evaluate(f"{'full VAE' if mode == 'full' else 'decoder'} ft {steps} steps w={weight} balance={balance}")
+torch.save(vae.state_dict(), f"/tmp/generator_levers_{mode}_{balance}.pt")

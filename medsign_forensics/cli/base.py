@@ -45,6 +45,7 @@ def register(app: typer.Typer) -> None:
         import numpy as np
 
         from medsign_forensics.diffusion import load_model, sample
+        from medsign_forensics.diffusion.conditioning import condition
 
         if not report.strip():
             raise InputError("the report is empty; pass the report text with --report")
@@ -54,7 +55,9 @@ def register(app: typer.Typer) -> None:
             raise InputError("the latents output must be a .npy file", path=latents_out)
         loaded = load_model(model, device=device)
         start = time.perf_counter()
-        result = sample(loaded, [report], seed=seed, steps=steps, guidance_scale=guidance, negative_prompt=negative)
+        given = condition(loaded, [report], seed)
+        result = sample(loaded, list(given.prompts), seed=seed, steps=steps, guidance_scale=guidance,
+                        negative_prompt=negative, layout=given.layout)
         seconds = time.perf_counter() - start
         assert result.images is not None and result.latents is not None
         _write_png(out, result.images[0].numpy())

@@ -32,6 +32,7 @@ from medsign_forensics.diffusion.configs import (
     build_vae,
 )
 from medsign_forensics.diffusion.grounding import GroundingCapture, GroundingTargets, lesion_cells
+from medsign_forensics.diffusion.layout import adapter_residuals, build_adapter
 from medsign_forensics.errors import ModelError
 from medsign_forensics.training.schedule import WarmupCosine
 
@@ -129,10 +130,11 @@ class UNetTrainer:
                 eos_token_id=tokenizer.eos_token_id,
             ).to(device)
             self.unet = build_unet(config).to(device)
+            self.adapter = build_adapter(config).to(device) if config.layout.enabled else None
         self.scheduler = build_training_scheduler(config)
         self._alphas = self.scheduler.alphas_cumprod.to(device)
         train = config.unet_train
-        params = list(self.text_encoder.parameters()) + list(self.unet.parameters())
+        params = [p for module in self.modules.values() for p in module.parameters()]
         self.optimizer = torch.optim.AdamW(params, lr=train.learning_rate, betas=(0.9, 0.99), weight_decay=0.01)
         self.ema = Ema(self.modules, train.ema_decay) if train.ema_decay else None
         self.schedule = WarmupCosine(total=train.steps, warmup=train.warmup_steps, floor=1.0)
@@ -140,7 +142,10 @@ class UNetTrainer:
 
     @property
     def modules(self) -> dict[str, torch.nn.Module]:
-        return {"text_encoder": self.text_encoder, "unet": self.unet}
+        modules = {"text_encoder": self.text_encoder, "unet": self.unet}
+        if self.adapter is not None:
+            modules["adapter"] = self.adapter
+        return modules
 
     def encode_captions(self, captions: list[str]) -> torch.Tensor:
         ids = self.tokenizer(
@@ -158,11 +163,14 @@ class UNetTrainer:
         captions: list[str],
         generator: torch.Generator,
         grounding: GroundingTargets | None = None,
+        layout: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, dict[str, float]]:
         """``latents``: scaled VAE latents (as the U-Net sees them). Noise and timesteps come from ``generator``.
 
         ``grounding`` (the batch's grounded tokens and masks) is used only when the config's grounding weights are
         not both 0; the parts then add the grounding losses and the inside-mask share of the grounded attention.
+        ``layout`` (B, kinds, grid, grid) feeds the layout adapter, which a model with one requires; the
+        generator then also draws which items go without it (``layout.dropout``).
         """
         batch = latents.shape[0]
         noise = torch.randn(latents.shape, generator=generator).to(self.device)
@@ -178,14 +186,22 @@ class UNetTrainer:
         spec = self.config.unet_train.grounding
         grounded = spec.enabled and grounding is not None and len(grounding) > 0
         attend = grounded and spec.attention
+        extra = {}
+        if self.adapter is not None:
+            if layout is None:
+                raise ModelError("this model has a layout adapter; give each training item its layout")
+            keep = torch.rand(batch, generator=generator) >= self.config.layout.dropout
+            extra["down_intrablock_additional_residuals"] = adapter_residuals(
+                self.adapter, layout.to(self.device), keep.to(self.device)
+            )
         with _autocast(self.device):
             states = self.encode_captions(captions)
             if attend:
                 assert grounding is not None
                 with GroundingCapture(self.unet, grounding.to(self.device)) as capture:
-                    prediction = self.unet(noisy, timesteps, states).sample
+                    prediction = self.unet(noisy, timesteps, states, **extra).sample
             else:
-                prediction = self.unet(noisy, timesteps, states).sample
+                prediction = self.unet(noisy, timesteps, states, **extra).sample
         squared = F.mse_loss(prediction.float(), target.float(), reduction="none")
         per_sample = squared.mean(dim=(1, 2, 3))
         weights = self._snr_weights(timesteps)
@@ -222,13 +238,14 @@ class UNetTrainer:
         captions: list[str],
         generator: torch.Generator,
         grounding: GroundingTargets | None = None,
+        layout: torch.Tensor | None = None,
     ) -> dict[str, float]:
         train = self.config.unet_train
-        self.text_encoder.train()
-        self.unet.train()
+        for module in self.modules.values():
+            module.train()
         self.schedule.apply(self.optimizer, train.learning_rate, self.step_count)
         self.optimizer.zero_grad(set_to_none=True)
-        loss, parts = self.loss(latents, captions, generator, grounding)
+        loss, parts = self.loss(latents, captions, generator, grounding, layout)
         loss.backward()
         params = [p for m in self.modules.values() for p in m.parameters()]
         torch.nn.utils.clip_grad_norm_(params, train.grad_clip)
@@ -240,16 +257,17 @@ class UNetTrainer:
 
     def state_dict(self) -> dict[str, Any]:
         return {
-            "text_encoder": self.text_encoder.state_dict(),
-            "unet": self.unet.state_dict(),
+            **{name: module.state_dict() for name, module in self.modules.items()},
             "optimizer": self.optimizer.state_dict(),
             "ema": None if self.ema is None else self.ema.shadow,
             "step": self.step_count,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.text_encoder.load_state_dict(state["text_encoder"], strict=True)
-        self.unet.load_state_dict(state["unet"], strict=True)
+        for name, module in self.modules.items():
+            if name not in state:
+                raise ModelError(f"the checkpoint has no {name} weights but the config asks for one")
+            module.load_state_dict(state[name], strict=True)
         self.optimizer.load_state_dict(state["optimizer"])
         if self.ema is not None:
             if state["ema"] is None:
@@ -258,15 +276,22 @@ class UNetTrainer:
         self.step_count = int(state["step"])
 
     @torch.no_grad()
-    def initialise_from(self, text_encoder: torch.nn.Module, unet: torch.nn.Module) -> None:
+    def initialise_from(
+        self, text_encoder: torch.nn.Module, unet: torch.nn.Module, adapter: torch.nn.Module | None = None
+    ) -> None:
         """Start from trained weights (a fine-tune) instead of the config's random ones; the EMA starts from them.
 
-        Strict: the modules must have this config's architecture, key for key and shape for shape."""
+        Strict: the modules must have this config's architecture, key for key and shape for shape. A layout
+        adapter the initial model lacks keeps the config's initial weights (adding a layout to a trained model)."""
         if self.step_count:
             raise ModelError("initial weights can only be loaded before the first step")
+        if adapter is not None and self.adapter is None:
+            raise ModelError("the initial model has a layout adapter but this config has none; set layout.enabled")
         try:
             self.text_encoder.load_state_dict(text_encoder.state_dict(), strict=True)
             self.unet.load_state_dict(unet.state_dict(), strict=True)
+            if adapter is not None and self.adapter is not None:
+                self.adapter.load_state_dict(adapter.state_dict(), strict=True)
         except RuntimeError as error:
             raise ModelError(
                 f"the initial model does not have this config's architecture ({' '.join(str(error).split())[:300]}); "
@@ -275,12 +300,12 @@ class UNetTrainer:
         if self.ema is not None:
             self.ema = Ema(self.modules, self.ema.decay)
 
-    def export_modules(self) -> tuple[torch.nn.Module, torch.nn.Module]:
-        """Copies of the text encoder and U-Net carrying the EMA weights when EMA is on."""
-        text_encoder, unet = copy.deepcopy(self.text_encoder), copy.deepcopy(self.unet)
+    def export_modules(self) -> dict[str, torch.nn.Module]:
+        """Copies of the text encoder, U-Net and layout adapter (if any) carrying the EMA weights when EMA is on."""
+        copies = {name: copy.deepcopy(module) for name, module in self.modules.items()}
         if self.ema is not None:
-            self.ema.copy_to({"text_encoder": text_encoder, "unet": unet})
-        return text_encoder, unet
+            self.ema.copy_to(copies)
+        return copies
 
 
 def _autocast(device: torch.device) -> AbstractContextManager[Any]:

@@ -98,19 +98,24 @@ class ReportPhantomSource:
         return _block_mean(image, native // size)
 
     def masks(self, index: int, *, seed: int, size: int, grid: int) -> dict[FindingKind, np.ndarray]:
-        """The lesions of the phantom :meth:`render` draws at ``size`` with this seed, per drawn finding kind, on a
-        ``grid`` x ``grid`` raster (e.g. the latent's): the fraction of each cell inside the kind's lesions, float32
-        in [0, 1]. Kinds whose masks are empty are left out."""
-        from medsign_forensics.phantom.renderer import render_masks
+        """The lesions of the phantom :meth:`render` draws at ``size`` with this seed (:func:`kind_masks`)."""
+        return kind_masks(self._entries[index].findings, seed=seed, size=size, grid=grid)
 
-        native = max(size, RENDER_SIZE)
-        if native % grid:
-            raise DatasetError(f"mask grid {grid} must divide the phantom size {native}")
-        union: dict[FindingKind, np.ndarray] = {}
-        for finding, mask in render_masks(self._entries[index].findings, seed=seed, size=native):
-            union[finding.kind] = union.get(finding.kind, np.zeros_like(mask)) | mask
-        factor = native // grid
-        return {kind: _block_mean(mask.astype(np.float32), factor) for kind, mask in union.items() if mask.any()}
+
+def kind_masks(findings: Sequence[object], *, seed: int, size: int, grid: int) -> dict[FindingKind, np.ndarray]:
+    """The lesions the phantom of ``findings`` has at ``size`` with this seed, per drawn finding kind, on a
+    ``grid`` x ``grid`` raster (e.g. the latent's): the fraction of each cell inside the kind's lesions, float32
+    in [0, 1]. Kinds whose masks are empty are left out."""
+    from medsign_forensics.phantom.renderer import render_masks
+
+    native = max(size, RENDER_SIZE)
+    if native % grid:
+        raise DatasetError(f"mask grid {grid} must divide the phantom size {native}")
+    union: dict[FindingKind, np.ndarray] = {}
+    for finding, mask in render_masks(findings, seed=seed, size=native):  # type: ignore[arg-type]
+        union[finding.kind] = union.get(finding.kind, np.zeros_like(mask)) | mask
+    factor = native // grid
+    return {kind: _block_mean(mask.astype(np.float32), factor) for kind, mask in union.items() if mask.any()}
 
 
 def _block_mean(image: np.ndarray, factor: int) -> np.ndarray:

@@ -21,7 +21,14 @@ from medsign_forensics.diffusion.configs import (
     build_unet,
     build_vae,
 )
-from medsign_forensics.diffusion.loader import MANIFEST_NAME, NAME_KEY, combined_sha256
+from medsign_forensics.diffusion.layout import build_adapter
+from medsign_forensics.diffusion.loader import (
+    ADAPTER_FOLDER,
+    MANIFEST_NAME,
+    NAME_KEY,
+    PROMPT_FORM_KEY,
+    combined_sha256,
+)
 from medsign_forensics.diffusion.tokenizer import save_tokenizer, train_tokenizer
 from medsign_forensics.errors import ModelError
 from medsign_forensics.fileio import sha256_file, write_text
@@ -42,9 +49,11 @@ def export_model(
     text_encoder: torch.nn.Module,
     unet: torch.nn.Module,
     vae: torch.nn.Module,
+    adapter: torch.nn.Module | None = None,
     card: dict[str, Any] | None = None,
 ) -> Path:
-    """Write an SD-1.x folder: fp16 safetensors, vocab.json + merges.txt, SHA256SUMS, MODEL_CARD.md.
+    """Write an SD-1.x folder: fp16 safetensors, vocab.json + merges.txt, SHA256SUMS, MODEL_CARD.md, and the
+    layout adapter (if any) in ``adapter/``, outside ``model_index.json`` so the pipeline loads without it.
 
     Raises ModelError if a weights file would exceed 16 MiB or all weights 30 MB (the shipping limits).
     ``card``, when given, holds the facts of the training run that the model card reports.
@@ -77,10 +86,16 @@ def export_model(
         text_config = tmp / "text_encoder" / "config.json"
         _write_json_pretty(text_config, {**json.loads(text_config.read_text(encoding="utf-8")), "dtype": "float32"})
         _prefix_text_encoder_keys(tmp / "text_encoder" / "model.safetensors")
-        index = tmp / "model_index.json"  # diffusers ignores keys that start with "_"; the loader reads the name
-        _write_json_pretty(index, {**json.loads(index.read_text(encoding="utf-8")), NAME_KEY: config.name})
+        index = tmp / "model_index.json"  # diffusers ignores keys that start with "_"; the loader reads them
+        _write_json_pretty(index, {**json.loads(index.read_text(encoding="utf-8")), NAME_KEY: config.name,
+                                   PROMPT_FORM_KEY: config.data.captions})
         shutil.rmtree(tmp / "tokenizer")
         save_tokenizer(tokenizer, tmp / "tokenizer")
+        if adapter is not None:
+            # same mypy limitation as the pipeline above: T2IAdapter resolves to diffusers' dummy class
+            copy.deepcopy(adapter).to("cpu", torch.float16).save_pretrained(  # type: ignore[operator]
+                str(tmp / ADAPTER_FOLDER), safe_serialization=True
+            )
         weights = sorted(p for p in tmp.rglob("*.safetensors"))
         sizes = {p.relative_to(tmp).as_posix(): p.stat().st_size for p in weights}
         too_big = [f"{name} ({size / 2**20:.1f} MiB)" for name, size in sizes.items() if size >= MAX_FILE_BYTES]
@@ -130,7 +145,10 @@ def build_random_model(folder: str | Path, *, config: MiniCxrConfig, texts: list
             config, vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id
         )
         unet = build_unet(config)
-    return export_model(folder, config=config, tokenizer=tokenizer, text_encoder=text_encoder, unet=unet, vae=vae)
+        adapter = build_adapter(config) if config.layout.enabled else None
+    return export_model(
+        folder, config=config, tokenizer=tokenizer, text_encoder=text_encoder, unet=unet, vae=vae, adapter=adapter
+    )
 
 
 def is_untrained(folder: str | Path) -> bool:

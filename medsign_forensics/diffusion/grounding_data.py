@@ -21,15 +21,16 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from medsign_forensics.diffusion.data import RenderCache, StudySource
 from medsign_forensics.diffusion.grounding import GroundingTargets
+from medsign_forensics.diffusion.layout import KINDS, layout_planes
 from medsign_forensics.errors import InputError
 from medsign_forensics.reports.findings import FindingKind
 from medsign_forensics.reports.words import medical_words, word_tokens
 from medsign_forensics.training.progress import ProgressFn
 
-KINDS = tuple(FindingKind)
 MASK_TASK = "rendering lesion masks"
 
 WordPositions = tuple[tuple[tuple[int, ...], frozenset[FindingKind]], ...]
@@ -53,10 +54,8 @@ class MaskCache(RenderCache):
         return {"size": self.size, "grid": self.grid, "kinds": [kind.value for kind in KINDS]}
 
     def draw(self, source: StudySource, index: int, seed: int) -> np.ndarray:
-        planes = np.zeros(self.shape[1:], np.uint8)
-        for kind, mask in source.masks(index, seed=seed, size=self.size, grid=self.grid).items():  # type: ignore[attr-defined]
-            planes[KINDS.index(kind)] = np.round(np.clip(mask, 0.0, 1.0) * 255)
-        return planes
+        masks = source.masks(index, seed=seed, size=self.size, grid=self.grid)  # type: ignore[attr-defined]
+        return layout_planes(masks, self.grid)
 
 
 class CaptionWords:
@@ -97,6 +96,10 @@ class GroundingData:
                     grounded.append((positions, mask.astype(np.float32) / 255.0))
             per_item.append(grounded)
         return GroundingTargets.build(per_item, self.grid)
+
+    def layout(self, rows: Sequence[int]) -> torch.Tensor:
+        """The layouts (B, kinds, grid, grid) of these renders (:mod:`~medsign_forensics.diffusion.layout`)."""
+        return torch.from_numpy(self.masks[np.asarray(rows)].astype(np.float32) / 255.0)
 
 
 def open_grounding(

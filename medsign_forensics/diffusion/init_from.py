@@ -39,16 +39,17 @@ class InitRecord:
 
 
 class InitFrom:
-    """The initial model of a run; :meth:`modules` gives its text encoder and U-Net (loaded once)."""
+    """The initial model of a run; :meth:`modules` gives its text encoder, U-Net and layout adapter (None when it
+    has none), loaded once."""
 
     def __init__(self, record: InitRecord, model: Any | None = None) -> None:
         self.record = record
         self._model = model
 
-    def modules(self) -> tuple[Any, Any]:
+    def modules(self) -> tuple[Any, Any, Any]:
         if self._model is None:
             self._model = _load_checked(self.record)
-        return self._model.text_encoder, self._model.unet
+        return self._model.text_encoder, self._model.unet, self._model.adapter
 
 
 def prepare_init(out: Path, init_from: str | Path | None) -> InitFrom | None:

@@ -7,7 +7,9 @@ Supported: a diffusers ``StableDiffusionPipeline`` folder (SD-1.x, and SD-2.x, w
 epsilon or v prediction, both handled by the scheduler) with CLIP tokenizer and text encoder,
 UNet2DConditionModel and AutoencoderKL with any number of image channels (mini-cxr is greyscale). Not
 supported, with a ModelError: SDXL and other pipelines (two text encoders, added conditioning), inpainting or
-depth U-Nets (extra input channels). The safety checker is never loaded. Nothing is fetched from a hub.
+depth U-Nets (extra input channels). The safety checker is never loaded. Nothing is fetched from a hub. A
+layout adapter in ``adapter/`` (a diffusers T2IAdapter, :mod:`~medsign_forensics.diffusion.layout`) is loaded,
+hashed and checked like the other components.
 
 Every folder is checked before any weights are read (layout, classes, dimensions that must agree), every
 weights file is hashed (the hashes go into provenance records), a ``SHA256SUMS`` manifest is checked when
@@ -40,7 +42,13 @@ DEFAULT_MODEL_DIR = WEIGHTS_DIR / DEFAULT_MODEL_NAME
 MANIFEST_NAME = "SHA256SUMS"
 REQUIRED_COMPONENTS = ("tokenizer", "text_encoder", "unet", "vae", "scheduler")
 SUPPORTED_PIPELINE = "StableDiffusionPipeline"
+#: A layout adapter's folder (:mod:`~medsign_forensics.diffusion.layout`); not in model_index.json, so diffusers'
+#: StableDiffusionPipeline ignores it and only StableDiffusionAdapterPipeline uses it.
+ADAPTER_FOLDER = "adapter"
 NAME_KEY = "_medsign_model_name"  # in model_index.json of folders we export; others are named by their folder
+#: In model_index.json of folders we export: how a report becomes the model's prompt (the caption form it was
+#: trained on, :data:`~medsign_forensics.diffusion.configs.CAPTION_FORMS`); folders without it take the report.
+PROMPT_FORM_KEY = "_medsign_prompt_form"
 _EXPECTED_CLASSES = {
     "tokenizer": {"CLIPTokenizer", "CLIPTokenizerFast"},
     "text_encoder": {"CLIPTextModel"},
@@ -71,6 +79,8 @@ class DiffusionModel:
     dtype: torch.dtype
     is_default: bool = False
     component_classes: Mapping[str, str] = field(default_factory=dict)
+    adapter: Any | None = None  # diffusers.T2IAdapter: the model's layout adapter, when it has one
+    prompt_form: str = "report"  # how a report becomes this model's prompt (PROMPT_FORM_KEY)
 
     @property
     def tokenizer(self) -> Any:
@@ -129,8 +139,11 @@ def load_model(
     dtype = dtype or _default_dtype(device)
     index, weights, digests = _verified_weights(folder, is_default=is_default)
     pipeline = _load_pipeline(folder, dtype)
-    _check_keys(folder, pipeline, weights)
+    adapter = _load_adapter(folder, dtype)
+    _check_keys(folder, {**pipeline.components, ADAPTER_FOLDER: adapter}, weights)
     pipeline.to(device)
+    if adapter is not None:
+        adapter.to(device)
     classes = {name: str(index[name][1]) for name in REQUIRED_COMPONENTS}
     return DiffusionModel(
         name=DEFAULT_MODEL_NAME if is_default else str(index.get(NAME_KEY) or folder.resolve().name),
@@ -141,6 +154,8 @@ def load_model(
         dtype=dtype,
         is_default=is_default,
         component_classes=classes,
+        adapter=adapter,
+        prompt_form=_prompt_form(index, folder),
     )
 
 
@@ -308,11 +323,18 @@ def _component_weights(directory: Path) -> list[Path]:
 
 
 def _weight_files(folder: Path) -> list[str]:
+    """The weights files of every component, the layout adapter's included (it changes what the model draws,
+    so provenance must name it)."""
     return [
         p.relative_to(folder).as_posix()
-        for name in ("text_encoder", "unet", "vae")
+        for name in _weighted_components(folder)
         for p in _component_weights(folder / name)
     ]
+
+
+def _weighted_components(folder: Path) -> tuple[str, ...]:
+    base = ("text_encoder", "unet", "vae")
+    return (*base, ADAPTER_FOLDER) if (folder / ADAPTER_FOLDER).is_dir() else base
 
 
 def _load_pipeline(folder: Path, dtype: torch.dtype) -> Any:
@@ -348,14 +370,38 @@ def _load_pipeline(folder: Path, dtype: torch.dtype) -> Any:
     return pipeline
 
 
-def _check_keys(folder: Path, pipeline: Any, weights: list[str]) -> None:
+def _prompt_form(index: Mapping[str, Any], folder: Path) -> str:
+    from medsign_forensics.diffusion.configs import CAPTION_FORMS
+
+    form = index.get(PROMPT_FORM_KEY, "report")
+    if form not in CAPTION_FORMS:
+        raise ModelError(f"model_index.json names an unknown prompt form {form!r} (known: {', '.join(CAPTION_FORMS)})",
+                         path=folder / "model_index.json")
+    return str(form)
+
+
+def _load_adapter(folder: Path, dtype: torch.dtype) -> Any | None:
+    """The folder's layout adapter, or None when it has none."""
+    if not (folder / ADAPTER_FOLDER).is_dir():
+        return None
+    from diffusers import T2IAdapter
+
+    try:
+        adapter = T2IAdapter.from_pretrained(str(folder / ADAPTER_FOLDER), torch_dtype=dtype, local_files_only=True)
+    except (OSError, ValueError, RuntimeError, KeyError, TypeError) as error:
+        raise ModelError(f"diffusers could not load the layout adapter ({_first_line(error)})",
+                         path=folder / ADAPTER_FOLDER) from None
+    return adapter.eval()
+
+
+def _check_keys(folder: Path, components: Mapping[str, Any], weights: list[str]) -> None:
     """Strict loading: the weights files and the built models must have exactly the same parameter names."""
-    for component in ("text_encoder", "unet", "vae"):
+    for component in _weighted_components(folder):
         files = [folder / name for name in weights if name.startswith(component + "/")]
         file_keys: set[str] = set()
         for file in files:
             file_keys |= _file_keys(file)
-        model_keys = set(getattr(pipeline, component).state_dict())
+        model_keys = set(components[component].state_dict())
         file_keys = {_normalise_key(k, model_keys) for k in file_keys if not k.endswith(_BENIGN_KEY_SUFFIXES)}
         model_keys = {k for k in model_keys if not k.endswith(_BENIGN_KEY_SUFFIXES)}
         check_state(file_keys, model_keys, what=f"{component} weights", target="its config", path=files[0])

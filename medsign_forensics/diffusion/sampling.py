@@ -12,12 +12,14 @@ seed, settings), never on the batch it was sampled in or on the device.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any
 
 import torch
 
+from medsign_forensics.diffusion.layout import layout_conditioning
 from medsign_forensics.diffusion.loader import DiffusionModel
 from medsign_forensics.errors import InputError
 
@@ -64,6 +66,8 @@ def sample(
     callback_on_step_end_tensor_inputs: Sequence[str] = ("latents",),
     output: SampleOutput | str = SampleOutput.BOTH,
     latents: torch.Tensor | None = None,
+    layout: torch.Tensor | None = None,
+    layout_guidance: bool = False,
 ) -> SampleResult:
     """Generate one image per prompt with DPM-Solver++ and classifier-free guidance.
 
@@ -72,12 +76,15 @@ def sample(
     (``fn(pipeline, step_index, timestep, callback_kwargs) -> callback_kwargs``), so callers can act per
     timestep, e.g. while an attention-capturing processor is installed on the U-Net. ``latents`` (B, C, h, w)
     replaces the seeded initial noise z_T (the latent layer's watermarked noise); the seeds are then recorded
-    only, since the solver used here is deterministic.
+    only, since the solver used here is deterministic. ``layout`` (B, kinds, grid, grid), one per prompt, feeds
+    the model's layout adapter (:func:`~medsign_forensics.diffusion.layout.report_layout`); None samples from
+    the text alone. ``layout_guidance`` leaves the layout out of the unconditional half, so that guidance
+    amplifies it too (diffusers' adapter pipeline gives both halves the layout).
     """
     prompts = list(prompts)
     if not prompts:
         raise InputError("give at least one prompt to sample")
-    seeds = _seeds(seed, len(prompts))
+    seeds = image_seeds(seed, len(prompts))
     output = SampleOutput(output)
     if steps < 1:
         raise InputError(f"steps must be at least 1, got {steps}")
@@ -88,7 +95,14 @@ def sample(
         raise InputError(f"height and width must be multiples of {factor} for this model, got {height}x{width}")
     generators = [torch.Generator("cpu").manual_seed(s) for s in seeds]
     negative = None if negative_prompt is None else [negative_prompt] * len(prompts)
-    with torch.no_grad():
+    conditioning: AbstractContextManager[None] = nullcontext()
+    if layout is not None:
+        if model.adapter is None:
+            raise InputError(f"the model {model.name} has no layout adapter, so it cannot be given a layout")
+        if layout.ndim != 4 or layout.shape[0] != len(prompts):
+            raise InputError(f"give one layout (kinds, grid, grid) per prompt, got shape {tuple(layout.shape)}")
+        conditioning = layout_conditioning(model.unet, model.adapter, layout, guided=layout_guidance)
+    with torch.no_grad(), conditioning:
         result = model.pipeline(
             prompt=prompts,
             negative_prompt=negative,
@@ -135,7 +149,8 @@ def decode(model: DiffusionModel, latents: torch.Tensor, vae: Any | None = None)
     return (decoded.float() / 2 + 0.5).clamp(0, 1)
 
 
-def _seeds(seed: int | Sequence[int], count: int) -> list[int]:
+def image_seeds(seed: int | Sequence[int], count: int) -> list[int]:
+    """The seed of each of ``count`` images: ``seed`` as a list, or ``seed, seed+1, ...`` for one integer."""
     if isinstance(seed, int):
         return [seed + i for i in range(count)]
     seeds = [int(s) for s in seed]

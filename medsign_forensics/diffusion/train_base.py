@@ -7,8 +7,9 @@ Stage B (``unet``): a BPE tokenizer is trained on the training captions, then a 
 U-Net are trained jointly on cached VAE latents (:class:`UNetTrainer`), with 10% caption dropout (the empty
 caption, as the pipeline uses for the unconditional half of classifier-free guidance). With grounding weights in
 the config, each batch's finding words are also grounded on their lesion masks
-(:mod:`~medsign_forensics.diffusion.grounding_data`). ``init_from`` continues stage B from an exported model
-instead of random weights (:mod:`~medsign_forensics.diffusion.init_from`).
+(:mod:`~medsign_forensics.diffusion.grounding_data`); with ``layout.enabled`` the same masks are the layout
+that a layout adapter learns to draw from (:mod:`~medsign_forensics.diffusion.layout`). ``init_from`` continues
+stage B from an exported model instead of random weights (:mod:`~medsign_forensics.diffusion.init_from`).
 
 Everything is seeded and resumable (:mod:`medsign_forensics.training`): a checkpoint per stage holds the models,
 optimizers, EMA, step, wall time and every random generator; losses go to ``log.jsonl``, every invocation to
@@ -19,7 +20,7 @@ Output folder::
 
     OUT/config.json  log.jsonl  runs.jsonl  renders.u8  renders.json  tokenizer/  latents.pt
     OUT/vae/checkpoint.pt  OUT/vae/final/  OUT/unet/checkpoint.pt  OUT/model/
-    OUT/masks.u8  masks.json (grounded runs)  OUT/init.json (runs started from an exported model)
+    OUT/masks.u8  masks.json (grounded and layout runs)  OUT/init.json (runs started from an exported model)
 """
 
 from __future__ import annotations
@@ -226,7 +227,7 @@ class _Run:
         wall = self._restore(checkpoint, trainer, generator, "unet")
         train = self.config.unet_train
         grounding = None
-        if train.grounding.enabled:
+        if train.grounding.enabled or self.config.layout.enabled:
             grounding = open_grounding(
                 self.out, self.source, renders_per_report=self.config.data.renders_per_report, seed=self.config.seed,
                 image_size=self.config.image_size, latent_size=self.config.latent_size, tokenizer=tokenizer,
@@ -241,8 +242,11 @@ class _Run:
             mean, logvar = latents[rows, :channels].float(), latents[rows, channels:].float()
             z = (mean + torch.exp(0.5 * logvar) * torch.randn(mean.shape, generator=generator)) * scaling
             captions = self._captions(rows_report[rows], generator)
-            targets = None if grounding is None else grounding.targets(rows.tolist(), captions)
-            parts = trainer.step(z, captions, generator, targets)
+            targets, layout = None, None
+            if grounding is not None:
+                targets = grounding.targets(rows.tolist(), captions) if train.grounding.enabled else None
+                layout = grounding.layout(rows.tolist()) if self.config.layout.enabled else None
+            parts = trainer.step(z, captions, generator, targets, layout)
             self._logged_step("unet", UNET_TASK, trainer, target, start, parts)
             if trainer.step_count % train.checkpoint_every == 0 or trainer.step_count == target:
                 self._save(checkpoint, trainer, generator, time.perf_counter() - start)
@@ -290,15 +294,16 @@ class _Run:
         return captions
 
     def _export(self, trainer: UNetTrainer, vae: Any) -> Path:
-        text_encoder, unet = trainer.export_modules()
+        modules = trainer.export_modules()
         final = self.out / "model"
         export_model(
             final,
             config=self.config,
             tokenizer=trainer.tokenizer,
-            text_encoder=text_encoder,
-            unet=unet,
+            text_encoder=modules["text_encoder"],
+            unet=modules["unet"],
             vae=vae,
+            adapter=modules.get("adapter"),
             card=self._card_facts(),
         )
         return final

@@ -30,6 +30,7 @@ import torch
 from torch.nn import functional as F
 
 from medsign_forensics.diffusion import DiffusionModel, sample
+from medsign_forensics.diffusion.layout import report_layouts
 from medsign_forensics.diffusion.sampling import SampleOutput, decode
 from medsign_forensics.errors import InputError
 from medsign_forensics.evaluate.metrics import Frechet, frechet_distance
@@ -50,6 +51,8 @@ from medsign_forensics.training.progress import ProgressFn, notify
 THRESHOLD = 0.5
 #: Phantoms of the same reports drawn with other seeds: seed + OTHER_SEED_OFFSET + i.
 OTHER_SEED_OFFSET = 1_000_000
+#: Layouts of the reports for a model with a layout adapter: seed + LAYOUT_SEED_OFFSET + i.
+LAYOUT_SEED_OFFSET = 2_000_000
 _PAIRED_SIDES = (Side.RIGHT, Side.LEFT)
 
 
@@ -194,16 +197,19 @@ def _resize(images: np.ndarray, size: int) -> np.ndarray:
 
 def generate_images(
     model: DiffusionModel, texts: Sequence[str], *, seed: int, steps: int, guidance: float, batch: int,
-    progress: ProgressFn | None = None, task: str = "generating",
+    progress: ProgressFn | None = None, task: str = "generating", layouts: torch.Tensor | None = None,
+    layout_guidance: bool = False,
 ) -> tuple[np.ndarray, list[float]]:
-    """One greyscale image per report (seed ``seed + i``) and the wall seconds per image of each batch."""
+    """One greyscale image per report (seed ``seed + i``; ``layouts[i]`` for the layout adapter when given) and
+    the wall seconds per image of each batch (a layout's rendering not included)."""
     images, per_image = [], []
     for start in range(0, len(texts), batch):
         chunk = list(texts[start : start + batch])
         began = time.perf_counter()
         result = sample(
             model, chunk, seed=[seed + start + i for i in range(len(chunk))], steps=steps, guidance_scale=guidance,
-            output=SampleOutput.IMAGES,
+            output=SampleOutput.IMAGES, layout=None if layouts is None else layouts[start : start + len(chunk)],
+            layout_guidance=layout_guidance,
         )
         per_image.append((time.perf_counter() - began) / len(chunk))
         if result.images is None:
@@ -268,21 +274,31 @@ class GeneratorResults:
 def evaluate_generator(
     model: DiffusionModel, classifier: FindingClassifier, texts: Sequence[str], *, seed: int, steps: int,
     guidance: float, batch: int, threshold: float = THRESHOLD, progress: ProgressFn | None = None,
-    sided: int = 0, prompt: Callable[[str], str] | None = None,
+    sided: int = 0, prompt: Callable[[str], str] | None = None, layout: bool = False, layout_guidance: bool = False,
 ) -> GeneratorResults:
     """Generate, render and reconstruct for ``texts`` (two or more reports), judge every set with ``classifier``
     and compare their features (see the module docstring). ``sided`` > 0 also generates and renders that many
     :func:`sided_prompts` (seeds ``seed + i`` too) and scores them alone. ``prompt`` turns each report into the
     model's prompt (e.g. :func:`~medsign_forensics.reports.prompt.findings_prompt` for a model trained on
-    findings prompts); the report itself stays the truth and is what the phantoms are rendered from."""
+    findings prompts); the report itself stays the truth and is what the phantoms are rendered from. ``layout``
+    samples a model with a layout adapter from each report's layout (:func:`report_layouts`), drawn with seeds
+    ``seed + LAYOUT_SEED_OFFSET + i``, so that no layout is the scored phantom's own placement;
+    ``layout_guidance`` as in :func:`~medsign_forensics.diffusion.sample`."""
     if len(texts) < 2:
         raise InputError(f"the generator evaluation needs at least 2 reports, got {len(texts)}")
     started = time.perf_counter()
     size = model.image_size
     as_prompt = prompt or (lambda text: text)
+
+    def layouts(reports: Sequence[str]) -> torch.Tensor | None:
+        if not layout:
+            return None
+        seeds = [seed + LAYOUT_SEED_OFFSET + i for i in range(len(reports))]
+        return report_layouts(reports, seeds=seeds, size=size, grid=size // model.vae_scale_factor)
+
     generated, per_image = generate_images(
         model, [as_prompt(text) for text in texts], seed=seed, steps=steps, guidance=guidance, batch=batch,
-        progress=progress,
+        progress=progress, layouts=layouts(texts), layout_guidance=layout_guidance,
     )
     phantoms = render_phantoms(texts, seed=seed, size=size, progress=progress)
     others = render_phantoms(texts, seed=seed + OTHER_SEED_OFFSET, size=size, progress=progress,
@@ -301,7 +317,8 @@ def evaluate_generator(
         prompts = sided_prompts(sided)
         drawn, _ = generate_images(model, [as_prompt(text) for text in prompts], seed=seed, steps=steps,
                                    guidance=guidance, batch=batch, progress=progress,
-                                   task="generating, left/right prompts")
+                                   task="generating, left/right prompts", layouts=layouts(prompts),
+                                   layout_guidance=layout_guidance)
         rendered = render_phantoms(prompts, seed=seed, size=size, progress=progress,
                                    task="rendering phantoms, left/right prompts")
         truth = [present_findings(text) for text in prompts]

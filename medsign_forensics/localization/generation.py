@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import torch
 
 from medsign_forensics.diffusion import DiffusionModel, sample
+from medsign_forensics.diffusion.conditioning import Conditioning, condition
 from medsign_forensics.diffusion.sampling import DEFAULT_GUIDANCE, DEFAULT_STEPS, SampleOutput, SampleResult
 from medsign_forensics.localization.capture import CrossAttentionCapture, StepSelector, every_step
 from medsign_forensics.localization.maps import Localization, MapOptions, localize_variants
@@ -50,27 +51,29 @@ def generate_with_maps(
     locations: bool = True,
     output: SampleOutput | str = SampleOutput.BOTH,
 ) -> GeneratedMaps:
-    """Sample one image per report and build each report's A_loc from the same denoising run.
+    """Sample one image per report and build each report's A_loc from the same denoising run. Each report is
+    given to the model as :func:`~medsign_forensics.diffusion.conditioning.condition` says (for the shipped
+    mini-cxr: as written).
 
     ``select`` chooses the denoising steps whose attention is summed (default: all, as in the paper).
     ``options`` may list several MapOptions: every variant is built from the one capture. ``output`` as in
     :func:`~medsign_forensics.diffusion.sampling.sample` (latents alone skip the decoder).
     """
-    reports = list(reports)
+    given = condition(model, list(reports), seed)
     variants = (options,) if isinstance(options, MapOptions) else tuple(options)
     if not variants:
         raise ValueError("give at least one MapOptions")
-    words = [
-        word_tokens(model.tokenizer, report, medical_words(report, parse=parse, locations=locations))
-        for report in reports
+    words = [  # the words are read where the model reads them: in its prompt
+        word_tokens(model.tokenizer, prompt, medical_words(prompt, parse=parse, locations=locations))
+        for prompt in given.prompts
     ]
     captured = None
     if any(found for found, _ in words):
-        with CrossAttentionCapture(model.unet, conditional_batch=len(reports), select=select) as capture:
-            result = _sample(model, reports, seed, steps, guidance_scale, negative_prompt, output)
+        with CrossAttentionCapture(model.unet, conditional_batch=len(given.prompts), select=select) as capture:
+            result = _sample(model, given, seed, steps, guidance_scale, negative_prompt, output)
         captured = capture.result()
     else:
-        result = _sample(model, reports, seed, steps, guidance_scale, negative_prompt, output)
+        result = _sample(model, given, seed, steps, guidance_scale, negative_prompt, output)
     size = (result.height, result.width)
     per_report = [
         localize_variants(captured if found else None, found, size, dropped=dropped, item=index, variants=variants)
@@ -82,7 +85,7 @@ def generate_with_maps(
 
 def _sample(
     model: DiffusionModel,
-    reports: list[str],
+    given: Conditioning,
     seed: int | Sequence[int],
     steps: int,
     guidance_scale: float,
@@ -91,10 +94,11 @@ def _sample(
 ) -> SampleResult:
     return sample(
         model,
-        reports,
+        list(given.prompts),
         seed=seed,
         steps=steps,
         guidance_scale=guidance_scale,
         negative_prompt=negative_prompt,
         output=output,
+        layout=given.layout,
     )
