@@ -162,12 +162,13 @@ def is_untrained(folder: str | Path) -> bool:
 def _model_card(
     config: MiniCxrConfig, sizes: dict[str, int], hashes: dict[str, str], card: dict[str, Any] | None
 ) -> str:
+    captions = "the report text" if config.data.captions == "report" else "each report's findings prompt"
     lines = [
         f"# {config.name}",
         "",
         "A small text-to-image latent diffusion model (Stable Diffusion 1.x layout) trained from scratch on",
-        "synthetic chest phantoms rendered from the findings of real radiology reports, captioned with the report",
-        "text (medsign-forensics' embedded default). It is not a model of real radiographs.",
+        f"synthetic chest phantoms rendered from the findings of real radiology reports, captioned with {captions}",
+        "(medsign-forensics' embedded default). It is not a model of real radiographs.",
         "",
         "## Architecture",
         f"- Output {config.image_size}x{config.image_size}, {config.image_channels} channel(s); latent "
@@ -176,6 +177,9 @@ def _model_card(
         f"{config.text_encoder.num_layers} layers x {config.text_encoder.hidden_size}; U-Net block channels "
         f"{list(config.unet.block_out_channels)}, cross-attention at every level.",
         f"- Prediction type {config.scheduler.prediction_type.value}; sampling with DPM-Solver++.",
+        *([f"- Layout adapter (T2IAdapter in `{ADAPTER_FOLDER}/`, outside model_index.json): reads the report's "
+           f"lesion layout, {config.layout.res_blocks} residual block(s) per level; {config.layout.dropout:.0%} of "
+           "training items went without it."] if config.layout.enabled else []),
         "",
         "## Weights (fp16 safetensors)",
         "",
@@ -189,7 +193,7 @@ def _model_card(
         lines[2:5] = [
             "A small text-to-image latent diffusion model (Stable Diffusion 1.x layout), fine-tuned: stage B (text",
             "encoder + U-Net) continued on synthetic chest phantoms rendered from the findings of real radiology",
-            "reports, captioned with the report text, from the model below, whose VAE and tokenizer it keeps. It is",
+            f"reports, captioned with {captions}, from the model below, whose VAE and tokenizer it keeps. It is",
             "not a model of real radiographs.",
             "",
             f"Initial model: {init['name']} at `{init['path']}`, combined weights SHA-256 `{init['weights_sha256']}`",

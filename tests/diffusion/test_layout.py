@@ -106,6 +106,8 @@ def test_the_exported_adapter_loads_is_hashed_and_steers_sampling(layout_run: Pa
     assert "adapter/diffusion_pytorch_model.safetensors" in read_manifest(folder / MANIFEST_NAME)
     model = load_model(folder)
     assert model.adapter is not None and "adapter/diffusion_pytorch_model.safetensors" in model.weights
+    card = (folder / "MODEL_CARD.md").read_text()
+    assert "Layout adapter" in card and "findings prompt" in card and "| adapter/diffusion_pytorch_model" in card
     StableDiffusionPipeline.from_pretrained(str(folder), safety_checker=None, requires_safety_checker=False)
     layouts = report_layouts(REPORTS[:2], seeds=[0, 0], size=64, grid=8)
     prompts = ["Pleural effusion."] * 2
