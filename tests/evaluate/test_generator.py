@@ -7,13 +7,19 @@ import numpy as np
 import pytest
 import torch
 
+from helpers.diffusion import REPORT_TEXTS
 from helpers.verify import tiny_model_dir
 
 from medsign_forensics.diffusion import load_model
-from medsign_forensics.diffusion.export import is_untrained
+from medsign_forensics.diffusion.configs import LayoutConfig, tiny_config
+from medsign_forensics.diffusion.export import build_random_model, is_untrained
+from medsign_forensics.diffusion.layout import report_layouts
+from medsign_forensics.errors import InputError
 from medsign_forensics.evaluate.generator import (
+    LAYOUT_SEED_OFFSET,
     SIDED_TEMPLATES,
     evaluate_generator,
+    generate_images,
     present_findings,
     score,
     sided_prompts,
@@ -114,3 +120,29 @@ def test_the_whole_measurement_runs_on_tiny_random_models(tmp_path_factory) -> N
     assert all(event.done == event.total for event in last.values())
     with pytest.raises(ValueError, match="at least 2 reports"):
         evaluate_generator(model, classifier, REPORTS[:1], seed=0, steps=2, guidance=4.0, batch=2)
+
+
+def test_a_layout_model_is_sampled_from_layouts_that_are_not_the_scored_phantoms(
+    tmp_path, tmp_path_factory, tiny_classifier
+) -> None:
+    from dataclasses import replace
+
+    config = replace(tiny_config(), layout=LayoutConfig(enabled=True))
+    model = load_model(build_random_model(tmp_path / "layout", config=config, texts=REPORT_TEXTS))
+    layouts = report_layouts(REPORTS[:2], seeds=[LAYOUT_SEED_OFFSET, LAYOUT_SEED_OFFSET + 1], size=64, grid=8)
+    one_by_one, _ = generate_images(model, REPORTS[:2], seed=0, steps=2, guidance=4.0, batch=1, layouts=layouts)
+    together, _ = generate_images(model, REPORTS[:2], seed=0, steps=2, guidance=4.0, batch=2, layouts=layouts)
+    plain, _ = generate_images(model, REPORTS[:2], seed=0, steps=2, guidance=4.0, batch=2)
+    assert np.allclose(one_by_one, together, atol=1e-5) and not np.allclose(together, plain, atol=1e-3)
+    results = evaluate_generator(model, tiny_classifier, REPORTS[:2], seed=0, steps=2, guidance=4.0, batch=2,
+                                 layout=True)
+    assert results.n == 2
+    with pytest.raises(InputError, match="no layout adapter"):
+        evaluate_generator(load_model(tiny_model_dir(tmp_path_factory)), tiny_classifier, REPORTS[:2], seed=0, steps=2,
+                           guidance=4.0, batch=2, layout=True)
+
+
+@pytest.fixture
+def tiny_classifier() -> FindingClassifier:
+    torch.manual_seed(0)
+    return FindingClassifier(ClassifierConfig(channels=(8, 16, 16), max_taps=(0,), groups=4, image_size=64)).eval()
