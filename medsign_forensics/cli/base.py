@@ -76,6 +76,8 @@ def register(app: typer.Typer) -> None:
             "height": result.height,
             "width": result.width,
             "seconds": round(seconds, 3),
+            "prompt": given.prompts[0],  # what the model was given for the report (its prompt form)
+            "layout": given.layout is not None,
         }
         if json_output:
             print_json(summary)
@@ -85,6 +87,9 @@ def register(app: typer.Typer) -> None:
             f"guidance {guidance}) in {seconds:.1f} s",
             highlight=False,
         )
+        if given.prompts[0] != report or given.layout is not None:
+            layout = ", with the report's layout" if given.layout is not None else ""
+            console.print(f"the model was given {given.prompts[0]!r}{layout}", highlight=False)
         if latents_out is not None:
             console.print(f"wrote x0 {tuple(result.latents.shape[1:])} to [bold]{latents_out}[/]", highlight=False)
 

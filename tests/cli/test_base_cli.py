@@ -80,6 +80,7 @@ def test_sample_writes_png_and_latents(model_dir: Path, tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout)
     assert summary["seed"] == 3 and summary["steps"] == 3 and len(summary["weights_sha256"]) == 64
+    assert summary["prompt"] == "Small left pleural effusion." and summary["layout"] is False  # report form
     image = Image.open(out)
     assert image.mode == "L" and image.size == (64, 64)
     assert np.load(latents).shape == (4, 8, 8)
@@ -213,3 +214,19 @@ def test_info_prints_the_hash_that_keys_issue_binds(model_dir: Path) -> None:
     assert json.loads(result.stdout)["weights_sha256"] == load_model(model_dir).weights_sha256
     missing = runner.invoke(app, ["base", "info", "--model", str(model_dir.parent / "nowhere")])
     assert missing.exit_code == 4
+
+
+def test_a_findings_layout_model_is_given_the_findings_prompt_and_the_layout(tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    from medsign_forensics.diffusion.configs import LayoutConfig
+
+    config = replace(tiny_config(), layout=LayoutConfig(enabled=True),
+                     data=replace(tiny_config().data, captions="findings"))
+    folder = build_random_model(tmp_path / "layout", config=config, texts=TEXTS)
+    args = ["base", "sample", "--report", "Small left pleural effusion. No pneumothorax.", "--out",
+            str(tmp_path / "x.png"), "--model", str(folder), "--steps", "2"]
+    summary = json.loads(runner.invoke(app, [*args, "--json"]).stdout)
+    assert summary["prompt"] == "mild left effusion." and summary["layout"] is True  # the parser's words
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0 and "'mild left effusion.', with the report's layout" in result.stdout
