@@ -27,7 +27,7 @@ from medsign_forensics.attacks.codec import to_uint8
 from medsign_forensics.diffusion.configs import DataConfig
 from medsign_forensics.errors import DatasetError
 from medsign_forensics.fileio import write_text
-from medsign_forensics.reports.findings import FindingKind
+from medsign_forensics.reports.findings import Finding, FindingKind
 from medsign_forensics.training.progress import ProgressFn, notify
 
 RENDER_SIZE = 256  # the smallest size the phantom renderer draws
@@ -102,7 +102,7 @@ class ReportPhantomSource:
         return kind_masks(self._entries[index].findings, seed=seed, size=size, grid=grid)
 
 
-def kind_masks(findings: Sequence[object], *, seed: int, size: int, grid: int) -> dict[FindingKind, np.ndarray]:
+def kind_masks(findings: Sequence[Finding], *, seed: int, size: int, grid: int) -> dict[FindingKind, np.ndarray]:
     """The lesions the phantom of ``findings`` has at ``size`` with this seed, per drawn finding kind, on a
     ``grid`` x ``grid`` raster (e.g. the latent's): the fraction of each cell inside the kind's lesions, float32
     in [0, 1]. Kinds whose masks are empty are left out."""
@@ -112,7 +112,7 @@ def kind_masks(findings: Sequence[object], *, seed: int, size: int, grid: int) -
     if native % grid:
         raise DatasetError(f"mask grid {grid} must divide the phantom size {native}")
     union: dict[FindingKind, np.ndarray] = {}
-    for finding, mask in render_masks(findings, seed=seed, size=native):  # type: ignore[arg-type]
+    for finding, mask in render_masks(findings, seed=seed, size=native):
         union[finding.kind] = union.get(finding.kind, np.zeros_like(mask)) | mask
     factor = native // grid
     return {kind: _block_mean(mask.astype(np.float32), factor) for kind, mask in union.items() if mask.any()}

@@ -116,7 +116,8 @@ def open_grounding(
 ) -> GroundingData:
     """Build (or finish) the run's mask cache in ``out`` and return the batch-target maker."""
     if not callable(getattr(source, "masks", None)):
-        raise InputError("grounded training needs each render's lesion masks, and this study source gives none")
+        raise InputError("grounded and layout training need each render's lesion masks, and this study source "
+                         "gives none")
     cache = MaskCache(out, count=len(source) * renders_per_report, size=image_size, grid=latent_size)
     cache.build(source, renders_per_report=renders_per_report, seed=seed, progress=progress, task=MASK_TASK)
     return GroundingData(cache.images(), CaptionWords(tokenizer, locations=locations), grid=latent_size)
