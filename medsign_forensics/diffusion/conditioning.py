@@ -36,6 +36,10 @@ def condition(model: DiffusionModel, reports: Sequence[str], seed: int | Sequenc
     prompts = tuple(as_prompt(report) for report in reports)
     if model.adapter is None:
         return Conditioning(prompts, None)
-    seeds = image_seeds(seed, len(prompts))
+    return Conditioning(prompts, model_layouts(model, reports, image_seeds(seed, len(prompts))))
+
+
+def model_layouts(model: DiffusionModel, reports: Sequence[str], seeds: Sequence[int]) -> torch.Tensor:
+    """The layouts of ``reports`` (one seed each) at ``model``'s image size, on its latent grid."""
     size = model.image_size
-    return Conditioning(prompts, report_layouts(reports, seeds=seeds, size=size, grid=size // model.vae_scale_factor))
+    return report_layouts(reports, seeds=seeds, size=size, grid=size // model.vae_scale_factor)

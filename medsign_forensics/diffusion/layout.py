@@ -24,6 +24,7 @@ import torch
 
 from medsign_forensics.diffusion.configs import MiniCxrConfig
 from medsign_forensics.diffusion.data import kind_masks
+from medsign_forensics.errors import InputError
 from medsign_forensics.reports.findings import FindingKind
 
 #: The layout's planes, in this order (the mask cache's too).
@@ -81,8 +82,6 @@ def layout_conditioning(unet: Any, adapter: Any, layout: torch.Tensor, *, guided
     once. A call on k x B items (classifier-free guidance stacks the unconditional and conditional halves, each
     in prompt order) gets them repeated k times, as diffusers' adapter pipeline does; with ``guided`` the
     unconditional half of a guided call gets none, so that guidance amplifies the layout as well as the text."""
-    from medsign_forensics.errors import InputError
-
     parameter = next(adapter.parameters())
     with torch.no_grad():
         features = adapter(layout.to(parameter.device, parameter.dtype))

@@ -30,7 +30,7 @@ import torch
 from torch.nn import functional as F
 
 from medsign_forensics.diffusion import DiffusionModel, sample
-from medsign_forensics.diffusion.layout import report_layouts
+from medsign_forensics.diffusion.conditioning import model_layouts
 from medsign_forensics.diffusion.sampling import SampleOutput, decode
 from medsign_forensics.errors import InputError
 from medsign_forensics.evaluate.metrics import Frechet, frechet_distance
@@ -281,7 +281,7 @@ def evaluate_generator(
     :func:`sided_prompts` (seeds ``seed + i`` too) and scores them alone. ``prompt`` turns each report into the
     model's prompt (e.g. :func:`~medsign_forensics.reports.prompt.findings_prompt` for a model trained on
     findings prompts); the report itself stays the truth and is what the phantoms are rendered from. ``layout``
-    samples a model with a layout adapter from each report's layout (:func:`report_layouts`), drawn with seeds
+    samples a model with a layout adapter from each report's layout (:func:`model_layouts`), drawn with seeds
     ``seed + LAYOUT_SEED_OFFSET + i``, so that no layout is the scored phantom's own placement;
     ``layout_guidance`` as in :func:`~medsign_forensics.diffusion.sample`."""
     if len(texts) < 2:
@@ -293,8 +293,7 @@ def evaluate_generator(
     def layouts(reports: Sequence[str]) -> torch.Tensor | None:
         if not layout:
             return None
-        seeds = [seed + LAYOUT_SEED_OFFSET + i for i in range(len(reports))]
-        return report_layouts(reports, seeds=seeds, size=size, grid=size // model.vae_scale_factor)
+        return model_layouts(model, reports, [seed + LAYOUT_SEED_OFFSET + i for i in range(len(reports))])
 
     generated, per_image = generate_images(
         model, [as_prompt(text) for text in texts], seed=seed, steps=steps, guidance=guidance, batch=batch,
