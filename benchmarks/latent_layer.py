@@ -3,8 +3,9 @@
 Parts (``--parts``, default all), each appending its section to ``--out`` (markdown) and ``--json``:
 
 - ``held-out``: N held-out Open-i reports (the decoder training's split, seeds of its held-out items), each
-  generated three ways with the same sampler: with a latent-layer key (fixed key, secret from ``--seed``),
-  plain with the item's own seed, and plain with a second seed set (item seed + 1,000,000). The marked images
+  generated three ways with the same sampler and the conditioning ``medsign generate`` gives the model (its
+  prompt form and layout): with a latent-layer key (fixed key, secret from ``--seed``), plain with the item's own
+  seed, and plain with a second seed set (item seed + 1,000,000). The marked images
   are read back under every attack, (a) decoded by the plain VAE (latent layer only, no pilots: geometry is
   not undone) and (b) decoded by the shipped demo deployment's watermark layer (both layers; the pilots'
   rotation and scale are undone before inversion). Bit accuracy per attack (mean and 5th percentile) and the
@@ -44,6 +45,7 @@ from scipy import stats as scipy_stats  # noqa: E402
 
 from medsign_forensics.attacks.library import get_attack  # noqa: E402
 from medsign_forensics.diffusion import decode, load_model, sample  # noqa: E402
+from medsign_forensics.diffusion.conditioning import condition  # noqa: E402
 from medsign_forensics.key import family_p_value, identification_threshold, p_value  # noqa: E402
 from medsign_forensics.training.environment import machine_line  # noqa: E402
 from medsign_forensics.watermark.latent import LatentConfig, LatentMark  # noqa: E402
@@ -62,8 +64,8 @@ def benchmark_mark(seed: int, bits: int = 48) -> LatentMark:
     return LatentMark(key=rng.integers(0, 2, bits).astype(np.uint8), secret=rng.bytes(32), config=LatentConfig())
 
 
-def generate_sets(model, items, mark: LatentMark, work: Path) -> dict[str, np.ndarray]:
-    """Marked latents x0, marked z_T, plain A and plain B images (cached in ``work``)."""
+def generate_sets(model, items, mark: LatentMark, work: Path, steps: int) -> dict[str, np.ndarray]:
+    """Marked latents x0, marked z_T, plain A and plain B images, sampled in ``steps`` (cached in ``work``)."""
     cache = work / "generated.npz"
     if cache.is_file():
         return dict(np.load(cache))
@@ -73,11 +75,14 @@ def generate_sets(model, items, mark: LatentMark, work: Path) -> dict[str, np.nd
     start = time.perf_counter()
     for n, item in enumerate(items):
         z = mark.initial_noise(shape, torch.Generator().manual_seed(item.seed))
-        marked = sample(model, [item.text], seed=item.seed, latents=z, output="latents")
+        given = condition(model, [item.text], item.seed)  # as `medsign generate` samples: prompt form, layout
+        marked = sample(model, list(given.prompts), seed=item.seed, latents=z, output="latents", layout=given.layout,
+                        steps=steps)
         out["marked_x0"].append(marked.latents[0].numpy())
         out["marked_z"].append(z[0].numpy())
         for name, seed in (("plain_a", item.seed), ("plain_b", item.seed + PLAIN_B_OFFSET)):
-            plain = sample(model, [item.text], seed=seed, output="images")
+            given = condition(model, [item.text], seed)
+            plain = sample(model, list(given.prompts), seed=seed, output="images", layout=given.layout, steps=steps)
             out[name].append(plain.images[0].mean(0).numpy())
         print(f"generated {n + 1}/{len(items)} ({time.perf_counter() - start:.0f} s)", flush=True)
     arrays = {name: np.stack(values) for name, values in out.items()}
@@ -292,6 +297,8 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=Path("/tmp/latent-bench"))
     parser.add_argument("--parts", default="held-out,distribution,unmarked,cost,steps")
     parser.add_argument("--steps-images", type=int, default=40)
+    parser.add_argument("--sample-steps", type=int, default=25,
+                        help="sampling steps of the generated images (cached in --work: one folder per value)")
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results" / "latent_layer.md")
     args = parser.parse_args()
     from medsign_forensics.localization.cache import split_items
@@ -304,7 +311,7 @@ def main() -> None:
     mark = benchmark_mark(args.seed)
     reader = LatentReader(model, steps=args.steps)
     started = time.perf_counter()
-    sets = generate_sets(model, items, mark, args.work)
+    sets = generate_sets(model, items, mark, args.work, args.sample_steps)
     report = ["# Latent layer (Gaussian Shading) on mini-cxr", "",
               f"- date: {datetime.now(UTC).isoformat(timespec='minutes')}; machine: {machine_line()}",
               f"- command: `python benchmarks/latent_layer.py {' '.join(sys.argv[1:])}`", ""]

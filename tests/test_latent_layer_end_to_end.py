@@ -26,7 +26,7 @@ from medsign_forensics.verify import VerdictKind, Verifier
 from medsign_forensics.watermark.deployment import add_latent_to_deployment, load_deployment
 from medsign_forensics.watermark.latent import LatentConfig
 
-STEPS = {"steps": 10, "guidance_scale": 4.0}
+STEPS = {"steps": 25, "guidance_scale": 4.0}
 # A fixed key and secret keep these tests deterministic: with a fresh one, the 48 bits read of a given image vary a
 # little with the keystream (measured mean 0.99 clean), which would make the exact counts below random.
 SECRET = np.random.default_rng(7).bytes(32)

@@ -1,13 +1,17 @@
 """Probe: fine-tune the VAE with a lesion-weighted loss; do its reconstructions bring granulomas back?
 
-Usage: vae_finetune.py MODE STEPS W N LR THREADS [BALANCE]. MODE "decoder" trains the decoder alone on the
+Usage: vae_finetune.py MODE STEPS W N LR THREADS [BALANCE [TEXTURE [EVERY]]]. MODE "decoder" trains the decoder alone on the
 original encoder's latents (the latent space the U-Net knows stays); "full" trains encoder and decoder, sampling
 the posterior, with the stage-A KL term. BALANCE "pixels" (default) weighs every lesion pixel alike and centres
 crops on a random lesion pixel; "lesions" weighs each connected lesion as a whole alike (a pixel counts 1/area of
-its lesion) and centres crops on a random lesion, so a 5-pixel granuloma counts as much as a consolidation. The two modes were first run as two scripts (vae_decoder_finetune.py with 2
+its lesion) and centres crops on a random lesion, so a 5-pixel granuloma counts as much as a consolidation. TEXTURE "fft"
+(default) matches the spectrum's magnitude, which pays for detail wherever it is; "highpass" matches the error's
+high-pass (the error minus its Gaussian blur) in place, so a missing dot and a made-up one cost the same. EVERY:
+score the reconstructions every EVERY steps too. The two modes were first run as two scripts (vae_decoder_finetune.py with 2
 threads, vae_finetune.py with 1) and merged afterwards; each mode computes what its script did."""
 import sys, time, json
 import numpy as np, torch
+from kornia.filters import gaussian_blur2d
 from kornia.losses import ssim_loss
 from medsign_forensics.diffusion import load_model
 from medsign_forensics.evaluate.generator import render_phantoms, reconstruct, score, present_findings, THRESHOLD
@@ -18,6 +22,8 @@ from medsign_forensics.diffusion.configs import DataConfig
 from scipy.ndimage import binary_dilation
 mode, steps, weight, n_train, lr = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), int(sys.argv[4]), float(sys.argv[5])
 balance = sys.argv[7] if len(sys.argv) > 7 else "pixels"
+texture = sys.argv[8] if len(sys.argv) > 8 else "fft"
+assert texture in ("fft", "highpass"), texture
 assert mode in ("decoder", "full"), mode
 assert balance in ("pixels", "lesions"), balance
 torch.set_num_threads(int(sys.argv[6]))
@@ -62,6 +68,7 @@ if balance == "lesions":
     centres = [[np.argwhere(lab == c) for c in range(1, lab.max() + 1)] for lab in labelled]
 params = list(vae.parameters()) if mode == "full" else list(vae.decoder.parameters()) + list(vae.post_quant_conv.parameters())
 opt = torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.99))
+evaluate_every = int(sys.argv[9]) if len(sys.argv) > 9 else steps
 vae.train()
 for step in range(steps):
     idx = rng.choice(len(imgs), 16, replace=False)
@@ -88,13 +95,19 @@ for step in range(steps):
     l1 = err.mean()
     lesion = (err * m).sum() / m.sum().clamp(min=1)
     ssim = ssim_loss((recon + 1) / 2, (x + 1) / 2, window_size=7, max_val=1.0) * 2
-    freq = (torch.fft.rfft2(recon, norm="ortho").abs() - torch.fft.rfft2(x, norm="ortho").abs()).abs().mean()
-    loss = l1 + 0.2 * ssim + 0.05 * freq + weight * lesion
+    if texture == "fft":
+        freq = (torch.fft.rfft2(recon, norm="ortho").abs() - torch.fft.rfft2(x, norm="ortho").abs()).abs().mean()
+        loss = l1 + 0.2 * ssim + 0.05 * freq + weight * lesion
+    else:  # detail in place: a missing dot and a made-up one cost the same, wherever they are
+        detail = (recon - x) - gaussian_blur2d(recon - x, (7, 7), (1.5, 1.5))
+        loss = l1 + 0.2 * ssim + 4.0 * detail.abs().mean() + weight * lesion
     if mode == "full":
         loss = loss + 1e-6 * posterior.kl().mean() / x[0].numel()
     opt.zero_grad(); loss.backward(); torch.nn.utils.clip_grad_norm_(params, 1.0); opt.step()
+    if step and step % evaluate_every == 0:
+        vae.eval(); evaluate(f"step {step}"); vae.train()
     if step % 25 == 0:
         print(json.dumps({"step": step, "l1": l1.item(), "lesion": lesion.item(), "t": time.time() - t0}), flush=True)
 vae.eval()
-evaluate(f"{'full VAE' if mode == 'full' else 'decoder'} ft {steps} steps w={weight} balance={balance}")
-torch.save(vae.state_dict(), f"/tmp/generator_levers_{mode}_{balance}.pt")
+evaluate(f"{'full VAE' if mode == 'full' else 'decoder'} ft {steps} steps w={weight} balance={balance} texture={texture}")
+torch.save(vae.state_dict(), f"/tmp/generator_levers_{mode}_{balance}{'' if texture == 'fft' else '_' + texture}.pt")

@@ -90,12 +90,11 @@ def test_indivisible_channels_are_a_config_error(tmp_path: Path) -> None:
 
 
 def test_configs_without_grounding_load_with_it_off() -> None:
-    """The shipped model card's config predates the grounding fields: it loads, with grounding off."""
+    """mini-cxr 0.1.0's config (from its model card) predates the grounding fields: it loads, with grounding off,
+    and is written back unchanged, so run folders begun then still resume."""
     from medsign_forensics.diffusion.configs import GroundingConfig
-    from medsign_forensics.diffusion.loader import DEFAULT_MODEL_DIR
 
-    card = (DEFAULT_MODEL_DIR / "MODEL_CARD.md").read_text(encoding="utf-8")
-    shipped = json.loads(card.split("## Config")[1].split("```json")[1].split("```")[0])
+    shipped = json.loads((Path(__file__).parent / "data" / "mini-cxr-0.1.0-config.json").read_text())
     assert "grounding" not in shipped["unet_train"]
     config = MiniCxrConfig.from_dict(shipped)
     assert config.unet_train.grounding == GroundingConfig() and not config.unet_train.grounding.enabled
@@ -117,6 +116,17 @@ def test_configs_without_grounding_load_with_it_off() -> None:
         assert (later.unet_train.grounding.lesion_weight, later.data.captions) == (lesion, captions)
         assert MiniCxrConfig.from_dict(later.to_dict()) == later
         assert later.unet == config.unet
+
+
+def test_the_shipped_model_card_gives_the_layout_recipe() -> None:
+    """The shipped mini-cxr (0.2.0) was trained with the layout recipe: its card's config is that recipe's."""
+    from medsign_forensics.diffusion.loader import DEFAULT_MODEL_DIR
+
+    card = (DEFAULT_MODEL_DIR / "MODEL_CARD.md").read_text(encoding="utf-8")
+    shipped = json.loads(card.split("## Config")[1].split("```json")[1].split("```")[0])
+    recipe = load_config(Path(__file__).parents[2] / "benchmarks" / "recipes" / "mini-cxr-layout-cpu.json")
+    assert MiniCxrConfig.from_dict(shipped) == recipe and recipe.layout.enabled
+    assert recipe.data.captions == "findings" and recipe.unet_train.grounding.enabled
 
 
 def test_negative_grounding_weights_are_refused(tmp_path: Path) -> None:

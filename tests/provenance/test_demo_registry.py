@@ -7,25 +7,27 @@ from medsign_forensics.provenance import Registry, key_id_of, load_public_key_fi
 from medsign_forensics.provenance.log import parse_pin
 
 KEYS = REPO_DIR / "keys"
-# The demo registry was migrated to schema 2 with `medsign keys migrate` WITHOUT the demo issuer's private key
-# (it is not in the repository): its log (3 issues, 2 revocations) is built from the rows' own signed records,
-# but no checkpoint is signed. This head hash is the auditor's pin.
-DEMO_HEAD = "5:a931d8366be1c9b5a355948edd03cf8ee5cce37db81cea211b57743d5ae6d2d8"
+# Entries 1-5 (3 issues and 2 revocations by demo issuer 1) were migrated to the log without that issuer's private
+# key; entry 6 is the mini-cxr 0.2.0 key, issued by demo issuer 2, whose checkpoint anchors the whole log. The
+# first head is the pin auditors held before: an append-only log still passes it.
+OLD_HEAD = "5:a931d8366be1c9b5a355948edd03cf8ee5cce37db81cea211b57743d5ae6d2d8"
+DEMO_HEAD = "6:b2252d6cace848599c9ab1631285f0fa1be8a97151db2349b75da00d90e7b784"
+ISSUER_FILES = ("demo-issuer.pub.pem", "demo-issuer-2.pub.pem")
 
 
-def test_demo_registry_is_clean_under_the_pinned_demo_issuer_key_and_head() -> None:
-    public_key = load_public_key_file(KEYS / "demo-issuer.pub.pem")
-    key_id = key_id_of(public_key)
-    assert key_id in (KEYS / "README.md").read_text()
+def test_demo_registry_is_clean_under_the_pinned_demo_issuer_keys_and_heads() -> None:
+    trusted = {key_id_of(key): key for key in (load_public_key_file(KEYS / name) for name in ISSUER_FILES)}
+    readme = (KEYS / "README.md").read_text()
+    assert all(key_id in readme for key_id in trusted)
     with Registry.open(KEYS / "demo-registry") as registry:
-        assert [issuer.key_id for issuer in registry.issuers()] == [key_id]
-        assert registry.schema_version == 2 and registry.latest_checkpoint() is None
-        pinned = registry.check({key_id: public_key}, pin=parse_pin(DEMO_HEAD))
-        assert pinned.ok and pinned.anchored, pinned.to_dict()
-        unpinned = registry.check({key_id: public_key})
-        assert not unpinned.ok and not unpinned.tampered
-        assert unpinned.reason is not None and unpinned.reason.startswith("no signed checkpoint")
-        assert registry.check({key_id: public_key}, require_anchor=False).ok
+        assert sorted(issuer.key_id for issuer in registry.issuers()) == sorted(trusted)
+        assert registry.schema_version == 2 and registry.latest_checkpoint() is not None
+        for pin in (OLD_HEAD, DEMO_HEAD):
+            pinned = registry.check(trusted, pin=parse_pin(pin))
+            assert pinned.ok and pinned.anchored, pinned.to_dict()
+        assert registry.check(trusted).ok  # the checkpoint anchors it without a pin
+        first_only = {key_id: key for key_id, key in trusted.items() if key_id.startswith("3a9803ae")}
+        assert not registry.check(first_only).ok  # issuer 2's entry is refused when only issuer 1 is trusted
 
 
 def test_no_private_key_material_in_the_repository_keys_folder() -> None:

@@ -131,7 +131,9 @@ def test_migration_refuses_a_tampered_row(tmp_path: Path, issuer: IssuerKey, pol
 def test_demo_registry_copy_migrates_to_the_published_head(tmp_path: Path) -> None:
     shutil.copytree(REPO_DIR / "keys" / "demo-registry", tmp_path / "demo")
     with Registry.open(tmp_path / "demo") as registry:
-        assert registry.migrate().log_size == 5  # already migrated: nothing to do
+        before = registry.head()
+        assert registry.migrate().log_size == 6  # already migrated: nothing to do (5 migrated entries + 0.2.0's key)
+        assert registry.head() == before
 
 
 @pytest.mark.parametrize("scenario", SCENARIOS, ids=[s.name for s in SCENARIOS])
