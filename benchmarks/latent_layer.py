@@ -1,4 +1,6 @@
-"""The latent layer (Gaussian Shading in z_T) on the shipped mini-cxr: robustness, distribution, false positives, cost.
+"""The latent layer (Gaussian Shading in z_T) on mini-cxr: robustness, distribution, false positives, cost.
+
+``--model`` and ``--deployment`` default to the shipped mini-cxr and demo deployment.
 
 Parts (``--parts``, default all), each appending its section to ``--out`` (markdown) and ``--json``:
 
@@ -110,8 +112,10 @@ def matches(mark: LatentMark, read) -> int:
 def part_held_out(model, items, sets, mark, reader, args, report, results) -> None:
     from medsign_forensics.generate import load_default_deployment
     from medsign_forensics.verify import load_default_extractor
+    from medsign_forensics.watermark.deployment import load_deployment
 
-    vae = load_default_deployment().watermarked_vae(model)
+    deployment = load_default_deployment() if args.deployment is None else load_deployment(args.deployment)
+    vae = deployment.watermarked_vae(model)
     extractor = load_default_extractor()
     needed = identification_threshold(mark.key.size, args.keys, FPR)
     variants = {"latent only": None, "both layers (demo deployment)": vae}
@@ -297,6 +301,9 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=Path("/tmp/latent-bench"))
     parser.add_argument("--parts", default="held-out,distribution,unmarked,cost,steps")
     parser.add_argument("--steps-images", type=int, default=40)
+    parser.add_argument("--model", type=Path, default=None, help="model folder (default: the shipped mini-cxr)")
+    parser.add_argument("--deployment", type=Path, default=None,
+                        help="deployment of the 'both layers' rows (default: the shipped demo one)")
     parser.add_argument("--sample-steps", type=int, default=25,
                         help="sampling steps of the generated images (cached in --work: one folder per value)")
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results" / "latent_layer.md")
@@ -306,7 +313,7 @@ def main() -> None:
     torch.set_num_threads(2)
     args.work.mkdir(parents=True, exist_ok=True)
     parts = [p.strip() for p in args.parts.split(",")]
-    model = load_model()
+    model = load_model(args.model)
     items = split_items("open-i", held_out=True, n=args.reports, seed=0)
     mark = benchmark_mark(args.seed)
     reader = LatentReader(model, steps=args.steps)
