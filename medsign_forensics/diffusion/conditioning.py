@@ -5,7 +5,8 @@ sample``, the localization maps of decoder training and ``medsign localize``), f
 about itself: the prompt form it was trained on (a model trained on findings prompts is sampled with the findings
 prompt of the report, :mod:`medsign_forensics.reports.prompt`) and whether it has a layout adapter (then each
 image's layout is drawn from its report with the image's own seed, :func:`~.layout.report_layouts`). A model that
-says neither (the shipped mini-cxr, RoentGen) gets the report as written and no layout.
+says neither (mini-cxr 0.1.0, RoentGen) gets the report as written and no layout; the shipped mini-cxr 0.2.0
+says both.
 """
 
 from __future__ import annotations

@@ -1,8 +1,9 @@
 """Typed configurations of the mini-cxr model and its training, and the builders of its diffusers parts.
 
 Two named configurations exist: ``tiny`` (random-weight models for tests, seconds on CPU) and ``default``
-(the shipped mini-cxr). A JSON file may override any field of either: ``{"base": "default", "unet_train":
-{"steps": 5000}}``.
+(mini-cxr's architecture and its from-scratch recipe; the shipped 0.2.0 adds the fine-tune fields of
+``benchmarks/recipes/mini-cxr-layout-cpu.json``). A JSON file may override any field of either:
+``{"base": "default", "unet_train": {"steps": 5000}}``.
 
 Sizes of ``default`` were chosen by measurement on the 2-core CPU machine (benchmarks/sampling_speed.py):
 the U-Net has cross-attention at 32x32, 16x16 and 8x8 latent resolution (maps for the localization map at
@@ -223,7 +224,7 @@ class MiniCxrConfig:
 
 
 def default_config() -> MiniCxrConfig:
-    """The shipped mini-cxr: 256x256 greyscale, latent 4x32x32."""
+    """mini-cxr's architecture and from-scratch recipe: 256x256 greyscale, latent 4x32x32."""
     return MiniCxrConfig()
 
 
