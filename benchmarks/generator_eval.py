@@ -242,10 +242,11 @@ def main(argv: list[str] | None = None) -> int:
                         help="held-out left/right prompts generated for the side criterion (0: skip)")
     parser.add_argument("--min-kind-reports", type=int, default=MIN_KIND_REPORTS,
                         help="test reports a kind needs to count in the macro recall")
-    parser.add_argument("--prompts", choices=CAPTION_FORMS, default="report",
-                        help="prompt form the model was trained on: the report as written, or its findings prompt")
-    parser.add_argument("--layout", action="store_true",
-                        help="sample from each report's layout too (a model with a layout adapter)")
+    parser.add_argument("--prompts", choices=CAPTION_FORMS, default=None,
+                        help="prompt form: the report as written, or its findings prompt (default: the form the model "
+                             "folder names, as medsign generate gives it)")
+    parser.add_argument("--layout", action=argparse.BooleanOptionalAction, default=None,
+                        help="sample from each report's layout too (default: when the model has a layout adapter)")
     parser.add_argument("--layout-guidance", action="store_true",
                         help="with --layout: leave the layout out of the unconditional half of guidance")
     parser.add_argument("--device", default="cpu")
@@ -256,6 +257,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.device == "cpu":
         torch.set_num_threads(args.threads)
     model = load_model(args.model, device=args.device)
+    args.prompts = args.prompts or model.prompt_form  # by default the model gets what `medsign generate` gives it
+    args.layout = model.adapter is not None if args.layout is None else args.layout
     classifier = load_classifier(args.classifier, device=args.device)
     classifier_meta = read_classifier_config(args.classifier)
     _, test = split_reports(load_reports(args.reports), test_fraction=args.test_fraction, seed=args.split_seed)

@@ -173,8 +173,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=DEFAULT_STEPS)
     parser.add_argument("--guidance", type=float, default=DEFAULT_GUIDANCE)
     parser.add_argument("--size", type=int, default=256, help="phantom render size (256 or 512)")
-    parser.add_argument("--prompts", choices=CAPTION_FORMS, default="report",
-                        help="prompt form the model was trained on: the report as written, or its findings prompt")
+    parser.add_argument("--prompts", choices=CAPTION_FORMS, default=None,
+                        help="prompt form: the report as written, or its findings prompt (default: the form the model "
+                             "folder names)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (CPU runs)")
     parser.add_argument("--machine", default=None, help="machine description (default: detected)")
@@ -184,6 +185,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
 
     model = load_model(args.model, device=args.device)
+    args.prompts = args.prompts or model.prompt_form
     train, test = split_reports(load_reports(args.reports), test_fraction=args.test_fraction, seed=args.split_seed)
     held_out = [report for report in test if has_present_finding(report)][: args.n]
     prior_reports = [report for report in train if has_present_finding(report)][: args.prior_n]

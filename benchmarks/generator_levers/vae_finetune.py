@@ -1,13 +1,15 @@
 """Probe: fine-tune the VAE with a lesion-weighted loss; do its reconstructions bring granulomas back?
 
-Usage: vae_finetune.py MODE STEPS W N LR THREADS [BALANCE [TEXTURE [EVERY]]]. MODE "decoder" trains the decoder alone on the
+Usage: vae_finetune.py MODE STEPS W N LR THREADS [BALANCE [TEXTURE [EVERY [ANCHOR]]]]. MODE "decoder" trains the decoder alone on the
 original encoder's latents (the latent space the U-Net knows stays); "full" trains encoder and decoder, sampling
 the posterior, with the stage-A KL term. BALANCE "pixels" (default) weighs every lesion pixel alike and centres
 crops on a random lesion pixel; "lesions" weighs each connected lesion as a whole alike (a pixel counts 1/area of
 its lesion) and centres crops on a random lesion, so a 5-pixel granuloma counts as much as a consolidation. TEXTURE "fft"
 (default) matches the spectrum's magnitude, which pays for detail wherever it is; "highpass" matches the error's
 high-pass (the error minus its Gaussian blur) in place, so a missing dot and a made-up one cost the same. EVERY:
-score the reconstructions every EVERY steps too. The two modes were first run as two scripts (vae_decoder_finetune.py with 2
+score the reconstructions every EVERY steps too. ANCHOR (full mode): weight of the squared
+distance of the posterior mean to the original encoder's latents outside the latent cells a lesion touches, so
+the U-Net's latent space stays where it was except around lesions; each score also reports the latents' drift. The two modes were first run as two scripts (vae_decoder_finetune.py with 2
 threads, vae_finetune.py with 1) and merged afterwards; each mode computes what its script did."""
 import sys, time, json
 import numpy as np, torch
@@ -24,6 +26,7 @@ mode, steps, weight, n_train, lr = sys.argv[1], int(sys.argv[2]), float(sys.argv
 balance = sys.argv[7] if len(sys.argv) > 7 else "pixels"
 texture = sys.argv[8] if len(sys.argv) > 8 else "fft"
 assert texture in ("fft", "highpass"), texture
+anchor = float(sys.argv[10]) if len(sys.argv) > 10 else 0.0
 assert mode in ("decoder", "full"), mode
 assert balance in ("pixels", "lesions"), balance
 torch.set_num_threads(int(sys.argv[6]))
@@ -35,11 +38,20 @@ train, test = split_reports(load_reports(d.corpus), test_fraction=d.test_fractio
 texts = [r.text for r in test[:200]]
 findings = [present_findings(t) for t in texts]
 ph = render_phantoms(texts, seed=0, size=256)
+import copy
+original = copy.deepcopy(vae).eval()
+@torch.no_grad()
+def drift():
+    """RMS change of the posterior means of the 200 scored phantoms, in units of the original latents' std."""
+    x = torch.from_numpy(ph[:64])[:, None] * 2 - 1
+    new, old = vae.encode(x).latent_dist.mean, original.encode(x).latent_dist.mean
+    return float((new - old).pow(2).mean().sqrt() / old.std())
 def evaluate(tag):
     rec = reconstruct(model, ph, batch=8)
     s = score(findings, predict(clf, rec), threshold=THRESHOLD)
     print(json.dumps({"tag": tag, "macro": s.macro_recall(20), "recall": {k: s.recall(k) for k in s.macro_kinds(20)},
-                      "normal": s.normal_rate(), "side": s.side_rate(), "side_n": sum(s.sided_found.values())}), flush=True)
+                      "normal": s.normal_rate(), "side": s.side_rate(), "side_n": sum(s.sided_found.values()),
+                      "latent_drift": drift()}), flush=True)
 rng = np.random.default_rng(0)
 pos = [r.text for r in train if present_findings(r.text)]
 neg = [r.text for r in train if not present_findings(r.text)]
@@ -103,6 +115,9 @@ for step in range(steps):
         loss = l1 + 0.2 * ssim + 4.0 * detail.abs().mean() + weight * lesion
     if mode == "full":
         loss = loss + 1e-6 * posterior.kl().mean() / x[0].numel()
+        if anchor:  # keep the latent the U-Net knows, except in the cells a lesion touches
+            free = torch.nn.functional.max_pool2d((m > 0).float(), 8)
+            loss = loss + anchor * ((posterior.mean - torch.stack(ls)).pow(2) * (1 - free)).mean()
     opt.zero_grad(); loss.backward(); torch.nn.utils.clip_grad_norm_(params, 1.0); opt.step()
     if step and step % evaluate_every == 0:
         vae.eval(); evaluate(f"step {step}"); vae.train()
@@ -110,4 +125,5 @@ for step in range(steps):
         print(json.dumps({"step": step, "l1": l1.item(), "lesion": lesion.item(), "t": time.time() - t0}), flush=True)
 vae.eval()
 evaluate(f"{'full VAE' if mode == 'full' else 'decoder'} ft {steps} steps w={weight} balance={balance} texture={texture}")
-torch.save(vae.state_dict(), f"/tmp/generator_levers_{mode}_{balance}{'' if texture == 'fft' else '_' + texture}.pt")
+torch.save(vae.state_dict(), f"/tmp/generator_levers_{mode}_{balance}{'' if texture == 'fft' else '_' + texture}"
+           f"{f'_anchor{anchor:g}' if anchor else ''}.pt")
