@@ -211,6 +211,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--generated", type=Path, required=True)
     parser.add_argument("--n", type=int, default=100)
+    parser.add_argument("--out", type=Path, default=RESULTS, help="results file (markdown)")
     args = parser.parse_args()
     torch.set_num_threads(1)
     started = time.perf_counter()
@@ -277,7 +278,7 @@ def main() -> None:
     for name, n, kinds, evidence, cost, forging, seconds in rows:
         lines.append(f"| {name} | {n} | {dict(kinds)} | {dict(evidence)} | "
                      f"{'-' if cost is None else f'{cost:.1f}'} | {forging:.3f} | {seconds:.3f} |")
-    write_text(RESULTS, "\n".join(lines) + "\n")
+    write_text(args.out, "\n".join(lines) + "\n")
     print("\n".join(lines))
 
 
