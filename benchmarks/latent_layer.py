@@ -46,8 +46,8 @@ import torch  # noqa: E402
 from scipy import stats as scipy_stats  # noqa: E402
 
 from medsign_forensics.attacks.library import get_attack  # noqa: E402
-from medsign_forensics.diffusion import decode, load_model, sample  # noqa: E402
-from medsign_forensics.diffusion.conditioning import condition  # noqa: E402
+from medsign_forensics.diffusion import decode, load_model  # noqa: E402
+from medsign_forensics.diffusion.conditioning import sample_reports  # noqa: E402
 from medsign_forensics.key import family_p_value, identification_threshold, p_value  # noqa: E402
 from medsign_forensics.training.environment import machine_line  # noqa: E402
 from medsign_forensics.watermark.latent import LatentConfig, LatentMark  # noqa: E402
@@ -77,14 +77,12 @@ def generate_sets(model, items, mark: LatentMark, work: Path, steps: int) -> dic
     start = time.perf_counter()
     for n, item in enumerate(items):
         z = mark.initial_noise(shape, torch.Generator().manual_seed(item.seed))
-        given = condition(model, [item.text], item.seed)  # as `medsign generate` samples: prompt form, layout
-        marked = sample(model, list(given.prompts), seed=item.seed, latents=z, output="latents", layout=given.layout,
-                        steps=steps)
+        # as `medsign generate` samples: the model's prompt form and layout
+        marked = sample_reports(model, [item.text], seed=item.seed, latents=z, output="latents", steps=steps)
         out["marked_x0"].append(marked.latents[0].numpy())
         out["marked_z"].append(z[0].numpy())
         for name, seed in (("plain_a", item.seed), ("plain_b", item.seed + PLAIN_B_OFFSET)):
-            given = condition(model, [item.text], seed)
-            plain = sample(model, list(given.prompts), seed=seed, output="images", layout=given.layout, steps=steps)
+            plain = sample_reports(model, [item.text], seed=seed, output="images", steps=steps)
             out[name].append(plain.images[0].mean(0).numpy())
         print(f"generated {n + 1}/{len(items)} ({time.perf_counter() - start:.0f} s)", flush=True)
     arrays = {name: np.stack(values) for name, values in out.items()}

@@ -39,9 +39,9 @@ from pathlib import Path
 
 import torch
 
-from medsign_forensics.diffusion import DiffusionModel, load_model, sample
+from medsign_forensics.diffusion import DiffusionModel, load_model
 from medsign_forensics.diffusion.base_trainers import UNetTrainer, VaeTrainer
-from medsign_forensics.diffusion.conditioning import condition
+from medsign_forensics.diffusion.conditioning import sample_reports
 from medsign_forensics.diffusion.configs import MiniCxrConfig, UNetConfig, VaeConfig, default_config
 from medsign_forensics.diffusion.export import build_random_model
 from medsign_forensics.diffusion.loader import DEFAULT_MODEL_DIR
@@ -136,8 +136,7 @@ def time_sampling(model_dir: Path | None, runs: int, texts: list[str]) -> tuple[
 def sample_report(model: DiffusionModel) -> None:
     """One image from PROMPT as the model takes a report (its prompt form; the report's layout, drawn here and
     so timed, when it has a layout adapter)."""
-    given = condition(model, [PROMPT], 0)
-    sample(model, list(given.prompts), seed=0, steps=25, guidance_scale=4.0, layout=given.layout)
+    sample_reports(model, [PROMPT], seed=0, steps=25, guidance_scale=4.0)
 
 
 def time_training(runs: int, texts: list[str]) -> list[str]:

@@ -41,8 +41,8 @@ REPORTS = ("Small right pleural effusion.", "Left lower lobe consolidation.", "M
 
 
 def from_deployment(args: argparse.Namespace) -> tuple[list[np.ndarray], list[np.ndarray], str]:
-    from medsign_forensics.diffusion import decode, load_model, sample
-    from medsign_forensics.diffusion.conditioning import condition
+    from medsign_forensics.diffusion import decode, load_model
+    from medsign_forensics.diffusion.conditioning import sample_reports
     from medsign_forensics.imageio import BT601_LUMA
     from medsign_forensics.watermark.deployment import EMBEDDED, load_deployment
 
@@ -52,8 +52,8 @@ def from_deployment(args: argparse.Namespace) -> tuple[list[np.ndarray], list[np
     vae = deployment.watermarked_vae(model)
     images = []
     for index in range(args.n):
-        given = condition(model, [REPORTS[index % len(REPORTS)]], 1000 + index)  # as `medsign generate` samples
-        result = sample(model, list(given.prompts), seed=1000 + index, output="latents", layout=given.layout)
+        # as `medsign generate` samples
+        result = sample_reports(model, [REPORTS[index % len(REPORTS)]], seed=1000 + index, output="latents")
         decoded = decode(model, result.latents, vae=vae)[0].float().cpu().numpy()
         grey = decoded[0] if decoded.shape[0] == 1 else np.tensordot(BT601_LUMA, decoded, axes=1)
         images.append(quantise(grey))  # stored as 8 bits

@@ -200,8 +200,8 @@ def generate_study(
     ``png`` also writes the same 8-bit pixels as a PNG. ``policy`` (default: ``default``) decides how strong a
     deployment must be (:func:`check_strength`); ``allow_weak`` skips that check.
     """
-    from medsign_forensics.diffusion import decode, load_model, sample
-    from medsign_forensics.diffusion.conditioning import condition
+    from medsign_forensics.diffusion import decode, load_model
+    from medsign_forensics.diffusion.conditioning import sample_reports
 
     text = normalise_report(report)
     if not text:
@@ -231,9 +231,9 @@ def generate_study(
         model = load_model(path, device=device)
     vae = loaded.watermarked_vae(model)
     noise = latent_noise(loaded, model, seed)
-    given = condition(model, [text], seed)  # the model's prompt form, and its layout if it has an adapter
-    result = sample(model, list(given.prompts), seed=seed, steps=steps, guidance_scale=guidance_scale,
-                    output="latents", latents=noise, layout=given.layout)
+    # the model's prompt form, and its layout if it has an adapter
+    result = sample_reports(model, [text], seed=seed, steps=steps, guidance_scale=guidance_scale, output="latents",
+                            latents=noise)
     assert result.latents is not None
     decoded = decode(model, result.latents, vae=vae)[0].detach().float().cpu().numpy()
     pixels = quantize(_grey(decoded), 8)

@@ -92,8 +92,7 @@ def latent_methods(*, model: Any, main: Deployment, items: Sequence[Any], extrac
                    decode_all: Any, steps: int, guidance: float, batch: int, seed: int,
                    progress: ProgressFn | None) -> list[Method]:
     """Sample the held-out reports with the latent layer and build both rows."""
-    from medsign_forensics.diffusion import sample
-    from medsign_forensics.diffusion.conditioning import condition
+    from medsign_forensics.diffusion.conditioning import sample_reports
     from medsign_forensics.watermark.latent import DEFAULT_INVERSION_STEPS
     from medsign_forensics.watermark.latent_reader import LatentReader
 
@@ -104,9 +103,8 @@ def latent_methods(*, model: Any, main: Deployment, items: Sequence[Any], extrac
     latents: list[torch.Tensor] = []
     for index, item in enumerate(items):
         noise = mark.initial_noise(shape, torch.Generator().manual_seed(item.seed))
-        given = condition(model, [item.text], item.seed)  # as `medsign generate` gives the model its report
-        result = sample(model, list(given.prompts), seed=item.seed, latents=noise, steps=steps,
-                        guidance_scale=guidance, output="latents", layout=given.layout)
+        result = sample_reports(model, [item.text], seed=item.seed, latents=noise, steps=steps,
+                                guidance_scale=guidance, output="latents")
         assert result.latents is not None  # output="latents"
         latents.append(result.latents)
         notify(progress, "sampling with the latent layer", index + 1, len(items))

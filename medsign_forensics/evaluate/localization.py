@@ -29,8 +29,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from medsign_forensics.diffusion import DiffusionModel, sample
-from medsign_forensics.diffusion.conditioning import condition
+from medsign_forensics.diffusion import DiffusionModel
+from medsign_forensics.diffusion.conditioning import sample_reports
 from medsign_forensics.errors import DatasetError
 from medsign_forensics.localization import CrossAttentionCapture, MapOptions, capture_image, iou, pointing_game
 from medsign_forensics.localization.generation import generate_with_maps
@@ -165,18 +165,15 @@ def measure_overhead(
     if not texts:
         raise DatasetError("no report to time the capture overhead with (none reaches the model in a medical word)")
     cuda = model.device.type == "cuda"
-    warm = condition(model, texts[:1], seed)
-    sample(model, list(warm.prompts), seed=seed, steps=steps, guidance_scale=guidance, layout=warm.layout)  # warm-up
+    sample_reports(model, texts[:1], seed=seed, steps=steps, guidance_scale=guidance)  # warm-up
     plain, captured, full, plain_cpu, captured_cpu = [], [], [], [], []
     state, traced = 0, 0
     peak_plain = peak_capture = 0
     for index, text in enumerate(texts):
-        given = condition(model, [text], seed + index)  # what generate_with_maps gives the model too
         if cuda:
             torch.cuda.reset_peak_memory_stats()
         start, start_cpu = time.perf_counter(), time.process_time()
-        sample(model, list(given.prompts), seed=seed + index, steps=steps, guidance_scale=guidance,
-               layout=given.layout)
+        sample_reports(model, [text], seed=seed + index, steps=steps, guidance_scale=guidance)
         plain.append(time.perf_counter() - start)
         plain_cpu.append(time.process_time() - start_cpu)
         if cuda:
@@ -184,8 +181,7 @@ def measure_overhead(
             torch.cuda.reset_peak_memory_stats()
         start, start_cpu = time.perf_counter(), time.process_time()
         with CrossAttentionCapture(model.unet, conditional_batch=1) as capture:
-            sample(model, list(given.prompts), seed=seed + index, steps=steps, guidance_scale=guidance,
-                   layout=given.layout)
+            sample_reports(model, [text], seed=seed + index, steps=steps, guidance_scale=guidance)
         captured.append(time.perf_counter() - start)
         captured_cpu.append(time.process_time() - start_cpu)
         if cuda:

@@ -145,7 +145,7 @@ def test_a_layout_needs_a_model_with_an_adapter_and_one_layout_per_prompt(grey_m
 
 
 def test_reports_are_given_as_the_model_folder_says(grey_model, layout_run: Path) -> None:
-    from medsign_forensics.diffusion.conditioning import condition
+    from medsign_forensics.diffusion.conditioning import condition, sample_reports
     from medsign_forensics.localization.generation import generate_with_maps
 
     plain = condition(grey_model, REPORTS[:2], 4)
@@ -158,4 +158,5 @@ def test_reports_are_given_as_the_model_folder_says(grey_model, layout_run: Path
     maps = generate_with_maps(model, REPORTS[:2], seed=4, steps=2, output="latents")
     direct = sample(model, list(given.prompts), seed=4, steps=2, layout=given.layout, output="latents")
     assert torch.equal(maps.sample.latents, direct.latents) and maps.sample.prompts == given.prompts
+    assert torch.equal(sample_reports(model, REPORTS[:2], seed=4, steps=2, output="latents").latents, direct.latents)
     assert all(item.a_loc.max() > 0 for item in maps.localizations)  # "effusion" read in the findings prompt
