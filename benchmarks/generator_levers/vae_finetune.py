@@ -6,7 +6,9 @@ the posterior, with the stage-A KL term. BALANCE "pixels" (default) weighs every
 crops on a random lesion pixel; "lesions" weighs each connected lesion as a whole alike (a pixel counts 1/area of
 its lesion) and centres crops on a random lesion, so a 5-pixel granuloma counts as much as a consolidation. TEXTURE "fft"
 (default) matches the spectrum's magnitude, which pays for detail wherever it is; "highpass" matches the error's
-high-pass (the error minus its Gaussian blur) in place, so a missing dot and a made-up one cost the same. EVERY:
+high-pass (the error minus its Gaussian blur) in place, so a missing dot and a made-up one cost the same;
+"peaks" keeps "fft" and adds, at the lesion weight W, the mean over 8 x 8 cells of the largest error more than
+4 pixels from any lesion, so a made-up finding costs what a missed lesion does. EVERY:
 score the reconstructions every EVERY steps too. ANCHOR (full mode): weight of the squared
 distance of the posterior mean to the original encoder's latents outside the latent cells a lesion touches, so
 the U-Net's latent space stays where it was except around lesions; each score also reports the latents' drift. The two modes were first run as two scripts (vae_decoder_finetune.py with 2
@@ -25,7 +27,7 @@ from scipy.ndimage import binary_dilation
 mode, steps, weight, n_train, lr = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), int(sys.argv[4]), float(sys.argv[5])
 balance = sys.argv[7] if len(sys.argv) > 7 else "pixels"
 texture = sys.argv[8] if len(sys.argv) > 8 else "fft"
-assert texture in ("fft", "highpass"), texture
+assert texture in ("fft", "highpass", "peaks"), texture
 anchor = float(sys.argv[10]) if len(sys.argv) > 10 else 0.0
 assert mode in ("decoder", "full"), mode
 assert balance in ("pixels", "lesions"), balance
@@ -107,9 +109,12 @@ for step in range(steps):
     l1 = err.mean()
     lesion = (err * m).sum() / m.sum().clamp(min=1)
     ssim = ssim_loss((recon + 1) / 2, (x + 1) / 2, window_size=7, max_val=1.0) * 2
-    if texture == "fft":
+    if texture in ("fft", "peaks"):
         freq = (torch.fft.rfft2(recon, norm="ortho").abs() - torch.fft.rfft2(x, norm="ortho").abs()).abs().mean()
         loss = l1 + 0.2 * ssim + 0.05 * freq + weight * lesion
+        if texture == "peaks":  # a made-up finding is a local error peak away from every lesion: it costs as much
+            outside = (torch.nn.functional.max_pool2d((m > 0).float(), 9, stride=1, padding=4) == 0).float()
+            loss = loss + weight * torch.nn.functional.max_pool2d(err * outside, 8).mean()
     else:  # detail in place: a missing dot and a made-up one cost the same, wherever they are
         detail = (recon - x) - gaussian_blur2d(recon - x, (7, 7), (1.5, 1.5))
         loss = l1 + 0.2 * ssim + 4.0 * detail.abs().mean() + weight * lesion
