@@ -44,7 +44,7 @@ import copy
 original = copy.deepcopy(vae).eval()
 @torch.no_grad()
 def drift():
-    """RMS change of the posterior means of the 200 scored phantoms, in units of the original latents' std."""
+    """RMS change of the posterior means of the first 64 scored phantoms, in units of the original latents' std."""
     x = torch.from_numpy(ph[:64])[:, None] * 2 - 1
     new, old = vae.encode(x).latent_dist.mean, original.encode(x).latent_dist.mean
     return float((new - old).pow(2).mean().sqrt() / old.std())
