@@ -75,6 +75,14 @@ def _mean(values: list[float]) -> str:
     return f"{np.mean(values):.3f}" if values else "—"
 
 
+def _median(values: list[float]) -> str:
+    """The median with NaN (no map, or a flat one) ranked as infinitely far."""
+    if not values:
+        return "—"
+    middle = float(np.median(np.nan_to_num(np.asarray(values, dtype=np.float64), nan=np.inf)))
+    return "inf" if np.isinf(middle) else f"{middle:.1f}"
+
+
 def _mib(value: int | None) -> str:
     return "—" if value is None else f"{value / 2**20:.1f} MiB"
 
@@ -120,6 +128,22 @@ def render_markdown(
         f"| **all** | {total} | " + " | ".join(_rate(all_hits[m]) for m in methods)
         + f" | {sum(scores.no_word.values())} |"
     )
+    lines += [
+        "",
+        "## Distance from the map's peak to the mask, median pixels per finding kind",
+        "",
+        "A miss next to a tiny lesion (a few pixels; the maps come from 32 x 32 attention, 8 pixels a cell) is a",
+        "resolution limit; a miss far away means the map never found the lesion. Findings without a map count as",
+        "infinitely far.",
+        "",
+        "| kind | n | " + " | ".join(methods) + " |",
+        "| --- | --- | " + " | ".join("---" for _ in methods) + " |",
+    ]
+    for kind in kinds:
+        n = len(scores.distances[(kind, methods[0])])
+        lines.append(f"| {kind} | {n} | " + " | ".join(_median(scores.distances[(kind, m)]) for m in methods) + " |")
+    all_distances = {m: [v for kind in kinds for v in scores.distances[(kind, m)]] for m in methods}
+    lines.append(f"| **all** | {total} | " + " | ".join(_median(all_distances[m]) for m in methods) + " |")
     lines += [
         "",
         "## IoU of (map > 0.5) with the mask, per finding kind (priors: their top 30% of pixels)",

@@ -11,7 +11,8 @@ config, the batch's finding words' cross-attention is pushed onto their lesion m
 (:mod:`~medsign_forensics.diffusion.grounding`); without them the step is exactly the ungrounded one.
 
 Both warm the learning rate up linearly, then hold it (:class:`~medsign_forensics.training.schedule.WarmupCosine`
-with floor 1). The initial weights depend on the config alone.
+with floor 1); stage B's ``lr_floor`` below 1 cools it down to that share at the run's last step instead. The
+initial weights depend on the config alone.
 """
 
 from __future__ import annotations
@@ -137,7 +138,7 @@ class UNetTrainer:
         params = [p for module in self.modules.values() for p in module.parameters()]
         self.optimizer = torch.optim.AdamW(params, lr=train.learning_rate, betas=(0.9, 0.99), weight_decay=0.01)
         self.ema = Ema(self.modules, train.ema_decay) if train.ema_decay else None
-        self.schedule = WarmupCosine(total=train.steps, warmup=train.warmup_steps, floor=1.0)
+        self.schedule = WarmupCosine(total=train.steps, warmup=train.warmup_steps, floor=train.lr_floor)
         self.step_count = 0
 
     @property

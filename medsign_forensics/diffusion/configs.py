@@ -174,6 +174,13 @@ class UNetTrainConfig:
     grad_clip: float = 1.0
     checkpoint_every: int = 1000
     grounding: GroundingConfig = field(default_factory=GroundingConfig)
+    # The rate's share left at ``steps``: 1 holds it after warm-up (a run resumed for more steps goes on as it
+    # was); below 1 a cosine cool-down runs from warm-up to ``steps``, for a run that ends there.
+    lr_floor: float = 1.0
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.lr_floor <= 1.0:
+            raise InputError(f"unet_train.lr_floor must be in [0, 1], got {self.lr_floor}")
 
 
 @dataclass(frozen=True)
@@ -204,14 +211,16 @@ class MiniCxrConfig:
 
     def to_dict(self) -> dict[str, Any]:
         """The config as JSON data. Settings added after models were shipped (``unet_train.grounding``,
-        its ``lesion_weight``, ``data.captions``, ``layout``) are written only when they differ from their
-        defaults, so a config that does not use them is written exactly as before they existed (the shipped model
-        card, run folders begun earlier); reading fills them in with the defaults."""
+        its ``lesion_weight``, ``unet_train.lr_floor``, ``data.captions``, ``layout``) are written only when they
+        differ from their defaults, so a config that does not use them is written exactly as before they existed
+        (the shipped model card, run folders begun earlier); reading fills them in with the defaults."""
         data = config_to_dict(self)
         if self.unet_train.grounding == GroundingConfig():
             del data["unet_train"]["grounding"]
         elif self.unet_train.grounding.lesion_weight == 0:
             del data["unet_train"]["grounding"]["lesion_weight"]
+        if self.unet_train.lr_floor == UNetTrainConfig.lr_floor:
+            del data["unet_train"]["lr_floor"]
         if self.data.captions == DataConfig.captions:
             del data["data"]["captions"]
         if self.layout == LayoutConfig():

@@ -32,7 +32,14 @@ import torch
 from medsign_forensics.diffusion import DiffusionModel
 from medsign_forensics.diffusion.conditioning import sample_reports
 from medsign_forensics.errors import DatasetError
-from medsign_forensics.localization import CrossAttentionCapture, MapOptions, capture_image, iou, pointing_game
+from medsign_forensics.localization import (
+    CrossAttentionCapture,
+    MapOptions,
+    capture_image,
+    iou,
+    peak_distance,
+    pointing_game,
+)
 from medsign_forensics.localization.generation import generate_with_maps
 from medsign_forensics.localization.maps import localize_captured
 from medsign_forensics.phantom import render_report
@@ -51,15 +58,18 @@ PRIORS = ("prior (all lesions)", "prior (same kind)")
 
 @dataclass
 class Scores:
-    """Per (kind, method) hits and IoUs; ``no_word`` counts findings whose kind reached the model in no word."""
+    """Per (kind, method) hits, peak distances (px) and IoUs; ``no_word`` counts findings whose kind reached the
+    model in no word (their distance is NaN: there is no map)."""
 
     hits: dict[tuple[str, str], list[bool]] = field(default_factory=lambda: defaultdict(list))
+    distances: dict[tuple[str, str], list[float]] = field(default_factory=lambda: defaultdict(list))
     ious: dict[tuple[str, str], list[float]] = field(default_factory=lambda: defaultdict(list))
     no_word: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     report_iou: list[float] = field(default_factory=list)
 
     def add(self, kind: str, method: str, a_map: np.ndarray, mask: np.ndarray, *, threshold: float = 0.5) -> None:
         self.hits[(kind, method)].append(pointing_game(a_map, mask))
+        self.distances[(kind, method)].append(peak_distance(a_map, mask))
         self.ious[(kind, method)].append(iou(a_map, mask, threshold=threshold))
 
 
@@ -131,6 +141,7 @@ def score_maps(
                     scores.add(name, method, attention.localize(options, words=words).a_loc, mask)
                 else:
                     scores.hits[(name, method)].append(False)
+                    scores.distances[(name, method)].append(float("nan"))
                     scores.ious[(name, method)].append(0.0)
             if not words:
                 scores.no_word[name] += 1

@@ -7,14 +7,14 @@ capture    records cross-attention probabilities without changing the U-Net's ou
 maps       per-token maps -> A_avg, CAS, AAS -> A_loc; combination over words
 generation maps during generation: sample images and x0 with the capture installed
 inversion  maps for an existing image and its report (one noised denoising step per timestep)
-metrics    pointing game and IoU against ground-truth lesion masks
+metrics    pointing game, peak distance and IoU against ground-truth lesion masks
 """
 
 from medsign_forensics.localization.capture import CapturedAttention, CrossAttentionCapture, every_step
 from medsign_forensics.localization.generation import GeneratedMaps, generate_with_maps
 from medsign_forensics.localization.inversion import DEFAULT_TIMESTEPS, ImageAttention, capture_image, localize_image
 from medsign_forensics.localization.maps import Localization, MapOptions, WordMap, localize_captured
-from medsign_forensics.localization.metrics import iou, pointing_game
+from medsign_forensics.localization.metrics import iou, peak_distance, pointing_game
 from medsign_forensics.reports.words import MedicalWord, WordTokens, medical_words, word_tokens
 
 __all__ = [
@@ -35,6 +35,7 @@ __all__ = [
     "localize_captured",
     "localize_image",
     "medical_words",
+    "peak_distance",
     "pointing_game",
     "word_tokens",
 ]

@@ -1,4 +1,5 @@
-"""How well a localization map finds the lesion: the pointing game and the IoU of its salient region.
+"""How well a localization map finds the lesion: the pointing game, how far its peak lands from the lesion, and
+the IoU of its salient region.
 
 Both compare a map (H, W) with a non-empty boolean ground-truth lesion mask of the same shape; a finding the
 renderer drew no mask for cannot be scored and is an input error, not a silent zero.
@@ -7,6 +8,7 @@ renderer drew no mask for cannot be scored and is an input error, not a silent z
 from __future__ import annotations
 
 import numpy as np
+from scipy.ndimage import distance_transform_edt
 
 from medsign_forensics.errors import InputError
 
@@ -31,6 +33,20 @@ def pointing_game(a_map: np.ndarray, mask: np.ndarray) -> bool:
     if peak.all():
         return False
     return bool(np.count_nonzero(peak & mask) * 2 > np.count_nonzero(peak))
+
+
+def peak_distance(a_map: np.ndarray, mask: np.ndarray) -> float:
+    """Pixels from the map's maximum to the nearest mask pixel (0 inside it); NaN for a constant map.
+
+    A miss of the pointing game says nothing about whether the map peaked next to a tiny lesion (a resolution
+    limit) or somewhere else entirely (it never found it); this tells the two apart. Several maximal pixels
+    give the median of their distances.
+    """
+    a_map, mask = _check(a_map, mask)
+    peak = a_map == a_map.max()
+    if peak.all():
+        return float("nan")
+    return float(np.median(distance_transform_edt(~mask)[peak]))
 
 
 def iou(a_map: np.ndarray, mask: np.ndarray, *, threshold: float = 0.5) -> float:

@@ -118,6 +118,23 @@ def test_configs_without_grounding_load_with_it_off() -> None:
         assert later.unet == config.unet
 
 
+def test_a_cool_down_recipe_is_the_layout_recipe_with_a_decaying_rate(tmp_path: Path) -> None:
+    """``lr_floor`` below 1 is written (and read back); at its default it is left out, so earlier run folders
+    resume; outside [0, 1] it is a config error."""
+    recipes = Path(__file__).parents[2] / "benchmarks" / "recipes"
+    layout = load_config(recipes / "mini-cxr-layout-cpu.json")
+    cooldown = load_config(recipes / "mini-cxr-layout-cooldown-cpu.json")
+    assert "lr_floor" not in layout.to_dict()["unet_train"] and layout.unet_train.lr_floor == 1.0
+    assert cooldown.to_dict()["unet_train"]["lr_floor"] == 0.0
+    assert MiniCxrConfig.from_dict(cooldown.to_dict()) == cooldown
+    held = replace(cooldown.unet_train, lr_floor=1.0, steps=layout.unet_train.steps)
+    assert replace(cooldown, unet_train=held) == layout
+    path = tmp_path / "c.json"
+    path.write_text(json.dumps({"base": "tiny", "unet_train": {"lr_floor": 1.5}}))
+    with pytest.raises(InputError, match="lr_floor"):
+        load_config(path)
+
+
 def test_the_shipped_model_card_gives_the_layout_recipe() -> None:
     """The shipped mini-cxr (0.2.0) was trained with the layout recipe: its card's config is that recipe's."""
     from medsign_forensics.diffusion.loader import DEFAULT_MODEL_DIR

@@ -67,6 +67,21 @@ def test_unet_steps_lower_the_loss_on_a_repeated_batch() -> None:
     assert not torch.equal(text_weights, trainer.text_encoder.get_input_embeddings().weight)
 
 
+def test_a_cool_down_brings_the_unet_rate_to_its_floor() -> None:
+    config = tiny_config()
+    config = replace(config, unet_train=replace(config.unet_train, steps=4, warmup_steps=0, lr_floor=0.0))
+    tokenizer = train_tokenizer(REPORT_TEXTS, vocab_size=700, min_frequency=1)
+    trainer = UNetTrainer(config, tokenizer, device=torch.device("cpu"))
+    latents = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(2))
+    rates = []
+    for _ in range(5):
+        trainer.step(latents, ["Cardiomegaly.", "Left pleural effusion."], torch.Generator().manual_seed(0))
+        rates.append(trainer.optimizer.param_groups[0]["lr"])
+    peak = config.unet_train.learning_rate
+    assert rates[0] == pytest.approx(peak) and rates[1] < peak and rates[-1] == 0.0
+    assert rates == sorted(rates, reverse=True)
+
+
 def test_full_run_exports_a_loadable_model(tmp_path: Path) -> None:
     out = tmp_path / "run"
     result = train(tiny_config(), out, source=StandInSource(), command="medsign base train --config tiny")

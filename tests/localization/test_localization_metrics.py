@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from medsign_forensics.errors import InputError
-from medsign_forensics.localization.metrics import iou, pointing_game
+from medsign_forensics.localization.metrics import iou, peak_distance, pointing_game
 
 
 def _mask() -> np.ndarray:
@@ -28,6 +28,17 @@ def test_pointing_game_ties_need_a_majority_and_flat_maps_miss():
     a_map[9, 14] = 1.0
     assert not pointing_game(a_map, _mask())
     assert not pointing_game(np.full((10, 16), 0.5), _mask())
+
+
+def test_peak_distance_is_zero_inside_and_measures_a_miss():
+    a_map = np.zeros((10, 16), dtype=np.float32)
+    a_map[4, 5] = 1.0
+    assert peak_distance(a_map, _mask()) == 0.0
+    a_map[4, 13] = 2.0  # five columns right of the mask's last column (8)
+    assert peak_distance(a_map, _mask()) == pytest.approx(5.0)
+    a_map[9, 8] = 2.0  # a tie, four rows below the mask: the median of the two peaks' distances
+    assert peak_distance(a_map, _mask()) == pytest.approx((5.0 + 4.0) / 2)
+    assert np.isnan(peak_distance(np.full((10, 16), 0.5), _mask()))
 
 
 def test_iou_of_the_thresholded_region():
