@@ -12,8 +12,10 @@ high-pass (the error minus its Gaussian blur) in place, so a missing dot and a m
 score the reconstructions every EVERY steps too. ANCHOR (full mode): weight of the squared
 distance of the posterior mean to the original encoder's latents outside the latent cells a lesion touches, so
 the U-Net's latent space stays where it was except around lesions; each score also reports the latents' drift. The two modes were first run as two scripts (vae_decoder_finetune.py with 2
-threads, vae_finetune.py with 1) and merged afterwards; each mode computes what its script did."""
-import sys, time, json
+threads, vae_finetune.py with 1) and merged afterwards; each mode computes what its script did. Environment:
+VAE_CHECKPOINT (a `medsign base train --stage vae` checkpoint.pt) and VAE_RECIPE (its recipe) start from that VAE
+instead of the shipped one (full mode: the cached latents of the shipped VAE are then unused)."""
+import os, sys, time, json
 import numpy as np, torch
 from kornia.filters import gaussian_blur2d
 from kornia.losses import ssim_loss
@@ -33,6 +35,10 @@ assert mode in ("decoder", "full"), mode
 assert balance in ("pixels", "lesions"), balance
 torch.set_num_threads(int(sys.argv[6]))
 model = load_model(None)
+if os.environ.get("VAE_CHECKPOINT"):  # a stage-A checkpoint (VAE_RECIPE: its recipe) in place of the shipped VAE
+    from medsign_forensics.diffusion.configs import build_vae, load_config
+    model.pipeline.vae = build_vae(load_config(os.environ["VAE_RECIPE"]))
+    model.pipeline.vae.load_state_dict(torch.load(os.environ["VAE_CHECKPOINT"], weights_only=False)["trainer"]["vae"])
 vae = model.vae
 clf = load_classifier(DEFAULT_CLASSIFIER_DIR)
 d = DataConfig()
@@ -60,7 +66,6 @@ neg = [r.text for r in train if not present_findings(r.text)]
 chosen = list(rng.choice(pos, int(n_train * 0.8), replace=False)) + list(rng.choice(neg, n_train - int(n_train * 0.8), replace=False))
 imgs, masks = [], []
 t0 = time.time()
-import os
 for i, text in enumerate(chosen if not os.path.exists("/tmp/generator_levers_data.pt") else []):
     st, _ = render_report(text, seed=5_000_000 + i, size=256)
     imgs.append(st.image.astype(np.float32)); masks.append(binary_dilation(st.lesion_mask, iterations=2))
