@@ -1,7 +1,7 @@
 """How well a localization map finds the lesion: the pointing game, how far its peak lands from the lesion, and
 the IoU of its salient region.
 
-Both compare a map (H, W) with a non-empty boolean ground-truth lesion mask of the same shape; a finding the
+Each compares a map (H, W) with a non-empty boolean ground-truth lesion mask of the same shape; a finding the
 renderer drew no mask for cannot be scored and is an input error, not a silent zero.
 """
 
