@@ -36,6 +36,7 @@ import os
 import resource
 import shlex
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # idle OpenMP threads sleep: CPU time then counts work only
@@ -87,6 +88,20 @@ def _mib(value: int | None) -> str:
     return "—" if value is None else f"{value / 2**20:.1f} MiB"
 
 
+def _kind_table(
+    values: dict[tuple[str, str], list[float]], kinds: list[str], methods: tuple[str, ...],
+    summary: Callable[[list[float]], str],
+) -> list[str]:
+    """A per-kind table of one score, one column per method, then the row over every finding."""
+    lines = ["| kind | n | " + " | ".join(methods) + " |", "| --- | --- | " + " | ".join("---" for _ in methods) + " |"]
+    for kind in kinds:
+        n = len(values[(kind, methods[0])])
+        lines.append(f"| {kind} | {n} | " + " | ".join(summary(values[(kind, m)]) for m in methods) + " |")
+    pooled = {m: [v for kind in kinds for v in values[(kind, m)]] for m in methods}
+    lines.append(f"| **all** | {len(pooled[methods[0]])} | " + " | ".join(summary(pooled[m]) for m in methods) + " |")
+    return lines
+
+
 def render_markdown(
     *, args: argparse.Namespace, model: DiffusionModel, scores: Scores, evaluated: int, prior_studies: int,
     overhead: Overhead, machine: str, command: str,
@@ -136,27 +151,11 @@ def render_markdown(
         "resolution limit; a miss far away means the map never found the lesion. Findings without a map count as",
         "infinitely far.",
         "",
-        "| kind | n | " + " | ".join(methods) + " |",
-        "| --- | --- | " + " | ".join("---" for _ in methods) + " |",
-    ]
-    for kind in kinds:
-        n = len(scores.distances[(kind, methods[0])])
-        lines.append(f"| {kind} | {n} | " + " | ".join(_median(scores.distances[(kind, m)]) for m in methods) + " |")
-    all_distances = {m: [v for kind in kinds for v in scores.distances[(kind, m)]] for m in methods}
-    lines.append(f"| **all** | {total} | " + " | ".join(_median(all_distances[m]) for m in methods) + " |")
-    lines += [
+        *_kind_table(scores.distances, kinds, methods, _median),
         "",
         "## IoU of (map > 0.5) with the mask, per finding kind (priors: their top 30% of pixels)",
         "",
-        "| kind | n | " + " | ".join(methods) + " |",
-        "| --- | --- | " + " | ".join("---" for _ in methods) + " |",
-    ]
-    for kind in kinds:
-        n = len(scores.ious[(kind, methods[0])])
-        lines.append(f"| {kind} | {n} | " + " | ".join(_mean(scores.ious[(kind, m)]) for m in methods) + " |")
-    all_ious = {m: [v for kind in kinds for v in scores.ious[(kind, m)]] for m in methods}
-    lines.append(f"| **all** | {total} | " + " | ".join(_mean(all_ious[m]) for m in methods) + " |")
-    lines += [
+        *_kind_table(scores.ious, kinds, methods, _mean),
         "",
         f"Report-level A_loc (CAS+AAS, all words, pixel-wise max) vs the union of the report's masks: mean IoU "
         f"{_mean(scores.report_iou)} over {len(scores.report_iou)} reports.",
