@@ -2,7 +2,8 @@
 
 Stage A (:class:`VaeTrainer`): an AutoencoderKL on random crops of rendered phantoms, with a loss that needs no
 pretrained network: L1 + SSIM + an L1 distance of Fourier amplitudes (keeps the fine texture that L1 alone
-blurs) + a small KL term.
+blurs) + a small KL term. With ``vae_train.lesions.steps``, a lesion phase follows at its own constant rate,
+adding the lesion and peaks terms of :mod:`~medsign_forensics.diffusion.vae_lesions`.
 
 Stage B (:class:`UNetTrainer`): a CLIP text encoder and the U-Net trained jointly on VAE latents with
 v-prediction (the target is v = alpha*eps - sigma*x0; it keeps the loss informative at high noise, where a small
@@ -34,6 +35,7 @@ from medsign_forensics.diffusion.configs import (
 )
 from medsign_forensics.diffusion.grounding import GroundingCapture, GroundingTargets, lesion_cells
 from medsign_forensics.diffusion.layout import adapter_residuals, build_adapter
+from medsign_forensics.diffusion.vae_lesions import lesion_terms
 from medsign_forensics.errors import ModelError
 from medsign_forensics.training.schedule import WarmupCosine
 
@@ -52,10 +54,16 @@ class VaeTrainer:
         self.schedule = WarmupCosine(total=train.steps, warmup=train.warmup_steps, floor=1.0)
         self.step_count = 0
 
+    @property
+    def in_lesion_phase(self) -> bool:
+        return self.step_count >= self.config.vae_train.steps
+
     def loss(
-        self, images: torch.Tensor, generator: torch.Generator | None = None
+        self, images: torch.Tensor, generator: torch.Generator | None = None, lesions: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, dict[str, float]]:
-        """``images`` (B, C, H, W) in [0, 1]. Returns the loss and its parts."""
+        """``images`` (B, C, H, W) in [0, 1]; ``lesions`` (B, 1, H, W) their lesion weights
+        (:func:`~medsign_forensics.diffusion.vae_lesions.lesion_weights`) adds the lesion phase's terms. Returns the
+        loss and its parts."""
         from kornia.losses import ssim_loss
 
         train = self.config.vae_train
@@ -69,13 +77,25 @@ class VaeTrainer:
         kl = posterior.kl().mean() / x[0].numel()
         loss = l1 + train.ssim_weight * ssim + train.frequency_weight * freq + train.kl_weight * kl
         parts = {"l1": l1.item(), "one_minus_ssim": ssim.item(), "frequency": freq.item(), "kl": kl.item()}
+        if lesions is not None:
+            lesion, peaks = lesion_terms((recon - x).abs(), lesions.to(self.device))
+            loss = loss + train.lesions.weight * (lesion + peaks)
+            parts.update(lesion=lesion.item(), peaks=peaks.item())
         return loss, parts
 
-    def step(self, images: torch.Tensor, generator: torch.Generator | None = None) -> dict[str, float]:
+    def step(
+        self, images: torch.Tensor, generator: torch.Generator | None = None, lesions: torch.Tensor | None = None
+    ) -> dict[str, float]:
+        """One update; ``lesions`` as in :meth:`loss`. The lesion phase holds its own rate."""
         self.vae.train()
-        self.schedule.apply(self.optimizer, self.config.vae_train.learning_rate, self.step_count)
+        train = self.config.vae_train
+        if self.in_lesion_phase:
+            for group in self.optimizer.param_groups:
+                group["lr"] = train.lesions.learning_rate
+        else:
+            self.schedule.apply(self.optimizer, train.learning_rate, self.step_count)
         self.optimizer.zero_grad(set_to_none=True)
-        loss, parts = self.loss(images, generator)
+        loss, parts = self.loss(images, generator, lesions)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.vae.parameters(), 1.0)
         self.optimizer.step()
@@ -278,19 +298,29 @@ class UNetTrainer:
 
     @torch.no_grad()
     def initialise_from(
-        self, text_encoder: torch.nn.Module, unet: torch.nn.Module, adapter: torch.nn.Module | None = None
+        self,
+        text_encoder: torch.nn.Module,
+        unet: torch.nn.Module,
+        adapter: torch.nn.Module | None = None,
+        *,
+        new_latents: bool = False,
     ) -> None:
         """Start from trained weights (a fine-tune) instead of the config's random ones; the EMA starts from them.
 
         Strict: the modules must have this config's architecture, key for key and shape for shape. A layout
-        adapter the initial model lacks keeps the config's initial weights (adding a layout to a trained model)."""
+        adapter the initial model lacks keeps the config's initial weights (adding a layout to a trained model).
+        ``new_latents`` (a new VAE): the U-Net's first and last convolutions, which read and write the latent,
+        keep the config's initial weights, and only they may differ in shape."""
         if self.step_count:
             raise ModelError("initial weights can only be loaded before the first step")
         if adapter is not None and self.adapter is None:
             raise ModelError("the initial model has a layout adapter but this config has none; set layout.enabled")
         try:
             self.text_encoder.load_state_dict(text_encoder.state_dict(), strict=True)
-            self.unet.load_state_dict(unet.state_dict(), strict=True)
+            weights = unet.state_dict()
+            if new_latents:
+                weights.update({k: v for k, v in self.unet.state_dict().items() if k.split(".")[0] in _LATENT_IO})
+            self.unet.load_state_dict(weights, strict=True)
             if adapter is not None and self.adapter is not None:
                 self.adapter.load_state_dict(adapter.state_dict(), strict=True)
         except RuntimeError as error:
@@ -307,6 +337,9 @@ class UNetTrainer:
         if self.ema is not None:
             self.ema.copy_to(copies)
         return copies
+
+
+_LATENT_IO = ("conv_in", "conv_out")  # the U-Net's modules that read and write the latent
 
 
 def _autocast(device: torch.device) -> AbstractContextManager[Any]:

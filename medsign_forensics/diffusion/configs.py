@@ -97,6 +97,28 @@ class DataConfig:
 
 
 @dataclass(frozen=True)
+class LesionFinetuneConfig:
+    """Stage A's second phase (:mod:`~medsign_forensics.diffusion.vae_lesions`): ``steps`` more updates of the
+    whole VAE after ``vae_train.steps``, on crops centred on a lesion (``centred`` of them), where each lesion's
+    mean error counts ``weight`` times (a 5-pixel granuloma as much as a consolidation) and so does each 8 x 8
+    cell's largest error away from the lesions (a made-up dot costs what a missed lesion does). 0 steps (the
+    default) is off: stage A is the plain one."""
+
+    steps: int = 0
+    weight: float = 10.0
+    learning_rate: float = 2e-4
+    batch_size: int = 16
+    centred: float = 0.7
+
+    def __post_init__(self) -> None:
+        if self.steps < 0 or self.weight < 0 or self.batch_size < 1 or not 0.0 <= self.centred <= 1.0:
+            raise InputError(
+                f"vae_train.lesions needs steps >= 0, weight >= 0, batch_size >= 1 and centred in [0, 1], got "
+                f"steps={self.steps}, weight={self.weight}, batch_size={self.batch_size}, centred={self.centred}"
+            )
+
+
+@dataclass(frozen=True)
 class VaeTrainConfig:
     steps: int = 8000
     batch_size: int = 8
@@ -108,6 +130,12 @@ class VaeTrainConfig:
     frequency_weight: float = 0.05
     checkpoint_every: int = 500
     latent_batches: int = 16  # batches encoded to estimate the latent scaling factor
+    lesions: LesionFinetuneConfig = field(default_factory=LesionFinetuneConfig)
+
+    @property
+    def total_steps(self) -> int:
+        """Stage A's updates: the plain phase, then the lesion phase."""
+        return self.steps + self.lesions.steps
 
 
 @dataclass(frozen=True)
@@ -211,9 +239,10 @@ class MiniCxrConfig:
 
     def to_dict(self) -> dict[str, Any]:
         """The config as JSON data. Settings added after models were shipped (``unet_train.grounding``,
-        its ``lesion_weight``, ``unet_train.lr_floor``, ``data.captions``, ``layout``) are written only when they
-        differ from their defaults, so a config that does not use them is written exactly as before they existed
-        (the shipped model card, run folders begun earlier); reading fills them in with the defaults."""
+        its ``lesion_weight``, ``unet_train.lr_floor``, ``data.captions``, ``layout``, ``vae_train.lesions``) are
+        written only when they differ from their defaults, so a config that does not use them is written exactly
+        as before they existed (the shipped model card, run folders begun earlier); reading fills them in with
+        the defaults."""
         data = config_to_dict(self)
         if self.unet_train.grounding == GroundingConfig():
             del data["unet_train"]["grounding"]
@@ -221,6 +250,8 @@ class MiniCxrConfig:
             del data["unet_train"]["grounding"]["lesion_weight"]
         if self.unet_train.lr_floor == UNetTrainConfig.lr_floor:
             del data["unet_train"]["lr_floor"]
+        if self.vae_train.lesions == LesionFinetuneConfig():
+            del data["vae_train"]["lesions"]
         if self.data.captions == DataConfig.captions:
             del data["data"]["captions"]
         if self.layout == LayoutConfig():

@@ -190,11 +190,17 @@ def _model_card(
     lines += ["", f"Combined weights SHA-256: `{combined_sha256(hashes)}`", ""]
     if card is not None and card.get("init"):
         init = card["init"]
+        kept = (
+            "whose tokenizer it keeps; its VAE is this run's own (stage A below), so the U-Net's first and last "
+            "convolutions restarted from random weights"
+            if init.get("own_vae")
+            else "whose VAE and tokenizer it keeps"
+        )
         lines[2:5] = [
             "A small text-to-image latent diffusion model (Stable Diffusion 1.x layout), fine-tuned: stage B (text",
             "encoder + U-Net) continued on synthetic chest phantoms rendered from the findings of real radiology",
-            f"reports, captioned with {captions}, from the model below, whose VAE and tokenizer it keeps. It is",
-            "not a model of real radiographs.",
+            f"reports, captioned with {captions}, from the model below, {kept}. It is not a model of real",
+            "radiographs.",
             "",
             f"Initial model: {init['name']} at `{init['path']}`, combined weights SHA-256 `{init['weights_sha256']}`",
             "(its own model card says how it was trained).",

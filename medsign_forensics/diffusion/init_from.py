@@ -7,7 +7,11 @@ are hash-checked and read key for key; the config must describe the same archite
 anything else).
 
 On the run's first invocation the VAE goes to ``OUT/vae/final`` and the tokenizer files to ``OUT/tokenizer``,
-and ``OUT/init.json`` records the folder and its combined weights SHA-256. Later invocations (``--resume``) need
+and ``OUT/init.json`` records the folder and its combined weights SHA-256.
+
+A run that finished its own stage A first (a new VAE, e.g. more latent channels) keeps that VAE: it takes only
+the text encoder, U-Net, layout adapter and tokenizer, and since its latent space is new, the U-Net's first and
+last convolutions start from the config's initial weights (``own_vae`` in the record). Later invocations (``--resume``) need
 no ``--init-from``; if one is given it must be the same weights. Until stage B's first checkpoint exists, a
 resumed run re-reads the recorded folder and refuses it if its weights changed. The record goes into the
 exported model card.
@@ -26,7 +30,7 @@ from medsign_forensics.fileio import write_text
 from medsign_forensics.training.weights import save_folder
 
 INIT_FILE = "init.json"
-_OWN_PARTS = ("vae/final", "vae/checkpoint.pt", "tokenizer", "unet/checkpoint.pt")  # what a run from scratch makes
+_OWN_PARTS = ("tokenizer", "unet/checkpoint.pt")  # what a run from scratch makes in stage B
 
 
 @dataclass(frozen=True)
@@ -36,6 +40,7 @@ class InitRecord:
     path: str
     name: str
     weights_sha256: str
+    own_vae: bool = False  # the run trained its own VAE and kept it
 
 
 class InitFrom:
@@ -61,7 +66,8 @@ def prepare_init(out: Path, init_from: str | Path | None) -> InitFrom | None:
     from medsign_forensics.diffusion.loader import load_model
 
     model = load_model(init_from)
-    record = InitRecord(path=str(model.path), name=model.name, weights_sha256=model.weights_sha256)
+    own_vae = recorded.own_vae if recorded is not None else (out / "vae").is_dir()
+    record = InitRecord(path=str(model.path), name=model.name, weights_sha256=model.weights_sha256, own_vae=own_vae)
     if recorded is not None:
         if recorded.weights_sha256 != record.weights_sha256:
             raise InputError(
@@ -76,6 +82,8 @@ def prepare_init(out: Path, init_from: str | Path | None) -> InitFrom | None:
             f"this run already has its own {', '.join(own)}; --init-from starts a new run, so choose a new --out",
             path=out,
         )
+    if own_vae and not (out / "vae" / "final" / "config.json").is_file():
+        raise InputError("this run's own stage A has no final VAE yet; finish --stage vae before --init-from", path=out)
 
     def write_vae(tmp: Path) -> None:
         model.vae.save_pretrained(str(tmp), safe_serialization=True)
@@ -83,7 +91,8 @@ def prepare_init(out: Path, init_from: str | Path | None) -> InitFrom | None:
     def copy_tokenizer(tmp: Path) -> None:
         shutil.copytree(model.path / "tokenizer", tmp, dirs_exist_ok=True)
 
-    save_folder(out / "vae" / "final", write_vae)
+    if not own_vae:
+        save_folder(out / "vae" / "final", write_vae)
     save_folder(out / "tokenizer", copy_tokenizer)
     write_text(record_path, json.dumps(asdict(record), indent=2))
     return InitFrom(record, model)
@@ -92,7 +101,10 @@ def prepare_init(out: Path, init_from: str | Path | None) -> InitFrom | None:
 def _read_record(path: Path) -> InitRecord:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-        return InitRecord(path=str(data["path"]), name=str(data["name"]), weights_sha256=str(data["weights_sha256"]))
+        return InitRecord(
+            path=str(data["path"]), name=str(data["name"]), weights_sha256=str(data["weights_sha256"]),
+            own_vae=bool(data.get("own_vae", False)),
+        )
     except (OSError, ValueError, KeyError, TypeError) as error:
         raise InputError(f"the run's record of its initial model is unreadable ({error})", path=path) from None
 

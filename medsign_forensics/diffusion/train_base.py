@@ -1,7 +1,9 @@
 """Training of the embedded default model mini-cxr, from scratch, on phantoms captioned with real reports.
 
-Stage A (``vae``): an AutoencoderKL on random crops of rendered phantoms (:class:`VaeTrainer`); its latent
-scaling factor is then set to 1/std of the latents, as in SD.
+Stage A (``vae``): an AutoencoderKL on random crops of rendered phantoms (:class:`VaeTrainer`), then (with
+``vae_train.lesions.steps``) the lesion phase on crops around the full-size lesion masks
+(:mod:`~medsign_forensics.diffusion.vae_lesions`); its latent scaling factor is then set to 1/std of the
+latents, as in SD.
 
 Stage B (``unet``): a BPE tokenizer is trained on the training captions, then a CLIP text encoder and the
 U-Net are trained jointly on cached VAE latents (:class:`UNetTrainer`), with 10% caption dropout (the empty
@@ -9,7 +11,8 @@ caption, as the pipeline uses for the unconditional half of classifier-free guid
 the config, each batch's finding words are also grounded on their lesion masks
 (:mod:`~medsign_forensics.diffusion.grounding_data`); with ``layout.enabled`` the same masks are the layout
 that a layout adapter learns to draw from (:mod:`~medsign_forensics.diffusion.layout`). ``init_from`` continues
-stage B from an exported model instead of random weights (:mod:`~medsign_forensics.diffusion.init_from`).
+stage B from an exported model instead of random weights (:mod:`~medsign_forensics.diffusion.init_from`), with
+its VAE or, after this run's own stage A, with the new one.
 
 Everything is seeded and resumable (:mod:`medsign_forensics.training`): a checkpoint per stage holds the models,
 optimizers, EMA, step, wall time and every random generator; losses go to ``log.jsonl``, every invocation to
@@ -21,6 +24,7 @@ Output folder::
     OUT/config.json  log.jsonl  runs.jsonl  renders.u8  renders.json  tokenizer/  latents.pt
     OUT/vae/checkpoint.pt  OUT/vae/final/  OUT/unet/checkpoint.pt  OUT/model/
     OUT/masks.u8  masks.json (grounded and layout runs)  OUT/init.json (runs started from an exported model)
+    OUT/lesions.u8  lesions.json (runs with a lesion phase)
 """
 
 from __future__ import annotations
@@ -45,6 +49,7 @@ from medsign_forensics.diffusion.export import export_model
 from medsign_forensics.diffusion.grounding_data import open_grounding
 from medsign_forensics.diffusion.init_from import INIT_FILE, InitFrom, prepare_init
 from medsign_forensics.diffusion.tokenizer import load_tokenizer, save_tokenizer, train_tokenizer
+from medsign_forensics.diffusion.vae_lesions import LESION_TASK, LesionCache, LesionCrops
 from medsign_forensics.errors import InputError, ModelError
 from medsign_forensics.fileio import atomic_path, sha256_file, write_text
 from medsign_forensics.training.checkpoint import load_checkpoint, restore_rng, save_checkpoint
@@ -117,7 +122,7 @@ def train(
     run.source = source
     results = []
     if stage in (Stage.VAE, Stage.ALL):
-        results.append(run.train_vae(steps if steps is not None else config.vae_train.steps))
+        results.append(run.train_vae(steps if steps is not None else config.vae_train.total_steps))
     if stage in (Stage.UNET, Stage.ALL):
         results.append(run.train_unet(steps if steps is not None else config.unet_train.steps))
     model_dir = out / "model"
@@ -170,11 +175,17 @@ class _Run:
         images = self.render_cache().images()
         train = self.config.vae_train
         crop = min(train.crop_size, self.config.image_size)
+        lesion_crops: LesionCrops | None = None
         start = time.perf_counter() - wall
         notify(self.progress, VAE_TASK, trainer.step_count, target)
         while trainer.step_count < target:
-            batch = data_module.random_crops(images, train.batch_size, crop, generator)
-            parts = trainer.step(batch, generator)
+            if trainer.in_lesion_phase:
+                lesion_crops = lesion_crops or self._lesion_crops(images, crop)
+                batch, lesions = lesion_crops.batch(train.lesions.batch_size, generator)
+                parts = trainer.step(batch, generator, lesions)
+            else:
+                batch = data_module.random_crops(images, train.batch_size, crop, generator)
+                parts = trainer.step(batch, generator)
             self._logged_step("vae", VAE_TASK, trainer, target, start, parts)
             if trainer.step_count % train.checkpoint_every == 0 or trainer.step_count == target:
                 self._save(checkpoint, trainer, generator, time.perf_counter() - start)
@@ -182,6 +193,15 @@ class _Run:
         if trainer.step_count >= target and _finished_at(self.out / "vae" / "final") != trainer.step_count:
             self._finish_vae(trainer, images, generator)
         return StageResult("vae", trainer.step_count, target, wall, self.mean_loss("vae"))
+
+    def _lesion_crops(self, images: np.ndarray, crop: int) -> LesionCrops:
+        assert self.source is not None
+        cache = LesionCache(self.out, count=len(images), size=self.config.image_size)
+        cache.build(
+            self.source, renders_per_report=self.config.data.renders_per_report, seed=self.config.seed,
+            progress=self.progress, task=LESION_TASK,
+        )
+        return LesionCrops(images, cache.images(), crop=crop, centred=self.config.vae_train.lesions.centred)
 
     def _finish_vae(self, trainer: VaeTrainer, images: np.ndarray, generator: torch.Generator) -> None:
         """Set the latent scaling factor to 1/std of the latents and save the VAE for stage B."""
@@ -223,7 +243,7 @@ class _Run:
         generator = torch.Generator().manual_seed(self.config.seed + 1)
         checkpoint = self.out / "unet" / "checkpoint.pt"
         if self.init is not None and not checkpoint.is_file():
-            trainer.initialise_from(*self.init.modules())
+            trainer.initialise_from(*self.init.modules(), new_latents=self.init.record.own_vae)
         wall = self._restore(checkpoint, trainer, generator, "unet")
         train = self.config.unet_train
         grounding = None

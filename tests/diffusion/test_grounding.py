@@ -4,6 +4,7 @@ lesion masks, is exactly absent when its weights are 0, and resumes exactly."""
 from __future__ import annotations
 
 import json
+import shutil
 from dataclasses import replace
 from pathlib import Path
 
@@ -228,9 +229,40 @@ def test_a_fine_tune_starts_from_the_given_weights(tmp_path: Path, grey_model_di
     assert load_model(tmp_path / "run" / "model").weights_sha256 == grey_model.weights_sha256  # fp16->fp32->fp16
     with pytest.raises(InputError, match="stage B only"):
         train(config, tmp_path / "run", stage=Stage.VAE, resume=True, source=StandInSource())
-    train(config, tmp_path / "own", stage=Stage.VAE, steps=1, source=StandInSource())
-    with pytest.raises(InputError, match="own vae"):
+    train(config, tmp_path / "own", stage=Stage.ALL, steps=1, source=StandInSource())
+    with pytest.raises(InputError, match="own tokenizer, unet/checkpoint.pt"):
         train(config, tmp_path / "own", stage=Stage.UNET, resume=True, source=StandInSource(), init_from=grey_model_dir)
+
+
+def test_a_run_with_its_own_vae_keeps_it_and_restarts_the_latent_convolutions(
+    tmp_path: Path, grey_model_dir: Path, grey_model
+) -> None:
+    """Stage A first, then --init-from: the run's VAE stays, the U-Net's inner weights come from the initial
+    model, and its first and last convolutions (reading and writing the new latent) from the config."""
+    from medsign_forensics.diffusion import load_model
+    from medsign_forensics.diffusion.base_trainers import UNetTrainer
+    from medsign_forensics.diffusion.tokenizer import load_tokenizer
+
+    config = _config(0.0, 0.0, steps=0)
+    wide = replace(config, vae=replace(config.vae, latent_channels=8))
+    out = tmp_path / "run"
+    train(wide, out, stage=Stage.VAE, steps=1, source=StandInSource())
+    shutil.rmtree(out / "vae" / "final")  # as if stopped before stage A's end
+    with pytest.raises(InputError, match="no final VAE yet"):
+        train(wide, out, stage=Stage.UNET, resume=True, source=StandInSource(), init_from=grey_model_dir)
+    train(wide, out, stage=Stage.VAE, resume=True, source=StandInSource())
+    own_vae = (out / "vae" / "final" / "diffusion_pytorch_model.safetensors").read_bytes()
+    train(wide, out, stage=Stage.UNET, resume=True, source=StandInSource(), init_from=grey_model_dir)
+    assert (out / "vae" / "final" / "diffusion_pytorch_model.safetensors").read_bytes() == own_vae
+    assert json.loads((out / "init.json").read_text())["own_vae"] is True
+    model = load_model(out / "model")
+    assert model.vae.config.latent_channels == 8 and model.unet.config.in_channels == 8
+    start = UNetTrainer(wide, load_tokenizer(out / "tokenizer"), device=torch.device("cpu")).unet.state_dict()
+    exported, initial = model.unet.state_dict(), grey_model.unet.state_dict()
+    for key in exported:
+        expected = start[key] if key.split(".")[0] in ("conv_in", "conv_out") else initial[key]
+        assert torch.equal(exported[key], expected.half().float()), key
+    assert "its VAE is this run's own" in (out / "model" / "MODEL_CARD.md").read_text()
 
 
 def test_a_fine_tune_needs_the_initial_models_architecture(tmp_path: Path, grey_model_dir: Path) -> None:
