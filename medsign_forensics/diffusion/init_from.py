@@ -7,14 +7,14 @@ are hash-checked and read key for key; the config must describe the same archite
 anything else).
 
 On the run's first invocation the VAE goes to ``OUT/vae/final`` and the tokenizer files to ``OUT/tokenizer``,
-and ``OUT/init.json`` records the folder and its combined weights SHA-256.
-
-A run that finished its own stage A first (a new VAE, e.g. more latent channels) keeps that VAE: it takes only
-the text encoder, U-Net, layout adapter and tokenizer, and since its latent space is new, the U-Net's first and
-last convolutions start from the config's initial weights (``own_vae`` in the record). Later invocations (``--resume``) need
+and ``OUT/init.json`` records the folder and its combined weights SHA-256. Later invocations (``--resume``) need
 no ``--init-from``; if one is given it must be the same weights. Until stage B's first checkpoint exists, a
 resumed run re-reads the recorded folder and refuses it if its weights changed. The record goes into the
 exported model card.
+
+A run that trained its own stage A first (a new VAE, e.g. more latent channels) keeps that VAE: it takes only
+the text encoder, U-Net, layout adapter and tokenizer, and since its latent space is new, the U-Net's first and
+last convolutions start from the config's initial weights (``own_vae`` in the record).
 """
 
 from __future__ import annotations
