@@ -174,12 +174,13 @@ class RenderCache:
 
     stem = "renders"
     what = "render cache"
+    dtype: type[np.unsignedinteger] = np.uint8
 
     def __init__(self, folder: Path, *, count: int, size: int) -> None:
         self.folder = folder
         self.count = count
         self.size = size
-        self.path = folder / f"{self.stem}.u8"
+        self.path = folder / f"{self.stem}.u{np.dtype(self.dtype).itemsize * 8}"
         self.index_path = folder / f"{self.stem}.json"
 
     @property
@@ -191,7 +192,7 @@ class RenderCache:
         return {"size": self.size}
 
     def draw(self, source: StudySource, index: int, seed: int) -> np.ndarray:
-        """One row: the phantom of study ``index`` with phantom seed ``seed``, as uint8."""
+        """One row: the phantom of study ``index`` with phantom seed ``seed``, as ``dtype``."""
         return to_uint8(source.render(index, seed=seed, size=self.size))
 
     def build(
@@ -217,7 +218,7 @@ class RenderCache:
                 )
             done = int(stored["done"])
         mode: Literal["r+", "w+"] = "r+" if self.path.is_file() else "w+"
-        rows = np.memmap(self.path, dtype=np.uint8, mode=mode, shape=self.shape)
+        rows = np.memmap(self.path, dtype=self.dtype, mode=mode, shape=self.shape)
         notify(progress, task, done, self.count)
         for start in range(done, self.count, chunk):
             stop = min(start + chunk, self.count)
@@ -235,7 +236,7 @@ class RenderCache:
         stored = json.loads(self.index_path.read_text(encoding="utf-8")) if self.index_path.is_file() else {}
         if int(stored.get("done", -1)) != self.count:
             raise DatasetError(f"the {self.what} is incomplete; run the training command again", path=self.path)
-        return np.memmap(self.path, dtype=np.uint8, mode="r", shape=self.shape)
+        return np.memmap(self.path, dtype=self.dtype, mode="r", shape=self.shape)
 
 
 def _write_json(path: Path, data: object) -> None:

@@ -24,7 +24,7 @@ Output folder::
     OUT/config.json  log.jsonl  runs.jsonl  renders.u8  renders.json  tokenizer/  latents.pt
     OUT/vae/checkpoint.pt  OUT/vae/final/  OUT/unet/checkpoint.pt  OUT/model/
     OUT/masks.u8  masks.json (grounded and layout runs)  OUT/init.json (runs started from an exported model)
-    OUT/lesions.u8  lesions.json (runs with a lesion phase)
+    OUT/lesions.u16  lesions.json (runs with a lesion phase)
 """
 
 from __future__ import annotations

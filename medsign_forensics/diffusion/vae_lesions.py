@@ -12,8 +12,9 @@ terms, each weighted ``lesions.weight``:
   local error peak, so inventing a finding costs what missing one does (without it, the lesion term alone made
   the VAE draw findings into 34 % of normal phantoms' reconstructions).
 
-The masks are the phantom renderer's exact lesions at full size (:class:`LesionCache`), grown by two pixels so
-the lesion's rim counts as lesion. Every random draw comes from the run's generator, so the phase resumes exactly.
+The masks are the phantom renderer's exact lesions at full size, one bit plane per finding kind
+(:class:`LesionCache`), grown by two pixels so the lesion's rim counts as lesion. Every random draw comes from
+the run's generator, so the phase resumes exactly.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import torch.nn.functional as F
 from scipy.ndimage import binary_dilation, label
 
 from medsign_forensics.diffusion.data import RenderCache, StudySource, to_tensor
+from medsign_forensics.diffusion.layout import KINDS
 
 LESION_TASK = "rendering full-size lesion masks"
 _RIM = 2  # pixels the lesion masks are grown by
@@ -34,33 +36,49 @@ _CELL = 8  # side of the cells whose largest error is a peak
 
 
 class LesionCache(RenderCache):
-    """Per render, uint8 (size, size): 255 where a lesion of any kind (grown by the rim) is, else 0."""
+    """Per render, uint16 (size, size): bit i set where a lesion of kind ``KINDS[i]`` (grown by the rim) is.
+
+    Kinds stay apart so that a granuloma inside an emphysematous lung (whose mask is the whole lung) is still a
+    lesion of its own."""
 
     stem = "lesions"
     what = "lesion mask cache"
+    dtype = np.uint16
 
     def __init__(self, folder: Path, *, count: int, size: int) -> None:
         super().__init__(folder, count=count, size=size)
 
     def settings(self) -> dict[str, object]:
-        return {"size": self.size, "rim": _RIM}
+        return {"size": self.size, "rim": _RIM, "kinds": [kind.value for kind in KINDS]}
 
     def draw(self, source: StudySource, index: int, seed: int) -> np.ndarray:
         masks = source.masks(index, seed=seed, size=self.size, grid=self.size)  # type: ignore[attr-defined]
-        union = np.zeros((self.size, self.size), bool)
-        for mask in masks.values():
-            union |= mask > 0
-        if union.any():
-            union = binary_dilation(union, iterations=_RIM)
-        return union.astype(np.uint8) * 255
+        bits = np.zeros((self.size, self.size), np.uint16)
+        for kind, mask in masks.items():
+            bits |= binary_dilation(mask > 0, iterations=_RIM).astype(np.uint16) << KINDS.index(kind)
+        return bits
 
 
-def lesion_weights(mask: np.ndarray) -> np.ndarray:
-    """Per pixel of a lesion mask, 1 / the area of its connected lesion (0 outside): each lesion sums to 1."""
-    labels, _ = label(mask > 0)
-    areas = np.bincount(labels.ravel())
-    areas[0] = 1
-    return np.where(labels > 0, 1.0 / areas[labels], 0.0).astype(np.float32)
+def lesion_weights(bits: np.ndarray) -> np.ndarray:
+    """Per pixel of a lesion bit map (:class:`LesionCache`), 1 / the area of its connected lesion of one kind
+    (the largest such weight where kinds overlap; 0 outside every lesion): a small lesion counts as a whole."""
+    weights = np.zeros(bits.shape, np.float32)
+    for plane in range(len(KINDS)):
+        labels, count = label((bits >> plane) & 1)
+        if count:
+            areas = np.bincount(labels.ravel())
+            areas[0] = 1
+            weights = np.maximum(weights, np.where(labels > 0, 1.0 / areas[labels], 0.0))
+    return weights
+
+
+def _lesions(bits: np.ndarray) -> list[np.ndarray]:
+    """The pixel coordinates (n, 2) of every connected lesion of every kind."""
+    found = []
+    for plane in range(len(KINDS)):
+        labels, count = label((bits >> plane) & 1)
+        found += [np.argwhere(labels == i) for i in range(1, count + 1)]
+    return found
 
 
 class LesionCrops:
@@ -80,11 +98,11 @@ class LesionCrops:
         for draw in torch.rand(count, generator=generator).tolist():
             if draw < self.centred and len(self.with_lesions):
                 row = int(self.with_lesions[_below(len(self.with_lesions), generator)])
-                labels, lesions = label(self.lesions[row] > 0)
-                ys, xs = np.nonzero(labels == 1 + _below(lesions, generator))
-                pick = _below(len(ys), generator)
+                lesions = _lesions(self.lesions[row])
+                pixels = lesions[_below(len(lesions), generator)]
+                cy, cx = pixels[_below(len(pixels), generator)]
                 dy, dx = torch.randint(-(crop // 4), crop // 4 + 1, (2,), generator=generator).tolist()
-                y, x = int(ys[pick]) - crop // 2 + dy, int(xs[pick]) - crop // 2 + dx
+                y, x = int(cy) - crop // 2 + dy, int(cx) - crop // 2 + dx
             else:
                 row = _below(len(self.images), generator)
                 y, x = torch.randint(0, size - crop + 1, (2,), generator=generator).tolist()

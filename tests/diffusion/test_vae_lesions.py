@@ -11,16 +11,18 @@ import torch
 from helpers.diffusion import StandInSource
 
 from medsign_forensics.diffusion.configs import LesionFinetuneConfig, MiniCxrConfig, tiny_config
+from medsign_forensics.diffusion.layout import KINDS
 from medsign_forensics.diffusion.train_base import Stage, train
 from medsign_forensics.diffusion.vae_lesions import LesionCrops, lesion_terms, lesion_weights
 from medsign_forensics.errors import InputError
+from medsign_forensics.reports.findings import FindingKind
 
 
 def _two_lesions() -> np.ndarray:
-    mask = np.zeros((64, 64), np.uint8)
-    mask[10:12, 10:12] = 255  # a 4-pixel granuloma
-    mask[30:50, 30:50] = 255  # a 400-pixel consolidation
-    return mask
+    bits = np.zeros((64, 64), np.uint16)
+    bits[10:12, 10:12] = 1 << KINDS.index(FindingKind.GRANULOMA)  # a 4-pixel granuloma
+    bits[30:50, 30:50] = 1 << KINDS.index(FindingKind.CONSOLIDATION)  # a 400-pixel consolidation
+    return bits
 
 
 def test_each_lesion_weighs_as_much_as_any_other() -> None:
@@ -28,6 +30,9 @@ def test_each_lesion_weighs_as_much_as_any_other() -> None:
     assert weights[10:12, 10:12].sum() == pytest.approx(1.0)
     assert weights[30:50, 30:50].sum() == pytest.approx(1.0)
     assert weights.sum() == pytest.approx(2.0)
+    inside_a_lung = _two_lesions()
+    inside_a_lung[5:60, 5:60] |= 1 << KINDS.index(FindingKind.EMPHYSEMA)  # a diffuse finding around both
+    assert lesion_weights(inside_a_lung)[10:12, 10:12].sum() == pytest.approx(1.0)  # still a lesion of its own
 
 
 def test_a_missed_lesion_and_a_made_up_dot_both_cost() -> None:
@@ -47,7 +52,7 @@ def test_a_missed_lesion_and_a_made_up_dot_both_cost() -> None:
 
 def test_centred_crops_hold_a_lesion() -> None:
     images = np.zeros((3, 64, 64), np.uint8)
-    lesions = np.stack([np.zeros((64, 64), np.uint8), _two_lesions(), np.zeros((64, 64), np.uint8)])
+    lesions = np.stack([np.zeros((64, 64), np.uint16), _two_lesions(), np.zeros((64, 64), np.uint16)])
     crops = LesionCrops(images, lesions, crop=16, centred=1.0)
     batch, weights = crops.batch(12, torch.Generator().manual_seed(0))
     assert batch.shape == weights.shape == (12, 1, 16, 16)
@@ -69,7 +74,8 @@ def test_the_lesion_phase_follows_stage_a(tmp_path: Path) -> None:
     steps = [e for e in log if "loss" in e]
     assert ["lesion" in e for e in steps] == [False, False, True, True]
     assert [e["lr"] for e in steps[2:]] == [1e-5, 1e-5]
-    assert (tmp_path / "run" / "lesions.u8").is_file()
+    bits = np.fromfile(tmp_path / "run" / "lesions.u16", dtype=np.uint16)
+    assert bits.size == 6 * 64 * 64 and set(np.unique(bits)) == {0, 1 << KINDS.index(FindingKind.EFFUSION)}
     assert [e["step"] for e in log if e.get("event") == "finished"] == [4]
 
 
