@@ -84,3 +84,33 @@ def test_config_round_trip_and_the_secret_stays_out_of_repr():
         LatentConfig(spatial_factor=0)
     secret = bytes(range(32))
     assert secret.hex() not in repr(LatentMark(key=KEY, secret=secret))
+
+
+def test_a_free_block_mean_leaves_the_low_frequencies_to_chance():
+    """block 2: the key fixes no 2 x 2 block mean, so images of one key share no brightness pattern, while each
+    z_T is still exactly N(0, 1) and the key reads back."""
+    rng = np.random.default_rng(5)
+    secret = rng.bytes(32)
+    index = layout(SHAPE, 48, LatentConfig(block=2))
+    assert (index == -1).mean() == 0.25 and np.bincount(index[index >= 0], minlength=48).min() >= 60
+    marks = {block: LatentMark(key=KEY, secret=secret, config=LatentConfig(block=block)) for block in (1, 2)}
+    draws = {
+        block: np.stack([mark.initial_noise(SHAPE, torch.Generator().manual_seed(s))[0].numpy() for s in range(64)])
+        for block, mark in marks.items()
+    }
+    block_means = {b: d.reshape(64, 4, 16, 2, 16, 2).mean(axis=(3, 5)) for b, d in draws.items()}
+    # the mean over images of each block's mean: about +-0.4 when every element's sign is fixed, 0 when free
+    assert np.abs(block_means[1].mean(axis=0)).mean() > 0.25
+    assert np.abs(block_means[2].mean(axis=0)).mean() < 0.1
+    assert abs(block_means[2].std() - 0.5) < 0.03  # a plain block mean of 4 N(0, 1) values has sd 0.5
+    assert stats.kstest(draws[2].ravel(), "norm").pvalue > 1e-3
+    noisy = torch.from_numpy(draws[2][0]) + 1.0 * torch.randn(SHAPE, generator=torch.Generator().manual_seed(1))
+    assert np.array_equal(marks[2].read(noisy).bits, KEY)
+    # a mask that cuts a block keeps that whole block out of the vote
+    mask = np.ones((32, 32), dtype=bool)
+    mask[:, 15] = False
+    garbage = torch.from_numpy(draws[2][0]).clone()
+    garbage[..., 14:16] = 100.0
+    assert np.array_equal(marks[2].read(garbage, mask).bits, KEY)
+    with pytest.raises(InputError, match="power of two"):
+        LatentConfig(block=3)
