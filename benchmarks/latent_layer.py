@@ -50,7 +50,7 @@ from medsign_forensics.diffusion import decode, load_model  # noqa: E402
 from medsign_forensics.diffusion.conditioning import sample_reports  # noqa: E402
 from medsign_forensics.key import family_p_value, identification_threshold, p_value  # noqa: E402
 from medsign_forensics.training.environment import machine_line  # noqa: E402
-from medsign_forensics.watermark.latent import LatentConfig, LatentMark  # noqa: E402
+from medsign_forensics.watermark.latent import ISSUED_CONFIG, LatentConfig, LatentMark  # noqa: E402
 from medsign_forensics.watermark.latent_reader import LatentReader  # noqa: E402
 
 ATTACKS = ("none", "brightness_x2", "jpeg_q50", "resize_edge0.7", "crop_center_area0.5", "rotate_25",
@@ -63,7 +63,7 @@ SUFFIXES = {".png", ".jpg", ".jpeg", ".dcm", ".dicom", ".tif", ".tiff"}
 def benchmark_mark(seed: int, bits: int = 48) -> LatentMark:
     """The benchmark's key and secret, reproducible from ``seed`` (a real deployment draws its secret randomly)."""
     rng = np.random.default_rng(seed)
-    return LatentMark(key=rng.integers(0, 2, bits).astype(np.uint8), secret=rng.bytes(32), config=LatentConfig())
+    return LatentMark(key=rng.integers(0, 2, bits).astype(np.uint8), secret=rng.bytes(32), config=ISSUED_CONFIG)
 
 
 def generate_sets(model, items, mark: LatentMark, work: Path, steps: int) -> dict[str, np.ndarray]:

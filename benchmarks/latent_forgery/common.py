@@ -15,7 +15,7 @@ from PIL import Image
 
 from medsign_forensics.diffusion import decode, load_model, sample
 from medsign_forensics.key import identification_threshold
-from medsign_forensics.watermark.latent import LatentConfig, LatentMark
+from medsign_forensics.watermark.latent import ISSUED_CONFIG, LatentMark
 from medsign_forensics.watermark.latent_reader import LatentReader
 
 # Work folder (cached genuine images, forged images, JSON results): $LATENT_FORGERY_OUT, default /tmp/study13.
@@ -28,7 +28,7 @@ T1000 = identification_threshold(48, 1000, 5e-7)
 
 def mark0():
     rng = np.random.default_rng(0)
-    return LatentMark(key=rng.integers(0, 2, 48).astype(np.uint8), secret=rng.bytes(32), config=LatentConfig())
+    return LatentMark(key=rng.integers(0, 2, 48).astype(np.uint8), secret=rng.bytes(32), config=ISSUED_CONFIG)
 
 
 from medsign_forensics.attacks.codec import quantise as quant  # the project's one quantiser

@@ -215,9 +215,9 @@ def _base_sha256(base_model: Path | None) -> str:
 
 def _add_latent(registry: Registry, provenance_id: str, base_sha: str) -> None:
     from medsign_forensics.provenance.layers import add_latent_layer
-    from medsign_forensics.watermark.latent import LatentConfig, new_secret
+    from medsign_forensics.watermark.latent import ISSUED_CONFIG, new_secret
 
-    add_latent_layer(registry, provenance_id, secret=new_secret(), config=LatentConfig().to_dict(),
+    add_latent_layer(registry, provenance_id, secret=new_secret(), config=ISSUED_CONFIG.to_dict(),
                      base_weights_sha256=base_sha)
 
 

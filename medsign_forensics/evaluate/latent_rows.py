@@ -34,11 +34,11 @@ BATCH = 8  # images inverted together
 
 def latent_mark(deployment: Deployment, seed: int) -> Any:
     """The deployment's own latent layer, or (without one) its key under a secret drawn from ``seed``."""
-    from medsign_forensics.watermark.latent import LatentMark
+    from medsign_forensics.watermark.latent import ISSUED_CONFIG, LatentMark
 
     mark = deployment.latent_mark()
     if mark is None:
-        mark = LatentMark(key=deployment.key, secret=np.random.default_rng([seed, 13]).bytes(32))
+        mark = LatentMark(key=deployment.key, secret=np.random.default_rng([seed, 13]).bytes(32), config=ISSUED_CONFIG)
     return mark
 
 

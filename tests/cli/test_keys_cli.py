@@ -245,6 +245,7 @@ def test_issue_with_the_latent_layer_stores_a_secret_the_output_never_shows(setu
     with Registry.open(registry) as opened:
         layer = latent_layers(opened)[data["provenance_id"]]
     assert layer.base_weights_sha256 == load_model().weights_sha256 and len(layer.secret) == 32
+    assert layer.config["block"] == 4  # new layers leave each 4 x 4 block's mean free
     assert layer.secret.hex() not in result.output
     plain = _issue(key, registry, "site-p")
     with Registry.open(registry) as opened:
