@@ -66,7 +66,7 @@ def prepare_init(out: Path, init_from: str | Path | None) -> InitFrom | None:
     from medsign_forensics.diffusion.loader import load_model
 
     model = load_model(init_from)
-    own_vae = recorded.own_vae if recorded is not None else (out / "vae").is_dir()
+    own_vae = recorded.own_vae if recorded is not None else _trained_own_vae(out)
     record = InitRecord(path=str(model.path), name=model.name, weights_sha256=model.weights_sha256, own_vae=own_vae)
     if recorded is not None:
         if recorded.weights_sha256 != record.weights_sha256:
@@ -96,6 +96,11 @@ def prepare_init(out: Path, init_from: str | Path | None) -> InitFrom | None:
     save_folder(out / "tokenizer", copy_tokenizer)
     write_text(record_path, json.dumps(asdict(record), indent=2))
     return InitFrom(record, model)
+
+
+def _trained_own_vae(out: Path) -> bool:
+    """Whether stage A ran in ``out`` (a checkpoint or a final VAE stage A wrote, not one an init copied)."""
+    return (out / "vae" / "checkpoint.pt").is_file() or (out / "vae" / "final" / "trained_steps.json").is_file()
 
 
 def _read_record(path: Path) -> InitRecord:
