@@ -19,8 +19,6 @@ the run's generator, so the phase resumes exactly.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -33,6 +31,7 @@ LESION_TASK = "rendering full-size lesion masks"
 _RIM = 2  # pixels the lesion masks are grown by
 _CLEARANCE = 4  # pixels from a lesion beyond which an error peak counts as made up
 _CELL = 8  # side of the cells whose largest error is a peak
+assert len(KINDS) <= 16, "one bit per finding kind in a uint16 lesion map"
 
 
 class LesionCache(RenderCache):
@@ -44,9 +43,6 @@ class LesionCache(RenderCache):
     stem = "lesions"
     what = "lesion mask cache"
     dtype = np.uint16
-
-    def __init__(self, folder: Path, *, count: int, size: int) -> None:
-        super().__init__(folder, count=count, size=size)
 
     def settings(self) -> dict[str, object]:
         return {"size": self.size, "rim": _RIM, "kinds": [kind.value for kind in KINDS]}
