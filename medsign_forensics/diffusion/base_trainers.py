@@ -56,7 +56,10 @@ class VaeTrainer:
 
     @property
     def in_lesion_phase(self) -> bool:
-        return self.step_count >= self.config.vae_train.steps
+        """Past the plain phase of a config with a lesion phase (without one, ``--steps`` beyond ``steps`` goes on
+        as plain stage A)."""
+        train = self.config.vae_train
+        return train.lesions.steps > 0 and self.step_count >= train.steps
 
     def loss(
         self, images: torch.Tensor, generator: torch.Generator | None = None, lesions: torch.Tensor | None = None

@@ -79,6 +79,13 @@ def test_the_lesion_phase_follows_stage_a(tmp_path: Path) -> None:
     assert [e["step"] for e in log if e.get("event") == "finished"] == [4]
 
 
+def test_without_a_lesion_phase_more_steps_stay_plain(tmp_path: Path) -> None:
+    train(tiny_config(), tmp_path / "run", stage=Stage.VAE, steps=3, source=StandInSource())
+    log = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert [("lesion" in e) for e in log if "loss" in e] == [False, False, False]
+    assert not (tmp_path / "run" / "lesions.u16").exists()
+
+
 def test_a_resumed_lesion_phase_equals_the_uninterrupted_one(tmp_path: Path) -> None:
     source = StandInSource()
     train(_lesion_config(), tmp_path / "a", stage=Stage.VAE, source=source)
