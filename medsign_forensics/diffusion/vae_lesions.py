@@ -58,9 +58,20 @@ class LesionCache(RenderCache):
 def lesion_weights(bits: np.ndarray) -> np.ndarray:
     """Per pixel of a lesion bit map (:class:`LesionCache`), 1 / the area of its connected lesion of one kind
     (the largest such weight where kinds overlap; 0 outside every lesion): a small lesion counts as a whole."""
-    weights = np.zeros(bits.shape, np.float32)
-    for plane in range(len(KINDS)):
-        labels, count = label((bits >> plane) & 1)
+    return _weights(_labelled(bits))
+
+
+Labelled = list[tuple[np.ndarray, int]]
+
+
+def _labelled(bits: np.ndarray) -> Labelled:
+    """Per finding kind, its connected lesions: the label image and their count."""
+    return [label((bits >> plane) & 1) for plane in range(len(KINDS))]
+
+
+def _weights(planes: Labelled) -> np.ndarray:
+    weights = np.zeros(planes[0][0].shape, np.float32)
+    for labels, count in planes:
         if count:
             areas = np.bincount(labels.ravel())
             areas[0] = 1
@@ -68,13 +79,9 @@ def lesion_weights(bits: np.ndarray) -> np.ndarray:
     return weights
 
 
-def _lesions(bits: np.ndarray) -> list[np.ndarray]:
+def _lesions(planes: Labelled) -> list[np.ndarray]:
     """The pixel coordinates (n, 2) of every connected lesion of every kind."""
-    found = []
-    for plane in range(len(KINDS)):
-        labels, count = label((bits >> plane) & 1)
-        found += [np.argwhere(labels == i) for i in range(1, count + 1)]
-    return found
+    return [np.argwhere(labels == i) for labels, count in planes for i in range(1, count + 1)]
 
 
 class LesionCrops:
@@ -94,17 +101,19 @@ class LesionCrops:
         for draw in torch.rand(count, generator=generator).tolist():
             if draw < self.centred and len(self.with_lesions):
                 row = int(self.with_lesions[_below(len(self.with_lesions), generator)])
-                lesions = _lesions(self.lesions[row])
+                planes = _labelled(self.lesions[row])
+                lesions = _lesions(planes)
                 pixels = lesions[_below(len(lesions), generator)]
                 cy, cx = pixels[_below(len(pixels), generator)]
                 dy, dx = torch.randint(-(crop // 4), crop // 4 + 1, (2,), generator=generator).tolist()
                 y, x = int(cy) - crop // 2 + dy, int(cx) - crop // 2 + dx
             else:
                 row = _below(len(self.images), generator)
+                planes = _labelled(self.lesions[row])
                 y, x = torch.randint(0, size - crop + 1, (2,), generator=generator).tolist()
             y, x = min(max(y, 0), size - crop), min(max(x, 0), size - crop)
             crops.append(self.images[row, y : y + crop, x : x + crop])
-            weights.append(lesion_weights(self.lesions[row])[y : y + crop, x : x + crop])
+            weights.append(_weights(planes)[y : y + crop, x : x + crop])
         return to_tensor(np.stack(crops)), torch.from_numpy(np.stack(weights)).unsqueeze(1)
 
 

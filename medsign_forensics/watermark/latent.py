@@ -119,7 +119,7 @@ def layout(shape: tuple[int, int, int], bits: int, config: LatentConfig) -> np.n
     :data:`FREE`."""
     channels, height, width = shape
     fc, fs, b = config.channel_factor, config.spatial_factor, config.block
-    if channels % fc or height % fs or width % fs or height % (fs * b) or width % (fs * b):
+    if channels % fc or height % (fs * b) or width % (fs * b):
         raise InputError(f"a {channels}x{height}x{width} latent cannot be tiled with channel factor {fc}, "
                          f"spatial factor {fs} and block {b}; choose factors that divide it")
     tile = (channels // fc, height // fs, width // fs)
