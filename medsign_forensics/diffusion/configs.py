@@ -131,6 +131,9 @@ class VaeTrainConfig:
     checkpoint_every: int = 500
     latent_batches: int = 16  # batches encoded to estimate the latent scaling factor
     lesions: LesionFinetuneConfig = field(default_factory=LesionFinetuneConfig)
+    # Standardise each latent channel at the end of stage A, folded into the VAE's 1x1 convolutions
+    # (:mod:`~medsign_forensics.diffusion.latent_norm`); False keeps the single global scaling factor.
+    channel_norm: bool = False
 
     @property
     def total_steps(self) -> int:
@@ -239,10 +242,10 @@ class MiniCxrConfig:
 
     def to_dict(self) -> dict[str, Any]:
         """The config as JSON data. Settings added after models were shipped (``unet_train.grounding``,
-        its ``lesion_weight``, ``unet_train.lr_floor``, ``data.captions``, ``layout``, ``vae_train.lesions``) are
-        written only when they differ from their defaults, so a config that does not use them is written exactly
-        as before they existed (the shipped model card, run folders begun earlier); reading fills them in with
-        the defaults."""
+        its ``lesion_weight``, ``unet_train.lr_floor``, ``data.captions``, ``layout``, ``vae_train.lesions`` and
+        ``channel_norm``) are written only when they differ from their defaults, so a config that does not use
+        them is written exactly as before they existed (the shipped model card, run folders begun earlier);
+        reading fills them in with the defaults."""
         data = config_to_dict(self)
         if self.unet_train.grounding == GroundingConfig():
             del data["unet_train"]["grounding"]
@@ -252,6 +255,8 @@ class MiniCxrConfig:
             del data["unet_train"]["lr_floor"]
         if self.vae_train.lesions == LesionFinetuneConfig():
             del data["vae_train"]["lesions"]
+        if not self.vae_train.channel_norm:
+            del data["vae_train"]["channel_norm"]
         if self.data.captions == DataConfig.captions:
             del data["data"]["captions"]
         if self.layout == LayoutConfig():

@@ -48,6 +48,7 @@ from medsign_forensics.diffusion.configs import MiniCxrConfig
 from medsign_forensics.diffusion.export import export_model
 from medsign_forensics.diffusion.grounding_data import open_grounding
 from medsign_forensics.diffusion.init_from import INIT_FILE, InitFrom, prepare_init
+from medsign_forensics.diffusion.latent_norm import channel_stats, fold_channel_norm
 from medsign_forensics.diffusion.tokenizer import load_tokenizer, save_tokenizer, train_tokenizer
 from medsign_forensics.diffusion.vae_lesions import LESION_TASK, LesionCache, LesionCrops
 from medsign_forensics.errors import InputError, ModelError
@@ -204,7 +205,8 @@ class _Run:
         return LesionCrops(images, cache.images(), crop=crop, centred=self.config.vae_train.lesions.centred)
 
     def _finish_vae(self, trainer: VaeTrainer, images: np.ndarray, generator: torch.Generator) -> None:
-        """Set the latent scaling factor to 1/std of the latents and save the VAE for stage B."""
+        """Set the latent scaling factor to 1/std of the latents (after standardising each channel, with
+        ``vae_train.channel_norm``) and save the VAE for stage B."""
         vae = trainer.vae.eval()
         samples = []
         batch = self.config.vae_train.batch_size
@@ -213,7 +215,14 @@ class _Run:
                 rows = torch.randint(0, len(images), (batch,), generator=generator).numpy()
                 x = data_module.to_tensor(images[np.sort(rows)]).to(self.device) * 2 - 1
                 samples.append(vae.encode(x).latent_dist.sample(generator=generator).float().cpu())
-        std = torch.cat(samples).std().item()
+        latents = torch.cat(samples)
+        event: dict[str, Any] = {"stage": "vae", "event": "finished", "step": trainer.step_count}
+        if self.config.vae_train.channel_norm:
+            channel_mean, channel_std = channel_stats(latents)
+            fold_channel_norm(vae, channel_mean, channel_std)
+            latents = (latents - channel_mean.float()[:, None, None]) / channel_std.float()[:, None, None]
+            event.update(channel_mean=channel_mean.tolist(), channel_std=channel_std.tolist())
+        std = latents.std().item()
         if not math.isfinite(std) or std <= 0:
             raise ModelError(f"the trained VAE gives latents with standard deviation {std}; training diverged")
         vae.register_to_config(scaling_factor=1.0 / std)
@@ -224,7 +233,7 @@ class _Run:
             _write_json(tmp / "trained_steps.json", {"steps": trainer.step_count})
 
         save_folder(final, write)
-        self.log.append({"stage": "vae", "event": "finished", "scaling_factor": 1.0 / std, "step": trainer.step_count})
+        self.log.append({**event, "scaling_factor": 1.0 / std})
 
     # stage B
 

@@ -17,6 +17,7 @@ from medsign_forensics.diffusion.loader import MANIFEST_NAME, read_manifest
 from medsign_forensics.diffusion.tokenizer import train_tokenizer
 from medsign_forensics.diffusion.train_base import Stage, train
 from medsign_forensics.errors import InputError
+from medsign_forensics.training.log import JsonlLog
 
 
 def _images(count: int = 2, size: int = 32) -> torch.Tensor:
@@ -137,3 +138,25 @@ def test_resume_with_another_config_is_refused(tmp_path: Path) -> None:
     with pytest.raises(InputError, match="config differs"):
         train(other, tmp_path / "run", stage=Stage.VAE, resume=True, source=StandInSource())
 
+
+
+def test_channel_norm_standardises_the_run_latents_and_decodes_alike(tmp_path: Path) -> None:
+    from diffusers import AutoencoderKL
+
+    source = StandInSource()
+    normalised = replace(tiny_config(), vae_train=replace(tiny_config().vae_train, channel_norm=True))
+    train(tiny_config(), tmp_path / "plain", stage=Stage.VAE, steps=2, source=source)
+    train(normalised, tmp_path / "norm", stage=Stage.VAE, steps=2, source=source)
+    finished = [e for e in JsonlLog(tmp_path / "norm" / "log.jsonl").read() if e.get("event") == "finished"][0]
+    mean, std = torch.tensor(finished["channel_mean"]), torch.tensor(finished["channel_std"])
+    plain, norm = (
+        AutoencoderKL.from_pretrained(str(tmp_path / run / "vae" / "final"), local_files_only=True).eval()
+        for run in ("plain", "norm")
+    )
+    images = _images(3, size=64) * 2 - 1
+    with torch.no_grad():
+        z_plain, z_norm = plain.encode(images).latent_dist.mean, norm.encode(images).latent_dist.mean
+        expected = (z_plain - mean[:, None, None]) / std[:, None, None]
+        torch.testing.assert_close(z_norm, expected, rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(norm.decode(z_norm).sample, plain.decode(z_plain).sample, rtol=1e-4, atol=1e-4)
+    assert norm.config.scaling_factor == pytest.approx(finished["scaling_factor"])
