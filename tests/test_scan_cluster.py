@@ -14,6 +14,8 @@ import sys
 import threading
 import time
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from http.server import ThreadingHTTPServer
 from pathlib import Path
 
@@ -58,9 +60,9 @@ def world(tmp_path: Path, extractor_dir: Path) -> World:
     return build_world(tmp_path / "world", extractor_dir)
 
 
-@pytest.fixture(scope="module")
-def cluster():
-    """A LocalCluster shared by the module: 2 worker processes, 1 thread each, as an existing cluster would be."""
+@contextmanager
+def local_cluster() -> Iterator[tuple]:
+    """A LocalCluster of 2 worker processes, 1 thread each, as an existing cluster would be, and its client."""
     pytest.importorskip("distributed")
     import dask
     from distributed import Client, LocalCluster
@@ -76,6 +78,21 @@ def cluster():
     finally:
         client.close()
         local.close()
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    """The cluster shared by the tests that leave its workers alive."""
+    with local_cluster() as shared:
+        yield shared
+
+
+@pytest.fixture
+def own_cluster():
+    """A cluster for one test that kills workers: on a slow machine a nanny may fail to bring its worker back,
+    which must not starve the tests that follow."""
+    with local_cluster() as private:
+        yield private
 
 
 def engine(cluster, **kwargs):
@@ -143,11 +160,12 @@ def test_dask_scan_gives_the_local_records_and_resumes(cluster, world, archive, 
         comparable(local_jsonl)[str(archive / "forged.dcm")]
 
 
-def test_a_file_that_kills_its_worker_is_an_error_and_every_file_is_recorded_once(cluster, world, archive,
+def test_a_file_that_kills_its_worker_is_an_error_and_every_file_is_recorded_once(own_cluster, world, archive,
                                                                                    tmp_path):
     save_png(archive / "crash.png", sample_image(603))  # sorted first: in flight with innocent files
     jsonl = tmp_path / "crash.jsonl"
-    summary = scan_folder(archive, settings=settings(world, CrashingSettings), jsonl=jsonl, engine=engine(cluster))
+    summary = scan_folder(archive, settings=settings(world, CrashingSettings), jsonl=jsonl,
+                          engine=engine(own_cluster))
     assert summary.counts == {"attributed": 2, "mismatch": 1, "not detected": 3, "error": 3}
     assert set(lines_per_file(jsonl).values()) == {1} and len(lines_per_file(jsonl)) == 9
     local = scan_folder(archive, settings=settings(world, CrashingSettings), workers=2, jsonl=tmp_path / "l.jsonl")
@@ -155,10 +173,10 @@ def test_a_file_that_kills_its_worker_is_an_error_and_every_file_is_recorded_onc
     assert "process died while reading this file" in read_jsonl(jsonl)[str(archive / "crash.png")]["error"]
 
 
-def test_a_worker_killed_mid_scan_loses_nothing(cluster, world, tmp_path):
+def test_a_worker_killed_mid_scan_loses_nothing(own_cluster, world, tmp_path):
     root = many_files(tmp_path / "many", 30)
-    cluster[1].wait_for_workers(2, timeout=60)  # the nannies may still be restarting workers a test killed
-    victim = max(cluster[1].run(os.getpid).values())
+    own_cluster[1].wait_for_workers(2, timeout=60)
+    victim = max(own_cluster[1].run(os.getpid).values())
     killed = []
 
     def kill_one(record: dict) -> None:
@@ -167,11 +185,11 @@ def test_a_worker_killed_mid_scan_loses_nothing(cluster, world, tmp_path):
             killed.append(victim)
 
     jsonl = tmp_path / "killed.jsonl"
-    summary = scan_folder(root, settings=settings(world, SlowSettings), jsonl=jsonl, engine=engine(cluster),
+    summary = scan_folder(root, settings=settings(world, SlowSettings), jsonl=jsonl, engine=engine(own_cluster),
                           on_verdict=kill_one)
     assert killed and summary.counts == {"not detected": 30}
     assert lines_per_file(jsonl) == Counter({str(path): 1 for path in sorted(root.iterdir())})
-    assert victim not in cluster[1].run(os.getpid).values()
+    assert victim not in own_cluster[1].run(os.getpid).values()
 
 
 def test_the_scheduler_going_away_ends_the_scan_with_one_line_and_a_resumable_report(world, tmp_path):
