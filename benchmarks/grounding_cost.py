@@ -11,10 +11,10 @@ posterior as stage B does):
 2. Scale: at the shipped weights, the gradient norms of the denoising loss, L_token and L_pixel over the text
    encoder + U-Net parameters, median over batches, so the weights can be set as a share of the denoising gradient.
 3. Choice: short fine-tunes from the shipped weights, the same batches, noise and timesteps for every weight
-   setting, scored on held-out reports' phantoms at the timesteps the localization map reads (200, 400, 600): the
-   share of a grounded token's attention inside its lesion (mean over layers, as L_token reads it), the A_avg
-   pointing game on the latent grid (the word's tokens' captured maps averaged, its maximum inside the lesion), and
-   the denoising MSE (v-prediction) on the same noised latents.
+   setting, scored on held-out reports' phantoms at timesteps 200, 400 and 600 (the map's default until the fifth
+   session): the share of a grounded token's attention inside its lesion (mean over layers, as L_token reads
+   it), the A_avg pointing game on the latent grid (the word's tokens' captured maps averaged, its maximum inside
+   the lesion), and the denoising MSE (v-prediction) on the same noised latents.
 
 Usage:
     python benchmarks/grounding_cost.py [--reports 96] [--held-out 24] [--timing-steps 6] [--tune-steps 40]

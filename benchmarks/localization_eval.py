@@ -59,6 +59,7 @@ from medsign_forensics.evaluate.localization import (  # noqa: E402
     score_maps,
 )
 from medsign_forensics.fileio import write_text  # noqa: E402
+from medsign_forensics.localization import DEFAULT_TIMESTEPS  # noqa: E402
 from medsign_forensics.reports import load_reports, split_reports  # noqa: E402
 from medsign_forensics.reports.prompt import prompt_function
 from medsign_forensics.reports.words import medical_words, word_tokens  # noqa: E402
@@ -192,7 +193,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--prior-n", type=int, default=300, help="training reports rendered for the prior maps")
     parser.add_argument("--overhead-n", type=int, default=5, help="reports timed for the capture overhead")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--timesteps", type=lambda s: tuple(int(v) for v in s.split(",")), default=(200, 400, 600))
+    parser.add_argument("--timesteps", type=lambda s: tuple(int(v) for v in s.split(",")), default=DEFAULT_TIMESTEPS,
+                        help="noise timesteps of the inversion (default: the map's, DEFAULT_TIMESTEPS)")
     parser.add_argument("--steps", type=int, default=DEFAULT_STEPS)
     parser.add_argument("--guidance", type=float, default=DEFAULT_GUIDANCE)
     parser.add_argument("--size", type=int, default=256, help="phantom render size (256 or 512)")

@@ -48,7 +48,7 @@ def parse_timesteps(text: str) -> tuple[int, ...]:
     try:
         values = tuple(int(part) for part in text.split(",") if part.strip())
     except ValueError:
-        raise InputError(f"--timesteps must be comma-separated integers such as 200,400,600, got {text!r}") from None
+        raise InputError(f"--timesteps must be comma-separated integers such as 50,100,200, got {text!r}") from None
     if not values:
         raise InputError("--timesteps needs at least one timestep")
     return values
@@ -95,8 +95,9 @@ def register(app: typer.Typer) -> None:
         steps: Annotated[int, typer.Option(help="Denoising steps when generating.")] = 25,
         guidance: Annotated[float | None, typer.Option(
             help="Guidance scale when generating; default: the sampler's.")] = None,
-        timesteps: Annotated[str, typer.Option(
-            help="With --image: the noise timesteps whose attention is summed.")] = "200,400,600",
+        timesteps: Annotated[str | None, typer.Option(
+            help="With --image: the noise timesteps whose attention is summed; default 50,100,200.",
+            show_default=False)] = None,
         no_cas: Annotated[bool, typer.Option(
             "--no-cas", help="Ablation: average a word's tokens instead of CAS.")] = False,
         no_aas: Annotated[bool, typer.Option("--no-aas", help="Ablation: min-max scaling instead of AAS.")] = False,
@@ -107,7 +108,7 @@ def register(app: typer.Typer) -> None:
         from medsign_forensics.diffusion.sampling import DEFAULT_GUIDANCE
         from medsign_forensics.fileio import save_npy, save_png
         from medsign_forensics.imageio import read_image, rgb_to_grey
-        from medsign_forensics.localization import MapOptions, localize_image
+        from medsign_forensics.localization import DEFAULT_TIMESTEPS, MapOptions, localize_image
         from medsign_forensics.localization.generation import generate_with_maps
 
         paths = output_paths(out)
@@ -117,7 +118,7 @@ def register(app: typer.Typer) -> None:
         loaded = load_model(model)
         extra: dict[str, Any] = {"model": loaded.name, "weights_sha256": loaded.weights_sha256, "seed": seed}
         if image is not None:
-            chosen = parse_timesteps(timesteps)
+            chosen = DEFAULT_TIMESTEPS if timesteps is None else parse_timesteps(timesteps)
             pixels = read_image(image).pixels
             result = localize_image(loaded.pipeline, pixels, report, timesteps=chosen, seed=seed, options=options)
             extra.update(image=str(image), timesteps=list(chosen))

@@ -56,6 +56,18 @@ def test_localize_an_existing_image_with_ablations(model_dir, tmp_path):
     assert not (tmp_path / "map_image.png").exists()
 
 
+def test_default_timesteps_are_the_library_s_and_the_help_says_them(model_dir, tmp_path):
+    from medsign_forensics.localization import DEFAULT_TIMESTEPS
+
+    picture = tmp_path / "chest.png"
+    Image.fromarray((np.random.default_rng(1).random((64, 64)) * 255).astype(np.uint8)).save(picture)
+    result = _run("--report", "Left effusion.", "--image", str(picture), "--model", str(model_dir),
+                  "--out", str(tmp_path / "m.png"), "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["timesteps"] == list(DEFAULT_TIMESTEPS)
+    assert "default " + ",".join(map(str, DEFAULT_TIMESTEPS)) in " ".join(_run("--help").stdout.split())
+
+
 def test_normal_report_gives_a_zero_map(model_dir, tmp_path):
     result = _run("--report", "Lungs are clear. No effusion.", "--model", str(model_dir), "--steps", "2",
                   "--out", str(tmp_path / "m.png"))
