@@ -6,36 +6,15 @@ Usage: layout_scale.py LAMBDA GENERATOR_EVAL_ARGS... (runs benchmarks/generator_
 and the partial layout in place of medsign_forensics.diffusion.layout.layout_conditioning)."""
 import runpy
 import sys
-from contextlib import contextmanager
 from pathlib import Path
 
-import torch
-
-from medsign_forensics.diffusion import sampling
+from medsign_forensics.diffusion import layout, sampling
 
 LAMBDA = float(sys.argv[1])
 
 
-@contextmanager
-def partial_layout(unet, adapter, layout, *, guided=False):
-    parameter = next(adapter.parameters())
-    with torch.no_grad():
-        features = adapter(layout.to(parameter.device, parameter.dtype))
-
-    def add_features(module, args, kwargs):
-        sample = args[0] if args else kwargs["sample"]
-        repeat = sample.shape[0] // layout.shape[0]
-        residuals = [feature.repeat(repeat, 1, 1, 1).to(sample.dtype) for feature in features]
-        if guided and repeat == 2:
-            n = len(layout)
-            residuals = [torch.cat([(1 - LAMBDA) * r[:n], r[n:]]) for r in residuals]
-        return args, {**kwargs, "down_intrablock_additional_residuals": residuals}
-
-    handle = unet.register_forward_pre_hook(add_features, with_kwargs=True)
-    try:
-        yield
-    finally:
-        handle.remove()
+def partial_layout(unet, adapter, given, *, guided=0.0):
+    return layout.layout_conditioning(unet, adapter, given, guided=LAMBDA if guided else 0.0)
 
 
 sampling.layout_conditioning = partial_layout

@@ -77,11 +77,12 @@ def adapter_residuals(adapter: Any, layout: torch.Tensor, keep: torch.Tensor | N
 
 
 @contextmanager
-def layout_conditioning(unet: Any, adapter: Any, layout: torch.Tensor, *, guided: bool = False) -> Iterator[None]:
+def layout_conditioning(unet: Any, adapter: Any, layout: torch.Tensor, *, guided: float = 0.0) -> Iterator[None]:
     """While open, every U-Net call gets the adapter's features of ``layout`` (B, kinds, grid, grid), computed
     once. A call on k x B items (classifier-free guidance stacks the unconditional and conditional halves, each
-    in prompt order) gets them repeated k times, as diffusers' adapter pipeline does; with ``guided`` the
-    unconditional half of a guided call gets none, so that guidance amplifies the layout as well as the text."""
+    in prompt order) gets them repeated k times, as diffusers' adapter pipeline does. ``guided`` is the share of
+    the features withheld from the unconditional half of a guided call: at 1 it gets none, so that guidance
+    amplifies the layout as well as the text (fractions are a research lever, BENCHMARKS.md)."""
     parameter = next(adapter.parameters())
     with torch.no_grad():
         features = adapter(layout.to(parameter.device, parameter.dtype))
@@ -93,7 +94,7 @@ def layout_conditioning(unet: Any, adapter: Any, layout: torch.Tensor, *, guided
         repeat = sample.shape[0] // layout.shape[0]
         residuals = [feature.repeat(repeat, 1, 1, 1).to(sample.dtype) for feature in features]
         if guided and repeat == 2:
-            residuals = [torch.cat([torch.zeros_like(r[: len(layout)]), r[len(layout) :]]) for r in residuals]
+            residuals = [torch.cat([(1 - guided) * r[: len(layout)], r[len(layout) :]]) for r in residuals]
         return args, {**kwargs, "down_intrablock_additional_residuals": residuals}
 
     handle = unet.register_forward_pre_hook(add_features, with_kwargs=True)

@@ -101,7 +101,7 @@ def sample(
             raise InputError(f"the model {model.name} has no layout adapter, so it cannot be given a layout")
         if layout.ndim != 4 or layout.shape[0] != len(prompts):
             raise InputError(f"give one layout (kinds, grid, grid) per prompt, got shape {tuple(layout.shape)}")
-        conditioning = layout_conditioning(model.unet, model.adapter, layout, guided=layout_guidance)
+        conditioning = layout_conditioning(model.unet, model.adapter, layout, guided=float(layout_guidance))
     with torch.no_grad(), conditioning:
         result = model.pipeline(
             prompt=prompts,
