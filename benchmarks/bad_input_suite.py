@@ -29,7 +29,8 @@ from pathlib import Path
 
 from medsign_forensics.evaluate.bad_inputs import write_suite
 from medsign_forensics.evaluate.synthetic import build_extractor
-from medsign_forensics.scan import VerifierSettings, read_jsonl, scan_folder
+from medsign_forensics.scan import VerifierSettings, scan_folder
+from medsign_forensics.scan_reports import read_jsonl
 from medsign_forensics.training.environment import machine_line
 
 REPO = Path(__file__).resolve().parents[1]

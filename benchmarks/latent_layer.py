@@ -109,7 +109,7 @@ def matches(mark: LatentMark, read) -> int:
 
 def part_held_out(model, items, sets, mark, reader, args, report, results) -> None:
     from medsign_forensics.generate import load_default_deployment
-    from medsign_forensics.verify import load_default_extractor
+    from medsign_forensics.reading import load_default_extractor
     from medsign_forensics.watermark.deployment import load_deployment
 
     deployment = load_default_deployment() if args.deployment is None else load_deployment(args.deployment)
@@ -204,7 +204,7 @@ def part_distribution(model, sets, report, results) -> None:
 
 def unmarked_images(args, sets) -> list[tuple[str, np.ndarray]]:
     from medsign_forensics.imageio import read_image
-    from medsign_forensics.verify import reading_pixels
+    from medsign_forensics.reading import reading_pixels
     from medsign_forensics.watermark.data import PhantomSource
 
     images: list[tuple[str, np.ndarray]] = []

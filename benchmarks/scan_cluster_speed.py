@@ -79,7 +79,7 @@ def writer_rate(sample: dict, records: int = 20_000) -> float:
 
 
 def comparable(path: Path) -> dict[str, dict]:
-    from medsign_forensics.scan import read_jsonl
+    from medsign_forensics.scan_reports import read_jsonl
 
     return {key: {k: v for k, v in record.items() if k != "seconds"} for key, record in read_jsonl(path).items()}
 

@@ -44,7 +44,7 @@ from medsign_forensics.attacks.storage import Requantize  # noqa: E402
 from medsign_forensics.fileio import write_text  # noqa: E402
 from medsign_forensics.imageio import read_image  # noqa: E402
 from medsign_forensics.phantom.renderer import render_report  # noqa: E402
-from medsign_forensics.verify import load_default_extractor, reading_pixels  # noqa: E402
+from medsign_forensics.reading import load_default_extractor, reading_pixels  # noqa: E402
 from medsign_forensics.watermark.spectral import Reading, SpectralExtractor, embed_image  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -55,7 +55,8 @@ from medsign_forensics.attacks.library import get_attack  # noqa: E402
 from medsign_forensics.attacks.storage import Requantize  # noqa: E402
 from medsign_forensics.fileio import save_png, write_text  # noqa: E402
 from medsign_forensics.imageio import read_image  # noqa: E402
-from medsign_forensics.verify import Verifier, load_default_extractor, reading_pixels  # noqa: E402
+from medsign_forensics.reading import load_default_extractor, reading_pixels  # noqa: E402
+from medsign_forensics.verify import Verifier  # noqa: E402
 from medsign_forensics.watermark.fidelity import psnr  # noqa: E402
 from medsign_forensics.watermark.spectral import embed_image, lattice_mask, layout  # noqa: E402
 

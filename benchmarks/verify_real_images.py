@@ -146,8 +146,9 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "verify_real_images.md")
     args = parser.parse_args()
     wall_start = time.perf_counter()
+    from medsign_forensics.config import DEFAULT_EXTRACTOR_DIR
     from medsign_forensics.provenance import IssuerKey, ModelInfo, Registry, load_policy
-    from medsign_forensics.verify import DEFAULT_EXTRACTOR_DIR, DEFAULT_REGISTRY_DIR, Verifier
+    from medsign_forensics.verify import DEFAULT_REGISTRY_DIR, Verifier
 
     real = sorted(p for p in args.data.rglob("*") if p.is_file() and p.suffix.lower() in SUFFIXES)
     if not real:

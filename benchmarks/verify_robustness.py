@@ -1,5 +1,5 @@
 """Which working resolution should verify read at? Bit accuracy and detection after ordinary handling, per
-scaling mode of `medsign_forensics.verify.reading_pixels`:
+scaling mode of `medsign_forensics.reading.reading_pixels`:
 
 * auto (the default): images up to 256 px on the short side are read as they are; larger ones are resized to
   256 on the short side;
@@ -89,7 +89,7 @@ def main() -> None:
         raise SystemExit("give --deployment DIR (with --extractor) or --stage1 DIR")
     from medsign_forensics.attacks.library import get_attack
     from medsign_forensics.key import identification_threshold, threshold
-    from medsign_forensics.verify import Scaling, reading_pixels
+    from medsign_forensics.reading import Scaling, reading_pixels
     from medsign_forensics.watermark.extractor_io import extract_bits, load_extractor
 
     extractor = load_extractor(args.extractor or args.stage1)

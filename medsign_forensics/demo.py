@@ -161,7 +161,7 @@ def _layer_bits(verdict: dict[str, Any], layer: str) -> str | None:
 
 def _extractor(path: str | Path | None) -> Path | None:
     """The extractor folder to verify with; checks now that the default exists so the step can be skipped."""
-    from medsign_forensics.verify import load_default_extractor
+    from medsign_forensics.reading import load_default_extractor
 
     if path is None:
         load_default_extractor()

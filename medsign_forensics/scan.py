@@ -24,8 +24,6 @@
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import os
 import tempfile
@@ -40,13 +38,10 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from medsign_forensics.errors import InputError, MedsignError
-from medsign_forensics.fileio import write_bytes
 from medsign_forensics.pacs import InstanceRef, PacsClient, PacsConfig
-from medsign_forensics.verify import Scaling, Verdict, VerdictKind, Verifier
-
-CSV_FIELDS = ("file", "verdict", "provenance_id", "p_value", "family_wise_p_value", "bit_accuracy", "matched_bits",
-              "bits", "key_status", "deployment", "claimed_provenance_id", "sop_instance_uid", "failed_checks",
-              "format", "width", "height", "error", "notes")
+from medsign_forensics.reading import Scaling
+from medsign_forensics.scan_reports import check_writable, ends_with_newline, read_jsonl, write_csv
+from medsign_forensics.verify import Verdict, VerdictKind, Verifier
 
 
 @dataclass(frozen=True)
@@ -216,7 +211,7 @@ def _scan(source: str, tasks: list[Task], *, settings: VerifierSettings, pacs: P
         raise InputError("--resume needs the --jsonl report of the earlier run")
     for output in (jsonl, csv_path):  # before any work: a scan must not end in an unwritable report
         if output is not None:
-            _check_writable(output)
+            check_writable(output)
     if jsonl is not None and jsonl.exists() and not resume:
         raise InputError("this JSONL report already exists; pass --resume to continue it, or choose another file",
                          path=jsonl)
@@ -235,7 +230,7 @@ def _scan(source: str, tasks: list[Task], *, settings: VerifierSettings, pacs: P
     sink = open(jsonl, "a", encoding="utf-8", errors="surrogateescape") if jsonl is not None else None  # noqa: SIM115
     results: Iterator[dict[str, Any]] = iter(())
     try:
-        if jsonl is not None and jsonl.exists() and jsonl.stat().st_size and not _ends_with_newline(jsonl):
+        if jsonl is not None and jsonl.exists() and jsonl.stat().st_size and not ends_with_newline(jsonl):
             sink.write("\n")  # type: ignore[union-attr]  # seal a damaged last line from a crash
         if todo:
             results = engine.results(todo, settings=settings, pacs=pacs)
@@ -401,66 +396,6 @@ def _crash_record(task: Task) -> dict[str, Any]:
     return _record(task, verdict)
 
 
-# -- reports ------------------------------------------------------------------------------------------------
-
-
-def read_jsonl(path: Path) -> dict[str, dict[str, Any]]:
-    """Records of a JSONL report by file key (the last record of a key wins; unparsable lines are skipped)."""
-    records: dict[str, dict[str, Any]] = {}
-    try:
-        lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
-    except OSError as error:
-        raise InputError(f"cannot read the JSONL report: {error.strerror}", path=path) from None
-    for line in lines:
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(record, dict) and isinstance(record.get("file"), str) and "verdict" in record:
-            records[record["file"]] = record
-    return records
-
-
-def write_csv(path: Path, records: Iterable[dict[str, Any]]) -> None:
-    """One row per record with the columns of :data:`CSV_FIELDS` (written atomically).
-
-    Text cells that a spreadsheet would run as a formula (starting with =, +, -, @, tab or carriage return:
-    OWASP's CSV-injection rule) get a leading apostrophe; numbers are written as numbers. File names that are
-    not valid UTF-8 keep their original bytes (surrogate escapes), as in the JSONL report.
-    """
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=CSV_FIELDS, extrasaction="ignore", lineterminator="\n")
-    writer.writeheader()
-    for record in sorted(records, key=lambda r: r["file"]):
-        row = dict(record)
-        row["failed_checks"] = ";".join(c["name"] for c in record.get("checks", []) if c.get("status") == "fail")
-        row["notes"] = "; ".join(record.get("notes", []))
-        writer.writerow({name: _cell(row.get(name)) for name in CSV_FIELDS})
-    write_bytes(path, buffer.getvalue().encode("utf-8", errors="surrogateescape"))
-
-
-def _cell(value: Any) -> Any:
-    if value is None:
-        return ""
-    if isinstance(value, str) and value.startswith(("=", "+", "-", "@", "\t", "\r")):
-        return "'" + value
-    return value
-
-
-def _check_writable(path: Path) -> None:
-    """Create the report's folder, and prove it writable, before the scan starts (InputError otherwise)."""
-    folder = path.parent
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=folder, prefix=".medsign-write-test-"):
-            pass
-    except OSError as error:
-        raise InputError(f"the report cannot be written there ({error.strerror or error}); choose another "
-                         "folder", path=path) from None
-    if path.is_dir():
-        raise InputError("is a folder; give a file name for the report", path=path)
-
-
 def _already_done(task: Task, record: dict[str, Any] | None) -> bool:
     if record is None:
         return False
@@ -476,12 +411,6 @@ def _count(summary: ScanSummary, record: dict[str, Any]) -> None:
         summary.errors.append(record)
     elif kind.is_alarm:
         summary.alarms.append(record)
-
-
-def _ends_with_newline(path: Path) -> bool:
-    with open(path, "rb") as handle:
-        handle.seek(-1, os.SEEK_END)
-        return handle.read(1) == b"\n"
 
 
 def _resolved(path: Path) -> Path:

@@ -39,10 +39,7 @@ false-positive rate. The latent layer attributes only beside a decoder-layer att
 (alone, imprinting with the public base model forges it); the two naming different deployments is a
 *mismatch* (``layers_agree`` fails).
 
-Working resolution: both extractors read any size, so images up to the working size (256, the generated size)
-are read as they are and larger ones are resized to a short side of 256 (``Scaling.AUTO``): that undoes
-up-scaling, keeps the statistics at their calibrated resolution and bounds the cost of huge files.
-``Scaling.NATIVE`` and ``Scaling.WORKING`` exist to measure the choice (benchmarks/verify_robustness.py).
+Working resolution and the default extractor: :mod:`medsign_forensics.reading`.
 
 Errors: :meth:`Verifier.verify_file` and :func:`verify_file` raise the file's :class:`MedsignError` (single
 file, library use); :meth:`Verifier.try_verify_file` returns a :attr:`VerdictKind.ERROR` verdict carrying the
@@ -51,20 +48,17 @@ one-line message instead (batch use: verify of many files, scan).
 
 from __future__ import annotations
 
-import math
 import time
 import warnings
 from collections.abc import Iterable, Mapping
 from dataclasses import replace
-from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-from PIL import Image
 
-from medsign_forensics.config import DEFAULT_EXTRACTOR_DIR, REPO_DIR
+from medsign_forensics.config import REPO_DIR
 from medsign_forensics.dicom.reader import CheckStatus, check_study
 from medsign_forensics.errors import ImageReadError, InputError, MedsignError, ModelError
 from medsign_forensics.imageio import DEFAULT_MAX_PIXELS, ImageFormat, SuspectImage, read_image
@@ -74,6 +68,14 @@ from medsign_forensics.provenance.keys import key_id_of, load_public_key_file
 from medsign_forensics.provenance.layers import bindings
 from medsign_forensics.provenance.policy import Attribution, Policy, TamperAction, TamperEvent, load_policy
 from medsign_forensics.provenance.registry import Registry
+from medsign_forensics.reading import (
+    MAX_EXTRACTION_PIXELS,
+    MIN_SIDE,
+    WORKING_SIZE,
+    Scaling,
+    load_default_extractor,
+    reading_pixels,
+)
 from medsign_forensics.verdict import (
     DECODER_LAYER,
     LATENT_LAYER,
@@ -93,21 +95,6 @@ if TYPE_CHECKING:  # torch and scipy load only when a Verifier is built: `medsig
     from medsign_forensics.watermark.extractor_io import Extractor
 
 DEFAULT_REGISTRY_DIR = REPO_DIR / "keys" / "demo-registry"
-WORKING_SIZE = 256
-# Largest image the extractor runs on (2048 x 2048): its first feature map is then 128 MiB.
-MAX_EXTRACTION_PIXELS = 2048 * 2048
-# Below this many pixels per side there is nothing a watermark could be read from.
-MIN_SIDE = 32
-
-
-class Scaling(str, Enum):
-    """How an image is brought to the extractor (see the module docstring)."""
-
-    AUTO = "auto"  # as is up to the working size; larger images: short side resized to the working size
-    NATIVE = "native"  # always as is (down-scaled only beyond MAX_EXTRACTION_PIXELS)
-    WORKING = "working"  # short side always resized to the working size
-
-
 # Which failing evidence decides the verdict first (see the module docstring).
 EVENT_ORDER: tuple[TamperEvent, ...] = (
     TamperEvent.SIGNATURE_INVALID,
@@ -432,45 +419,6 @@ class Verifier:
             return replace(check, detail=f"{check.detail} (policy {self.policy.name!r} ignores "
                                           f"{check.event.value})")
         return check
-
-
-def reading_pixels(pixels: np.ndarray, *, scaling: Scaling = Scaling.AUTO,
-                   working_size: int = WORKING_SIZE) -> tuple[np.ndarray, str]:
-    """The pixels the extractor reads from a (H, W) float image, and a note when they were resized.
-
-    Resampling is bicubic on float values (Pillow, antialiased when shrinking); InputError for an image too
-    small to carry a watermark.
-    """
-    height, width = pixels.shape
-    if min(height, width) < MIN_SIDE:
-        raise InputError(f"the image is {width}x{height} pixels; at least {MIN_SIDE} per side are needed to read "
-                         "a watermark")
-    factor = 1.0
-    if scaling is Scaling.WORKING or (scaling is Scaling.AUTO and min(height, width) > working_size):
-        factor = working_size / min(height, width)
-    if height * width * factor * factor > MAX_EXTRACTION_PIXELS:
-        factor = math.sqrt(MAX_EXTRACTION_PIXELS / (height * width))
-    size = (max(1, round(width * factor)), max(1, round(height * factor)))
-    if size == (width, height):
-        return pixels, ""
-    if min(size) < MIN_SIDE:
-        raise InputError(f"the image is {width}x{height} pixels, too elongated to read a watermark from (it "
-                         f"would be read at {size[0]}x{size[1]})")
-    resized = Image.fromarray(np.ascontiguousarray(pixels, dtype=np.float32), mode="F").resize(
-        size, resample=Image.Resampling.BICUBIC)
-    return np.clip(np.asarray(resized, dtype=np.float32), 0.0, 1.0), \
-        f"read at {size[0]}x{size[1]} (resized from {width}x{height})"
-
-
-def load_default_extractor() -> Extractor:
-    """The shipped extractor, or a ModelError saying how to get one."""
-    from medsign_forensics.watermark.extractor_io import load_extractor
-
-    if not (DEFAULT_EXTRACTOR_DIR / "extractor.json").is_file():
-        raise ModelError("the shipped extractor has not been trained into this installation yet; train one with "
-                         "`medsign train --stage extractor --whiten-images N --out DIR` and pass --extractor DIR "
-                         "(or copy DIR here)", path=DEFAULT_EXTRACTOR_DIR)
-    return load_extractor(DEFAULT_EXTRACTOR_DIR)
 
 
 def verify_file(path: str | Path, *, registry: Registry | str | Path | None = None,

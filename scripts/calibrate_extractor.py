@@ -29,7 +29,7 @@ from medsign_forensics.attacks.library import get_attack  # noqa: E402
 from medsign_forensics.attacks.storage import Requantize  # noqa: E402
 from medsign_forensics.imageio import read_image  # noqa: E402
 from medsign_forensics.phantom.renderer import render_report  # noqa: E402
-from medsign_forensics.verify import reading_pixels  # noqa: E402
+from medsign_forensics.reading import reading_pixels  # noqa: E402
 from medsign_forensics.watermark.calibration import fit_null  # noqa: E402
 from medsign_forensics.watermark.extractor_io import extract_bits, save_spectral_extractor  # noqa: E402
 from medsign_forensics.watermark.spectral import SpectralConfig, SpectralExtractor  # noqa: E402

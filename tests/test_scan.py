@@ -18,7 +18,8 @@ from medsign_forensics.errors import ImageReadError, InputError
 from medsign_forensics.evaluate.bad_inputs import write_suite
 from medsign_forensics.evaluate.synthetic import World, build_extractor, build_world, sample_image
 from medsign_forensics.pacs import PacsApi, PacsClient, multipart_parts, pacs_config
-from medsign_forensics.scan import VerifierSettings, list_files, read_jsonl, scan_folder, scan_pacs
+from medsign_forensics.scan import VerifierSettings, list_files, scan_folder, scan_pacs
+from medsign_forensics.scan_reports import read_jsonl
 
 
 @pytest.fixture(scope="module")

@@ -28,7 +28,8 @@ from helpers.verify import CrashingSettings, save_png
 from medsign_forensics.cli.main import app
 from medsign_forensics.evaluate.synthetic import World, build_extractor, build_world, sample_image
 from medsign_forensics.pacs import pacs_config
-from medsign_forensics.scan import VerifierSettings, read_jsonl, scan_folder, scan_pacs
+from medsign_forensics.scan import VerifierSettings, scan_folder, scan_pacs
+from medsign_forensics.scan_reports import read_jsonl
 from medsign_forensics.verify import Verifier
 
 TESTS = Path(__file__).resolve().parent

@@ -25,12 +25,8 @@ from medsign_forensics.evaluate.synthetic import (
 )
 from medsign_forensics.key import p_value
 from medsign_forensics.provenance import IssuerKey, Registry, load_policy
-from medsign_forensics.verify import (
-    Scaling,
-    VerdictKind,
-    Verifier,
-    verify_file,
-)
+from medsign_forensics.reading import Scaling
+from medsign_forensics.verify import VerdictKind, Verifier, verify_file
 from medsign_forensics.watermark.extractor_io import load_extractor
 from medsign_forensics.watermark.hidden import HiddenExtractor
 

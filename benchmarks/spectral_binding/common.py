@@ -5,7 +5,7 @@ from pathlib import Path
 from scipy.stats import binom
 torch.set_num_threads(1)
 from medsign_forensics.imageio import read_image
-from medsign_forensics.verify import reading_pixels, load_default_extractor
+from medsign_forensics.reading import reading_pixels, load_default_extractor
 from medsign_forensics.attacks.storage import Requantize
 from medsign_forensics.attacks.library import get_attack, TABLE1_ATTACKS
 DATA = Path("/work/shared/data/real-cxr-covid19-repo/png")

@@ -37,8 +37,9 @@ from medsign_forensics.cli.verify import (
 )
 from medsign_forensics.errors import InputError
 from medsign_forensics.pacs import PacsApi, pacs_config
+from medsign_forensics.reading import Scaling
 from medsign_forensics.scan import ScanSummary, VerifierSettings, scan_folder, scan_pacs
-from medsign_forensics.verify import Scaling, VerdictKind
+from medsign_forensics.verify import VerdictKind
 
 if TYPE_CHECKING:
     from medsign_forensics.cluster import DaskEngine

@@ -122,7 +122,7 @@ def _train_decoder(options: dict[str, Any], *, extractor: Path | None = None) ->
     preset(dataset)  # an unknown name fails here, naming the known presets
     extractor = extractor if extractor is not None else options["extractor"]
     if extractor is None:
-        from medsign_forensics.verify import DEFAULT_EXTRACTOR_DIR
+        from medsign_forensics.config import DEFAULT_EXTRACTOR_DIR
 
         extractor = DEFAULT_EXTRACTOR_DIR  # the shipped spectral extractor: a watermark layer trains against it
     reports = options["reports"]

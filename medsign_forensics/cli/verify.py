@@ -34,7 +34,8 @@ from rich.text import Text
 
 from medsign_forensics.cli.common import console, handle_errors, print_json
 from medsign_forensics.provenance.policy import Attribution
-from medsign_forensics.verify import Scaling, Verdict, VerdictKind, Verifier
+from medsign_forensics.reading import Scaling
+from medsign_forensics.verify import Verdict, VerdictKind, Verifier
 
 STYLE = {
     VerdictKind.ATTRIBUTED: "bold green",

@@ -24,8 +24,9 @@ import numpy as np
 from medsign_forensics.attacks.codec import to_uint8
 from medsign_forensics.errors import InputError, ReportError
 from medsign_forensics.phantom.anatomy import Anatomy
-from medsign_forensics.phantom.lesions import Lesion, draw_findings
+from medsign_forensics.phantom.lesions import Lesion
 from medsign_forensics.phantom.params import STREAM_NOISE, AnatomyParams, sample_anatomy, stream
+from medsign_forensics.phantom.placement import draw_findings
 from medsign_forensics.phantom.raster import smooth
 from medsign_forensics.reports.findings import Finding
 

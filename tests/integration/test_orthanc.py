@@ -29,7 +29,8 @@ from medsign_forensics.dicom import check_study
 from medsign_forensics.dicom.private import VR, Element, find_block
 from medsign_forensics.evaluate.synthetic import build_extractor, build_world, sample_image
 from medsign_forensics.pacs import PacsClient, pacs_config
-from medsign_forensics.scan import VerifierSettings, read_jsonl, scan_pacs
+from medsign_forensics.scan import VerifierSettings, scan_pacs
+from medsign_forensics.scan_reports import read_jsonl
 
 ORTHANC = shutil.which("Orthanc")
 DICOMWEB_PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")

@@ -13,7 +13,7 @@ from scipy import ndimage
 
 from medsign_forensics.phantom import PhantomStudy, render_study
 from medsign_forensics.phantom.anatomy import Anatomy
-from medsign_forensics.phantom.lesions import finding_stream, resolve
+from medsign_forensics.phantom.placement import finding_stream, resolve
 from medsign_forensics.reports.findings import Finding, FindingKind, Severity, Side, Zone
 
 K = FindingKind

@@ -136,7 +136,7 @@ def test_folder_round_trip_and_tamper_check(tmp_path: Path) -> None:
 
 
 def test_shipped_extractor_loads_with_its_calibration() -> None:
-    from medsign_forensics.verify import load_default_extractor
+    from medsign_forensics.reading import load_default_extractor
 
     shipped = load_default_extractor()
     assert isinstance(shipped, SpectralExtractor)
