@@ -95,6 +95,7 @@ if TYPE_CHECKING:  # torch and scipy load only when a Verifier is built: `medsig
     from medsign_forensics.watermark.extractor_io import Extractor
 
 DEFAULT_REGISTRY_DIR = REPO_DIR / "keys" / "demo-registry"
+
 # Which failing evidence decides the verdict first (see the module docstring).
 EVENT_ORDER: tuple[TamperEvent, ...] = (
     TamperEvent.SIGNATURE_INVALID,
