@@ -6,23 +6,19 @@ from medsign_forensics.diffusion import load_model
 from medsign_forensics.diffusion.sampling import decode
 from medsign_forensics.evaluate.generator import (render_phantoms, reconstruct, score, present_findings, generate_images, _grey, THRESHOLD)
 from medsign_forensics.phantom.classifier import DEFAULT_CLASSIFIER_DIR, load_classifier, predict
-from medsign_forensics.reports import load_reports, split_reports
-from medsign_forensics.diffusion.configs import DataConfig
+from common import held_out_texts, summary
 torch.set_num_threads(2)
 model_dir = sys.argv[1] if len(sys.argv) > 1 and sys.argv[1] != "-" else None
 n = int(sys.argv[2]) if len(sys.argv) > 2 else 200
 settings = sys.argv[3].split(",") if len(sys.argv) > 3 else ["recon", "img2img:0.7:4", "img2img:0.85:4", "t2i:8"]
 model = load_model(model_dir)
 clf = load_classifier(DEFAULT_CLASSIFIER_DIR)
-d = DataConfig()
-_, test = split_reports(load_reports(d.corpus), test_fraction=d.test_fraction, seed=d.split_seed)
-texts = [r.text for r in test[:n]]
+texts = held_out_texts(n)
 findings = [present_findings(t) for t in texts]
 ph = render_phantoms(texts, seed=0, size=model.image_size)
 def report(name, imgs, secs):
     s = score(findings, predict(clf, imgs), threshold=THRESHOLD)
-    print(json.dumps({"setting": name, "macro": s.macro_recall(20), "recall": {k: s.recall(k) for k in s.macro_kinds(20)},
-          "normal": s.normal_rate(), "side": s.side_rate(), "side_n": sum(s.sided_found.values()), "s_per_img": secs}), flush=True)
+    print(json.dumps({"setting": name, **summary(s), "s_per_img": secs}), flush=True)
 report("phantoms", ph, 0)
 i2i = StableDiffusionImg2ImgPipeline(**model.pipeline.components)
 i2i.set_progress_bar_config(disable=True)

@@ -6,22 +6,19 @@ Usage: noise_lowfreq.py MODEL MODES; each mode is "plain" (the seeded noise samp
 same noise minus its K x K block means over the 32 x 32 latent, rescaled to unit spread; low1 removes each
 channel's mean). The first 64 normal held-out reports, findings prompts, layouts and seeds as normal_guidance.py;
 prints the share of images with any predicted label, their mean grey and the labels."""
-import sys, json, collections
+import sys, json
 import numpy as np, torch
 import torch.nn.functional as F
 from medsign_forensics.diffusion import load_model, sample
 from medsign_forensics.diffusion.layout import report_layouts
-from medsign_forensics.evaluate.generator import present_findings, _grey, THRESHOLD
-from medsign_forensics.phantom.classifier import DEFAULT_CLASSIFIER_DIR, load_classifier, predict, LABELS
-from medsign_forensics.reports import load_reports, split_reports
-from medsign_forensics.diffusion.configs import DataConfig
+from medsign_forensics.evaluate.generator import _grey
+from medsign_forensics.phantom.classifier import DEFAULT_CLASSIFIER_DIR, load_classifier
 from medsign_forensics.reports.prompt import findings_prompt
+from common import flagged, normal_texts
 torch.set_num_threads(2)
 model = load_model(sys.argv[1])
 clf = load_classifier(DEFAULT_CLASSIFIER_DIR)
-d = DataConfig()
-_, test = split_reports(load_reports(d.corpus), test_fraction=d.test_fraction, seed=d.split_seed)
-texts = [r.text for r in test[:200] if not present_findings(r.text)][:64]
+texts = normal_texts(64)
 C = model.unet.config.in_channels
 def noise(seed, mode):
     z = torch.randn((1, C, 32, 32), generator=torch.Generator("cpu").manual_seed(seed))
@@ -41,6 +38,4 @@ for mode in sys.argv[2:]:
         r = sample(model, [findings_prompt(t) for t in chunk], seed=seeds, latents=lat, layout=lay, output="images")
         imgs.append(_grey(r.images))
     imgs = np.concatenate(imgs)
-    p = predict(clf, imgs) >= THRESHOLD
-    c = collections.Counter(LABELS[j] for row in p for j in np.flatnonzero(row))
-    print(json.dumps({"mode": mode, "flagged": float(p.any(1).mean()), "mean": float(imgs.mean()), "labels": dict(c.most_common(6))}), flush=True)
+    print(json.dumps({"mode": mode, **flagged(clf, imgs), "mean": float(imgs.mean())}), flush=True)

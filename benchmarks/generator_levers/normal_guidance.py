@@ -4,25 +4,20 @@ Usage: normal_guidance.py MODEL SETTINGS; each setting is GUIDANCE:NEGATIVE(- fo
 LAYOUT_GUIDANCE(0|1)[:STEPS] (sampling steps, default 25), or "phantoms" (the reports' phantoms and their VAE
 reconstructions, the judge's floor). Samples the first 64 normal reports among the 200 held-out ones (findings prompts, seeds as
 generator_eval.py) and counts the images with any predicted label, and the labels."""
-import sys, json, collections
+import sys, json
 import numpy as np, torch
 from medsign_forensics.diffusion import load_model, sample
 from medsign_forensics.diffusion.layout import report_layouts
-from medsign_forensics.evaluate.generator import present_findings, _grey, THRESHOLD, render_phantoms, reconstruct
-from medsign_forensics.phantom.classifier import DEFAULT_CLASSIFIER_DIR, load_classifier, predict, LABELS
-from medsign_forensics.reports import load_reports, split_reports
-from medsign_forensics.diffusion.configs import DataConfig
+from medsign_forensics.evaluate.generator import _grey, render_phantoms, reconstruct
+from medsign_forensics.phantom.classifier import DEFAULT_CLASSIFIER_DIR, load_classifier
 from medsign_forensics.reports.prompt import findings_prompt
+from common import flagged, normal_texts
 torch.set_num_threads(2)
 model = load_model(sys.argv[1])
 clf = load_classifier(DEFAULT_CLASSIFIER_DIR)
-d = DataConfig()
-_, test = split_reports(load_reports(d.corpus), test_fraction=d.test_fraction, seed=d.split_seed)
-texts = [r.text for r in test[:200] if not present_findings(r.text)][:64]
+texts = normal_texts(64)
 def tally(setting, imgs):
-    p = predict(clf, imgs) >= THRESHOLD
-    c = collections.Counter(LABELS[j] for row in p for j in np.flatnonzero(row))
-    print(json.dumps({"setting": setting, "n": len(texts), "flagged": float(p.any(1).mean()), "labels": dict(c.most_common(6))}), flush=True)
+    print(json.dumps({"setting": setting, "n": len(texts), **flagged(clf, imgs)}), flush=True)
 for setting in sys.argv[2:]:
     if setting == "phantoms":
         ph = render_phantoms(texts, seed=0, size=256)

@@ -8,14 +8,11 @@ import numpy as np, torch
 from PIL import Image
 from medsign_forensics.diffusion import load_model, sample
 from medsign_forensics.diffusion.layout import report_layouts
-from medsign_forensics.evaluate.generator import present_findings, _grey, render_phantoms
-from medsign_forensics.reports import load_reports, split_reports
-from medsign_forensics.diffusion.configs import DataConfig
+from medsign_forensics.evaluate.generator import _grey, render_phantoms
 from medsign_forensics.reports.prompt import findings_prompt
+from common import normal_texts
 torch.set_num_threads(2)
-d = DataConfig()
-_, test = split_reports(load_reports(d.corpus), test_fraction=d.test_fraction, seed=d.split_seed)
-texts = [r.text for r in test[:200] if not present_findings(r.text)][:6]
+texts = normal_texts(6)
 rows = [render_phantoms(texts, seed=0, size=256)]
 for folder in sys.argv[2:]:
     model = load_model(folder)

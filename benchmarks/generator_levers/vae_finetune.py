@@ -25,6 +25,7 @@ from medsign_forensics.phantom import render_report
 from medsign_forensics.phantom.classifier import DEFAULT_CLASSIFIER_DIR, load_classifier, predict
 from medsign_forensics.reports import load_reports, split_reports
 from medsign_forensics.diffusion.configs import DataConfig
+from common import held_out_texts, summary
 from scipy.ndimage import binary_dilation
 mode, steps, weight, n_train, lr = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), int(sys.argv[4]), float(sys.argv[5])
 balance = sys.argv[7] if len(sys.argv) > 7 else "pixels"
@@ -42,8 +43,8 @@ if os.environ.get("VAE_CHECKPOINT"):  # a stage-A checkpoint (VAE_RECIPE: its re
 vae = model.vae
 clf = load_classifier(DEFAULT_CLASSIFIER_DIR)
 d = DataConfig()
-train, test = split_reports(load_reports(d.corpus), test_fraction=d.test_fraction, seed=d.split_seed)
-texts = [r.text for r in test[:200]]
+train, _ = split_reports(load_reports(d.corpus), test_fraction=d.test_fraction, seed=d.split_seed)
+texts = held_out_texts()
 findings = [present_findings(t) for t in texts]
 ph = render_phantoms(texts, seed=0, size=256)
 import copy
@@ -57,8 +58,7 @@ def drift():
 def evaluate(tag):
     rec = reconstruct(model, ph, batch=8)
     s = score(findings, predict(clf, rec), threshold=THRESHOLD)
-    print(json.dumps({"tag": tag, "macro": s.macro_recall(20), "recall": {k: s.recall(k) for k in s.macro_kinds(20)},
-                      "normal": s.normal_rate(), "side": s.side_rate(), "side_n": sum(s.sided_found.values()),
+    print(json.dumps({"tag": tag, **summary(s),
                       "latent_drift": drift()}), flush=True)
 rng = np.random.default_rng(0)
 pos = [r.text for r in train if present_findings(r.text)]

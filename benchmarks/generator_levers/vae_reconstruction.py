@@ -7,10 +7,10 @@ mini-cxr's VAE (RECIPE unused)."""
 import sys, json
 import numpy as np, torch
 from medsign_forensics.diffusion import load_model
-from medsign_forensics.diffusion.configs import load_config, build_vae, DataConfig
+from medsign_forensics.diffusion.configs import load_config, build_vae
 from medsign_forensics.evaluate.generator import render_phantoms, score, present_findings, THRESHOLD
 from medsign_forensics.phantom.classifier import DEFAULT_CLASSIFIER_DIR, load_classifier, predict
-from medsign_forensics.reports import load_reports, split_reports
+from common import held_out_texts
 torch.set_num_threads(2)
 if sys.argv[2] == "shipped":
     vae = load_model(None).vae.float()
@@ -19,9 +19,7 @@ else:
     state = torch.load(sys.argv[2], map_location="cpu", weights_only=False)
     vae.load_state_dict(state["trainer"]["vae"] if "trainer" in state else state["vae"])
 vae.eval()
-d = DataConfig()
-_, test = split_reports(load_reports(d.corpus), test_fraction=d.test_fraction, seed=d.split_seed)
-texts = [r.text for r in test[:200]]
+texts = held_out_texts()
 ph = render_phantoms(texts, seed=0, size=256)
 out = []
 with torch.no_grad():

@@ -29,12 +29,12 @@ from diffusers import AutoencoderKL
 from kornia.losses import ssim_loss
 
 from medsign_forensics.diffusion import load_model
-from medsign_forensics.diffusion.configs import DataConfig
 from medsign_forensics.diffusion.data import RenderCache
 from medsign_forensics.diffusion.vae_lesions import LesionCache, LesionCrops, lesion_terms
 from medsign_forensics.evaluate.generator import THRESHOLD, present_findings, reconstruct, render_phantoms, score
 from medsign_forensics.phantom.classifier import DEFAULT_CLASSIFIER_DIR, load_classifier, predict
-from medsign_forensics.reports import load_reports, split_reports
+
+from common import held_out_texts, summary
 
 run, steps = Path(sys.argv[1]), int(sys.argv[2])
 extra = int(sys.argv[3]) if len(sys.argv) > 3 else 4
@@ -95,9 +95,7 @@ optimizer = torch.optim.AdamW(params, lr=2e-4, betas=(0.9, 0.99), weight_decay=0
 model.pipeline.vae = vae
 
 classifier = load_classifier(DEFAULT_CLASSIFIER_DIR)
-data = DataConfig()
-_, test = split_reports(load_reports(data.corpus), test_fraction=data.test_fraction, seed=data.split_seed)
-texts = [r.text for r in test[:200]]
+texts = held_out_texts()
 findings = [present_findings(t) for t in texts]
 phantoms = render_phantoms(texts, seed=0, size=256)
 normal = np.array([not f for f in findings])
@@ -113,8 +111,7 @@ def evaluate(tag: str) -> None:
     energy = z[:, OLD:].abs().mean(dim=(1, 2, 3)).numpy()
     reference = torch.cat([old.encode(x[i : i + 16]).latent_dist.mean for i in range(0, len(x), 16)])
     drift = float((z[:, :OLD] - reference).pow(2).mean().sqrt() / reference.std())
-    print(json.dumps({"tag": tag, "macro": s.macro_recall(20), "recall": {k: s.recall(k) for k in s.macro_kinds(20)},
-                      "normal": s.normal_rate(), "side": s.side_rate(), "side_n": sum(s.sided_found.values()),
+    print(json.dumps({"tag": tag, **summary(s),
                       "extra_abs_normal": float(energy[normal].mean()), "extra_abs_abnormal": float(energy[~normal].mean()),
                       "old_channels_rms_change_sd": drift}), flush=True)
     vae.train()
