@@ -46,6 +46,7 @@ from medsign_forensics.cli.progress import rich_progress
 from medsign_forensics.diffusion import DiffusionModel, load_model
 from medsign_forensics.diffusion.configs import CAPTION_FORMS, DataConfig
 from medsign_forensics.diffusion.export import is_untrained
+from medsign_forensics.diffusion.layout import LayoutGuidance
 from medsign_forensics.diffusion.sampling import DEFAULT_GUIDANCE, DEFAULT_STEPS
 from medsign_forensics.errors import MedsignError
 from medsign_forensics.evaluate.generator import (
@@ -69,6 +70,14 @@ TARGET_NORMAL_RATE = 0.15
 TARGET_SIDE = 0.85
 TARGET_SIDED_IMAGES = 50
 MIN_KIND_REPORTS = 20
+LAYOUT_GUIDANCE_WORDS = {
+    "off": "both halves of classifier-free guidance get the layout (diffusers' adapter pipeline), so guidance "
+           "amplifies the text alone.",
+    "empty": "the unconditional half of guidance gets no layout where the layout is empty (reports asserting no "
+             "finding), so guidance amplifies their empty layout too; other reports as `off`.",
+    "all": "the unconditional half of guidance gets no layout, so guidance amplifies the layout as well as the "
+           "text.",
+}
 
 
 # --- report --------------------------------------------------------------------------------------------------
@@ -146,8 +155,8 @@ def render_markdown(
         *([f"- Layout: each report's layout (the phantom renderer's placement of its findings, seed "
            f"{args.seed + LAYOUT_SEED_OFFSET}+i, never the scored phantom's own) fed to the model's layout adapter."]
           if args.layout else []),
-        *(["- Layout guidance: the unconditional half of classifier-free guidance gets no layout, so guidance "
-           "amplifies the layout as well as the text."] if args.layout_guidance else []),
+        *([f"- Layout guidance `{args.layout_guidance}`: "
+           + LAYOUT_GUIDANCE_WORDS[args.layout_guidance]] if args.layout else []),
         f"- Decision threshold: {THRESHOLD} on each label's probability (the classifier defines no threshold of "
         "its own).",
         f"- Wall time: {results.wall_s:.1f} s (generating, rendering, reconstructing and classifying).",
@@ -247,8 +256,10 @@ def main(argv: list[str] | None = None) -> int:
                              "folder names, as medsign generate gives it)")
     parser.add_argument("--layout", action=argparse.BooleanOptionalAction, default=None,
                         help="sample from each report's layout too (default: when the model has a layout adapter)")
-    parser.add_argument("--layout-guidance", action="store_true",
-                        help="with --layout: leave the layout out of the unconditional half of guidance")
+    parser.add_argument("--layout-guidance", choices=[policy.value for policy in LayoutGuidance],
+                        default=LayoutGuidance.EMPTY.value,
+                        help="with --layout: whose layout the unconditional half of guidance leaves out (default: "
+                             "empty layouts, as medsign generate samples)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (CPU runs)")
     parser.add_argument("--machine", default=None, help="machine description (default: detected)")

@@ -64,6 +64,7 @@ class GeneratedStudy:
     height: int
     seconds: float
     layers: tuple[str, ...] = ("decoder",)
+    layout_guidance: str = "off"  # whose layout guidance amplified (diffusion.layout.LayoutGuidance)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -75,6 +76,7 @@ class GeneratedStudy:
             "seed": self.seed,
             "steps": self.steps,
             "guidance_scale": self.guidance_scale,
+            "layout_guidance": self.layout_guidance,
             "width": self.width,
             "height": self.height,
             "study_instance_uid": self.study.study_instance_uid,
@@ -251,7 +253,8 @@ def generate_study(
                           deployment=record.deployment, model=f"{record.model.name} {record.model.version}",
                           seed=seed, steps=steps, guidance_scale=float(guidance_scale), width=int(pixels.shape[1]),
                           height=int(pixels.shape[0]), seconds=time.perf_counter() - start,
-                          layers=("decoder", "latent") if noise is not None else ("decoder",))
+                          layers=("decoder", "latent") if noise is not None else ("decoder",),
+                          layout_guidance=result.layout_guidance)
 
 
 def latent_noise(deployment: Deployment, model: Any, seed: int) -> Any:

@@ -8,16 +8,18 @@ import runpy
 import sys
 from pathlib import Path
 
+import torch
+
 from medsign_forensics.diffusion import layout, sampling
 
 LAMBDA = float(sys.argv[1])
 
 
 def partial_layout(unet, adapter, given, *, guided=0.0):
-    return layout.layout_conditioning(unet, adapter, given, guided=LAMBDA if guided else 0.0)
+    return layout.layout_conditioning(unet, adapter, given, guided=LAMBDA * torch.as_tensor(guided))
 
 
 sampling.layout_conditioning = partial_layout
 script = Path(__file__).resolve().parents[1] / "generator_eval.py"
-sys.argv = [str(script), "--layout-guidance", *sys.argv[2:]]
+sys.argv = [str(script), "--layout-guidance", "all", *sys.argv[2:]]
 runpy.run_path(str(script), run_name="__main__")

@@ -17,7 +17,7 @@ texts = sided_prompts(int(sys.argv[2]))
 truth = [present_findings(t) for t in texts]
 forward = model.adapter.forward
 for setting in sys.argv[3:]:
-    scale, lg, g = setting.split(":"); scale = float(scale); lg = lg == "1"; g = float(g)
+    scale, lg, g = setting.split(":"); scale = float(scale); lg = "all" if lg == "1" else "off"; g = float(g)
     model.adapter.forward = lambda x, _f=forward, _s=scale: [f * _s for f in _f(x)]
     imgs = []
     for s in range(0, len(texts), 8):

@@ -78,6 +78,7 @@ def register(app: typer.Typer) -> None:
             "seconds": round(seconds, 3),
             "prompt": given.prompts[0],  # what the model was given for the report (its prompt form)
             "layout": given.layout is not None,
+            "layout_guidance": result.layout_guidance,
         }
         if json_output:
             print_json(summary)

@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from medsign_forensics.diffusion.layout import layout_conditioning
+from medsign_forensics.diffusion.layout import LayoutGuidance, guided_shares, layout_conditioning
 from medsign_forensics.diffusion.loader import DiffusionModel
 from medsign_forensics.errors import InputError
 
@@ -50,6 +50,7 @@ class SampleResult:
     height: int
     width: int
     scheduler: str
+    layout_guidance: str = LayoutGuidance.OFF.value  # the policy applied; "off" too when no layout was given
 
 
 def sample(
@@ -67,7 +68,7 @@ def sample(
     output: SampleOutput | str = SampleOutput.BOTH,
     latents: torch.Tensor | None = None,
     layout: torch.Tensor | None = None,
-    layout_guidance: bool = False,
+    layout_guidance: LayoutGuidance | str = LayoutGuidance.EMPTY,
 ) -> SampleResult:
     """Generate one image per prompt with DPM-Solver++ and classifier-free guidance.
 
@@ -78,14 +79,18 @@ def sample(
     replaces the seeded initial noise z_T (the latent layer's watermarked noise); the seeds are then recorded
     only, since the solver used here is deterministic. ``layout`` (B, kinds, grid, grid), one per prompt, feeds
     the model's layout adapter (:func:`~medsign_forensics.diffusion.layout.report_layout`); None samples from
-    the text alone. ``layout_guidance`` leaves the layout out of the unconditional half, so that guidance
-    amplifies it too (diffusers' adapter pipeline gives both halves the layout).
+    the text alone. ``layout_guidance`` says whose layout is left out of the unconditional half, so that
+    guidance amplifies it too (:class:`~medsign_forensics.diffusion.layout.LayoutGuidance`: by default only
+    empty layouts, i.e. reports asserting no finding; ``off`` is diffusers' adapter pipeline).
     """
     prompts = list(prompts)
     if not prompts:
         raise InputError("give at least one prompt to sample")
     seeds = image_seeds(seed, len(prompts))
     output = SampleOutput(output)
+    if layout_guidance not in {policy.value for policy in LayoutGuidance}:
+        raise InputError(f"unknown layout guidance {layout_guidance!r}; use off, empty or all")
+    policy = LayoutGuidance(layout_guidance)
     if steps < 1:
         raise InputError(f"steps must be at least 1, got {steps}")
     height = height or model.image_size
@@ -101,7 +106,7 @@ def sample(
             raise InputError(f"the model {model.name} has no layout adapter, so it cannot be given a layout")
         if layout.ndim != 4 or layout.shape[0] != len(prompts):
             raise InputError(f"give one layout (kinds, grid, grid) per prompt, got shape {tuple(layout.shape)}")
-        conditioning = layout_conditioning(model.unet, model.adapter, layout, guided=float(layout_guidance))
+        conditioning = layout_conditioning(model.unet, model.adapter, layout, guided=guided_shares(layout, policy))
     with torch.no_grad(), conditioning:
         result = model.pipeline(
             prompt=prompts,
@@ -130,6 +135,7 @@ def sample(
         height=height,
         width=width,
         scheduler=type(model.scheduler).__name__,
+        layout_guidance=(policy if layout is not None else LayoutGuidance.OFF).value,
     )
 
 

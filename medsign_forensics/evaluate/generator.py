@@ -31,6 +31,7 @@ from torch.nn import functional as F
 
 from medsign_forensics.diffusion import DiffusionModel, sample
 from medsign_forensics.diffusion.conditioning import model_layouts
+from medsign_forensics.diffusion.layout import LayoutGuidance
 from medsign_forensics.diffusion.sampling import SampleOutput, decode
 from medsign_forensics.errors import InputError
 from medsign_forensics.evaluate.metrics import Frechet, frechet_distance
@@ -198,7 +199,7 @@ def _resize(images: np.ndarray, size: int) -> np.ndarray:
 def generate_images(
     model: DiffusionModel, texts: Sequence[str], *, seed: int, steps: int, guidance: float, batch: int,
     progress: ProgressFn | None = None, task: str = "generating", layouts: torch.Tensor | None = None,
-    layout_guidance: bool = False,
+    layout_guidance: LayoutGuidance | str = LayoutGuidance.EMPTY,
 ) -> tuple[np.ndarray, list[float]]:
     """One greyscale image per report (seed ``seed + i``; ``layouts[i]`` for the layout adapter when given) and
     the wall seconds per image of each batch (a layout's rendering not included)."""
@@ -274,7 +275,8 @@ class GeneratorResults:
 def evaluate_generator(
     model: DiffusionModel, classifier: FindingClassifier, texts: Sequence[str], *, seed: int, steps: int,
     guidance: float, batch: int, threshold: float = THRESHOLD, progress: ProgressFn | None = None,
-    sided: int = 0, prompt: Callable[[str], str] | None = None, layout: bool = False, layout_guidance: bool = False,
+    sided: int = 0, prompt: Callable[[str], str] | None = None, layout: bool = False,
+    layout_guidance: LayoutGuidance | str = LayoutGuidance.EMPTY,
 ) -> GeneratorResults:
     """Generate, render and reconstruct for ``texts`` (two or more reports), judge every set with ``classifier``
     and compare their features (see the module docstring). ``sided`` > 0 also generates and renders that many

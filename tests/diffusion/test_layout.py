@@ -16,7 +16,14 @@ from helpers.diffusion import StandInSource
 from medsign_forensics.diffusion import load_model, sample
 from medsign_forensics.diffusion.base_trainers import UNetTrainer
 from medsign_forensics.diffusion.configs import GroundingConfig, LayoutConfig, MiniCxrConfig, tiny_config
-from medsign_forensics.diffusion.layout import KINDS, adapter_residuals, layout_conditioning, report_layouts
+from medsign_forensics.diffusion.layout import (
+    KINDS,
+    LayoutGuidance,
+    adapter_residuals,
+    guided_shares,
+    layout_conditioning,
+    report_layouts,
+)
 from medsign_forensics.diffusion.loader import MANIFEST_NAME, read_manifest
 from medsign_forensics.diffusion.train_base import Stage, train
 from medsign_forensics.errors import InputError
@@ -129,6 +136,29 @@ def test_sampling_with_a_layout_is_diffusers_adapter_pipeline(layout_run: Path) 
         generator=[torch.Generator().manual_seed(s) for s in (5, 6)], output_type="latent",
     ).images / model.vae.config.scaling_factor
     assert torch.allclose(ours, theirs, atol=1e-5)
+
+
+def test_layout_guidance_amplifies_only_empty_layouts_by_default(layout_run: Path) -> None:
+    """A normal report's image is sampled as with every layout guided, a report with findings as with none, in
+    the same batch; and guiding the empty layout changes that image."""
+    layouts = report_layouts(REPORTS, seeds=[0, 0, 0], size=64, grid=8)
+    assert guided_shares(layouts, LayoutGuidance.EMPTY).tolist() == [0.0, 0.0, 1.0]
+    assert guided_shares(layouts, "all").tolist() == [1.0] * 3 and not guided_shares(layouts, "off").any()
+    model = load_model(layout_run / "model")
+    prompts = ["left effusion.", "right effusion.", "normal chest radiograph."]
+
+    def latents(policy: str | None) -> torch.Tensor:
+        options = {} if policy is None else {"layout_guidance": policy}
+        result = sample(model, prompts, seed=[1, 2, 3], steps=2, layout=layouts, output="latents", **options)
+        assert result.layout_guidance == (policy or "empty")
+        return result.latents
+
+    default, off, every = latents(None), latents("off"), latents("all")
+    assert torch.equal(default[:2], off[:2]) and torch.equal(default[2], every[2])
+    assert not torch.allclose(default[2], off[2]) and not torch.allclose(default[0], every[0])
+    assert sample(model, prompts[:1], seed=1, steps=1, output="latents").layout_guidance == "off"  # no layout
+    with pytest.raises(InputError, match="unknown layout guidance"):
+        sample(model, prompts, seed=1, steps=1, layout=layouts, layout_guidance="normal")
 
 
 def test_a_layout_needs_a_model_with_an_adapter_and_one_layout_per_prompt(grey_model, layout_run: Path) -> None:
