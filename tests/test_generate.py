@@ -66,6 +66,7 @@ def test_generate_then_verify_is_attributed_for_the_study_and_the_png(world, mod
     # the first study's genuine tags name the first deployment, but its pixels carry the second one's key
     assert first_verdict.kind is VerdictKind.MISMATCH
     assert study.to_dict()["sop_instance_uid"] == dicom.sop_instance_uid
+    assert study.to_dict()["layout_guidance"] == "off"  # recorded; this model has no layout to guide
     assert (study.width, study.height) == (64, 64)
 
 

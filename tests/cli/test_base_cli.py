@@ -228,5 +228,6 @@ def test_a_findings_layout_model_is_given_the_findings_prompt_and_the_layout(tmp
             str(tmp_path / "x.png"), "--model", str(folder), "--steps", "2"]
     summary = json.loads(runner.invoke(app, [*args, "--json"]).stdout)
     assert summary["prompt"] == "mild left effusion." and summary["layout"] is True  # the parser's words
+    assert summary["layout_guidance"] == "empty"  # the sampler's default policy, recorded
     result = runner.invoke(app, args)
     assert result.exit_code == 0 and "'mild left effusion.', with the report's layout" in result.stdout
