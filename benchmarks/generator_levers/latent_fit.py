@@ -20,14 +20,12 @@ import time
 import numpy as np
 import torch
 import torch.nn.functional as F
-from scipy.ndimage import binary_dilation
 
 from medsign_forensics.diffusion import load_model
-from medsign_forensics.diffusion.layout import KINDS
-from medsign_forensics.diffusion.vae_lesions import lesion_terms, lesion_weights
+from medsign_forensics.diffusion.data import kind_masks
+from medsign_forensics.diffusion.vae_lesions import lesion_bits, lesion_terms, lesion_weights
 from medsign_forensics.evaluate.generator import THRESHOLD, present_findings, render_phantoms, score
 from medsign_forensics.phantom.classifier import DEFAULT_CLASSIFIER_DIR, load_classifier, predict
-from medsign_forensics.phantom.renderer import render_masks
 
 from common import held_out_texts, summary
 
@@ -49,12 +47,8 @@ findings = [present_findings(t) for t in texts]
 chosen = [i for i, f in enumerate(findings) if f and (wanted == "all" or {x.kind.value for x in f} & set(wanted.split(",")))]
 chosen_findings = [findings[i] for i in chosen]
 phantoms = np.stack([render_phantoms([texts[i]], seed=i, size=256)[0] for i in chosen])
-weights = []
-for i in chosen:  # the lesion bit map of LesionCache, from the same findings and seed as the phantom
-    bits = np.zeros((256, 256), np.uint16)
-    for m in render_masks(findings[i], seed=i, size=256):
-        bits |= binary_dilation(m.mask, iterations=2).astype(np.uint16) << KINDS.index(m.finding.kind)
-    weights.append(lesion_weights(bits))
+# the lesion bit map LesionCache stores, from the same findings and seed as the phantom
+weights = [lesion_weights(lesion_bits(kind_masks(findings[i], seed=i, size=256, grid=256), 256)) for i in chosen]
 x = torch.from_numpy(phantoms)[:, None] * 2 - 1
 w = torch.from_numpy(np.stack(weights))[:, None]
 with torch.no_grad():

@@ -19,6 +19,8 @@ the run's generator, so the phase resumes exactly.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -26,6 +28,7 @@ from scipy.ndimage import binary_dilation, label
 
 from medsign_forensics.diffusion.data import RenderCache, StudySource, to_tensor
 from medsign_forensics.diffusion.layout import KINDS
+from medsign_forensics.reports.findings import FindingKind
 
 LESION_TASK = "rendering full-size lesion masks"
 _RIM = 2  # pixels the lesion masks are grown by
@@ -49,10 +52,16 @@ class LesionCache(RenderCache):
 
     def draw(self, source: StudySource, index: int, seed: int) -> np.ndarray:
         masks = source.masks(index, seed=seed, size=self.size, grid=self.size)  # type: ignore[attr-defined]
-        bits = np.zeros((self.size, self.size), np.uint16)
-        for kind, mask in masks.items():
-            bits |= binary_dilation(mask > 0, iterations=_RIM).astype(np.uint16) << KINDS.index(kind)
-        return bits
+        return lesion_bits(masks, self.size)
+
+
+def lesion_bits(masks: Mapping[FindingKind, np.ndarray], size: int) -> np.ndarray:
+    """A row of :class:`LesionCache` (size, size) from full-size masks per finding kind
+    (:func:`~medsign_forensics.diffusion.data.kind_masks` with ``grid`` = ``size``; none for a normal study)."""
+    bits = np.zeros((size, size), np.uint16)
+    for kind, mask in masks.items():
+        bits |= binary_dilation(mask > 0, iterations=_RIM).astype(np.uint16) << KINDS.index(kind)
+    return bits
 
 
 def lesion_weights(bits: np.ndarray) -> np.ndarray:
