@@ -119,6 +119,7 @@ def layout_conditioning(
     with torch.no_grad():
         features = adapter(layout.to(parameter.device, parameter.dtype))
     shares = torch.as_tensor(guided, dtype=torch.float32).expand(len(layout)).to(parameter.device)
+    kept = None if not bool(shares.any()) else (1 - shares)[:, None, None, None]  # the unconditional half's share
 
     def add_features(module: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
         sample = args[0] if args else kwargs["sample"]
@@ -126,9 +127,9 @@ def layout_conditioning(
             raise InputError(f"{layout.shape[0]} layouts for a U-Net batch of {sample.shape[0]}")
         repeat = sample.shape[0] // layout.shape[0]
         residuals = [feature.repeat(repeat, 1, 1, 1).to(sample.dtype) for feature in features]
-        if repeat == 2 and bool(shares.any()):
-            kept = (1 - shares).to(sample.dtype)[:, None, None, None]
-            residuals = [torch.cat([kept * r[: len(layout)], r[len(layout) :]]) for r in residuals]
+        if repeat == 2 and kept is not None:
+            share = kept.to(sample.dtype)
+            residuals = [torch.cat([share * r[: len(layout)], r[len(layout) :]]) for r in residuals]
         return args, {**kwargs, "down_intrablock_additional_residuals": residuals}
 
     handle = unet.register_forward_pre_hook(add_features, with_kwargs=True)
