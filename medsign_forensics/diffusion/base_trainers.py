@@ -222,7 +222,9 @@ class UNetTrainer:
             states = self.encode_captions(captions)
             if attend:
                 assert grounding is not None
-                with GroundingCapture(self.unet, grounding.to(self.device)) as capture:
+                with GroundingCapture(
+                    self.unet, grounding.to(self.device), peak=spec.target == "peak"
+                ) as capture:
                     prediction = self.unet(noisy, timesteps, states, **extra).sample
             else:
                 prediction = self.unet(noisy, timesteps, states, **extra).sample

@@ -141,6 +141,9 @@ class VaeTrainConfig:
         return self.steps + self.lesions.steps
 
 
+GROUNDING_TARGETS = ("area", "peak")
+
+
 @dataclass(frozen=True)
 class GroundingConfig:
     """Token-grounded cross-attention during stage B (:mod:`medsign_forensics.diffusion.grounding`): the weights
@@ -149,12 +152,16 @@ class GroundingConfig:
     as its finding words, as the localization map reads both. ``lesion_weight`` w grounds the denoising loss
     itself on the same masks: the squared error of each latent cell a named lesion touches counts 1 + w times,
     so the small share of the image that carries a finding (a 3 mm granuloma touches one or two of 1,024 cells)
-    is not drowned by the anatomy around it."""
+    is not drowned by the anatomy around it. ``target`` is the attention's target on each layer's grid: ``area``
+    the fraction of each cell inside the lesion; ``peak`` that fraction scaled so the fullest cell is 1, so a lesion
+    smaller than a cell still owns the cell it lies in (a 3-pixel granuloma fills 0.14 of a 32 x 32 cell and 0.009
+    of an 8 x 8 one, so under ``area`` its token can never hold more than that share of its attention inside)."""
 
     token_weight: float = 0.0
     pixel_weight: float = 0.0
     locations: bool = True
     lesion_weight: float = 0.0
+    target: str = "area"
 
     def __post_init__(self) -> None:
         if self.token_weight < 0 or self.pixel_weight < 0 or self.lesion_weight < 0:
@@ -162,6 +169,8 @@ class GroundingConfig:
                 f"grounding weights must be >= 0, got token_weight={self.token_weight}, "
                 f"pixel_weight={self.pixel_weight}, lesion_weight={self.lesion_weight}"
             )
+        if self.target not in GROUNDING_TARGETS:
+            raise InputError(f"grounding target must be one of {', '.join(GROUNDING_TARGETS)}, got {self.target!r}")
 
     @property
     def attention(self) -> bool:
@@ -249,8 +258,11 @@ class MiniCxrConfig:
         data = config_to_dict(self)
         if self.unet_train.grounding == GroundingConfig():
             del data["unet_train"]["grounding"]
-        elif self.unet_train.grounding.lesion_weight == 0:
-            del data["unet_train"]["grounding"]["lesion_weight"]
+        else:
+            if self.unet_train.grounding.lesion_weight == 0:
+                del data["unet_train"]["grounding"]["lesion_weight"]
+            if self.unet_train.grounding.target == GroundingConfig.target:
+                del data["unet_train"]["grounding"]["target"]
         if self.unet_train.lr_floor == UNetTrainConfig.lr_floor:
             del data["unet_train"]["lr_floor"]
         if self.vae_train.lesions == LesionFinetuneConfig():

@@ -110,11 +110,12 @@ class GroundingCapture(CrossAttentionHooks):
     for ``targets``; :meth:`losses` averages them. The original processors come back on exit, even after an
     exception. The latent's size is read by a pre-forward hook (layer grids are derived from it)."""
 
-    def __init__(self, unet: torch.nn.Module, targets: GroundingTargets) -> None:
+    def __init__(self, unet: torch.nn.Module, targets: GroundingTargets, *, peak: bool = False) -> None:
         if len(targets) == 0:
             raise ValueError("GroundingCapture needs at least one grounded token")
         self.unet: Any = unet  # a diffusers UNet2DConditionModel (attn_processors is not nn.Module's)
         self.targets = targets
+        self.peak = peak
         self.rows = torch.unique(targets.items)  # sorted: only the batch items with a grounded token are read
         self.row_of_entry = torch.searchsorted(self.rows, targets.items)
         self.latent_size: tuple[int, int] = (int(targets.masks.shape[-2]), int(targets.masks.shape[-1]))
@@ -144,6 +145,8 @@ class GroundingCapture(CrossAttentionHooks):
             masks = self.targets.masks.float()
             if grid != self.latent_size:
                 masks = F.adaptive_avg_pool2d(masks[:, None], grid)[:, 0]
+            if self.peak:
+                masks = masks / masks.flatten(1).amax(1).clamp_min(_EPS)[:, None, None]
             self._masks[grid] = masks.reshape(masks.shape[0], -1)
         return self._masks[grid]
 

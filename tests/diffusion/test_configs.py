@@ -151,3 +151,34 @@ def test_negative_grounding_weights_are_refused(tmp_path: Path) -> None:
     path.write_text(json.dumps({"base": "tiny", "unet_train": {"grounding": {"token_weight": -1}}}))
     with pytest.raises(InputError, match="grounding weights must be >= 0"):
         load_config(path)
+
+
+def test_the_peak_grounding_recipe_is_the_layout_recipe_with_peak_targets(tmp_path: Path) -> None:
+    """``target`` is written only when it is not ``area`` (earlier run folders resume); an unknown target is a
+    config error; the peak probe differs from the shipped layout recipe in its target and its decaying rate."""
+    recipes = Path(__file__).parents[2] / "benchmarks" / "recipes"
+    layout = load_config(recipes / "mini-cxr-layout-cpu.json")
+    peak = load_config(recipes / "mini-cxr-peak-grounding-cpu.json")
+    assert "target" not in layout.to_dict()["unet_train"]["grounding"] and layout.unet_train.grounding.target == "area"
+    assert peak.to_dict()["unet_train"]["grounding"]["target"] == "peak"
+    assert MiniCxrConfig.from_dict(peak.to_dict()) == peak
+    area = replace(peak.unet_train.grounding, target="area")
+    same = replace(peak.unet_train, grounding=area, lr_floor=1.0, steps=layout.unet_train.steps)
+    assert replace(peak, unet_train=same) == layout
+    path = tmp_path / "c.json"
+    path.write_text(json.dumps({"base": "tiny", "unet_train": {"grounding": {"target": "centre"}}}))
+    with pytest.raises(InputError, match="grounding target"):
+        load_config(path)
+
+
+def test_the_eight_channel_grounding_pair_differs_in_the_target_alone() -> None:
+    """The A/B fine-tunes of the 8-channel line (v3-norm) differ only in the grounding target, and have the
+    v3-norm recipe's architecture, so both continue its export with --init-from."""
+    recipes = Path(__file__).parents[2] / "benchmarks" / "recipes"
+    v3 = load_config(recipes / "mini-cxr-v3-norm-cpu.json")
+    peak = load_config(recipes / "mini-cxr-v3-norm-peak-cpu.json")
+    area = load_config(recipes / "mini-cxr-v3-norm-area-cpu.json")
+    assert (peak.unet_train.grounding.target, area.unet_train.grounding.target) == ("peak", "area")
+    as_area = replace(peak.unet_train, grounding=replace(peak.unet_train.grounding, target="area"))
+    assert replace(peak, unet_train=as_area) == area
+    assert (peak.unet, peak.vae, peak.text_encoder, peak.layout) == (v3.unet, v3.vae, v3.text_encoder, v3.layout)

@@ -16,7 +16,7 @@ from helpers.diffusion import REPORT_TEXTS, StandInSource
 
 from medsign_forensics.diffusion.base_trainers import UNetTrainer
 from medsign_forensics.diffusion.configs import GroundingConfig, MiniCxrConfig, tiny_config
-from medsign_forensics.diffusion.grounding import GroundingTargets, layer_losses, lesion_cells
+from medsign_forensics.diffusion.grounding import GroundingCapture, GroundingTargets, layer_losses, lesion_cells
 from medsign_forensics.diffusion.grounding_data import KINDS, CaptionWords, GroundingData, MaskCache
 from medsign_forensics.diffusion.tokenizer import train_tokenizer
 from medsign_forensics.diffusion.train_base import Stage, train
@@ -117,6 +117,25 @@ def test_grounding_loss_decreases_and_the_map_moves_to_the_planted_mask(tokenize
     for _ in range(12):
         plain.step(LATENTS, CAPTIONS, torch.Generator().manual_seed(0), targets)
     assert _inside_share(plain, tokenizer, targets) < share_after - 0.2
+
+
+def _speck() -> np.ndarray:
+    """A lesion smaller than a latent cell (a granuloma): 0.15 of one cell of the 8x8 latent."""
+    mask = np.zeros((8, 8), np.float32)
+    mask[1, 2] = 0.15
+    return mask
+
+
+def test_peak_targets_give_a_sub_cell_lesion_its_cell(tokenizer) -> None:
+    """Under ``area`` a speck's target is its tiny area share on every layer's grid (less on coarse ones); under
+    ``peak`` its fullest cell is 1 on every grid, and a large lesion's target is unchanged on the latent's grid."""
+    targets = GroundingTargets.build([[((1,), _speck()), ((2,), _planted())]], 8)
+    trainer = _trainer(_config(), tokenizer)
+    area, peak = GroundingCapture(trainer.unet, targets), GroundingCapture(trainer.unet, targets, peak=True)
+    for positions in (64, 16, 4):
+        assert area.masks_for(positions)[0].max().item() == pytest.approx(0.15 * positions / 64)
+        assert peak.masks_for(positions).amax(1).tolist() == pytest.approx([1.0, 1.0])
+    assert torch.equal(peak.masks_for(64)[1], area.masks_for(64)[1])
 
 
 def test_zero_weights_are_exactly_the_ungrounded_step(tokenizer) -> None:
