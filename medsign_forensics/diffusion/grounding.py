@@ -7,7 +7,8 @@ map's capture), each layer's map being the mean over its heads of ``softmax(Q K^
 map sums heads; the mean differs by a constant).
 
 Per grounded token i with map A_i over the layer's positions u and mask M_i (the fraction of each cell inside the
-lesion, area-averaged from the latent grid to the layer's grid):
+lesion, area-averaged from the latent grid to the layer's grid; with ``peak`` targets, scaled so its fullest cell
+is 1, see :class:`~medsign_forensics.diffusion.configs.GroundingConfig`):
 
 - L_token = mean_i (1 - sum_u A_iu M_iu / sum_u A_iu)^2: the share of the token's attention outside its mask,
   squared as in TokenCompose (the token loss of layout guidance it builds on);
