@@ -8,7 +8,7 @@ the lesion touches ("hit"), and what is the median rank of the best lesion cell 
 Inversion exactly as `benchmarks/localization_eval.py` (the first N held-out reports with a drawn finding,
 phantom seed i, the default timesteps, no layout).
 
-Usage: attention_grids.py MODEL [N]. MODEL: a model folder, or - for the shipped mini-cxr.
+Usage: attention_grids.py MODEL [N]. MODEL: a model folder, or - for the shipped mini-cxr. Torch threads: $THREADS (default 2).
 """
 import json
 import os
@@ -28,7 +28,7 @@ from medsign_forensics.phantom import render_report  # noqa: E402
 from medsign_forensics.reports import load_reports, split_reports  # noqa: E402
 from medsign_forensics.reports.prompt import prompt_function  # noqa: E402
 
-torch.set_num_threads(2)
+torch.set_num_threads(int(os.environ.get("THREADS", "2")))
 model = load_model(None if sys.argv[1] == "-" else sys.argv[1])
 count = int(sys.argv[2]) if len(sys.argv) > 2 else 100
 data = DataConfig()

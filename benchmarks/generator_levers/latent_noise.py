@@ -6,7 +6,7 @@ seed i) is encoded to its posterior mode, Gaussian noise of standard deviation S
 `generator_eval.py` scores reconstructions: if a decoder makes false findings out of small errors, normal reports
 get flagged however good the U-Net becomes.
 
-Usage: latent_noise.py MODEL SIGMA... MODEL: a model folder, or - for the shipped mini-cxr.
+Usage: latent_noise.py MODEL SIGMA... MODEL: a model folder, or - for the shipped mini-cxr. Torch threads: $THREADS (default 2).
 """
 import json
 import os
@@ -24,7 +24,7 @@ from medsign_forensics.phantom.classifier import DEFAULT_CLASSIFIER_DIR, load_cl
 
 from common import held_out_texts, summary  # noqa: E402
 
-torch.set_num_threads(2)
+torch.set_num_threads(int(os.environ.get("THREADS", "2")))
 model = load_model(None if sys.argv[1] == "-" else sys.argv[1])
 sigmas = [float(value) for value in sys.argv[2:]]
 classifier = load_classifier(DEFAULT_CLASSIFIER_DIR)
