@@ -172,8 +172,9 @@ def test_the_peak_grounding_recipe_is_the_layout_recipe_with_peak_targets(tmp_pa
 
 
 def test_the_eight_channel_grounding_pair_differs_in_the_target_alone() -> None:
-    """The A/B fine-tunes of the 8-channel line (v3-norm) differ only in the grounding target, and have the
-    v3-norm recipe's architecture, so both continue its export with --init-from."""
+    """The A/B fine-tunes of the 8-channel line (v3-norm) differ only in the grounding target (and the third in
+    how often the layout is dropped), and have the v3-norm recipe's architecture, so all continue its export with
+    --init-from."""
     recipes = Path(__file__).parents[2] / "benchmarks" / "recipes"
     v3 = load_config(recipes / "mini-cxr-v3-norm-cpu.json")
     peak = load_config(recipes / "mini-cxr-v3-norm-peak-cpu.json")
@@ -182,3 +183,5 @@ def test_the_eight_channel_grounding_pair_differs_in_the_target_alone() -> None:
     as_area = replace(peak.unet_train, grounding=replace(peak.unet_train.grounding, target="area"))
     assert replace(peak, unet_train=as_area) == area
     assert (peak.unet, peak.vae, peak.text_encoder, peak.layout) == (v3.unet, v3.vae, v3.text_encoder, v3.layout)
+    nolayout = load_config(recipes / "mini-cxr-v3-norm-peak-nolayout-cpu.json")
+    assert nolayout.layout.dropout == 0.95 and replace(nolayout, layout=peak.layout) == peak
