@@ -252,9 +252,9 @@ class MiniCxrConfig:
     def to_dict(self) -> dict[str, Any]:
         """The config as JSON data. Settings added after models were shipped (``unet_train.grounding``,
         its ``lesion_weight`` and ``target``, ``unet_train.lr_floor``, ``data.captions``, ``layout``,
-        ``vae_train.lesions`` and ``channel_norm``) are written only when they differ from their defaults, so a config that does not use
-        them is written exactly as before they existed (the shipped model card, run folders begun earlier);
-        reading fills them in with the defaults."""
+        ``vae_train.lesions`` and ``channel_norm``) are written only when they differ from their defaults, so a
+        config that does not use them is written exactly as before they existed (the shipped model card, run folders
+        begun earlier); reading fills them in with the defaults."""
         data = config_to_dict(self)
         if self.unet_train.grounding == GroundingConfig():
             del data["unet_train"]["grounding"]
