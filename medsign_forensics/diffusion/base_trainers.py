@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from medsign_forensics.diffusion.configs import (
+    GroundingTarget,
     MiniCxrConfig,
     PredictionType,
     build_text_encoder,
@@ -223,7 +224,7 @@ class UNetTrainer:
             if attend:
                 assert grounding is not None
                 with GroundingCapture(
-                    self.unet, grounding.to(self.device), peak=spec.target == "peak"
+                    self.unet, grounding.to(self.device), peak=spec.target is GroundingTarget.PEAK
                 ) as capture:
                     prediction = self.unet(noisy, timesteps, states, **extra).sample
             else:

@@ -141,7 +141,11 @@ class VaeTrainConfig:
         return self.steps + self.lesions.steps
 
 
-GROUNDING_TARGETS = ("area", "peak")
+class GroundingTarget(str, Enum):
+    """The attention's target on each layer's grid (:class:`GroundingConfig`)."""
+
+    AREA = "area"
+    PEAK = "peak"
 
 
 @dataclass(frozen=True)
@@ -161,7 +165,7 @@ class GroundingConfig:
     pixel_weight: float = 0.0
     locations: bool = True
     lesion_weight: float = 0.0
-    target: str = "area"
+    target: GroundingTarget = GroundingTarget.AREA
 
     def __post_init__(self) -> None:
         if self.token_weight < 0 or self.pixel_weight < 0 or self.lesion_weight < 0:
@@ -169,8 +173,6 @@ class GroundingConfig:
                 f"grounding weights must be >= 0, got token_weight={self.token_weight}, "
                 f"pixel_weight={self.pixel_weight}, lesion_weight={self.lesion_weight}"
             )
-        if self.target not in GROUNDING_TARGETS:
-            raise InputError(f"grounding target must be one of {', '.join(GROUNDING_TARGETS)}, got {self.target!r}")
 
     @property
     def attention(self) -> bool:

@@ -167,7 +167,7 @@ def test_the_peak_grounding_recipe_is_the_layout_recipe_with_peak_targets(tmp_pa
     assert replace(peak, unet_train=same) == layout
     path = tmp_path / "c.json"
     path.write_text(json.dumps({"base": "tiny", "unet_train": {"grounding": {"target": "centre"}}}))
-    with pytest.raises(InputError, match="grounding target"):
+    with pytest.raises(InputError, match="grounding.target must be one of"):
         load_config(path)
 
 
