@@ -6,9 +6,10 @@ the same units, in seconds rather than the 12 minutes of `generator_eval.py`, so
 followed. Each held-out phantom (the 200 of `generator_eval.py`, seed i) is encoded to its posterior mode and
 noised to timestep t (noise seed 0); the U-Net, given the report's findings prompt and the phantom's own layout
 (no guidance), predicts, and x0 = sqrt(a_t) x_t - sqrt(1 - a_t) v (v-prediction; epsilon models likewise). Per t:
-the latents' own standard deviation (the scale the errors are in), the RMS of x0's error over normal reports, over reports with findings, and over their lesion cells (latent cells
-the lesion masks touch); at the timesteps in DECODE, the decoded one-step estimates are scored as
-`generator_eval.py` scores images (normal reports flagged, macro recall).
+the latents' own standard deviation (the scale the errors are in) and the RMS of x0's error over normal reports,
+over reports with findings, over their lesion cells (latent cells the lesion masks touch), of the error's
+4 x 4-cell means (the coarse anatomy) and per latent channel. At the timesteps in DECODE, the decoded one-step
+estimates are scored as `generator_eval.py` scores images (normal reports flagged, macro recall).
 
 Usage: x0_error.py MODEL [T,T,...] [DECODE=T,T]. MODEL: a model folder, or - for the shipped mini-cxr. Torch
 threads: $THREADS (default 2).
@@ -77,12 +78,16 @@ with torch.no_grad():
             x0 = a.sqrt() * noisy[i : i + 16] - (1 - a).sqrt() * out if v_prediction else (
                 noisy[i : i + 16] - (1 - a).sqrt() * out) / a.sqrt()
             estimates.append(x0)
-        error = (torch.cat(estimates) - latents) ** 2
+        difference = torch.cat(estimates) - latents
+        error = difference**2
+        coarse = torch.nn.functional.avg_pool2d(difference, 4)
         row = {"model": sys.argv[1], "t": t, "latent_sd": round(float(latents.std()), 3),
                "noise_sd": round(float((1 - a).sqrt() / a.sqrt()), 3),
                "rms_normal": round(float(error[normal].mean().sqrt()), 4),
                "rms_findings": round(float(error[~normal].mean().sqrt()), 4),
-               "rms_lesion_cells": round(float(error.mean(1, keepdim=True)[cells].mean().sqrt()), 4)}
+               "rms_lesion_cells": round(float(error.mean(1, keepdim=True)[cells].mean().sqrt()), 4),
+               "rms_coarse": round(float(coarse.pow(2).mean().sqrt()), 4),
+               "rms_channels": [round(float(c), 3) for c in error.mean((0, 2, 3)).sqrt()]}
         if t in decoded_at:
             images = np.concatenate([_grey(decode(model, e / scale)) for e in estimates])
             row.update(summary(score(findings, predict(classifier, images), threshold=THRESHOLD)))
