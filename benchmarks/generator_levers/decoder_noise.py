@@ -10,12 +10,12 @@ With TRAIN=whole the encoder trains too (the latent space moves, so a U-Net woul
 give lesions more of the latent's amplitude, above the noise. Scored before and after as `latent_noise.py` scores
 (the 200 held-out phantoms; noise 0, 0.1, 0.2 times each channel's spread over their latents, seed 0; with the
 latents' drift from the original encoder's, in units of their spread). With OUT, MODEL is copied there with the
-new VAE (fp16, SHA256SUMS rewritten), for `generator_eval.py` and `x0_error.py`.
+new VAE (fp16, SHA256SUMS rewritten), for `generator_eval.py` and `x0_error.py` (decoder mode only: with
+TRAIN=whole the U-Net in the copy does not know the new latent).
 
 Usage: decoder_noise.py MODEL RUN STEPS SIGMA [WEIGHT [LR [OUT]]]. Torch threads: $THREADS (default 2); share of
 crops centred on a lesion: $CENTRED (default 0.7, as stage A).
 """
-import hashlib
 import json
 import os
 import shutil
@@ -30,8 +30,10 @@ import torch  # noqa: E402
 from kornia.losses import ssim_loss  # noqa: E402
 
 from medsign_forensics.diffusion import load_model  # noqa: E402
+from medsign_forensics.diffusion.loader import MANIFEST_NAME, read_manifest  # noqa: E402
 from medsign_forensics.diffusion.sampling import decode  # noqa: E402
 from medsign_forensics.diffusion.vae_lesions import LesionCrops, lesion_terms  # noqa: E402
+from medsign_forensics.fileio import sha256_file  # noqa: E402
 from medsign_forensics.evaluate.generator import THRESHOLD, _grey, present_findings, render_phantoms, score  # noqa: E402
 from medsign_forensics.phantom.classifier import DEFAULT_CLASSIFIER_DIR, load_classifier, predict  # noqa: E402
 
@@ -47,8 +49,7 @@ vae = model.vae.float()
 classifier = load_classifier(DEFAULT_CLASSIFIER_DIR)
 texts = held_out_texts()
 findings = [present_findings(text) for text in texts]
-with torch.no_grad():
-    phantoms = torch.from_numpy(render_phantoms(texts, seed=0, size=256))[:, None] * 2 - 1
+phantoms = torch.from_numpy(render_phantoms(texts, seed=0, size=256))[:, None] * 2 - 1
 
 
 def encode_held_out() -> torch.Tensor:
@@ -111,7 +112,6 @@ if out is not None:
     shutil.rmtree(out, ignore_errors=True)
     shutil.copytree(model_dir, out)
     vae.to(torch.float16).save_pretrained(out / "vae", safe_serialization=True)
-    manifest = out / "SHA256SUMS"
-    names = [line.split("  ", 1)[1] for line in manifest.read_text().splitlines()]
-    manifest.write_text("".join(f"{hashlib.sha256((out / n).read_bytes()).hexdigest()}  {n}\n" for n in names))
+    names = read_manifest(out / MANIFEST_NAME)
+    (out / MANIFEST_NAME).write_text("".join(f"{sha256_file(out / n)}  {n}\n" for n in names))
     print(json.dumps({"wrote": str(out)}), flush=True)

@@ -70,13 +70,12 @@ with torch.no_grad():
         noisy = a.sqrt() * latents + (1 - a).sqrt() * noise
         estimates = []
         for i in range(0, len(texts), 16):
+            x_t = noisy[i : i + 16]
             extra = {}
             if layouts is not None:
                 extra["down_intrablock_additional_residuals"] = adapter_residuals(model.adapter, layouts[i : i + 16])
-            step = torch.full((len(noisy[i : i + 16]),), t)
-            out = model.unet(noisy[i : i + 16], step, states[i : i + 16], **extra).sample
-            x0 = a.sqrt() * noisy[i : i + 16] - (1 - a).sqrt() * out if v_prediction else (
-                noisy[i : i + 16] - (1 - a).sqrt() * out) / a.sqrt()
+            out = model.unet(x_t, torch.full((len(x_t),), t), states[i : i + 16], **extra).sample
+            x0 = a.sqrt() * x_t - (1 - a).sqrt() * out if v_prediction else (x_t - (1 - a).sqrt() * out) / a.sqrt()
             estimates.append(x0)
         difference = torch.cat(estimates) - latents
         error = difference**2

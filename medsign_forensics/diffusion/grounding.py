@@ -110,7 +110,8 @@ class GroundingCapture(CrossAttentionHooks):
     """Context manager: while the U-Net runs inside it, every cross-attention layer adds its grounding losses
     for ``targets``; :meth:`losses` averages them. The original processors come back on exit, even after an
     exception. The latent's size is read by a pre-forward hook (layer grids are derived from it). ``peak``: each
-    mask, once on a layer's grid, is scaled so its fullest cell is 1 (``GroundingConfig.target == "peak"``)."""
+    mask, once on a layer's grid, is scaled so its fullest cell is 1 (``GroundingConfig.target`` is
+    ``GroundingTarget.PEAK``)."""
 
     def __init__(self, unet: torch.nn.Module, targets: GroundingTargets, *, peak: bool = False) -> None:
         if len(targets) == 0:

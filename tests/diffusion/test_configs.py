@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from medsign_forensics.diffusion.configs import (
+    GroundingTarget,
     MiniCxrConfig,
     PredictionType,
     build_text_encoder,
@@ -180,7 +181,7 @@ def test_the_eight_channel_grounding_pair_differs_in_the_target_alone() -> None:
     peak = load_config(recipes / "mini-cxr-v3-norm-peak-cpu.json")
     area = load_config(recipes / "mini-cxr-v3-norm-area-cpu.json")
     assert (peak.unet_train.grounding.target, area.unet_train.grounding.target) == ("peak", "area")
-    as_area = replace(peak.unet_train, grounding=replace(peak.unet_train.grounding, target="area"))
+    as_area = replace(peak.unet_train, grounding=replace(peak.unet_train.grounding, target=GroundingTarget.AREA))
     assert replace(peak, unet_train=as_area) == area
     assert (peak.unet, peak.vae, peak.text_encoder, peak.layout) == (v3.unet, v3.vae, v3.text_encoder, v3.layout)
     nolayout = load_config(recipes / "mini-cxr-v3-norm-peak-nolayout-cpu.json")
